@@ -1,0 +1,1 @@
+"""Thin Lambda entry points. Each module is deployed flat at the function's root."""

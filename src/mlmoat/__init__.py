@@ -1,0 +1,1 @@
+"""mlmoat's local tooling: the ``mlmoat`` command. Never deployed to Lambda."""

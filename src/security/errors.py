@@ -1,0 +1,125 @@
+"""The exception hierarchy of the security layer, and nothing else.
+
+::
+
+    SecurityError
+    ├── AuthenticationError        missing/malformed/unknown/expired/revoked credentials   401
+    ├── ForbiddenError             valid credentials without the model's scope             403
+    ├── NotFoundError              unknown model or route                                  404
+    ├── RateLimitedError           rate window or budget exhausted; carries retry_after    429
+    ├── InvalidPayloadError        the request body broke a rule                           422
+    │   ├── MalformedBodyError     not JSON, duplicate keys, wrong root type                400
+    │   ├── PayloadTooLargeError   body or batch over its cap                              413
+    │   └── UnsupportedMediaTypeError  not application/json                                415
+    ├── AdversarialInputError      refused by the squeezing detector                       422
+    ├── DependencyUnavailableError a dependency failed; fail closed; carries retry_after   503
+    │   ├── StoreUnavailableError  DynamoDB
+    │   └── SecretUnavailableError the JWT verification key (SSM / Secrets Manager)
+    └── ModelIntegrityError        the artifact does not match its manifest (refuse to start)
+
+Every error carries ``reason``: a short machine code for the audit log (never sent to the
+client). ``integration`` maps each class to a status and one generic public message.
+"""
+
+from __future__ import annotations
+
+
+class SecurityError(Exception):
+    """Base of every error raised by the security layer."""
+
+    default_reason = "security_error"
+
+    def __init__(self, reason: str | None = None, *, detail: str | None = None) -> None:
+        self.reason = reason or self.default_reason
+        self.detail = detail
+        super().__init__(self.reason if detail is None else f"{self.reason}: {detail}")
+
+
+class AuthenticationError(SecurityError):
+    """Credentials are missing, malformed, unknown, expired, suspended or revoked."""
+
+    default_reason = "unauthenticated"
+
+
+class ForbiddenError(SecurityError):
+    """Credentials are valid but do not carry the scope the request needs."""
+
+    default_reason = "forbidden_scope"
+
+
+class NotFoundError(SecurityError):
+    """The route or model does not exist."""
+
+    default_reason = "not_found"
+
+
+class RateLimitedError(SecurityError):
+    """A rate window, a budget or the failed-authentication throttle is exhausted."""
+
+    default_reason = "rate_limited"
+
+    def __init__(
+        self, reason: str | None = None, *, retry_after: int, detail: str | None = None
+    ) -> None:
+        super().__init__(reason, detail=detail)
+        self.retry_after = max(1, int(retry_after))
+
+
+class InvalidPayloadError(SecurityError):
+    """The request body broke a validation rule; ``reason`` names the rule, never a value."""
+
+    default_reason = "invalid_features"
+
+
+class MalformedBodyError(InvalidPayloadError):
+    """The body is not a well-formed JSON document of the expected shape."""
+
+    default_reason = "malformed_body"
+
+
+class PayloadTooLargeError(InvalidPayloadError):
+    """The body or the batch is larger than its cap."""
+
+    default_reason = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(InvalidPayloadError):
+    """The request does not declare a JSON content type."""
+
+    default_reason = "unsupported_media_type"
+
+
+class AdversarialInputError(SecurityError):
+    """The squeezing detector judged the input adversarial and the policy is to refuse."""
+
+    default_reason = "adversarial_input"
+
+
+class DependencyUnavailableError(SecurityError):
+    """A dependency failed; the request is refused rather than served uncounted."""
+
+    default_reason = "dependency_unavailable"
+
+    def __init__(
+        self, reason: str | None = None, *, retry_after: int = 1, detail: str | None = None
+    ) -> None:
+        super().__init__(reason, detail=detail)
+        self.retry_after = max(1, int(retry_after))
+
+
+class StoreUnavailableError(DependencyUnavailableError):
+    """DynamoDB could not be reached, throttled us or answered with an error."""
+
+    default_reason = "store_unavailable"
+
+
+class SecretUnavailableError(DependencyUnavailableError):
+    """The JWT verification key could not be fetched."""
+
+    default_reason = "secret_unavailable"
+
+
+class ModelIntegrityError(SecurityError):
+    """The model artifact does not match its manifest; the function refuses to start."""
+
+    default_reason = "model_integrity"

@@ -1,0 +1,213 @@
+"""Runtime configuration: the frozen ``Settings`` and ``from_env``.
+
+This is the only module that knows environment variable names. Every variable shares the
+``SECURITY_`` prefix. ``from_env`` validates everything, so a missing or malformed variable
+fails at cold start with a message that names the variable (and never its value).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_PREFIX = "SECURITY_"
+_RATE_RE = re.compile(r"^(?P<count>[1-9][0-9]{0,8})/(?P<unit>second|minute|hour|day)$")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_OUTPUT_RE = re.compile(r"^(label|probabilities:[0-6](:top[1-9][0-9]?)?(:min0\.[0-9]{1,4})?)$")
+
+
+class SettingsError(ValueError):
+    """A configuration variable is missing or malformed (raised at cold start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateSpec:
+    """A rate limit: ``count`` rows per ``window_seconds``."""
+
+    count: int
+    window_seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> RateSpec:
+        """Parse ``"60/minute"``-style text.
+
+        Raises:
+            ValueError: the text is not ``<count>/<second|minute|hour|day>``.
+        """
+        match = _RATE_RE.match(text.strip())
+        if match is None:
+            raise ValueError("expected <count>/<second|minute|hour|day>")
+        return cls(int(match["count"]), _UNIT_SECONDS[match["unit"]])
+
+    def __str__(self) -> str:
+        unit = {v: k for k, v in _UNIT_SECONDS.items()}.get(self.window_seconds)
+        return f"{self.count}/{unit}" if unit else f"{self.count}/{self.window_seconds}s"
+
+
+def is_output_policy(text: str) -> bool:
+    """Whether ``text`` is a well-formed output policy (see ``sanitize.OutputPolicy``)."""
+    return _OUTPUT_RE.match(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the security layer is configured with, read once at cold start."""
+
+    table_name: str
+    model_dir: str
+    default_model: str = "iris"
+    max_rows: int = 100
+    max_body_bytes: int = 65536
+    envelope_margin: float = 0.1
+    default_output_policy: str = "probabilities:2"
+    default_rate_limit: RateSpec = RateSpec(60, 60)
+    default_budget: int = 10000
+    auth_failure_limit: RateSpec = RateSpec(20, 60)
+    audit_raw_features: bool = False
+    squeeze_policy: str = "flag"
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_public_key_parameter: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    jwt_leeway_seconds: int = 30
+    jwt_secret_max_age_seconds: int = 300
+    extraction_queue_url: str | None = None
+    service_name: str = "mlmoat"
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """JWT bearer tokens are accepted only when issuer, audience and key are configured."""
+        return bool(self.jwt_issuer and self.jwt_audience and self.jwt_public_key_parameter)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from ``SECURITY_*`` variables.
+
+        Raises:
+            SettingsError: a required variable is missing or a value is malformed; the
+                message names the variable.
+        """
+        reader = _Reader(environ)
+        settings = cls(
+            table_name=reader.required("TABLE_NAME"),
+            model_dir=reader.required("MODEL_DIR"),
+            default_model=reader.text("DEFAULT_MODEL", "iris", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$"),
+            max_rows=reader.integer("MAX_ROWS", 100, low=1, high=10000),
+            max_body_bytes=reader.integer("MAX_BODY_BYTES", 65536, low=256, high=6 * 1024 * 1024),
+            envelope_margin=reader.number("ENVELOPE_MARGIN", 0.1, low=0.0, high=10.0),
+            default_output_policy=reader.output_policy("DEFAULT_OUTPUT", "probabilities:2"),
+            default_rate_limit=reader.rate("DEFAULT_RATE_LIMIT", "60/minute"),
+            default_budget=reader.integer("DEFAULT_BUDGET", 10000, low=1, high=10**12),
+            auth_failure_limit=reader.rate("AUTH_FAILURE_LIMIT", "20/minute"),
+            audit_raw_features=reader.boolean("AUDIT_RAW_FEATURES", False),
+            squeeze_policy=reader.choice("SQUEEZE_POLICY", "flag", ("off", "flag", "refuse")),
+            jwt_issuer=reader.optional("JWT_ISSUER"),
+            jwt_audience=reader.optional("JWT_AUDIENCE"),
+            jwt_public_key_parameter=reader.optional("JWT_PUBLIC_KEY_PARAMETER"),
+            jwt_algorithms=reader.algorithms("JWT_ALGORITHMS", ("RS256", "ES256")),
+            jwt_leeway_seconds=reader.integer("JWT_LEEWAY_SECONDS", 30, low=0, high=300),
+            jwt_secret_max_age_seconds=reader.integer("JWT_KEY_MAX_AGE_SECONDS", 300, low=0, high=86400),
+            extraction_queue_url=reader.optional("EXTRACTION_QUEUE_URL"),
+            service_name=reader.text("SERVICE_NAME", "mlmoat", pattern=r"^[A-Za-z0-9_-]{1,64}$"),
+        )
+        configured = [settings.jwt_issuer, settings.jwt_audience, settings.jwt_public_key_parameter]
+        if any(configured) and not all(configured):
+            raise SettingsError(
+                "SECURITY_JWT_ISSUER, SECURITY_JWT_AUDIENCE and SECURITY_JWT_PUBLIC_KEY_PARAMETER "
+                "must be set together"
+            )
+        return settings
+
+
+_ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._environ.get(_PREFIX + name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def _fail(self, name: str, why: str) -> SettingsError:
+        return SettingsError(f"{_PREFIX}{name}: {why}")
+
+    def required(self, name: str) -> str:
+        value = self._raw(name)
+        if value is None:
+            raise self._fail(name, "is required")
+        return value
+
+    def optional(self, name: str) -> str | None:
+        return self._raw(name)
+
+    def text(self, name: str, default: str, *, pattern: str) -> str:
+        value = self._raw(name) or default
+        if re.match(pattern, value) is None:
+            raise self._fail(name, "is malformed")
+        return value
+
+    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if not re.fullmatch(r"-?[0-9]+", value):
+            raise self._fail(name, "must be an integer")
+        number = int(value)
+        if not low <= number <= high:
+            raise self._fail(name, f"must be between {low} and {high}")
+        return number
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError as exc:
+            raise self._fail(name, "must be a number") from exc
+        if not low <= number <= high:  # also rejects NaN
+            raise self._fail(name, f"must be between {low} and {high}")
+        return number
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self._raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise self._fail(name, "must be true or false")
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        value = self._raw(name) or default
+        if value not in options:
+            raise self._fail(name, f"must be one of {', '.join(options)}")
+        return value
+
+    def rate(self, name: str, default: str) -> RateSpec:
+        try:
+            return RateSpec.parse(self._raw(name) or default)
+        except ValueError as exc:
+            raise self._fail(name, str(exc)) from exc
+
+    def output_policy(self, name: str, default: str) -> str:
+        value = self._raw(name) or default
+        if not is_output_policy(value):
+            raise self._fail(name, "is not an output policy")
+        return value
+
+    def algorithms(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._raw(name)
+        if value is None:
+            return default
+        names = tuple(part.strip() for part in value.split(",") if part.strip())
+        if not names or any(alg not in _ALLOWED_ALGORITHMS for alg in names):
+            raise self._fail(name, "lists an algorithm that is not allowed (asymmetric only)")
+        return names
