@@ -18,7 +18,8 @@
     └── ModelIntegrityError        the artifact does not match its manifest (refuse to start)
 
 Every error carries ``reason``: a short machine code for the audit log (never sent to the
-client). ``integration`` maps each class to a status and one generic public message.
+client), an optional ``detail`` for the log, and ``headers``: extra response headers such as
+``RateLimit`` on an authenticated refusal. ``integration`` maps each class to a status and one generic public message.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class SecurityError(Exception):
     def __init__(self, reason: str | None = None, *, detail: str | None = None) -> None:
         self.reason = reason or self.default_reason
         self.detail = detail
+        # Extra response headers (e.g. RateLimit on an authenticated refusal); never secrets.
+        self.headers: dict[str, str] = {}
         super().__init__(self.reason if detail is None else f"{self.reason}: {detail}")
 
 
