@@ -74,6 +74,7 @@ class Settings:
     jwt_secret_max_age_seconds: int = 300
     extraction_queue_url: str | None = None
     service_name: str = "mlmoat"
+    extraction_action: str = "flag"
 
     @property
     def jwt_enabled(self) -> bool:
@@ -110,6 +111,7 @@ class Settings:
             jwt_secret_max_age_seconds=reader.integer("JWT_KEY_MAX_AGE_SECONDS", 300, low=0, high=86400),
             extraction_queue_url=reader.optional("EXTRACTION_QUEUE_URL"),
             service_name=reader.text("SERVICE_NAME", "mlmoat", pattern=r"^[A-Za-z0-9_-]{1,64}$"),
+            extraction_action=reader.choice("EXTRACTION_ACTION", "flag", ("flag", "suspend")),
         )
         configured = [settings.jwt_issuer, settings.jwt_audience, settings.jwt_public_key_parameter]
         if any(configured) and not all(configured):
