@@ -20,6 +20,7 @@ assert how many writes reached the server (SDK retries included).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -302,22 +303,16 @@ def _hold(conn: socket.socket, seconds: float, stopping: threading.Event) -> Non
 
 def _abort(conn: socket.socket) -> None:
     """Close with a TCP reset rather than an orderly shutdown."""
-    try:
+    with contextlib.suppress(OSError):
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
     _close(conn)
 
 
 def _shutdown(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _close(conn: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         conn.close()
-    except OSError:
-        pass

@@ -1,0 +1,741 @@
+"""The bounded load test across instances: several ``start-api`` processes, one DynamoDB.
+
+``python -m mlmoat.loadtest [--instances 3] [--clients 8] [--keys 24] [--duration 30]``
+
+It starts one embedded DynamoDB (``mlmoat local dynamodb``), creates many keys with small
+budgets and rate limits (``mlmoat keys create``), starts several ``mlmoat local start-api``
+processes standing in for Lambda instances, all sharing that one table, and drives concurrent
+clients against them for a bounded time and a bounded number of requests, on loopback only.
+Then it stops everything and checks, from three independent records (the responses the
+clients saw, the audit lines the instances wrote, the items DynamoDB holds):
+
+* no 5xx and no transport error; every status is 200 or 429;
+* exactly one audit record per request (by ``X-Request-Id``), and none without a request;
+* every budget exact to the row: rows used never exceed it, and every refusal for the budget
+  came when the request's rows no longer fitted;
+* every rate window exact to the row, the same way, per window;
+* DynamoDB's counters (``rows_used``, ``requests``, the live window) equal the audit trail's
+  allowed rows and requests, which equal the responses'.
+
+It prints a summary and exits 0 only if every check holds; ``--report`` writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+_HOST = "127.0.0.1"
+_READY_TIMEOUT_S = 120.0
+_REQUEST_TIMEOUT_S = 30.0
+_REPO = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """How big and how long the run is; every bound is explicit."""
+
+    instances: int = 3
+    clients: int = 8
+    keys: int = 24
+    duration_s: float = 30.0
+    max_requests: int = 20000
+    seed: int = 7
+    model: str = "iris"
+    batch_share: float = 0.3
+    work_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPlan:
+    """One key's limits: ``rate`` rows per ``window_s`` seconds and ``budget`` rows ever."""
+
+    profile: str
+    rate: int
+    window_s: int
+    budget: int
+
+    @property
+    def rate_text(self) -> str:
+        """The ``--rate-limit`` argument."""
+        unit = {1: "second", 60: "minute", 3600: "hour"}[self.window_s]
+        return f"{self.rate}/{unit}"
+
+
+def plan_keys(count: int, rng: random.Random) -> list[KeyPlan]:
+    """A mix of keys where the budget binds, the minute window binds, both, or a 1 s window."""
+    plans: list[KeyPlan] = []
+    for index in range(count):
+        kind = ("budget", "minute", "both", "second")[index % 4]
+        if kind == "budget":
+            plans.append(KeyPlan(kind, rate=600, window_s=60, budget=rng.randint(8, 30)))
+        elif kind == "minute":
+            plans.append(KeyPlan(kind, rate=rng.randint(5, 14), window_s=60, budget=1_000_000))
+        elif kind == "both":
+            rate = rng.randint(6, 12)
+            plans.append(KeyPlan(kind, rate=rate, window_s=60, budget=rate + rng.randint(2, 8)))
+        else:
+            plans.append(KeyPlan(kind, rate=rng.randint(2, 4), window_s=1, budget=1_000_000))
+    return plans
+
+
+# --------------------------------------------------------------------------- processes
+def free_port() -> int:
+    """A free TCP port on loopback (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def local_env(dynamodb_port: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every local command gets: the local endpoint and dummy credentials."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "SECURITY_", "POWERTOOLS_"))
+    }
+    env.update(
+        {
+            "AWS_ENDPOINT_URL_DYNAMODB": f"http://{_HOST}:{dynamodb_port}",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - the local emulator's dummy
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def mlmoat_command(*args: str) -> list[str]:
+    """``mlmoat ARGS`` run with this interpreter, whatever the PATH says."""
+    return [sys.executable, "-m", "mlmoat.cli", *args]
+
+
+def wait_for_port(port: int, *, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait until something accepts connections on ``port``.
+
+    Raises:
+        RuntimeError: the process exited or the port stayed closed past the timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process {process.args!r} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((_HOST, port), timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listening on {_HOST}:{port} after {timeout_s:.0f}s")
+
+
+def stop_process(process: subprocess.Popen[bytes], *, timeout_s: float = 15.0) -> None:
+    """Ask a process to stop (SIGINT, then SIGTERM), kill it only if it does not."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 5.0)):
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    process.kill()
+    process.wait(timeout=5.0)
+
+
+@dataclass
+class LocalStack:
+    """One embedded DynamoDB and ``instances`` start-api processes sharing it."""
+
+    work_dir: Path
+    instances: int
+    env_extra: Mapping[str, str] = field(default_factory=dict)
+    dynamodb_port: int = 0
+    api_ports: list[int] = field(default_factory=list)
+    _processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _logs: list[Path] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment for local commands against this stack."""
+        return local_env(self.dynamodb_port, self.env_extra)
+
+    @property
+    def api_logs(self) -> list[Path]:
+        """The combined stdout/stderr file of each start-api instance."""
+        return self._logs[1:]
+
+    def start_dynamodb(self) -> None:
+        """Start the embedded DynamoDB and create the tables.
+
+        Raises:
+            RuntimeError: the server did not come up or the bootstrap failed.
+        """
+        self.dynamodb_port = free_port()
+        log = self.work_dir / "dynamodb.log"
+        self._spawn(mlmoat_command("local", "dynamodb", "--port", str(self.dynamodb_port)), log)
+        wait_for_port(self.dynamodb_port, process=self._processes[-1], timeout_s=_READY_TIMEOUT_S)
+        subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+            mlmoat_command("local", "bootstrap"),
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=_READY_TIMEOUT_S,
+        )
+
+    def start_apis(self) -> None:
+        """Start the start-api instances and wait until each accepts connections.
+
+        Raises:
+            RuntimeError: an instance exited or did not come up in time.
+        """
+        for index in range(self.instances):
+            port = free_port()
+            self.api_ports.append(port)
+            log = self.work_dir / f"instance-{index}.log"
+            self._spawn(mlmoat_command("local", "start-api", "--port", str(port)), log)
+        for port, process in zip(self.api_ports, self._processes[1:], strict=True):
+            wait_for_port(port, process=process, timeout_s=_READY_TIMEOUT_S)
+
+    def stop_apis(self) -> None:
+        """Stop the start-api instances (their logs are complete afterwards)."""
+        for process in self._processes[1:]:
+            stop_process(process)
+
+    def stop(self) -> None:
+        """Stop every process this stack started, newest first."""
+        for process in reversed(self._processes):
+            stop_process(process)
+
+    def _spawn(self, command: list[str], log: Path) -> None:
+        handle = log.open("wb")
+        process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+            command, env=self.env, stdout=handle, stderr=subprocess.STDOUT, cwd=_REPO
+        )
+        handle.close()
+        self._processes.append(process)
+        self._logs.append(log)
+
+
+def create_key(env: Mapping[str, str], *, owner: str, plan: KeyPlan) -> tuple[str, str]:
+    """Create one key with ``mlmoat keys create``; return ``(key_id, api_key)``.
+
+    Raises:
+        RuntimeError: the command failed.
+    """
+    command = mlmoat_command(
+        "keys", "create", "--owner", owner, "--rate-limit", plan.rate_text,
+        "--budget", str(plan.budget), "--output", "label",
+    )  # fmt: skip
+    result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+        command, env=dict(env), capture_output=True, timeout=_READY_TIMEOUT_S, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"mlmoat keys create failed ({result.returncode})")
+    created = json.loads(result.stdout)
+    return str(created["key_id"]), str(created["api_key"])
+
+
+# --------------------------------------------------------------------------- traffic
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One request as the client saw it (never the secret)."""
+
+    key_id: str
+    instance: int
+    rows: int
+    sent: float
+    received: float
+    status: int
+    request_id: str | None
+    error_code: str | None
+    returned_rows: int
+    transport_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadKey:
+    """A created key and its plan."""
+
+    key_id: str
+    api_key: str
+    plan: KeyPlan
+
+
+def feature_envelope(model: str) -> list[tuple[float, float]]:
+    """Per-feature (low, high) of the model's training envelope, from its manifest.
+
+    Raises:
+        RuntimeError: the manifest does not describe an envelope.
+    """
+    manifest = json.loads((_REPO / "models" / model / "manifest.json").read_text())
+    envelope = manifest.get("envelope") or manifest.get("feature_envelope")
+    if isinstance(envelope, dict):
+        names = manifest["feature_names"]
+        return [(float(envelope[n]["min"]), float(envelope[n]["max"])) for n in names]
+    if isinstance(envelope, list):
+        return [(float(e["min"]), float(e["max"])) for e in envelope]
+    raise RuntimeError(f"models/{model}/manifest.json has no training envelope")
+
+
+def _body(rows: int, envelope: Sequence[tuple[float, float]], rng: random.Random) -> bytes:
+    values = [[round(rng.uniform(lo, hi), 3) for lo, hi in envelope] for _ in range(rows)]
+    document = {"features": values[0]} if rows == 1 else {"instances": values}
+    return json.dumps(document).encode()
+
+
+def send(
+    port: int, *, path: str, body: bytes, headers: Mapping[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    """POST one request on a fresh loopback connection; return status, headers, body."""
+    connection = http.client.HTTPConnection(_HOST, port, timeout=_REQUEST_TIMEOUT_S)
+    try:
+        connection.request("POST", path, body=body, headers={**headers, "Connection": "close"})
+        response = connection.getresponse()
+        payload = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+    finally:
+        connection.close()
+
+
+def _one_request(
+    key: LoadKey, instance: int, port: int, rows: int, body: bytes, model: str
+) -> Sample:
+    path = "/predict" if model == "iris" else f"/models/{model}/predict"
+    headers = {"Content-Type": "application/json", "X-API-Key": key.api_key}
+    sent = time.time()
+    try:
+        status, response_headers, payload = send(port, path=path, body=body, headers=headers)
+    except (OSError, http.client.HTTPException) as exc:
+        return Sample(key.key_id, instance, rows, sent, time.time(), 0, None, None, 0,
+                      transport_error=type(exc).__name__)  # fmt: skip
+    received = time.time()
+    error_code: str | None = None
+    returned = 0
+    with contextlib.suppress(ValueError):
+        document = json.loads(payload)
+        if isinstance(document, dict):
+            if isinstance(document.get("error"), dict):
+                error_code = str(document["error"].get("code"))
+            if isinstance(document.get("predictions"), list):
+                returned = len(document["predictions"])
+    return Sample(key.key_id, instance, rows, sent, received, status,
+                  response_headers.get("x-request-id"), error_code, returned)  # fmt: skip
+
+
+def drive(
+    keys: Sequence[LoadKey], ports: Sequence[int], config: LoadConfig
+) -> tuple[list[Sample], float]:
+    """Run ``config.clients`` client threads until the duration or the request cap is reached."""
+    envelope = feature_envelope(config.model)
+    samples: list[Sample] = []
+    lock = threading.Lock()
+    issued = [0]
+    deadline = time.monotonic() + config.duration_s
+
+    def client(index: int) -> None:
+        rng = random.Random(config.seed * 1000 + index)  # noqa: S311 - load shape, not security
+        while time.monotonic() < deadline:
+            with lock:
+                if issued[0] >= config.max_requests:
+                    return
+                issued[0] += 1
+            key = rng.choice(keys)
+            instance = rng.randrange(len(ports))
+            rows = rng.randint(2, 3) if rng.random() < config.batch_share else 1
+            body = _body(rows, envelope, rng)
+            sample = _one_request(key, instance, ports[instance], rows, body, config.model)
+            with lock:
+                samples.append(sample)
+
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=client, args=(i,), daemon=True) for i in range(config.clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=config.duration_s + _REQUEST_TIMEOUT_S + 30)
+    return samples, time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- evidence
+def read_audit(logs: Sequence[Path]) -> list[dict[str, Any]]:
+    """Every audit record (JSON line with ``message == "audit"``) in the instances' logs."""
+    records: list[dict[str, Any]] = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("message") == "audit":
+                records.append(record)
+    return records
+
+
+def read_key_items(env: Mapping[str, str], key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The DynamoDB item of every key, read straight from the table after the run."""
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=env["AWS_ENDPOINT_URL_DYNAMODB"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    tables = client.list_tables()["TableNames"]
+    items: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        for key_id in key_ids:
+            if key_id in items:
+                continue
+            raw = client.get_item(
+                TableName=table, Key={"pk": {"S": f"key#{key_id}"}}, ConsistentRead=True
+            ).get("Item")
+            if raw:
+                items[key_id] = {name: _plain(value) for name, value in raw.items()}
+    return items
+
+
+def _plain(value: Mapping[str, Any]) -> Any:
+    ((kind, raw),) = value.items()
+    if kind == "N":
+        number = float(raw)
+        return int(number) if number.is_integer() else number
+    if kind in ("SS", "NS"):
+        return sorted(raw)
+    return raw
+
+
+# --------------------------------------------------------------------------- checks
+@dataclass
+class Report:
+    """What the run did and whether every exactness check held."""
+
+    instances: int
+    clients: int
+    keys: int
+    duration_s: float
+    requests: int = 0
+    allowed_requests: int = 0
+    allowed_rows: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    audit_records: int = 0
+    windows_checked: int = 0
+    windows_saturated: int = 0
+    budgets_checked: int = 0
+    budgets_exhausted: int = 0
+    requests_per_second: float = 0.0
+    latency_p50_ms: float = 0.0
+    latency_p99_ms: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every check held and there was traffic to check."""
+        return not self.failures and self.requests > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {**asdict(self), "ok": self.ok}
+
+
+def check_run(
+    keys: Sequence[LoadKey],
+    samples: Sequence[Sample],
+    audit: Sequence[Mapping[str, Any]],
+    items: Mapping[str, Mapping[str, Any]],
+    report: Report,
+) -> None:
+    """Cross-check responses, audit records and DynamoDB items; record every failure."""
+    fail = report.failures.append
+    report.requests = len(samples)
+    report.audit_records = len(audit)
+    statuses: dict[str, int] = defaultdict(int)
+    for sample in samples:
+        statuses[str(sample.status) if not sample.transport_error else sample.transport_error] += 1
+    report.statuses = dict(sorted(statuses.items()))
+
+    transport = [s for s in samples if s.transport_error]
+    if transport:
+        fail(f"{len(transport)} requests failed at the transport level")
+    server_errors = [s for s in samples if s.status >= 500]
+    if server_errors:
+        fail(f"{len(server_errors)} responses were 5xx")
+    unexpected = [s for s in samples if s.status not in (200, 429) and not s.transport_error]
+    if unexpected:
+        fail(f"{len(unexpected)} responses had a status other than 200/429")
+    short = [s for s in samples if s.status == 200 and s.returned_rows != s.rows]
+    if short:
+        fail(f"{len(short)} allowed responses did not return one prediction per row")
+
+    # Exactly one audit record per request, and none without a request.
+    by_id: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in audit:
+        by_id[str(record.get("request_id"))].append(record)
+    missing_id = [s for s in samples if not s.request_id and not s.transport_error]
+    if missing_id:
+        fail(f"{len(missing_id)} responses carried no X-Request-Id")
+    answered = {s.request_id for s in samples if s.request_id}
+    no_record = [rid for rid in answered if len(by_id.get(rid, [])) == 0]
+    duplicated = [rid for rid, recs in by_id.items() if len(recs) > 1]
+    orphans = [rid for rid in by_id if rid not in answered]
+    if no_record:
+        fail(f"{len(no_record)} requests have no audit record")
+    if duplicated:
+        fail(f"{len(duplicated)} requests have more than one audit record")
+    if orphans:
+        fail(f"{len(orphans)} audit records match no request")
+    for sample in samples:
+        records = by_id.get(sample.request_id or "", [])
+        if len(records) != 1:
+            continue
+        record = records[0]
+        if int(record.get("status", -1)) != sample.status:
+            fail(f"audit status {record.get('status')} != response {sample.status}")
+        elif record.get("key_id") != sample.key_id:
+            fail("an audit record names another key than the request's")
+        elif sample.status == 200 and (
+            record.get("decision") != "allow" or int(record.get("rows", -1)) != sample.rows
+        ):
+            fail("an allowed request's audit record is not allow with its rows")
+
+    refused: dict[str, int] = defaultdict(int)
+    for sample in samples:
+        if sample.status == 429:
+            refused[_refusal_reason(sample, by_id)] += 1
+    report.refused = dict(sorted(refused.items()))
+    allowed = [s for s in samples if s.status == 200]
+    report.allowed_requests = len(allowed)
+    report.allowed_rows = sum(s.rows for s in allowed)
+
+    for key in keys:
+        _check_key(key, samples, by_id, audit, items.get(key.key_id), report)
+
+
+def _refusal_reason(sample: Sample, by_id: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    records = by_id.get(sample.request_id or "", [])
+    if len(records) == 1 and records[0].get("reason"):
+        return str(records[0]["reason"])
+    return sample.error_code or "unknown"
+
+
+def _is_budget(reason: str) -> bool:
+    return "budget" in reason or "quota" in reason
+
+
+def _check_key(
+    key: LoadKey,
+    samples: Sequence[Sample],
+    by_id: Mapping[str, Sequence[Mapping[str, Any]]],
+    audit: Sequence[Mapping[str, Any]],
+    item: Mapping[str, Any] | None,
+    report: Report,
+) -> None:
+    fail = report.failures.append
+    mine = [s for s in samples if s.key_id == key.key_id and not s.transport_error]
+    allowed = [s for s in mine if s.status == 200]
+    refusals = [(s, _refusal_reason(s, by_id)) for s in mine if s.status == 429]
+    served_rows = sum(s.rows for s in allowed)
+    audited = [r for r in audit if r.get("key_id") == key.key_id and r.get("decision") == "allow"]
+    audit_rows = sum(int(r.get("rows", 0)) for r in audited)
+    if item is None:
+        fail(f"key {key.key_id}: no DynamoDB item after the run")
+        return
+    used = int(item.get("rows_used", 0))
+    counted_requests = int(item.get("requests", 0))
+    # Counters == audit trail == responses.
+    if not used == audit_rows == served_rows:
+        fail(f"key {key.key_id}: rows_used {used}, audit {audit_rows}, served {served_rows}")
+    if counted_requests != len(audited) or len(audited) != len(allowed):
+        fail(
+            f"key {key.key_id}: requests {counted_requests}, audit {len(audited)}, "
+            f"served {len(allowed)}"
+        )
+    # Budget: never over; a refusal for the budget only when the rows no longer fitted.
+    report.budgets_checked += 1
+    if used > key.plan.budget:
+        fail(f"key {key.key_id}: {used} rows used over a budget of {key.plan.budget}")
+    budget_refusals = [s for s, reason in refusals if _is_budget(reason)]
+    for sample in budget_refusals:
+        if used + sample.rows <= key.plan.budget:
+            fail(
+                f"key {key.key_id}: refused {sample.rows} rows for the budget with "
+                f"{key.plan.budget - used} rows left"
+            )
+    if budget_refusals:
+        report.budgets_exhausted += 1
+    # Rate windows: attribute each request to its window when its send/receive interval lies
+    # inside one window (the server's clock is this machine's); otherwise it is ambiguous.
+    window = key.plan.window_s
+    certain: dict[int, int] = defaultdict(int)
+    maybe: dict[int, int] = defaultdict(int)
+    for sample in allowed:
+        first, last = int(sample.sent) // window, int(sample.received) // window
+        if first == last:
+            certain[first * window] += sample.rows
+        else:
+            for w in range(first, last + 1):
+                maybe[w * window] += sample.rows
+    for start in sorted(set(certain) | set(maybe)):
+        report.windows_checked += 1
+        if certain[start] > key.plan.rate:
+            fail(f"key {key.key_id}: {certain[start]} rows in a window of {key.plan.rate}")
+    saturated: set[int] = set()
+    for sample, reason in refusals:
+        if _is_budget(reason):
+            continue
+        first, last = int(sample.sent) // window, int(sample.received) // window
+        if first != last:
+            continue
+        start = first * window
+        if certain[start] + maybe[start] + sample.rows <= key.plan.rate:
+            fail(
+                f"key {key.key_id}: refused {sample.rows} rows for the rate with at most "
+                f"{certain[start] + maybe[start]} of {key.plan.rate} used in the window"
+            )
+        saturated.add(start)
+    report.windows_saturated += len(saturated)
+    # The live window's counter in DynamoDB equals the rows attributed to that window.
+    for name, value in item.items():
+        if not name.startswith("rw_"):
+            continue
+        start = int(name[3:])
+        low, high = certain.get(start, 0), certain.get(start, 0) + maybe.get(start, 0)
+        if not low <= int(value) <= high:
+            fail(f"key {key.key_id}: window {start} counter {value} outside [{low}, {high}]")
+
+
+# --------------------------------------------------------------------------- the run
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def run(config: LoadConfig) -> Report:
+    """Run the whole load test once and return its report.
+
+    Raises:
+        RuntimeError: the local stack could not be started or keys could not be created.
+    """
+    rng = random.Random(config.seed)  # noqa: S311 - load shape, not security
+    report = Report(config.instances, config.clients, config.keys, config.duration_s)
+    with _work_dir(config.work_dir) as work:
+        stack = LocalStack(work_dir=work, instances=config.instances)
+        try:
+            stack.start_dynamodb()
+            plans = plan_keys(config.keys, rng)
+            keys = [
+                LoadKey(*create_key(stack.env, owner=f"load-{config.seed}-{i}", plan=plan), plan)
+                for i, plan in enumerate(plans)
+            ]
+            stack.start_apis()
+            samples, elapsed = drive(keys, stack.api_ports, config)
+            stack.stop_apis()
+            audit = read_audit(stack.api_logs)
+            items = read_key_items(stack.env, [k.key_id for k in keys])
+        finally:
+            stack.stop()
+        report.duration_s = round(elapsed, 2)
+        check_run(keys, samples, audit, items, report)
+        latencies = [(s.received - s.sent) * 1000 for s in samples if not s.transport_error]
+        report.requests_per_second = round(len(samples) / elapsed, 1) if elapsed else 0.0
+        report.latency_p50_ms = round(_percentile(latencies, 0.5), 1)
+        report.latency_p99_ms = round(_percentile(latencies, 0.99), 1)
+    return report
+
+
+@contextlib.contextmanager
+def _work_dir(path: str | None) -> Iterator[Path]:
+    if path is not None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="mlmoat-load-") as tmp:
+        yield Path(tmp)
+
+
+def format_summary(report: Report) -> str:
+    """The human summary printed at the end of a run."""
+    lines = [
+        f"load: {report.requests} requests, {report.instances} instances, "
+        f"{report.clients} clients, {report.keys} keys, {report.duration_s:.1f} s "
+        f"({report.requests_per_second} req/s, p50 {report.latency_p50_ms} ms, "
+        f"p99 {report.latency_p99_ms} ms)",
+        f"  statuses: {report.statuses}",
+        f"  allowed: {report.allowed_requests} requests, {report.allowed_rows} rows; "
+        f"refused: {report.refused}",
+        f"  audit records: {report.audit_records} for {report.requests} requests",
+        f"  budgets: {report.budgets_checked} checked, {report.budgets_exhausted} exhausted; "
+        f"rate windows: {report.windows_checked} checked, {report.windows_saturated} saturated",
+        "  exactness: " + ("every check held" if report.ok else "FAILED"),
+    ]
+    lines += [f"  - {failure}" for failure in report.failures[:50]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run once, print the summary, exit 0 only if every check held."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mlmoat.loadtest", description=__doc__.split("\n")[0]
+    )
+    defaults = LoadConfig()
+    parser.add_argument("--instances", type=int, default=defaults.instances)
+    parser.add_argument("--clients", type=int, default=defaults.clients)
+    parser.add_argument("--keys", type=int, default=defaults.keys)
+    parser.add_argument("--duration", type=float, default=defaults.duration_s, help="seconds")
+    parser.add_argument("--max-requests", type=int, default=defaults.max_requests)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--model", default=defaults.model)
+    parser.add_argument("--work-dir", default=None, help="keep logs here (default: a temp dir)")
+    parser.add_argument("--report", default=None, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    for name in ("instances", "clients", "keys", "max_requests"):
+        if not 1 <= getattr(args, name) <= 10000:
+            parser.error(f"--{name.replace('_', '-')} must be between 1 and 10000")
+    if not 1 <= args.duration <= 3600:
+        parser.error("--duration must be between 1 and 3600 seconds")
+    config = LoadConfig(
+        instances=args.instances,
+        clients=args.clients,
+        keys=args.keys,
+        duration_s=args.duration,
+        max_requests=args.max_requests,
+        seed=args.seed,
+        model=args.model,
+        work_dir=args.work_dir,
+    )
+    report = run(config)
+    print(format_summary(report))
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
