@@ -1,0 +1,137 @@
+"""The audit trail: the ``AuditEvent`` shape, the one Powertools ``Logger`` that writes it, metrics.
+
+Exactly one audit record is written per request, allowed or refused. The record is a single
+JSON line (Powertools Logger, ``message == "audit"``) carrying the request id both as
+``request_id`` and as Powertools' ``correlation_id``. The same line is also a CloudWatch
+Embedded Metric Format document (Powertools Metrics, EMF): ``Requests`` by ``decision`` and
+``reason``, ``RowsPredicted`` and ``Latency``, so metrics and audit can never disagree.
+
+Every record goes through ``sanitize.redact`` in the formatter: no field, message or stack
+trace written by this logger can carry key material, whatever a caller put in it. Features are
+logged as a fingerprint (SHA-256 of their canonical form) unless ``audit_raw_features`` is on.
+The fields are documented in ``docs/audit.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
+
+import numpy as np
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+from security.sanitize import redact
+from security.validation import canonical_rows
+
+AUDIT_MESSAGE = "audit"
+METRICS_NAMESPACE = "mlmoat"
+_FINGERPRINT_DOMAIN = b"mlmoat-input-v1:"
+
+
+class RedactingFormatter(LambdaPowertoolsFormatter):
+    """Powertools' JSON formatter with every field passed through ``sanitize.redact``."""
+
+    def serialize(self, log: dict[str, Any]) -> str:  # type: ignore[override]
+        """Redact, then serialise the structured record."""
+        return super().serialize(log=redact(log))
+
+
+def input_fingerprint(rows: np.ndarray) -> str:
+    """SHA-256 (hex, 32 characters) of the canonical feature values: equal inputs, equal prints."""
+    return hashlib.sha256(_FINGERPRINT_DOMAIN + canonical_rows(rows)).hexdigest()[:32]
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    """One request's audit record, filled in as the request goes through the layer."""
+
+    request_id: str
+    route: str
+    method: str = "POST"
+    source_ip: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    credential_type: str | None = None
+    key_id: str | None = None
+    subject: str | None = None
+    principal_fingerprint: str | None = None
+    rows: int = 0
+    decision: str = "deny"
+    reason: str = "internal_error"
+    status: int = 500
+    latency_ms: float = 0.0
+    input_fingerprint: str | None = None
+    features: list[list[float]] | None = None
+    output_policy: str | None = None
+    flags: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def record_input(self, rows: np.ndarray, *, raw: bool) -> None:
+        """Record the validated input: a fingerprint always, raw values only when ``raw``."""
+        self.rows = int(rows.shape[0])
+        self.input_fingerprint = input_fingerprint(rows)
+        if raw:
+            self.features = [[float(value) for value in row] for row in rows.tolist()]
+
+    def finish(self, *, status: int, reason: str | None = None) -> None:
+        """Set the outcome: the decision follows from the status (2xx allow, else deny)."""
+        self.status = status
+        self.decision = "allow" if 200 <= status < 300 else "deny"
+        if reason is not None:
+            self.reason = reason
+        elif self.decision == "allow":
+            self.reason = "ok"
+        self.latency_ms = round((time.perf_counter() - self.started) * 1000.0, 3)
+
+    def fields(self) -> dict[str, Any]:
+        """The record's fields as they are logged (``None`` fields left out)."""
+        values = asdict(self)
+        values.pop("started")
+        if not values["flags"]:
+            values.pop("flags")
+        return {key: value for key, value in values.items() if value is not None}
+
+
+class AuditLog:
+    """Writes audit records and EMF metrics through one Powertools ``Logger``."""
+
+    def __init__(self, *, service: str, stream: IO[str] | None = None) -> None:
+        self.formatter = RedactingFormatter()
+        self.logger = Logger(service=service, stream=stream, logger_formatter=self.formatter)
+        self._service = service
+
+    def add_handler(self, handler: logging.Handler) -> None:
+        """Also send records to ``handler`` (formatted and redacted as the audit stream is)."""
+        handler.setFormatter(self.formatter)
+        self.logger.addHandler(handler)
+
+    def begin(self, request_id: str) -> None:
+        """Start a request: every line logged until the next ``begin`` carries its id."""
+        self.logger.set_correlation_id(request_id)
+
+    def error(self, message: str, *, exc: BaseException) -> None:
+        """Log an unexpected failure with its stack trace (redacted; never sent to a client)."""
+        self.logger.error(message, exc_info=(type(exc), exc, exc.__traceback__))
+
+    def metrics(self, event: AuditEvent) -> dict[str, Any]:
+        """The EMF document for one request: Requests by decision and reason, rows, latency."""
+        metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=self._service)
+        metrics.add_dimension(name="decision", value=event.decision)
+        metrics.add_dimension(name="reason", value=event.reason)
+        metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=event.latency_ms)
+        if event.decision == "allow":
+            metrics.add_metric(name="RowsPredicted", unit=MetricUnit.Count, value=event.rows)
+        return dict(metrics.serialize_metric_set())
+
+    def emit(self, event: AuditEvent) -> dict[str, Any]:
+        """Write the request's one audit record (with its metrics); return the logged fields."""
+        self.logger.set_correlation_id(event.request_id)
+        fields = {**self.metrics(event), **event.fields()}
+        self.logger.info(AUDIT_MESSAGE, extra=fields)
+        return fields

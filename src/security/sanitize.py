@@ -1,0 +1,147 @@
+"""Output policies applied after prediction, and the redaction choke point for logs.
+
+Output policy grammar (set per key, or from a token's claims; the default is
+``settings.default_output_policy``, ``probabilities:2``, the seed's rounding)::
+
+    label                         the label alone
+    probabilities:N               every class, probabilities rounded to N decimals (0-6)
+    probabilities:N:topK          only the K most probable classes
+    probabilities:N[:topK]:minT   below a top probability of T, the label alone
+
+Every policy returns the label. Rounding, top-k and the confidence threshold each remove
+information an attacker would use for model extraction, inversion or membership inference.
+
+``redact`` is the single choke point every audit and log field goes through: it masks our API
+keys (``mlmoat_`` prefix), ``Bearer`` credentials, JWT-shaped strings, and the whole value of any
+field whose name says it holds a secret.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from security.keys import KEY_PREFIX
+from security.settings import is_output_policy
+
+_POLICY_RE = re.compile(
+    r"^(?:(?P<label>label)|probabilities:(?P<decimals>[0-6])"
+    r"(?::top(?P<top>[1-9][0-9]?))?(?::min(?P<min>0\.[0-9]{1,4}))?)$"
+)
+MASK = "***"
+_SECRET_PATTERNS = (
+    # Our API keys, also truncated ones: the prefix followed by anything key-shaped.
+    re.compile(re.escape(KEY_PREFIX) + r"[0-9A-Za-z_]{4,}"),
+    re.compile(r"(?i)\bbearer\s+[^\s\"',;]+"),
+    re.compile(r"\beyJ[0-9A-Za-z_-]{2,}\.[0-9A-Za-z_-]{2,}\.[0-9A-Za-z_-]*"),
+)
+_SECRET_FIELD_RE = re.compile(
+    r"(?i)(api[-_]?key|authorization|token|secret|password|credential|cookie)"
+)
+# Audit fields that are known-safe identifiers even though their names match the pattern above.
+_SAFE_FIELDS = frozenset({"principal_fingerprint", "credential_type"})
+
+
+class OutputPolicyError(ValueError):
+    """The text is not a well-formed output policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputPolicy:
+    """How much of a prediction a caller may see."""
+
+    probabilities: bool
+    decimals: int = 2
+    top_k: int | None = None
+    min_confidence: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> OutputPolicy:
+        """Parse ``label`` / ``probabilities:N[:topK][:minT]``.
+
+        Raises:
+            OutputPolicyError: the text does not follow the grammar.
+        """
+        match = _POLICY_RE.match(text.strip())
+        if match is None or not is_output_policy(text.strip()):
+            raise OutputPolicyError("not an output policy")
+        if match["label"]:
+            return cls(probabilities=False)
+        return cls(
+            probabilities=True,
+            decimals=int(match["decimals"]),
+            top_k=int(match["top"]) if match["top"] else None,
+            min_confidence=float(match["min"]) if match["min"] else None,
+        )
+
+    def __str__(self) -> str:
+        if not self.probabilities:
+            return "label"
+        text = f"probabilities:{self.decimals}"
+        if self.top_k is not None:
+            text += f":top{self.top_k}"
+        if self.min_confidence is not None:
+            text += f":min{self.min_confidence:g}"
+        return text
+
+
+def _label(value: Any) -> str | int:
+    # Class labels come from the manifest: ints stay ints, everything else is shown as text.
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | np.integer):
+        return int(value)
+    return str(value)
+
+
+def apply_output_policy(
+    policy: OutputPolicy, classes: Sequence[Any], probabilities: np.ndarray
+) -> list[dict[str, Any]]:
+    """Turn raw class probabilities (rows x classes) into the predictions a caller may see.
+
+    The label is always the arg-max of the raw probabilities, so rounding cannot change it.
+    """
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(classes):
+        raise ValueError("probabilities do not match the model's classes")
+    predictions: list[dict[str, Any]] = []
+    for row in probabilities:
+        best = int(np.argmax(row))
+        prediction: dict[str, Any] = {"label": _label(classes[best])}
+        confident = policy.min_confidence is None or float(row[best]) >= policy.min_confidence
+        if policy.probabilities and confident:
+            order = sorted(range(len(classes)), key=lambda i: (-float(row[i]), i))
+            if policy.top_k is not None:
+                order = order[: policy.top_k]
+            prediction["probabilities"] = {
+                str(_label(classes[i])): round(float(row[i]), policy.decimals) for i in order
+            }
+        predictions.append(prediction)
+    return predictions
+
+
+def redact_text(text: str) -> str:
+    """Mask anything in ``text`` that looks like key material."""
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(MASK, text)
+    return text
+
+
+def redact(value: Any, *, field: str | None = None) -> Any:
+    """The log redaction choke point: mask key material anywhere inside ``value``.
+
+    Strings are scanned for key shapes; a mapping entry whose name says it holds a secret
+    (``api_key``, ``authorization``, ``token``, ...) is masked whole, whatever its value.
+    """
+    if field is not None and field not in _SAFE_FIELDS and _SECRET_FIELD_RE.search(field):
+        return MASK if value not in (None, "") else value
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {str(key): redact(item, field=str(key)) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value

@@ -1,0 +1,357 @@
+"""Prediction input: the request schema generated per model from its manifest, and body parsing.
+
+A body is refused, in this order, when:
+
+====================  ======  ==============================================================
+rule (``reason``)      status  what it means
+====================  ======  ==============================================================
+unsupported_media_type 415    the ``Content-Type`` is not ``application/json`` (charset utf-8)
+body_too_large         413    the body is over ``settings.max_body_bytes`` (checked before parsing)
+malformed_body         400    not UTF-8, not JSON, or a truncated document
+nesting_too_deep       400    brackets nested deeper than any valid request needs (pre-scan)
+duplicate_key          400    an object repeats a key
+wrong_root_type        400    the document is not a JSON object
+unknown_field          422    a top-level field other than ``features`` / ``instances``
+missing_field          422    neither or both of ``features`` and ``instances``
+not_a_list             422    ``features`` / a row / ``instances`` is not an array
+empty_batch            422    ``instances`` is an empty array
+too_many_rows          413    more rows than ``settings.max_rows``
+wrong_feature_count    422    a row does not have exactly the model's feature count
+not_a_number           422    a feature is a string, boolean, null, array or object
+non_finite_number      422    ``NaN`` / ``Infinity`` literals, or a number that overflows (1e309)
+outside_envelope       422    a feature lies outside the training envelope widened by the margin
+====================  ======  ==============================================================
+
+The envelope: for a feature seen in training between ``min`` and ``max``, a value is accepted when
+``min - m*w <= x <= max + m*w`` where ``w = max - min`` (or ``max(|max|, 1)`` for a constant
+feature) and ``m`` is ``settings.envelope_margin`` (default 0.1, i.e. 10 % of the range on each
+side). The seed's flat ``|x| <= 1e6`` would let a caller probe the model far outside anything it
+was trained on, where its answers are meaningless and most useful to an attacker.
+
+Parsing is bounded: the size cap comes first, a linear pre-scan refuses nesting deeper than
+``_MAX_DEPTH`` before ``json`` recurses, ``object_pairs_hook`` refuses duplicate keys,
+``parse_constant`` refuses ``NaN``/``Infinity``, and ``parse_int``/``parse_float`` refuse
+numbers that are not finite doubles. Error messages name the rule, never a value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from security.errors import (
+    InvalidPayloadError,
+    MalformedBodyError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+
+# {"instances": [[...]]} nests three deep; anything deeper is not a request we could accept.
+_MAX_DEPTH = 3
+# A finite double has at most 309 integer digits; longer digit strings are refused before int().
+_MAX_INT_DIGITS = 309
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET_RE = re.compile(r"[\[\]{}]")
+_MEDIA_TYPE_RE = re.compile(r"^\s*application/json\s*(?:;(?P<params>.*))?$", re.IGNORECASE)
+
+#: The public message for each rule: says which rule failed, never a value or an internal name.
+RULE_MESSAGES: dict[str, str] = {
+    "unsupported_media_type": "The request body must be JSON (Content-Type: application/json).",
+    "body_too_large": "The request body is larger than this API accepts.",
+    "malformed_body": "The request body is not a well-formed JSON document.",
+    "nesting_too_deep": "The request body is nested deeper than any valid request.",
+    "duplicate_key": "The request body repeats a JSON key.",
+    "wrong_root_type": "The request body must be a JSON object.",
+    "unknown_field": "The request body has a field this API does not accept.",
+    "missing_field": "The request body must have exactly one of 'features' or 'instances'.",
+    "not_a_list": "'features' must be an array of numbers and 'instances' an array of such arrays.",
+    "empty_batch": "'instances' must contain at least one row.",
+    "too_many_rows": "The batch has more rows than this API accepts.",
+    "wrong_feature_count": "Each row must have exactly the model's number of features.",
+    "not_a_number": "Every feature must be a JSON number (not a string, boolean or null).",
+    "non_finite_number": "Every feature must be a finite number (no NaN, Infinity or overflow).",
+    "outside_envelope": "A feature is outside the range this model accepts.",
+}
+
+
+class _NonFiniteError(ValueError):
+    """A number in the body is not a finite double (internal to the parser hooks)."""
+
+
+class _DuplicateKeyError(ValueError):
+    """An object in the body repeats a key (internal to the parser hooks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureBound:
+    """The accepted range of one feature: the training envelope widened by the margin."""
+
+    name: str
+    low: float
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSchema:
+    """The request schema of one model: its features, in order, with their accepted ranges."""
+
+    model: str
+    bounds: tuple[FeatureBound, ...]
+
+    @property
+    def n_features(self) -> int:
+        """The exact number of features a row must have."""
+        return len(self.bounds)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Feature names in the order the model expects them."""
+        return tuple(bound.name for bound in self.bounds)
+
+    @classmethod
+    def from_manifest(
+        cls,
+        model: str,
+        feature_names: Sequence[str],
+        envelope: Mapping[str, Mapping[str, float]] | Sequence[Mapping[str, float]],
+        *,
+        margin: float,
+    ) -> FeatureSchema:
+        """Build the schema from a manifest's feature names and per-feature ``min``/``max``.
+
+        ``envelope`` is either keyed by feature name or a list aligned with ``feature_names``.
+
+        Raises:
+            ValueError: the envelope does not cover every feature, or a bound is not finite.
+        """
+        if margin < 0 or not math.isfinite(margin):
+            raise ValueError("margin must be a finite, non-negative fraction")
+        if isinstance(envelope, Mapping):
+            entries = [envelope[name] for name in feature_names]
+        else:
+            entries = list(envelope)
+            if len(entries) != len(feature_names):
+                raise ValueError("envelope does not cover every feature")
+        bounds = []
+        for name, entry in zip(feature_names, entries, strict=True):
+            low, high = float(entry["min"]), float(entry["max"])
+            if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+                raise ValueError(f"envelope of feature {name!r} is not a finite range")
+            width = high - low if high > low else max(abs(high), 1.0)
+            bounds.append(FeatureBound(name, low - margin * width, high + margin * width))
+        if not bounds:
+            raise ValueError("a model needs at least one feature")
+        return cls(model=model, bounds=tuple(bounds))
+
+    def json_schema(self) -> dict[str, Any]:
+        """The request body as JSON Schema (for OpenAPI); the envelope itself is not published."""
+        row: dict[str, Any] = {
+            "type": "array",
+            "items": {"type": "number"},
+            "minItems": self.n_features,
+            "maxItems": self.n_features,
+            "description": "Feature values in this order: " + ", ".join(self.feature_names),
+        }
+        return {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": {"features": row},
+                    "required": ["features"],
+                    "additionalProperties": False,
+                },
+                {
+                    "type": "object",
+                    "properties": {"instances": {"type": "array", "items": row, "minItems": 1}},
+                    "required": ["instances"],
+                    "additionalProperties": False,
+                },
+            ]
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionInput:
+    """A validated request: the rows as a float64 matrix and which shape the caller used."""
+
+    rows: np.ndarray
+    shape: Literal["features", "instances"]
+
+    @property
+    def n_rows(self) -> int:
+        """How many rows will be predicted (and charged)."""
+        return int(self.rows.shape[0])
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Require ``application/json`` (optionally ``; charset=utf-8``).
+
+    Raises:
+        UnsupportedMediaTypeError: the content type is missing or not JSON in UTF-8.
+    """
+    match = _MEDIA_TYPE_RE.match(content_type or "")
+    if match is None:
+        raise UnsupportedMediaTypeError("unsupported_media_type")
+    for param in (match["params"] or "").split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise UnsupportedMediaTypeError("unsupported_media_type", detail="charset")
+
+
+def _max_depth(text: str) -> int:
+    depth = deepest = 0
+    for match in _BRACKET_RE.finditer(_STRING_RE.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFiniteError(name)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFiniteError("overflow")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _NonFiniteError("overflow")
+    value = int(text)
+    if not math.isfinite(float(value)):
+        raise _NonFiniteError("overflow")
+    return value
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError("duplicate key")
+        result[key] = value
+    return result
+
+
+def parse_json_body(body: bytes, *, max_body_bytes: int) -> Any:
+    """Parse a request body as strict, bounded JSON.
+
+    Raises:
+        PayloadTooLargeError: the body is over ``max_body_bytes``.
+        MalformedBodyError: not UTF-8, not JSON, too deeply nested, or a duplicate key.
+        InvalidPayloadError: ``NaN``/``Infinity`` literals or a number that overflows a double.
+    """
+    if len(body) > max_body_bytes:
+        raise PayloadTooLargeError("body_too_large")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedBodyError("malformed_body", detail="not utf-8") from exc
+    if _max_depth(text) > _MAX_DEPTH:
+        raise MalformedBodyError("nesting_too_deep")
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_unique_object,
+            parse_constant=_refuse_constant,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+        )
+    except _NonFiniteError as exc:
+        raise InvalidPayloadError("non_finite_number") from exc
+    except _DuplicateKeyError as exc:
+        raise MalformedBodyError("duplicate_key") from exc
+    except RecursionError as exc:  # unreachable after the pre-scan; kept as a second bound
+        raise MalformedBodyError("nesting_too_deep") from exc
+    except ValueError as exc:
+        raise MalformedBodyError("malformed_body", detail=type(exc).__name__) from exc
+
+
+def _row(values: Any, schema: FeatureSchema) -> list[float]:
+    if not isinstance(values, list):
+        raise InvalidPayloadError("not_a_list")
+    if len(values) != schema.n_features:
+        raise InvalidPayloadError("wrong_feature_count")
+    row = []
+    for value in values:
+        # bool is a subclass of int: refuse it explicitly rather than coerce True to 1.0.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidPayloadError("not_a_number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise InvalidPayloadError("non_finite_number")
+        row.append(number)
+    for number, bound in zip(row, schema.bounds, strict=True):
+        if not bound.low <= number <= bound.high:
+            raise InvalidPayloadError("outside_envelope", detail=f"feature={bound.name}")
+    return row
+
+
+def validate_document(document: Any, schema: FeatureSchema, *, max_rows: int) -> PredictionInput:
+    """Check a parsed body against a model's schema and return the rows to predict.
+
+    Raises:
+        MalformedBodyError: the document is not a JSON object.
+        PayloadTooLargeError: the batch has more than ``max_rows`` rows.
+        InvalidPayloadError: any other rule in the module docstring's table; ``reason`` names it.
+    """
+    if not isinstance(document, dict):
+        raise MalformedBodyError("wrong_root_type")
+    if set(document) - {"features", "instances"}:
+        raise InvalidPayloadError("unknown_field")
+    if len(document) != 1:
+        raise InvalidPayloadError("missing_field")
+    if "features" in document:
+        rows = [_row(document["features"], schema)]
+        shape: Literal["features", "instances"] = "features"
+    else:
+        instances = document["instances"]
+        if not isinstance(instances, list):
+            raise InvalidPayloadError("not_a_list")
+        if not instances:
+            raise InvalidPayloadError("empty_batch")
+        if len(instances) > max_rows:
+            raise PayloadTooLargeError("too_many_rows")
+        rows = [_row(values, schema) for values in instances]
+        shape = "instances"
+    return PredictionInput(rows=np.asarray(rows, dtype=np.float64), shape=shape)
+
+
+def parse_prediction_request(
+    body: bytes,
+    content_type: str | None,
+    schema: FeatureSchema,
+    *,
+    max_body_bytes: int,
+    max_rows: int,
+) -> PredictionInput:
+    """Content type, size, bounded JSON parse and schema validation of a prediction request.
+
+    Raises:
+        UnsupportedMediaTypeError: not ``application/json``.
+        PayloadTooLargeError: body or batch over its cap.
+        MalformedBodyError: not well-formed JSON of the right root type.
+        InvalidPayloadError: a feature rule failed; ``reason`` names the rule.
+    """
+    check_content_type(content_type)
+    document = parse_json_body(body, max_body_bytes=max_body_bytes)
+    return validate_document(document, schema, max_rows=max_rows)
+
+
+def canonical_rows(rows: np.ndarray) -> bytes:
+    """A canonical byte form of feature rows (for the audit log's input fingerprint)."""
+    return json.dumps([[float(value) for value in row] for row in rows.tolist()]).encode("ascii")
