@@ -1,0 +1,1 @@
+"""``mlmoat bench``: mlmoat measured against the seed's recipe, side by side, in one run."""

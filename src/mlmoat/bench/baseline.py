@@ -1,0 +1,102 @@
+"""Build the seed's recipe as a Lambda function: ``bench/baseline/`` plus its locked dependencies.
+
+The dependencies come from PyPI through ``requirements/bench-baseline.lock`` (hash-pinned,
+constrained by the dev lock so the libraries both stacks share are the same versions), installed
+into ``build/bench-baseline/python`` the same way the deps layer is built (``pip --target``,
+binary wheels only, no byte-code): the baseline is packaged like mlmoat so only the recipes
+differ. The scikit-learn model is trained and joblib-dumped by the baseline's own scikit-learn.
+A stamp of the inputs' hashes skips the rebuild when nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from mlmoat.bench.runner import FunctionSpec
+
+BASELINE_KEY = "super-secret-key-stored-in-env"
+
+
+class BaselineBuildError(RuntimeError):
+    """Installing the baseline's dependencies or training its model failed."""
+
+
+def _digest(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _run(argv: list[str], what: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BaselineBuildError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def build_baseline(root: Path, *, log: bool = True) -> FunctionSpec:
+    """Build (or reuse) the baseline function and say how to run it.
+
+    Raises:
+        BaselineBuildError: the dependency install or the model training failed.
+    """
+    root = root.resolve()
+    source = root / "bench" / "baseline"
+    lock = root / "requirements" / "bench-baseline.lock"
+    out = root / "build" / "bench-baseline"
+    deps, function = out / "python", out / "function"
+    stamp = out / ".stamp"
+    inputs = _digest([lock, source / "app.py", source / "train.py"])
+    if not (stamp.is_file() and stamp.read_text(encoding="utf-8") == inputs):
+        if log:
+            print("bench: building the baseline (seed recipe) from PyPI ...", file=sys.stderr)
+        if out.exists():
+            shutil.rmtree(out)
+        function.mkdir(parents=True)
+        _run(
+            [
+                sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                "--no-compile", "--no-deps", "--require-hashes", "--only-binary=:all:",
+                "--target", str(deps), "-r", str(lock),
+            ],
+            "pip install of the baseline's dependencies",
+        )
+        shutil.rmtree(deps / "bin", ignore_errors=True)
+        shutil.copy2(source / "app.py", function / "app.py")
+        # Train with the baseline's own libraries only, so the pickle matches what loads it.
+        _run(
+            [
+                sys.executable, "-I", "-S", "-B", "-c",
+                "import sys, runpy; sys.path[:0] = [sys.argv[1]]; sys.argv = sys.argv[2:]; "
+                "runpy.run_path(sys.argv[0], run_name='__main__')",
+                str(deps), str(source / "train.py"), str(function / "model.joblib"),
+            ],
+            "training the baseline model",
+        )
+        stamp.write_text(inputs, encoding="utf-8")
+    return FunctionSpec(
+        label="baseline",
+        paths=(str(function), str(deps)),
+        handler="app.handler",
+        env={
+            "BASELINE_API_KEY": BASELINE_KEY,
+            "BASELINE_MODEL_PATH": str(function / "model.joblib"),
+        },
+        function_name="BaselineFunction",
+    )
+
+
+def package_bytes(spec: FunctionSpec) -> int:
+    """Unzipped bytes of the function and everything on its path (files, not directories)."""
+    return sum(_tree_bytes(Path(path)) for path in spec.paths)
+
+
+def _tree_bytes(root: Path) -> int:
+    if root.is_file():
+        return root.stat().st_size
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())

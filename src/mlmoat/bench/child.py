@@ -1,0 +1,196 @@
+"""The benchmark's function process: one Lambda execution environment, cold then warm.
+
+``mlmoat bench`` runs this file as a script in a fresh interpreter started with ``-I -S``
+(no site-packages, no environment-driven paths) and either ``-B`` (no byte-code, as in Lambda for
+a package that ships none) or ``-X pycache_prefix`` (byte-code kept outside the build), so only
+what the parent puts on ``sys.path`` is importable: the function's code,
+its layers, and boto3. It is never imported by the ``mlmoat`` package and imports nothing from
+it: it must run with the standard library alone.
+
+Protocol: ``python -I -S -B child.py CONFIG_JSON RESULT_FD`` (or ``-X pycache_prefix=DIR``). The child imports the handler,
+sends the first event, and writes one JSON line ``{"first": {...}}`` to ``RESULT_FD`` the
+moment the first response is back (the parent timestamps that line: process start to first
+response). It then runs each phase and writes one final JSON line with every measurement.
+The handler's own stdout (audit records, EMF metrics) stays on stdout, which the parent sends
+to a file, as Lambda sends it to CloudWatch.
+
+With ``"hooks": true`` it registers botocore event handlers on boto3's default session before
+the handler creates its clients (botocore copies a session's handlers into each client), to
+count AWS requests per invocation and to time each DynamoDB round trip from ``before-send`` to
+the HTTP response (``before-parse``), so the in-process time can be reported with the wire
+subtracted. The hooks only observe: they return ``None`` and never change a request.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import sys
+import time
+import uuid
+from typing import Any
+
+_start = time.perf_counter()
+
+
+class _Context:
+    """The parts of ``LambdaContext`` that Powertools and Mangum read."""
+
+    def __init__(self, function_name: str, memory_mb: int) -> None:
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = memory_mb
+        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "bench"
+        self._deadline = time.monotonic() + 30.0
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class _Wire:
+    """Counts AWS requests and sums DynamoDB wire time, per invocation."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self._open: float | None = None
+
+    def reset(self) -> None:
+        self.calls: list[str] = []
+        self.sends: dict[str, int] = {}
+        self.wire_ns = 0
+        self.request_bytes = 0
+        self.response_bytes = 0
+
+    def install(self) -> None:
+        import boto3
+
+        boto3.setup_default_session()
+        session = boto3.DEFAULT_SESSION
+        assert session is not None
+        events = session.events
+        events.register("before-call", self._before_call, unique_id="mlmoat-bench-call")
+        events.register("before-send", self._before_send, unique_id="mlmoat-bench-send")
+        events.register("before-parse", self._after_send, unique_id="mlmoat-bench-parse")
+        events.register("needs-retry", self._needs_retry, unique_id="mlmoat-bench-retry")
+
+    def _before_call(self, model: Any = None, **_: Any) -> None:
+        if model is not None:
+            self.calls.append(f"{model.service_model.service_id.hyphenize()}:{model.name}")
+
+    def _before_send(self, request: Any = None, event_name: str = "", **_: Any) -> None:
+        service = event_name.split(".")[1] if "." in event_name else "?"
+        self.sends[service] = self.sends.get(service, 0) + 1
+        body = getattr(request, "body", None) or b""
+        self.request_bytes += len(body)
+        self._open = time.perf_counter_ns()
+
+    def _after_send(self, response_dict: Any = None, **_: Any) -> None:
+        if self._open is not None:
+            self.wire_ns += time.perf_counter_ns() - self._open
+            self._open = None
+        if isinstance(response_dict, dict):
+            body = response_dict.get("body") or b""
+            self.response_bytes += len(body)
+
+    def _needs_retry(self, **_: Any) -> None:
+        # Reached without before-parse only when the send itself failed.
+        if self._open is not None:
+            self.wire_ns += time.perf_counter_ns() - self._open
+            self._open = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "calls": list(self.calls),
+            "sends": dict(self.sends),
+            "wire_ns": self.wire_ns,
+            "request_bytes": self.request_bytes,
+            "response_bytes": self.response_bytes,
+        }
+
+
+def _status(response: Any) -> int:
+    if isinstance(response, dict):
+        return int(response.get("statusCode", 0))
+    return 0
+
+
+def _vary_source(event: dict[str, Any], index: int) -> dict[str, Any]:
+    # A distinct client address per request: the baseline's in-memory limiter keys on it.
+    ip = f"198.51.{(index // 250) % 250}.{index % 250 + 1}"
+    copy = dict(event)
+    context = dict(copy.get("requestContext") or {})
+    identity = dict(context.get("identity") or {})
+    identity["sourceIp"] = ip
+    context["identity"] = identity
+    copy["requestContext"] = context
+    return copy
+
+
+def main(config_path: str, result_fd: int) -> int:
+    with open(config_path, encoding="utf-8") as stream:
+        config = json.load(stream)
+    out = os.fdopen(result_fd, "w", buffering=1)
+    for path in reversed(config["paths"]):
+        sys.path.insert(0, path)
+
+    wire = _Wire()
+    if config.get("hooks"):
+        wire.install()
+
+    module_name, _, attr = config["handler"].rpartition(".")
+    t0 = time.perf_counter()
+    module = importlib.import_module(module_name)
+    handler = getattr(module, attr)
+    t_import = time.perf_counter() - t0
+
+    name = config.get("function_name", "bench")
+    memory_mb = int(config.get("memory_mb", 1024))
+    wire.reset()
+    t0 = time.perf_counter()
+    response = handler(config["first_event"], _Context(name, memory_mb))
+    t_first = time.perf_counter() - t0
+    first = {
+        "status": _status(response),
+        "import_s": t_import,
+        "first_invoke_s": t_first,
+        "since_script_s": time.perf_counter() - _start,
+        "wire": wire.snapshot(),
+        "body": response.get("body") if isinstance(response, dict) else None,
+    }
+    out.write(json.dumps({"first": first}) + "\n")
+
+    phases: dict[str, Any] = {}
+    for phase in config.get("phases", []):
+        samples: list[dict[str, Any]] = []
+        statuses: dict[str, int] = {}
+        for index in range(int(phase["count"])):
+            event = phase["event"]
+            if phase.get("vary_source"):
+                event = _vary_source(event, index)
+            wire.reset()
+            t0 = time.perf_counter_ns()
+            response = handler(event, _Context(name, memory_mb))
+            elapsed = time.perf_counter_ns() - t0
+            status = _status(response)
+            statuses[str(status)] = statuses.get(str(status), 0) + 1
+            sample = wire.snapshot()
+            sample["ns"] = elapsed
+            sample["status"] = status
+            samples.append(sample)
+        phases[phase["name"]] = {
+            "samples": samples,
+            "statuses": statuses,
+            "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        }
+    out.write(json.dumps({"result": {"first": first, "phases": phases}}) + "\n")
+    out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1], int(sys.argv[2])))
