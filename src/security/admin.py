@@ -1,0 +1,245 @@
+"""Key administration: the logic behind ``mlmoat keys ...`` and the admin API.
+
+``KeyAdmin`` validates what an operator asks for, builds key items, and goes through
+``PrincipalStore`` for every read and write. Every change of a key's configuration or status
+bumps its ``config_version``, so cached configurations on warm instances are refreshed by the
+next counting write (see ``limits``). Views never contain secret hashes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from security.errors import InvalidPayloadError
+from security.keys import generate_key, hash_secret, is_key_id
+from security.limits import window_start
+from security.settings import RateSpec, Settings, is_output_policy
+from security.store import (
+    RATE_ATTR_PREFIX,
+    Item,
+    PrincipalStore,
+    key_pk,
+    rate_attr,
+)
+
+DEFAULT_SCOPES = ("predict:*",)
+_OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+_SCOPE_RE = re.compile(r"^(admin|predict:\*|predict:[a-z0-9][a-z0-9-]{0,62})$")
+_DURATION_RE = re.compile(r"^(?P<n>[1-9][0-9]{0,6})(?P<unit>[smhdw])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_GRACE_SECONDS = 7 * 86400
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in ``"90s"``, ``"15m"``, ``"1h"``, ``"30d"`` or ``"2w"``.
+
+    Raises:
+        InvalidPayloadError: the text is not a duration (``invalid_duration``).
+    """
+    match = _DURATION_RE.match(text.strip())
+    if match is None:
+        raise InvalidPayloadError("invalid_duration")
+    return int(match["n"]) * _DURATION_UNITS[match["unit"]]
+
+
+def _check_key_id(key_id: str) -> None:
+    if not is_key_id(key_id):
+        raise InvalidPayloadError("invalid_key_id")
+
+
+class KeyAdmin:
+    """Create, inspect and change API keys."""
+
+    def __init__(
+        self, *, store: PrincipalStore, settings: Settings, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+
+    def create(
+        self,
+        *,
+        owner: str,
+        scopes: Iterable[str] = (),
+        rate_limit: str | None = None,
+        budget: int | None = None,
+        output_policy: str | None = None,
+        expires_in: str | None = None,
+    ) -> dict[str, Any]:
+        """Create a key; returns ``{"key_id", "api_key", "key"}`` (the only time the secret is shown).
+
+        Raises:
+            InvalidPayloadError: an argument is invalid (``invalid_owner``, ``invalid_scope``,
+                ``invalid_rate_limit``, ``invalid_budget``, ``invalid_output_policy``,
+                ``invalid_duration``).
+            StoreUnavailableError: DynamoDB failed.
+        """
+        if not _OWNER_RE.match(owner):
+            raise InvalidPayloadError("invalid_owner")
+        scope_set = sorted(set(scopes) or set(DEFAULT_SCOPES))
+        if not all(_SCOPE_RE.match(scope) for scope in scope_set):
+            raise InvalidPayloadError("invalid_scope")
+        try:
+            rate = RateSpec.parse(rate_limit) if rate_limit else self._settings.default_rate_limit
+        except ValueError as exc:
+            raise InvalidPayloadError("invalid_rate_limit") from exc
+        rows_budget = self._settings.default_budget if budget is None else budget
+        if isinstance(rows_budget, bool) or not 1 <= rows_budget <= 10**12:
+            raise InvalidPayloadError("invalid_budget")
+        policy = output_policy or self._settings.default_output_policy
+        if not is_output_policy(policy):
+            raise InvalidPayloadError("invalid_output_policy")
+        now = int(self._clock())
+        parsed, api_key = generate_key()
+        item: Item = {
+            "pk": key_pk(parsed.key_id),
+            "kind": "api_key",
+            "key_id": parsed.key_id,
+            "owner": owner,
+            "status": "active",
+            "scopes": set(scope_set),
+            "rate_count": rate.count,
+            "rate_window": rate.window_seconds,
+            "budget": rows_budget,
+            "output_policy": policy,
+            "secret_hash": hash_secret(parsed.key_id, parsed.secret),
+            "config_version": 1,
+            "rows_used": 0,
+            "requests": 0,
+            "created_at": now,
+        }
+        if expires_in:
+            item["expires_at"] = now + parse_duration(expires_in)
+        self._store.create_key(item)
+        return {"key_id": parsed.key_id, "api_key": api_key, "key": key_view(item, now=now)}
+
+    def list(self, *, owner: str | None = None) -> list[dict[str, Any]]:
+        """Views of every key (optionally one owner's).
+
+        Raises:
+            StoreUnavailableError: DynamoDB failed.
+        """
+        now = int(self._clock())
+        return [key_view(item, now=now) for item in self._store.list_keys(owner=owner)]
+
+    def show(self, key_id: str) -> dict[str, Any]:
+        """The view of one key: status, configuration, counters, flags.
+
+        Raises:
+            InvalidPayloadError: the key id is malformed.
+            NotFoundError: no such key.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        _check_key_id(key_id)
+        return key_view(self._store.get_key(key_id), now=int(self._clock()))
+
+    def usage(self, key_id: str) -> dict[str, Any]:
+        """Counters of one key: rows used, requests, budget left, current window.
+
+        Raises:
+            InvalidPayloadError: the key id is malformed.
+            NotFoundError: no such key.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        view = self.show(key_id)
+        return {name: view[name] for name in ("key_id", "status", "usage")}
+
+    def revoke(self, key_id: str) -> dict[str, Any]:
+        """Revoke a key for good (effective on its very next request).
+
+        Raises:
+            InvalidPayloadError: malformed id, or the key is already revoked.
+            NotFoundError: no such key.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        return self._move(key_id, "revoked", ("active", "suspended"))
+
+    def suspend(self, key_id: str) -> dict[str, Any]:
+        """Suspend an active key (reversible with ``reinstate``).
+
+        Raises:
+            InvalidPayloadError: malformed id, or the key is not active.
+            NotFoundError: no such key.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        return self._move(key_id, "suspended", ("active",))
+
+    def reinstate(self, key_id: str) -> dict[str, Any]:
+        """Make a suspended key active again (a revoked key stays revoked).
+
+        Raises:
+            InvalidPayloadError: malformed id, or the key is not suspended.
+            NotFoundError: no such key.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        return self._move(key_id, "active", ("suspended",))
+
+    def rotate(self, key_id: str, *, grace: str = "1h") -> dict[str, Any]:
+        """Issue a new secret; the old one stays valid for ``grace``; counters are carried over.
+
+        Returns ``{"key_id", "api_key", "key"}`` (the only time the new secret is shown).
+
+        Raises:
+            InvalidPayloadError: malformed id or grace, grace over 7 days, or the key is revoked.
+            NotFoundError: no such key.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        _check_key_id(key_id)
+        grace_seconds = 0 if grace.strip() in ("0", "0s") else parse_duration(grace)
+        if grace_seconds > MAX_GRACE_SECONDS:
+            raise InvalidPayloadError("invalid_duration")
+        now = int(self._clock())
+        parsed, api_key = generate_key(key_id)
+        item = self._store.rotate_secret(
+            key_id,
+            new_hash=hash_secret(parsed.key_id, parsed.secret),
+            grace_until=now + grace_seconds,
+            now=now,
+        )
+        return {"key_id": key_id, "api_key": api_key, "key": key_view(item, now=now)}
+
+    def _move(self, key_id: str, status: str, allowed_from: tuple[str, ...]) -> dict[str, Any]:
+        _check_key_id(key_id)
+        now = int(self._clock())
+        item = self._store.set_status(key_id, status, allowed_from=allowed_from, now=now)
+        return key_view(item, now=now)
+
+
+def key_view(item: Mapping[str, Any], *, now: int) -> dict[str, Any]:
+    """A JSON-safe view of a key item, without secret hashes."""
+    rate = RateSpec(int(item.get("rate_count", 0) or 1), int(item.get("rate_window", 60) or 60))
+    start = window_start(now, rate.window_seconds)
+    window_rows = int(item.get(rate_attr(start), 0))
+    budget = item.get("budget")
+    rows_used = int(item.get("rows_used", 0))
+    grace_until = int(item.get("prev_secret_until", 0))
+    return {
+        "key_id": item.get("key_id"),
+        "owner": item.get("owner"),
+        "status": item.get("status"),
+        "scopes": sorted(item.get("scopes") or ()),
+        "rate_limit": str(rate),
+        "budget": budget,
+        "output_policy": item.get("output_policy"),
+        "expires_at": item.get("expires_at"),
+        "created_at": item.get("created_at"),
+        "last_used_at": item.get("last_used_at"),
+        "rotated_at": item.get("rotated_at"),
+        "previous_secret_valid_until": grace_until if grace_until > now else None,
+        "config_version": item.get("config_version"),
+        "flags": sorted(item.get("flags") or ()),
+        "flagged_at": item.get("flagged_at"),
+        "usage": {
+            "rows_used": rows_used,
+            "requests": int(item.get("requests", 0)),
+            "budget_remaining": None if budget is None else max(0, int(budget) - rows_used),
+            "window_start": start,
+            "window_rows": window_rows,
+            "window_remaining": max(0, rate.count - window_rows),
+            "live_windows": sorted(n for n in item if n.startswith(RATE_ATTR_PREFIX)),
+        },
+    }

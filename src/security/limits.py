@@ -1,0 +1,479 @@
+"""Admission: authenticate, check scope, and count rows against the rate window and the budget.
+
+The algorithm (``docs/limits.md`` has it in full, with the data model and the cost):
+
+* **Fixed windows aligned to the epoch.** A rate ``N/W`` allows at most ``N`` rows in each window
+  ``[k*W, (k+1)*W)``. Each window has its own attribute ``rw_<k*W>`` on the principal's item;
+  stale window attributes are removed in the same write that counts the current one.
+* **One conditional ``UpdateItem`` per allowed request** (``PrincipalStore.charge``) checks the
+  status, the secret hash (current, or previous within its rotation grace), the expiry, the
+  config version, room in the window and in the budget, and that the request id was not already
+  counted; and, all or nothing, adds the rows to the window and to ``rows_used``. DynamoDB
+  applies conditional updates to one item serially, so any number of Lambda instances together
+  never exceed a limit by one row.
+* **Cached configuration, never cached status.** An instance caches a key's configuration
+  (scopes, limits, output policy) with its ``config_version``; every admin change bumps the
+  version and the write's condition includes it, so a stale cache fails the write, whose ALL_OLD
+  refreshes the cache before one retry. Status, secret and expiry are in every condition, so a
+  revocation or suspension takes effect on the very next request.
+* **Idempotent under retries.** A digest of (principal, request id) is ADDed to a string set per
+  30-second bucket, under the condition that neither the current nor the previous bucket holds it.
+  An SDK retry of a write that already landed fails that condition; ALL_OLD then shows the digest
+  and the request is treated as counted, once.
+* **Refusals are never charged**: a failed condition writes nothing.
+* **Guessing is slow.** Unknown keys and wrong secrets take the same path (one consistent read,
+  then one failure-counter write) and raise the same error class; past
+  ``settings.auth_failure_limit`` failures from one source IP in a window, that IP is refused with
+  429 ``auth_throttled`` (the instance remembers it until the window ends, without I/O).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from security.auth import Credentials, Principal, principal_from_claims, principal_from_item
+from security.errors import (
+    AuthenticationError,
+    ForbiddenError,
+    RateLimitedError,
+    SecurityError,
+    StoreUnavailableError,
+)
+from security.keys import secret_matches
+from security.settings import Settings
+from security.store import (
+    RATE_ATTR_PREFIX,
+    REQUEST_ATTR_PREFIX,
+    ChargeRequest,
+    Item,
+    PrincipalStore,
+    rate_attr,
+    request_attr,
+)
+
+IDEMPOTENCY_BUCKET_SECONDS = 30
+BUDGET_RETRY_AFTER_SECONDS = 3600
+_CACHE_SIZE = 4096
+_GUESSING_REASONS = frozenset({"unknown_key", "bad_secret"})
+
+
+def window_start(now: int, window_seconds: int) -> int:
+    """The start of the fixed, epoch-aligned window containing ``now``."""
+    return now - now % window_seconds
+
+
+def request_digest(principal_id: str, request_id: str) -> str:
+    """A short digest of (principal, request id) for the idempotency sets (96 bits, base64url)."""
+    digest = hashlib.sha256(f"{principal_id}\x00{request_id}".encode()).digest()
+    return base64.urlsafe_b64encode(digest[:12]).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A counted, allowed request and what is left of the principal's limits."""
+
+    principal: Principal
+    rows: int
+    rate_remaining: int
+    reset_seconds: int
+    budget_remaining: int | None
+
+    def headers(self) -> dict[str, str]:
+        """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
+        return _rate_headers(
+            self.principal, self.rate_remaining, self.reset_seconds, self.budget_remaining
+        )
+
+
+def _rate_headers(
+    principal: Principal, rate_remaining: int, reset_seconds: int, budget_remaining: int | None
+) -> dict[str, str]:
+    rate = principal.rate_limit
+    policy = f'"rows";q={rate.count};w={rate.window_seconds}'
+    state = f'"rows";r={max(0, rate_remaining)};t={max(0, reset_seconds)}'
+    if principal.budget is not None and budget_remaining is not None:
+        policy += f', "budget";q={principal.budget}'
+        state += f', "budget";r={max(0, budget_remaining)}'
+    return {"RateLimit-Policy": policy, "RateLimit": state}
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    principal: Principal
+    secret_hash: str
+    prev_secret_hash: str | None
+    prev_secret_until: int
+
+
+class Gatekeeper:
+    """Authenticates principals against DynamoDB and admits requests with one conditional write."""
+
+    def __init__(
+        self,
+        *,
+        store: PrincipalStore,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._keys: OrderedDict[str, _Cached] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._throttled: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ public
+    def admit(
+        self, credentials: Credentials, *, model: str, rows: int, request_id: str, source_ip: str
+    ) -> Admission:
+        """Authenticate, check scope and count ``rows``: one conditional write on the steady path.
+
+        Raises:
+            AuthenticationError: unknown key or wrong secret (``unknown_key``/``bad_secret``),
+                ``revoked``, ``suspended`` or ``expired``.
+            ForbiddenError: the principal lacks ``predict:<model>``/``predict:*``.
+            RateLimitedError: ``rate_limited``, ``budget_exhausted`` or ``auth_throttled``.
+            StoreUnavailableError: DynamoDB failed (fail closed: nothing was served uncounted).
+        """
+        if rows < 1:
+            raise ValueError("rows must be positive")
+        now = int(self._clock())
+        self._check_throttle(source_ip, now)
+        if credentials.kind == "jwt":
+            return self._admit_subject(
+                credentials, model=model, rows=rows, request_id=request_id, now=now
+            )
+        return self._admit_key(
+            credentials, model=model, rows=rows, request_id=request_id, source_ip=source_ip, now=now
+        )
+
+    def authenticate(
+        self, credentials: Credentials, *, model: str | None, source_ip: str
+    ) -> Principal:
+        """One consistent read, nothing charged: for requests refused for their body.
+
+        With ``model=None`` no predict scope is required (the admin API checks ``admin`` itself).
+
+        Raises:
+            AuthenticationError: as ``admit``.
+            ForbiddenError: the principal lacks the model's scope.
+            RateLimitedError: ``auth_throttled`` only.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        now = int(self._clock())
+        self._check_throttle(source_ip, now)
+        if credentials.kind == "jwt":
+            principal, item = self._read_subject(credentials)
+        else:
+            principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+        if model is not None and not principal.allows(model):
+            error = ForbiddenError("forbidden_scope")
+            error.headers.update(self._headers_from_item(principal, item, now))
+            raise error
+        return principal
+
+    # ---------------------------------------------------------------- API keys
+    def _admit_key(
+        self,
+        credentials: Credentials,
+        *,
+        model: str,
+        rows: int,
+        request_id: str,
+        source_ip: str,
+        now: int,
+    ) -> Admission:
+        assert credentials.key_id is not None and credentials.secret_hash is not None
+        cached = self._cached_key(credentials, now)
+        if cached is None:
+            principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+        else:
+            principal, item = cached.principal, None
+        for _attempt in range(2):
+            if not principal.allows(model):
+                if item is None:  # confirm a cached refusal against the table before refusing
+                    principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+                    if principal.allows(model):
+                        continue
+                error = ForbiddenError("forbidden_scope")
+                error.headers.update(self._headers_from_item(principal, item, now))
+                raise error
+            request = self._charge_request(
+                credentials, principal, rows=rows, request_id=request_id, now=now
+            )
+            if request is None:  # the rows can never fit: refuse (after a fresh authentication)
+                if item is None:
+                    principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+                raise self._over_limit(principal, item, rows=rows, now=now)
+            outcome = self._store.charge(request)
+            if outcome.ok and outcome.item is not None:
+                self._remember_key(outcome.item)
+                return self._admission(principal, outcome.item, rows=rows, now=now)
+            old = outcome.item
+            if old is None:
+                self._forget(credentials.principal_id)
+                raise self._auth_failure("unknown_key", source_ip, now)
+            if self._already_counted(old, request):
+                return self._admission(principal, old, rows=rows, now=now)
+            fresh = self._verify_key_item(credentials, old, source_ip=source_ip, now=now)
+            if fresh.config_version != principal.config_version:
+                # Our cached configuration was stale: ALL_OLD is the current item; retry once.
+                self._remember_key(old)
+                principal, item = fresh, old
+                continue
+            raise self._over_limit(principal, old, rows=rows, now=now)
+        raise StoreUnavailableError("config_contention", detail="config changed twice")
+
+    def _cached_key(self, credentials: Credentials, now: int) -> _Cached | None:
+        with self._lock:
+            cached = self._keys.get(credentials.principal_id)
+        if cached is None or credentials.secret_hash is None:
+            return None
+        if secret_matches(cached.secret_hash, credentials.secret_hash):
+            return cached
+        if cached.prev_secret_until > now and secret_matches(
+            cached.prev_secret_hash, credentials.secret_hash
+        ):
+            return cached
+        # A wrong secret takes the same path as an unknown key (a fresh read).
+        return None
+
+    def _read_key(
+        self, credentials: Credentials, *, source_ip: str, now: int
+    ) -> tuple[Principal, Item]:
+        item = self._store.get(credentials.principal_id)
+        if item is None:
+            raise self._auth_failure("unknown_key", source_ip, now)
+        principal = self._verify_key_item(credentials, item, source_ip=source_ip, now=now)
+        self._remember_key(item)
+        return principal, item
+
+    def _verify_key_item(
+        self, credentials: Credentials, item: Item, *, source_ip: str, now: int
+    ) -> Principal:
+        presented = credentials.secret_hash or ""
+        current_ok = secret_matches(item.get("secret_hash"), presented)
+        previous_ok = int(item.get("prev_secret_until", 0)) > now and secret_matches(
+            item.get("prev_secret_hash"), presented
+        )
+        if not (current_ok or previous_ok):
+            self._forget(credentials.principal_id)
+            raise self._auth_failure("bad_secret", source_ip, now)
+        status = item.get("status")
+        if status != "active":
+            self._forget(credentials.principal_id)
+            reason = status if status in ("revoked", "suspended") else "inactive"
+            raise AuthenticationError(reason)
+        expires = item.get("expires_at")
+        if expires is not None and int(expires) <= now:
+            self._forget(credentials.principal_id)
+            raise AuthenticationError("expired")
+        return principal_from_item(item, settings=self._settings)
+
+    def _remember_key(self, item: Item) -> None:
+        pk = str(item["pk"])
+        cached = _Cached(
+            principal=principal_from_item(item, settings=self._settings),
+            secret_hash=str(item.get("secret_hash", "")),
+            prev_secret_hash=item.get("prev_secret_hash"),
+            prev_secret_until=int(item.get("prev_secret_until", 0)),
+        )
+        with self._lock:
+            previous = self._keys.get(pk)
+            if (
+                previous is None
+                or previous.principal.config_version != cached.principal.config_version
+            ):
+                self._keys[pk] = cached
+            self._keys.move_to_end(pk)
+            while len(self._keys) > _CACHE_SIZE:
+                self._keys.popitem(last=False)
+        self._note_attrs(item)
+
+    def _forget(self, pk: str) -> None:
+        with self._lock:
+            self._keys.pop(pk, None)
+
+    # ------------------------------------------------------------ token subjects
+    def _admit_subject(
+        self, credentials: Credentials, *, model: str, rows: int, request_id: str, now: int
+    ) -> Admission:
+        assert credentials.claims is not None
+        principal = principal_from_claims(credentials.claims)
+        if not principal.allows(model):
+            _, item = self._read_subject(credentials)
+            error = ForbiddenError("forbidden_scope")
+            error.headers.update(self._headers_from_item(principal, item, now))
+            raise error
+        request = self._charge_request(
+            credentials, principal, rows=rows, request_id=request_id, now=now
+        )
+        if request is None:
+            _, item = self._read_subject(credentials)
+            raise self._over_limit(principal, item, rows=rows, now=now)
+        outcome = self._store.charge(request)
+        if outcome.ok and outcome.item is not None:
+            self._note_attrs(outcome.item)
+            return self._admission(principal, outcome.item, rows=rows, now=now)
+        old = outcome.item or {}
+        if self._already_counted(old, request):
+            return self._admission(principal, old, rows=rows, now=now)
+        status = old.get("status", "active")
+        if status != "active":
+            raise AuthenticationError(status if status in ("revoked", "suspended") else "inactive")
+        raise self._over_limit(principal, old, rows=rows, now=now)
+
+    def _read_subject(self, credentials: Credentials) -> tuple[Principal, Item]:
+        assert credentials.claims is not None
+        principal = principal_from_claims(credentials.claims)
+        item = self._store.get(credentials.principal_id) or {}
+        status = item.get("status", "active")
+        if status != "active":
+            raise AuthenticationError(status if status in ("revoked", "suspended") else "inactive")
+        return principal, item
+
+    # ------------------------------------------------------------------ shared
+    def _charge_request(
+        self,
+        credentials: Credentials,
+        principal: Principal,
+        *,
+        rows: int,
+        request_id: str,
+        now: int,
+    ) -> ChargeRequest | None:
+        rate = principal.rate_limit
+        if rows > rate.count or (principal.budget is not None and rows > principal.budget):
+            return None
+        start = window_start(now, rate.window_seconds)
+        bucket = now // IDEMPOTENCY_BUCKET_SECONDS
+        current_w, current_rq, previous_rq = (
+            rate_attr(start),
+            request_attr(bucket),
+            request_attr(bucket - 1),
+        )
+        with self._lock:
+            seen = self._seen.get(principal.principal_id, ())
+        keep = {current_w, current_rq, previous_rq}
+        stale = tuple(
+            a
+            for a in (rate_attr(start - rate.window_seconds), request_attr(bucket - 2), *seen)
+            if a not in keep
+        )
+        claims = credentials.claims
+        return ChargeRequest(
+            pk=principal.principal_id,
+            kind=principal.kind,
+            rows=rows,
+            now=now,
+            rate_attr=current_w,
+            rate_left=rate.count - rows,
+            budget_left=None if principal.budget is None else principal.budget - rows,
+            request_attr=current_rq,
+            previous_request_attr=previous_rq,
+            request_digest=request_digest(principal.principal_id, request_id),
+            stale_attrs=stale,
+            secret_hash=credentials.secret_hash if credentials.kind == "api_key" else None,
+            config_version=principal.config_version if credentials.kind == "api_key" else None,
+            subject=claims.subject if claims else None,
+            issuer=claims.issuer if claims else None,
+        )
+
+    def _note_attrs(self, item: Mapping[str, Any]) -> None:
+        attrs = tuple(
+            name for name in item if name.startswith((RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX))
+        )
+        pk = str(item["pk"])
+        with self._lock:
+            self._seen[pk] = attrs
+            self._seen.move_to_end(pk)
+            while len(self._seen) > _CACHE_SIZE:
+                self._seen.popitem(last=False)
+
+    @staticmethod
+    def _already_counted(item: Mapping[str, Any], request: ChargeRequest) -> bool:
+        digest = request.request_digest
+        return digest in item.get(request.request_attr, set()) or digest in item.get(
+            request.previous_request_attr, set()
+        )
+
+    def _remaining(
+        self, principal: Principal, item: Mapping[str, Any], now: int
+    ) -> tuple[int, int, int | None]:
+        rate = principal.rate_limit
+        start = window_start(now, rate.window_seconds)
+        used = int(item.get(rate_attr(start), 0))
+        budget_left = None
+        if principal.budget is not None:
+            budget_left = principal.budget - int(item.get("rows_used", 0))
+        return rate.count - used, start + rate.window_seconds - now, budget_left
+
+    def _admission(
+        self, principal: Principal, item: Mapping[str, Any], *, rows: int, now: int
+    ) -> Admission:
+        rate_left, reset, budget_left = self._remaining(principal, item, now)
+        return Admission(
+            principal=principal,
+            rows=rows,
+            rate_remaining=max(0, rate_left),
+            reset_seconds=reset,
+            budget_remaining=None if budget_left is None else max(0, budget_left),
+        )
+
+    def _headers_from_item(
+        self, principal: Principal, item: Mapping[str, Any], now: int
+    ) -> dict[str, str]:
+        rate_left, reset, budget_left = self._remaining(principal, item, now)
+        return _rate_headers(principal, rate_left, reset, budget_left)
+
+    def _over_limit(
+        self, principal: Principal, item: Mapping[str, Any], *, rows: int, now: int
+    ) -> SecurityError:
+        rate_left, reset, budget_left = self._remaining(principal, item, now)
+        if budget_left is not None and rows > budget_left:
+            error: SecurityError = RateLimitedError(
+                "budget_exhausted", retry_after=BUDGET_RETRY_AFTER_SECONDS
+            )
+        elif rows > rate_left:
+            error = RateLimitedError("rate_limited", retry_after=reset)
+        else:
+            # The condition failed for no reason we can see in ALL_OLD: fail closed.
+            error = StoreUnavailableError("unexplained_condition_failure")
+        error.headers.update(_rate_headers(principal, rate_left, reset, budget_left))
+        return error
+
+    # -------------------------------------------------------- guessing throttle
+    def _check_throttle(self, source_ip: str, now: int) -> None:
+        with self._lock:
+            until = self._throttled.get(source_ip)
+            if until is not None and until <= now:
+                del self._throttled[source_ip]
+                until = None
+        if until is not None:
+            raise RateLimitedError("auth_throttled", retry_after=until - now)
+
+    def _auth_failure(self, reason: str, source_ip: str, now: int) -> SecurityError:
+        """Count a failed authentication; past the limit the source IP is throttled."""
+        if reason not in _GUESSING_REASONS:
+            return AuthenticationError(reason)
+        limit = self._settings.auth_failure_limit
+        start = window_start(now, limit.window_seconds)
+        count = self._store.record_auth_failure(
+            source_ip, window_start=start, window_seconds=limit.window_seconds
+        )
+        if count > limit.count:
+            until = start + limit.window_seconds
+            with self._lock:
+                self._throttled[source_ip] = until
+                if len(self._throttled) > _CACHE_SIZE:
+                    self._throttled.pop(next(iter(self._throttled)))
+            return RateLimitedError("auth_throttled", retry_after=until - now)
+        return AuthenticationError(reason)

@@ -1,0 +1,516 @@
+"""The only DynamoDB code: principals (API keys, token subjects), counters and throttles.
+
+``PrincipalStore`` takes a low-level boto3 DynamoDB client and a table name. Every botocore
+failure that means "DynamoDB did not answer as asked" (``ClientError``, connection and timeout
+errors) becomes ``StoreUnavailableError`` chained from the original; anything else (a bug such as
+a parameter validation error) is re-raised unchanged. A failed condition is not an error here:
+``charge`` returns it, with the old item, for ``limits`` to explain.
+
+Item shapes (partition key ``pk``; ``docs/limits.md`` has the full data model):
+
+* ``key#<key_id>``: an API key: ``secret_hash`` (+ ``prev_secret_hash``/``prev_secret_until``
+  during a rotation grace), ``status``, ``owner``, ``scopes``, ``rate_count``/``rate_window``,
+  ``budget``, ``output_policy``, ``expires_at``, ``config_version``, ``rows_used``, ``requests``,
+  ``created_at``, ``last_used_at``, ``flags``; one ``rw_<window_start>`` number per live rate
+  window and one ``rq_<bucket>`` string set of recent request-id digests per idempotency bucket.
+* ``sub#<issuer-hash>#<subject>``: a JWT subject: the same counters, created by its first charge.
+* ``authfail#<source-ip>``: failed authentications per window (``fw_<window_start>``), with ``ttl``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
+
+from security.errors import InvalidPayloadError, NotFoundError, StoreUnavailableError
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+Item = dict[str, Any]
+
+KEY_PREFIX = "key#"
+SUBJECT_PREFIX = "sub#"
+AUTHFAIL_PREFIX = "authfail#"
+RATE_ATTR_PREFIX = "rw_"
+REQUEST_ATTR_PREFIX = "rq_"
+AUTHFAIL_ATTR_PREFIX = "fw_"
+STATUSES = ("active", "suspended", "revoked")
+
+_UNAVAILABLE = (ClientError, BotocoreConnectionError, HTTPClientError)
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def key_pk(key_id: str) -> str:
+    """The partition key of an API key's item."""
+    return KEY_PREFIX + key_id
+
+
+def rate_attr(window_start: int) -> str:
+    """The attribute counting rows in the rate window starting at ``window_start``."""
+    return f"{RATE_ATTR_PREFIX}{window_start}"
+
+
+def request_attr(bucket: int) -> str:
+    """The string-set attribute holding request-id digests of idempotency bucket ``bucket``."""
+    return f"{REQUEST_ATTR_PREFIX}{bucket}"
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, set):
+        return {_to_python(v) for v in value}
+    if isinstance(value, list):
+        return [_to_python(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_python(v) for k, v in value.items()}
+    return value
+
+
+def _load(raw: Mapping[str, Any] | None) -> Item | None:
+    if not raw:
+        return None
+    return {name: _to_python(_deserializer.deserialize(value)) for name, value in raw.items()}
+
+
+def _dump(value: Any) -> Any:
+    return _serializer.serialize(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    """One conditional counting write, as ``limits`` computed it.
+
+    ``secret_hash`` is None for a JWT subject (the token was verified instead) and then the item
+    may be created by this very write. ``config_version`` is None for JWT subjects too.
+    """
+
+    pk: str
+    kind: str
+    rows: int
+    now: int
+    rate_attr: str
+    rate_left: int
+    budget_left: int | None
+    request_attr: str
+    previous_request_attr: str
+    request_digest: str
+    stale_attrs: tuple[str, ...]
+    secret_hash: str | None = None
+    config_version: int | None = None
+    subject: str | None = None
+    issuer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeOutcome:
+    """The result of a charge: ``item`` is ALL_NEW when ``ok``, else ALL_OLD (None if absent)."""
+
+    ok: bool
+    item: Item | None
+
+
+class PrincipalStore:
+    """Principals, counters and throttles in the security table."""
+
+    def __init__(self, *, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    # ----------------------------------------------------------------- reads
+    def get(self, pk: str) -> Item | None:
+        """One strongly consistent read of an item.
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        try:
+            response = self._client.get_item(
+                TableName=self._table, Key={"pk": {"S": pk}}, ConsistentRead=True
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        return _load(response.get("Item"))
+
+    def get_key(self, key_id: str) -> Item:
+        """The item of an API key.
+
+        Raises:
+            NotFoundError: no such key.
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        item = self.get(key_pk(key_id))
+        if item is None:
+            raise NotFoundError("unknown_key")
+        return item
+
+    def list_keys(self, *, owner: str | None = None) -> list[Item]:
+        """Every API key item (paginated scan; admin use only, never on the request path).
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        names = {"#pk": "pk"}
+        values: dict[str, Any] = {":prefix": {"S": KEY_PREFIX}}
+        filter_expr = "begins_with(#pk, :prefix)"
+        if owner is not None:
+            names["#owner"] = "owner"
+            values[":owner"] = {"S": owner}
+            filter_expr += " AND #owner = :owner"
+        items: list[Item] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": filter_expr,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ConsistentRead": True,
+        }
+        try:
+            while True:
+                response = self._client.scan(**kwargs)
+                items.extend(i for raw in response.get("Items", []) if (i := _load(raw)))
+                last = response.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        return sorted(items, key=lambda i: (i.get("created_at", 0), i["pk"]))
+
+    # ---------------------------------------------------------------- writes
+    def create_key(self, item: Item) -> None:
+        """Write a new key item; refuses to overwrite an existing one.
+
+        Raises:
+            InvalidPayloadError: an item with this key id already exists (``key_exists``).
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={name: _dump(value) for name, value in item.items()},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                raise InvalidPayloadError("key_exists") from exc
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+
+    def set_status(
+        self, key_id: str, status: str, *, allowed_from: Iterable[str], now: int
+    ) -> Item:
+        """Move a key to ``status`` if it is now in one of ``allowed_from``; bumps config_version.
+
+        Raises:
+            NotFoundError: no such key.
+            InvalidPayloadError: the current status forbids the move (``invalid_transition``).
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        sources = sorted(set(allowed_from))
+        placeholders = [f":from{i}" for i in range(len(sources))]
+        values: dict[str, Any] = {":status": _dump(status), ":now": _dump(now), ":one": _dump(1)}
+        values.update({p: _dump(s) for p, s in zip(placeholders, sources, strict=True)})
+        return self._update_key(
+            key_id,
+            update="SET #status = :status, updated_at = :now ADD config_version :one",
+            condition=f"attribute_exists(pk) AND #status IN ({', '.join(placeholders)})",
+            names={"#status": "status"},
+            values=values,
+        )
+
+    def rotate_secret(self, key_id: str, *, new_hash: str, grace_until: int, now: int) -> Item:
+        """Replace a key's secret hash, keeping the old one valid until ``grace_until``.
+
+        Counters (rows used, windows, budget) are untouched: rotation is no budget reset.
+
+        Raises:
+            NotFoundError: no such key.
+            InvalidPayloadError: the key is revoked (``invalid_transition``).
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        return self._update_key(
+            key_id,
+            update=(
+                "SET prev_secret_hash = secret_hash, prev_secret_until = :until, "
+                "secret_hash = :new, rotated_at = :now, updated_at = :now ADD config_version :one"
+            ),
+            condition="attribute_exists(pk) AND #status <> :revoked",
+            names={"#status": "status"},
+            values={
+                ":until": _dump(grace_until),
+                ":new": _dump(new_hash),
+                ":now": _dump(now),
+                ":one": _dump(1),
+                ":revoked": _dump("revoked"),
+            },
+        )
+
+    def flag_principal(
+        self, principal_id: str, *, reason: str, suspend: bool, now: int
+    ) -> Item | None:
+        """Record a flag (e.g. from the extraction monitor) and optionally suspend the principal.
+
+        A revoked principal stays revoked (the flag is still recorded). Returns the new item.
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        update = "SET flagged_at = :now, updated_at = :now ADD flags :reason, config_version :one"
+        values: dict[str, Any] = {
+            ":now": _dump(now),
+            ":reason": {"SS": [reason]},
+            ":one": _dump(1),
+        }
+        names: dict[str, str] = {}
+        condition = None
+        if suspend:
+            update = update.replace("SET ", "SET #status = :suspended, ", 1)
+            values[":suspended"] = _dump("suspended")
+            values[":revoked"] = _dump("revoked")
+            names["#status"] = "status"
+            condition = "attribute_not_exists(#status) OR #status <> :revoked"
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"pk": {"S": principal_id}},
+            "UpdateExpression": update,
+            "ExpressionAttributeValues": values,
+            "ReturnValues": "ALL_NEW",
+        }
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        try:
+            response = self._client.update_item(**kwargs)
+        except ClientError as exc:
+            if suspend and _is_condition_failure(exc):
+                return self.flag_principal(principal_id, reason=reason, suspend=False, now=now)
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        return _load(response.get("Attributes"))
+
+    def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        """The one conditional counting write of an admission (see ``docs/limits.md``).
+
+        Checks the principal (status, secret hash, expiry, config version), the rate window, the
+        budget and that this request id was not already counted; if all hold, adds the rows to the
+        window and the budget, records the request id and removes stale windows and buckets, all
+        in one ``UpdateItem``. Returns ALL_NEW, or on a failed condition ALL_OLD.
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        names = {
+            "#status": "status",
+            "#w": request.rate_attr,
+            "#rq": request.request_attr,
+            "#rqp": request.previous_request_attr,
+        }
+        values: dict[str, Any] = {
+            ":now": _dump(request.now),
+            ":rows": _dump(request.rows),
+            ":one": _dump(1),
+            ":active": _dump("active"),
+            ":rate_left": _dump(request.rate_left),
+            ":rid": {"SS": [request.request_digest]},
+            ":ridv": _dump(request.request_digest),
+        }
+        sets = ["last_used_at = :now"]
+        conditions: list[str] = []
+        if request.secret_hash is None:
+            # A token subject: the token was verified, the item is created by its first charge.
+            sets += [
+                "kind = if_not_exists(kind, :kind)",
+                "created_at = if_not_exists(created_at, :now)",
+                "#status = if_not_exists(#status, :active)",
+                "subject = :subject",
+                "issuer = :issuer",
+            ]
+            values[":kind"] = _dump(request.kind)
+            values[":subject"] = _dump(request.subject or "")
+            values[":issuer"] = _dump(request.issuer or "")
+            conditions.append("(attribute_not_exists(#status) OR #status = :active)")
+        else:
+            # The secret is checked here, in the same write, so a key rotated or revoked by another
+            # instance a millisecond ago is refused; the previous hash only while its grace lasts.
+            values[":hash"] = _dump(request.secret_hash)
+            values[":version"] = _dump(request.config_version or 0)
+            conditions += [
+                "#status = :active",
+                "config_version = :version",
+                "(secret_hash = :hash OR (prev_secret_hash = :hash AND prev_secret_until > :now))",
+                "(attribute_not_exists(expires_at) OR expires_at > :now)",
+            ]
+        conditions.append("(attribute_not_exists(#w) OR #w <= :rate_left)")
+        if request.budget_left is not None:
+            values[":budget_left"] = _dump(request.budget_left)
+            conditions.append("(attribute_not_exists(rows_used) OR rows_used <= :budget_left)")
+        # Idempotency: a retried request (same id) finds its digest in the current or the
+        # previous bucket and fails here; limits reads ALL_OLD and treats it as already counted.
+        conditions.append("NOT contains(#rq, :ridv) AND NOT contains(#rqp, :ridv)")
+        update = (
+            "SET " + ", ".join(sets) + " ADD rows_used :rows, requests :one, #w :rows, #rq :rid"
+        )
+        stale = [a for a in dict.fromkeys(request.stale_attrs) if a not in names.values()]
+        if stale:
+            removals = []
+            for index, attr in enumerate(stale):
+                names[f"#s{index}"] = attr
+                removals.append(f"#s{index}")
+            update += " REMOVE " + ", ".join(removals)
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": request.pk}},
+                UpdateExpression=update,
+                ConditionExpression=" AND ".join(conditions),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                old: Any = exc.response.get("Item")
+                return ChargeOutcome(ok=False, item=_load(old))
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        return ChargeOutcome(ok=True, item=_load(response.get("Attributes")))
+
+    def record_auth_failure(self, source_ip: str, *, window_start: int, window_seconds: int) -> int:
+        """Count a failed authentication from ``source_ip``; returns the count in its window.
+
+        The item expires through the table's TTL one window after the window ends.
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        current = f"{AUTHFAIL_ATTR_PREFIX}{window_start}"
+        previous = f"{AUTHFAIL_ATTR_PREFIX}{window_start - window_seconds}"
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": AUTHFAIL_PREFIX + source_ip}},
+                UpdateExpression="SET #ttl = :ttl ADD #w :one REMOVE #p",
+                ExpressionAttributeNames={"#ttl": "ttl", "#w": current, "#p": previous},
+                ExpressionAttributeValues={
+                    ":ttl": _dump(window_start + 2 * window_seconds),
+                    ":one": _dump(1),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        item = _load(response.get("Attributes")) or {}
+        return int(item.get(current, 0))
+
+    def _update_key(
+        self,
+        key_id: str,
+        *,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+    ) -> Item:
+        try:
+            response = self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": key_pk(key_id)}},
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                if not exc.response.get("Item"):
+                    raise NotFoundError("unknown_key") from exc
+                raise InvalidPayloadError("invalid_transition") from exc
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        item = _load(response.get("Attributes"))
+        if item is None:  # pragma: no cover - ALL_NEW always returns the item
+            raise StoreUnavailableError("empty_update_response")
+        return item
+
+    # ----------------------------------------------------------------- extraction monitor
+    # (added by the ML-defence engineer for security.extraction.ExtractionMonitor)
+    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
+        """The monitor's serialised detector state for a principal and model, and its version.
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        item = self.get(monitor_pk(principal_id, model))
+        if item is None:
+            return None, 0
+        blob = item.get("state")
+        return (bytes(blob) if blob is not None else None), int(item.get("state_version", 0))
+
+    def save_monitor_state(
+        self, principal_id: str, model: str, blob: bytes, *, expected_version: int, now: int
+    ) -> None:
+        """Write the state only if nobody wrote it since ``expected_version`` was read.
+
+        A lost race raises (``monitor_state_conflict``) so the queue redelivers the message and
+        it is applied to the winner's state instead of overwriting it.
+
+        Raises:
+            StoreUnavailableError: DynamoDB failed, or the version moved (``monitor_state_conflict``).
+        """
+        condition = "attribute_not_exists(pk)" if expected_version == 0 else "state_version = :expected"
+        values: dict[str, Any] = {
+            ":blob": {"B": blob},
+            ":next": _dump(expected_version + 1),
+            ":now": _dump(now),
+            ":ttl": _dump(now + MONITOR_STATE_TTL_SECONDS),
+        }
+        if expected_version:
+            values[":expected"] = _dump(expected_version)
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": monitor_pk(principal_id, model)}},
+                UpdateExpression=(
+                    "SET #state = :blob, state_version = :next, updated_at = :now, #ttl = :ttl"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#state": "state", "#ttl": "ttl"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                raise StoreUnavailableError("monitor_state_conflict") from exc
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+
+
+MONITOR_PREFIX = "mon#"
+# Idle monitor state expires (DynamoDB TTL) after 90 days without a query.
+MONITOR_STATE_TTL_SECONDS = 90 * 86400
+
+
+def monitor_pk(principal_id: str, model: str) -> str:
+    """Partition key of the extraction monitor's state for a principal and model."""
+    return f"{MONITOR_PREFIX}{principal_id}#{model}"
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
