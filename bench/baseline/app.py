@@ -24,7 +24,9 @@ from slowapi.util import get_remote_address
 
 API_KEY_NAME = "X-API-Key"
 VALID_API_KEY = os.environ.get("BASELINE_API_KEY", "super-secret-key-stored-in-env")
-MODEL_PATH = os.environ.get("BASELINE_MODEL_PATH", os.path.join(os.path.dirname(__file__), "model.joblib"))
+MODEL_PATH = os.environ.get(
+    "BASELINE_MODEL_PATH", os.path.join(os.path.dirname(__file__), "model.joblib")
+)
 
 app = FastAPI()
 limiter = Limiter(key_func=get_remote_address)
@@ -56,13 +58,18 @@ class SecurePredictRequest(BaseModel):
 
 @app.post("/predict")
 @limiter.limit("60/minute")  # max 60 requests per minute per IP
-def predict(request: Request, body: SecurePredictRequest, api_key: str = Security(require_api_key)) -> dict[str, object]:
+def predict(
+    request: Request, body: SecurePredictRequest, api_key: str = Security(require_api_key)
+) -> dict[str, object]:
     probabilities = model.predict_proba([body.features])[0]
     label = int(probabilities.argmax())
     # Output sanitisation as the seed advises: rounded 2-decimal probabilities.
     return {
         "prediction": label,
-        "probabilities": {str(cls): round(float(p), 2) for cls, p in zip(model.classes_, probabilities)},
+        "probabilities": {
+            str(cls): round(float(p), 2)
+            for cls, p in zip(model.classes_, probabilities, strict=True)
+        },
     }
 
 

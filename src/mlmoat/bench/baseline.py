@@ -34,7 +34,8 @@ def _digest(paths: list[Path]) -> str:
 
 
 def _run(argv: list[str], what: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    # Our own argv: this interpreter, pip or the baseline's training script, with our paths.
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
     if done.returncode != 0:
         raise BaselineBuildError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 

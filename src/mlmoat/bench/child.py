@@ -7,7 +7,8 @@ what the parent puts on ``sys.path`` is importable: the function's code,
 its layers, and boto3. It is never imported by the ``mlmoat`` package and imports nothing from
 it: it must run with the standard library alone.
 
-Protocol: ``python -I -S -B child.py CONFIG_JSON RESULT_FD`` (or ``-X pycache_prefix=DIR``). The child imports the handler,
+Protocol: ``python -I -S -B child.py CONFIG_JSON RESULT_FD`` (or ``-X pycache_prefix=DIR``).
+The child imports the handler,
 sends the first event, and writes one JSON line ``{"first": {...}}`` to ``RESULT_FD`` the
 moment the first response is back (the parent timestamps that line: process start to first
 response). It then runs each phase and writes one final JSON line with every measurement.
@@ -42,7 +43,9 @@ class _Context:
         self.function_name = function_name
         self.function_version = "$LATEST"
         self.memory_limit_in_mb = memory_mb
-        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        )
         self.aws_request_id = str(uuid.uuid4())
         self.log_group_name = f"/aws/lambda/{function_name}"
         self.log_stream_name = "bench"
@@ -57,7 +60,7 @@ class _Wire:
 
     def __init__(self) -> None:
         self.reset()
-        self._open: float | None = None
+        self._open: int | None = None
 
     def reset(self) -> None:
         self.calls: list[str] = []

@@ -123,7 +123,8 @@ def run_function(
     read_fd, write_fd = os.pipe()
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(
+        # Our own argv: this interpreter running child.py with a config file we just wrote.
+        proc = subprocess.Popen(  # noqa: S603
             [sys.executable, "-I", "-S", *bytecode, str(CHILD), config_path, str(write_fd)],
             pass_fds=(write_fd,),
             env=lambda_env(spec),
