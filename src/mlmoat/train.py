@@ -26,15 +26,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-import skl2onnx
-import sklearn
-from sklearn.datasets import load_breast_cancer, load_iris
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, log_loss
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+import skl2onnx  # type: ignore[import-untyped]
+import sklearn  # type: ignore[import-untyped]
+from sklearn.datasets import load_breast_cancer, load_iris  # type: ignore[import-untyped]
+from sklearn.ensemble import RandomForestClassifier  # type: ignore[import-untyped]
+from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+from sklearn.metrics import accuracy_score, log_loss  # type: ignore[import-untyped]
+from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
+from sklearn.pipeline import Pipeline  # type: ignore[import-untyped]
+from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -108,9 +108,10 @@ def _logistic_pipeline(seed: int) -> Pipeline:
 def _overfit_forest(seed: int) -> RandomForestClassifier:
     # Deliberately overfit: unbounded depth and no bootstrap, so every tree memorises the whole
     # training half and members get confidence 1.0 while non-members do not. The red team
-    # measures membership-inference defences on this model.
+    # measures membership-inference defences on this model. Pure leaves and an odd number of
+    # trees mean no 50/50 vote, so the label is the argmax of the probabilities in float32 too.
     return RandomForestClassifier(
-        n_estimators=50, max_depth=None, bootstrap=False, max_features="sqrt", random_state=seed
+        n_estimators=51, max_depth=None, bootstrap=False, max_features="sqrt", random_state=seed
     )
 
 
@@ -147,7 +148,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         feature_names=_cancer_features(),
         test_fraction=0.5,
         seed=20240603,
-        estimator="RandomForestClassifier(n_estimators=50, max_depth=None, bootstrap=False)",
+        estimator="RandomForestClassifier(n_estimators=51, max_depth=None, bootstrap=False)",
         make_estimator=_overfit_forest,
         supports_dp=False,
     ),
@@ -203,7 +204,7 @@ def load_split(name: str) -> Arrays:
 
 def _dp_pipeline(seed: int, epsilon: float, data_norm: float) -> Pipeline:
     # Imported here: diffprivlib is only needed for the private mode, and importing it is slow.
-    from diffprivlib.models import LogisticRegression as DPLogisticRegression
+    from diffprivlib.models import LogisticRegression as DPLogisticRegression  # type: ignore[import-untyped]
 
     return Pipeline(
         [
@@ -237,7 +238,9 @@ def _fit(estimator: Any, x: np.ndarray, y: np.ndarray) -> None:
     with warnings.catch_warnings():
         # diffprivlib 0.6.6 passes scipy's deprecated ``iprint`` to L-BFGS-B; harmless here.
         warnings.filterwarnings(
-            "ignore", message=r"scipy\.optimize: The `disp` and `iprint`", category=DeprecationWarning
+            "ignore",
+            message=r"scipy\.optimize: The `disp` and `iprint`",
+            category=DeprecationWarning,
         )
         estimator.fit(x, y)
 
@@ -245,10 +248,10 @@ def _fit(estimator: Any, x: np.ndarray, y: np.ndarray) -> None:
 def _register_dp_converter() -> None:
     from diffprivlib.models import LogisticRegression as DPLogisticRegression
     from skl2onnx import update_registered_converter
-    from skl2onnx.operator_converters.linear_classifier import (
+    from skl2onnx.operator_converters.linear_classifier import (  # type: ignore[import-untyped]
         convert_sklearn_linear_classifier,
     )
-    from skl2onnx.shape_calculators.linear_classifier import (
+    from skl2onnx.shape_calculators.linear_classifier import (  # type: ignore[import-untyped]
         calculate_linear_classifier_output_shapes,
     )
 
@@ -267,9 +270,14 @@ def _register_dp_converter() -> None:
     )
 
 
-def _to_onnx(name: str, estimator: Any, n_features: int, n_classes: int, meta: dict[str, str]) -> bytes:
+def _to_onnx(
+    name: str, estimator: Any, n_features: int, n_classes: int, meta: dict[str, str]
+) -> bytes:
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    from skl2onnx.common.data_types import (  # type: ignore[import-untyped]
+        FloatTensorType,
+        StringTensorType,
+    )
 
     model = convert_sklearn(
         estimator,
@@ -303,7 +311,8 @@ def _to_onnx(name: str, estimator: Any, n_features: int, n_classes: int, meta: d
         entry.key = key
         entry.value = meta[key]
     onnx.checker.check_model(model)
-    return model.SerializeToString(deterministic=True)
+    serialised: bytes = model.SerializeToString(deterministic=True)
+    return serialised
 
 
 def _opsets_of(onnx_bytes: bytes) -> dict[str, int]:
@@ -355,8 +364,10 @@ def train_model(
     proba = estimator.predict_proba(x_test)
     accuracy = float(accuracy_score(y_test, estimator.predict(x_test)))
     loss = float(log_loss(y_test, proba, labels=classes))
-    description = spec.description if dp_epsilon is None else (
-        f"{spec.description} Trained with differential privacy (epsilon={dp_epsilon})."
+    description = (
+        spec.description
+        if dp_epsilon is None
+        else (f"{spec.description} Trained with differential privacy (epsilon={dp_epsilon}).")
     )
     onnx_bytes = _to_onnx(
         served_name,
@@ -425,7 +436,7 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 
 def write_model(trained: TrainedModel, out_dir: Path) -> Path:
-    """Write ``model.onnx`` and ``manifest.json`` under ``out_dir/<name>/``; return that directory."""
+    """Write ``model.onnx`` and ``manifest.json`` into ``out_dir/<name>/``; return that folder."""
     target = out_dir / trained.name
     target.mkdir(parents=True, exist_ok=True)
     # The ONNX file first: a reader that sees the new manifest must find the bytes it hashes.
@@ -450,7 +461,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dp-epsilon",
         type=float,
         default=None,
-        help="train with diffprivlib's private LogisticRegression at this epsilon; writes <name>-dp",
+        help="train with diffprivlib (differentially private) at this epsilon; writes <name>-dp",
     )
     parser.add_argument(
         "--dp-data-norm",
@@ -472,9 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = list(DEFAULT_MODELS)
     for name in names:
         try:
-            trained = train_model(
-                name, dp_epsilon=args.dp_epsilon, dp_data_norm=args.dp_data_norm
-            )
+            trained = train_model(name, dp_epsilon=args.dp_epsilon, dp_data_norm=args.dp_data_norm)
         except ValueError as exc:
             print(f"mlmoat train: {exc}", file=sys.stderr)
             return 2
