@@ -1,0 +1,117 @@
+"""Fixtures for the security-core integration tests: real DynamoDB servers over HTTP.
+
+- ``core_endpoint`` (session): a moto server (``ThreadedMotoServer``) on a free loopback port,
+  started here and stopped at the end of the session.
+- ``core_table`` (function): a fresh table with the key schema read from ``template.yaml``'s
+  ``SecurityTable`` (unique name per test, so tests never share counters).
+- ``make_client(endpoint)``: a boto3 DynamoDB client configured as the handlers configure it.
+- ``dynalite_endpoint`` (session): dynalite from npm (``npx dynalite``), skipped with a reason when
+  node or the package is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from moto.server import ThreadedMotoServer
+
+from coresupport import free_port, make_client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """A YAML loader that accepts CloudFormation short-form tags (!Ref, !GetAtt, ...)."""
+
+
+def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_mapping(node)  # type: ignore[arg-type]
+
+
+_CfnLoader.add_multi_constructor("!", _any_tag)
+
+
+def table_definition() -> dict[str, Any]:
+    """KeySchema and AttributeDefinitions of SecurityTable, read from template.yaml."""
+    template = yaml.load((REPO / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506
+    props = template["Resources"]["SecurityTable"]["Properties"]
+    return {"KeySchema": props["KeySchema"], "AttributeDefinitions": props["AttributeDefinitions"]}
+
+
+def create_table(client: Any, name: str) -> str:
+    """Create the security table under ``name`` and wait for it."""
+    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **table_definition())
+    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1})
+    return name
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dummy_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def core_endpoint() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def core_table(core_endpoint: str) -> str:
+    return create_table(make_client(core_endpoint), f"sec-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def dynalite_endpoint() -> Iterator[str]:
+    npx = shutil.which("npx")
+    local_bin = REPO / "node_modules" / ".bin" / "dynalite"
+    if npx is None or not local_bin.exists():
+        pytest.skip("dynalite not installed: run `npm ci` (package-lock.json pins it)")
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603
+        [str(local_bin), "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("dynalite did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,99 @@
+"""Helpers shared by the security-core integration tests, importable by spawned worker processes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+from collections import Counter
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from security.auth import Authenticator
+from security.errors import RateLimitedError, SecurityError
+from security.limits import Gatekeeper
+from security.settings import Settings
+from security.store import PrincipalStore
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_client(endpoint: str, *, max_attempts: int = 3, read_timeout: float = 5.0) -> Any:
+    """A DynamoDB client for ``endpoint`` with standard retries and short timeouts."""
+    return boto3.session.Session().client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=1,
+            read_timeout=read_timeout,
+            max_pool_connections=64,
+        ),
+    )
+
+
+def settings_for(table: str, **overrides: Any) -> Settings:
+    """Settings for tests (model dir unused here)."""
+    return Settings(table_name=table, model_dir="/nonexistent", **overrides)
+
+
+def hammer(
+    endpoint: str,
+    table: str,
+    api_key: str,
+    *,
+    threads: int,
+    rows: int,
+    fixed_now: float,
+    max_requests: int,
+) -> tuple[int, dict[str, int]]:
+    """One 'Lambda instance': its own client and Gatekeeper, ``threads`` threads admitting
+    ``rows`` rows per request until refused (or ``max_requests`` each). Returns rows allowed
+    and refusals by reason."""
+    settings = settings_for(table)
+    store = PrincipalStore(client=make_client(endpoint), table_name=table)
+    gatekeeper = Gatekeeper(store=store, settings=settings, clock=lambda: fixed_now)
+    credentials = Authenticator(settings=settings, token_verifier=None).read_credentials(
+        {"X-API-Key": api_key}
+    )
+    allowed = Counter[str]()
+    refused = Counter[str]()
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(max_requests):
+            try:
+                admission = gatekeeper.admit(
+                    credentials,
+                    model="iris",
+                    rows=rows,
+                    request_id=str(uuid.uuid4()),
+                    source_ip="127.0.0.1",
+                )
+            except RateLimitedError as exc:
+                with lock:
+                    refused[exc.reason] += 1
+                return
+            except SecurityError as exc:
+                with lock:
+                    refused[exc.reason] += 1
+                return
+            with lock:
+                allowed["rows"] += admission.rows
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return allowed["rows"], dict(refused)
