@@ -103,6 +103,8 @@ class AuditLog:
     def __init__(self, *, service: str, stream: IO[str] | None = None) -> None:
         self.formatter = RedactingFormatter()
         self.logger = Logger(service=service, stream=stream, logger_formatter=self.formatter)
+        # Records leave only through the redacting handler, never raw through the root logger.
+        logging.getLogger(service).propagate = False
         self._service = service
 
     def add_handler(self, handler: logging.Handler) -> None:

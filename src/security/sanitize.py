@@ -142,6 +142,10 @@ def redact(value: Any, *, field: str | None = None) -> Any:
         return redact_text(value)
     if isinstance(value, Mapping):
         return {str(key): redact(item, field=str(key)) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [redact(item) for item in value]
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Anything else (an exception object in a stack trace, a Decimal, ...) would be rendered
+    # with str() by the JSON serialiser: render it here, where it can still be redacted.
+    return redact_text(str(value))

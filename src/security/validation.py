@@ -233,8 +233,10 @@ def _parse_int(text: str) -> int:
     if len(text.lstrip("-")) > _MAX_INT_DIGITS:
         raise _NonFiniteError("overflow")
     value = int(text)
-    if not math.isfinite(float(value)):
-        raise _NonFiniteError("overflow")
+    try:
+        float(value)
+    except OverflowError as exc:  # 309 digits can still exceed the largest double
+        raise _NonFiniteError("overflow") from exc
     return value
 
 
