@@ -1,0 +1,180 @@
+"""Extraction detection (security.extraction): statistics, messages, sink, detectors, monitor."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+import scipy.stats
+from moto import mock_aws
+
+from security.extraction import (
+    DetectorState,
+    ExtractionDetector,
+    ExtractionMonitor,
+    MonitorReference,
+    QueryMessage,
+    QuerySink,
+    shapiro_w,
+)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6, 11, 50, 200, 400])
+@pytest.mark.parametrize("dist", ["normal", "exponential", "uniform"])
+def test_shapiro_w_matches_scipy(n: int, dist: str) -> None:
+    sample = getattr(np.random.default_rng(n), dist)(size=n)
+    assert shapiro_w(sample) == pytest.approx(scipy.stats.shapiro(sample).statistic, abs=1e-4)
+
+
+def _reference(**overrides: Any) -> MonitorReference:
+    rng = np.random.default_rng(0)
+    fields: dict[str, Any] = {
+        "model": "toy",
+        "lower": (0.0, 0.0, 0.0),
+        "upper": (1.0, 1.0, 1.0),
+        "scale": (0.05, 0.05, 0.05),
+        "prototypes": tuple(tuple(p) for p in 0.5 + 0.05 * rng.normal(size=(4, 3))),
+        "off_manifold_threshold": 3.0,
+        "off_manifold_p0": 0.03,
+        "low_confidence_cut": 0.7,
+        "low_confidence_p0": 0.1,
+        "prada_delta": 0.0,
+    }
+    fields.update(overrides)
+    return MonitorReference(**fields)
+
+
+def _benign(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.clip(0.5 + 0.05 * rng.normal(size=(n, 3)), 0, 1)
+
+
+def test_uniform_probing_is_flagged_within_a_few_dozen_rows() -> None:
+    # given a monitor whose training data sits in a small ball
+    detector, state = ExtractionDetector(_reference()), DetectorState()
+    # when a caller sends uniform-random rows
+    rows = np.random.default_rng(1).random((100, 3))
+    verdict = detector.observe(state, rows, labels=["a"] * 100, confidences=[0.99] * 100)
+    # then it is flagged by the off-manifold detector before 30 rows
+    assert state.flagged and state.flag_reason.startswith("off_manifold")
+    assert state.flagged_at_row <= 30 and verdict.newly_flagged
+
+
+def test_benign_traffic_is_not_flagged() -> None:
+    detector, state = ExtractionDetector(_reference()), DetectorState()
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        detector.observe(state, _benign(rng, 50), labels=["a"] * 50, confidences=[0.95] * 50)
+    assert not state.flagged and state.rows_seen == 2000
+
+
+def test_low_confidence_probing_is_flagged() -> None:
+    # given in-distribution rows that the model answers with low confidence (boundary probing)
+    detector, state = ExtractionDetector(_reference()), DetectorState()
+    conf = [0.55] * 60
+    detector.observe(
+        state, _benign(np.random.default_rng(3), 60), labels=["a"] * 60, confidences=conf
+    )
+    assert state.flagged and "low_confidence" in state.flag_reason
+
+
+def test_prada_fires_on_a_non_normal_distance_stream() -> None:
+    # given PRADA enabled, when queries collapse onto a few points (binary-search-like)
+    detector = ExtractionDetector(_reference(prada_delta=0.9, off_manifold_threshold=99.0))
+    state = DetectorState()
+    base = 0.5 + 0.05 * np.random.default_rng(4).normal(size=(1, 3))
+    rows = base + np.geomspace(1e-1, 1e-6, 150)[:, None] * np.ones((1, 3))
+    detector.observe(state, rows, labels=["a"] * 150)
+    assert state.flagged and state.flag_reason == "prada"
+
+
+def test_state_round_trips_and_stays_bounded() -> None:
+    detector, state = ExtractionDetector(_reference(prada_set_cap=64)), DetectorState()
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        detector.observe(state, rng.random((100, 3)), labels=list("abc" * 33 + "a"))
+    blob = state.to_bytes()
+    again = DetectorState.from_bytes(blob)
+    assert again.rows_seen == 3000 and again.flag_reason == state.flag_reason
+    assert all(s.shape[0] <= 64 for s in again.class_sets.values())
+    assert len(again.distances) <= 400 and len(again.off_bits) <= 200
+    assert len(blob) < 20_000
+
+
+def test_message_round_trip_and_validation() -> None:
+    message = QueryMessage("key#k1", "iris", "r1", 1.5, ((1.0, 2.0),), ("setosa",), (0.9,))
+    assert QueryMessage.from_json(message.to_json()) == message
+    with pytest.raises(ValueError):
+        QueryMessage.from_json(json.dumps({"v": 1, "rows": [[1.0], [1.0, 2.0]]}))
+    with pytest.raises(ValueError):
+        QueryMessage.from_json(message.to_json().replace("1.0,2.0", "NaN,2.0"))
+
+
+@mock_aws
+def test_sink_sends_one_message_per_request_and_never_raises() -> None:
+    sqs = boto3.client("sqs", region_name="eu-west-1")
+    url = sqs.create_queue(QueueName="extraction-unit-1")["QueueUrl"]
+    sink = QuerySink(client=sqs, queue_url=url, clock=lambda: 42.0)
+    assert sink.send(
+        principal_id="key#s1",
+        model="iris",
+        request_id="req-s1",
+        rows=np.array([[5.1, 3.5, 1.4, 0.2]]),
+        labels=["setosa"],
+        confidences=[0.97],
+    )
+    body = sqs.receive_message(QueueUrl=url)["Messages"][0]["Body"]
+    message = QueryMessage.from_json(body)
+    assert message.principal_id == "key#s1" and message.ts == 42.0 and message.labels == ("setosa",)
+    # a queue that does not exist: the send fails, is counted, and does not raise
+    broken = QuerySink(client=sqs, queue_url=url + "-missing")
+    assert not broken.send(principal_id="key#s1", model="iris", request_id="r", rows=[[1.0]])
+    assert broken.failures == 1
+
+
+class MemoryStore:
+    """An in-memory MonitorStateStore with the same versioning contract as DynamoDB's."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], tuple[bytes, int]] = {}
+        self.flags: list[tuple[str, str, bool]] = []
+
+    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
+        blob, version = self.items.get((principal_id, model), (None, 0))
+        return blob, version
+
+    def save_monitor_state(
+        self, principal_id: str, model: str, blob: bytes, *, expected_version: int, now: int
+    ) -> None:
+        assert self.items.get((principal_id, model), (b"", 0))[1] == expected_version
+        self.items[(principal_id, model)] = (blob, expected_version + 1)
+
+    def flag_principal(self, principal_id: str, *, reason: str, suspend: bool, now: int) -> None:
+        self.flags.append((principal_id, reason, suspend))
+
+
+def test_monitor_suspends_once_audits_and_ignores_redelivery() -> None:
+    store, records = MemoryStore(), []
+    monitor = ExtractionMonitor(
+        store=store,
+        references={"toy": _reference(model="toy")},
+        action="suspend",
+        audit=records.append,
+    )
+    rng = np.random.default_rng(6)
+    for i in range(5):
+        rows = tuple(tuple(r) for r in rng.random((20, 3)))
+        message = QueryMessage("key#m1", "toy", f"req-m{i}", 1.0, rows, ("a",) * 20, (0.99,) * 20)
+        monitor.process(message)
+    assert store.flags == [("key#m1", "extraction:off_manifold", True)]
+    assert len(records) == 1 and records[0]["decision"] == "suspend"
+    assert records[0]["event"] == "extraction_flag" and records[0]["flagged_at_row"] <= 40
+    outcome = monitor.process(message)
+    assert outcome.duplicate and outcome.rows_seen == 100
+
+
+def test_monitor_rejects_unknown_action() -> None:
+    with pytest.raises(ValueError):
+        ExtractionMonitor(store=MemoryStore(), references={}, action="ban", audit=print)
