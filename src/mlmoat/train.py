@@ -328,6 +328,28 @@ def _classifier_of(estimator: Any) -> Any:
     return estimator[-1] if isinstance(estimator, Pipeline) else estimator
 
 
+def _dp_cost(
+    spec: ModelSpec,
+    accuracy: float,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    private: bool,
+) -> dict[str, float]:
+    """For a private model, the same pipeline's non-private accuracy and the difference."""
+    if not private:
+        return {}
+    baseline = spec.make_estimator(spec.seed)
+    _fit(baseline, x_train, y_train)
+    baseline_accuracy = float(accuracy_score(y_test, baseline.predict(x_test)))
+    return {
+        "non_private_accuracy": _round(baseline_accuracy),
+        "dp_accuracy_cost": _round(baseline_accuracy - accuracy),
+    }
+
+
 def train_model(
     name: str, *, dp_epsilon: float | None = None, dp_data_norm: float | None = None
 ) -> TrainedModel:
@@ -401,6 +423,9 @@ def train_model(
             "log_loss": _round(loss),
             "n_train": int(len(y_train)),
             "n_test": int(len(y_test)),
+            **_dp_cost(
+                spec, accuracy, x_train, y_train, x_test, y_test, private=dp_epsilon is not None
+            ),
         },
         "train_split": {
             "dataset": spec.dataset,

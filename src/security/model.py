@@ -31,7 +31,6 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state  # type: ig
 from security.errors import ModelIntegrityError, NotFoundError
 
 __all__ = [
-    "FeatureBounds",
     "Manifest",
     "ModelRegistry",
     "ServedModel",
@@ -72,14 +71,6 @@ FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
-class FeatureBounds:
-    """The range one feature took on the training split."""
-
-    min: float
-    max: float
-
-
-@dataclass(frozen=True, slots=True)
 class Manifest:
     """A model's manifest, parsed and validated: what the ONNX file must be and how to call it."""
 
@@ -87,7 +78,8 @@ class Manifest:
     version: str
     feature_names: tuple[str, ...]
     classes: tuple[str, ...]
-    envelope: Mapping[str, FeatureBounds]
+    # Per feature, the range seen on the training split: ``{"min": float, "max": float}``.
+    envelope: Mapping[str, Mapping[str, float]]
     onnx_file: str
     onnx_sha256: str
     input_name: str
@@ -145,13 +137,13 @@ class Manifest:
         envelope_doc = _mapping(doc.get("envelope"), "envelope")
         if set(envelope_doc) != set(feature_names):
             _malformed("envelope does not cover exactly the features")
-        bounds: dict[str, FeatureBounds] = {}
+        bounds: dict[str, Mapping[str, float]] = {}
         for feature in feature_names:
             entry = _mapping(envelope_doc[feature], f"envelope.{feature}")
             low, high = _number(entry, "min"), _number(entry, "max")
             if low > high:
                 _malformed(f"envelope.{feature} has min > max")
-            bounds[feature] = FeatureBounds(min=low, max=high)
+            bounds[feature] = MappingProxyType({"min": low, "max": high})
         onnx_doc = _mapping(doc.get("onnx"), "onnx")
         onnx_file = _text(onnx_doc, "file")
         # A plain file name inside the model's directory: never a path that could leave it.
@@ -167,8 +159,8 @@ class Manifest:
         for key in metrics:
             _number(metrics, key)
         framework = _mapping(doc.get("framework"), "framework")
-        low_arr = np.array([bounds[f].min for f in feature_names], dtype=np.float64)
-        high_arr = np.array([bounds[f].max for f in feature_names], dtype=np.float64)
+        low_arr = np.array([bounds[f]["min"] for f in feature_names], dtype=np.float64)
+        high_arr = np.array([bounds[f]["max"] for f in feature_names], dtype=np.float64)
         low_arr.flags.writeable = False
         high_arr.flags.writeable = False
         return cls(
