@@ -1,0 +1,200 @@
+"""The fault-injection stack: a restartable moto server, a fault proxy, start-api instances.
+
+The function under test is the real ``PredictFunction`` served by ``mlmoat local start-api`` in
+its own process, exactly as in ``make local``; only its DynamoDB endpoint is the fault proxy
+(``tests/faults/faultproxy.py``) in front of a moto server that can stop and restart with its
+state intact (``tests/faults/motoserver.py``). SQS and SSM go straight to the moto server. Keys
+are created and counters read directly on the moto server, never through the proxy, so the
+evidence does not depend on the fault being injected.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from faultproxy import FaultProxy
+
+from mlmoat.loadtest import (
+    KeyPlan,
+    create_key,
+    free_port,
+    local_env,
+    mlmoat_command,
+    read_audit,
+    send,
+    wait_for_port,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+READY_S = 120.0
+
+
+@dataclass
+class Response:
+    """One HTTP response from the function."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+    @property
+    def request_id(self) -> str:
+        """The ``X-Request-Id`` header (every response must carry it)."""
+        return self.headers["x-request-id"]
+
+
+@dataclass
+class Api:
+    """One ``mlmoat local start-api`` process and its log (audit records)."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def post(
+        self,
+        body: Mapping[str, Any] | bytes,
+        *,
+        api_key: str | None = None,
+        token: str | None = None,
+        path: str = "/predict",
+    ) -> Response:
+        """POST a JSON body with an API key or a bearer token."""
+        headers = {"Content-Type": "application/json"}
+        if api_key is not None:
+            headers["X-API-Key"] = api_key
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        status, response_headers, payload = send(self.port, path=path, body=raw, headers=headers)
+        return Response(status, response_headers, payload)
+
+    def audit(self) -> list[dict[str, Any]]:
+        """Every audit record this instance has written so far."""
+        return read_audit([self.log])
+
+    def audit_for(self, request_id: str, *, wait_s: float = 5.0) -> list[dict[str, Any]]:
+        """The audit records carrying ``request_id`` (waits briefly for the log to flush)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            records = [r for r in self.audit() if r.get("request_id") == request_id]
+            if records or time.monotonic() > deadline:
+                return records
+            time.sleep(0.1)
+
+
+@dataclass
+class FaultStack:
+    """The moto server, the proxy in front of it, and helpers to read the truth behind them."""
+
+    work: Path
+    moto_port: int
+    moto: subprocess.Popen[bytes]
+    proxy: FaultProxy
+    apis: list[Api] = field(default_factory=list)
+
+    @property
+    def direct_env(self) -> dict[str, str]:
+        """Environment for tools talking to the moto server directly (keys, bootstrap)."""
+        return local_env(self.moto_port, self._side_endpoints())
+
+    def function_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment for the function: DynamoDB through the proxy, SQS/SSM direct."""
+        env = local_env(self.proxy.port, self._side_endpoints())
+        env.update(extra or {})
+        return env
+
+    def _side_endpoints(self) -> dict[str, str]:
+        direct = f"http://127.0.0.1:{self.moto_port}"
+        return {"AWS_ENDPOINT_URL_SQS": direct, "AWS_ENDPOINT_URL_SSM": direct}
+
+    def client(self, service: str) -> Any:
+        """A boto3 client straight to the moto server."""
+        env = self.direct_env
+        return boto3.client(
+            service,
+            endpoint_url=f"http://127.0.0.1:{self.moto_port}",
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def create_key(
+        self, owner: str, *, rate: str = "1000/minute", budget: int = 1000
+    ) -> tuple[str, str]:
+        """A fresh key, created on the moto server directly; returns (key_id, api_key)."""
+        count, _, unit = rate.partition("/")
+        window = {"second": 1, "minute": 60, "hour": 3600}[unit]
+        plan = KeyPlan("fault", rate=int(count), window_s=window, budget=budget)
+        return create_key(self.direct_env, owner=owner, plan=plan)
+
+    def key_item(self, key_id: str) -> dict[str, Any]:
+        """The key's item read from the moto server (the truth behind the proxy)."""
+        client = self.client("dynamodb")
+        for table in client.list_tables()["TableNames"]:
+            raw = client.get_item(
+                TableName=table, Key={"pk": {"S": f"key#{key_id}"}}, ConsistentRead=True
+            ).get("Item")
+            if raw:
+                return {
+                    name: (float(v["N"]) if "N" in v else next(iter(v.values())))
+                    for name, v in raw.items()
+                }
+        raise AssertionError(f"no item for key {key_id}")
+
+    def rows_used(self, key_id: str) -> int:
+        """The key's ``rows_used`` counter (0 if never charged)."""
+        return int(self.key_item(key_id).get("rows_used", 0))
+
+    def start_api(self, name: str, extra_env: Mapping[str, str] | None = None) -> Api:
+        """Start one ``mlmoat local start-api`` instance against the proxy."""
+        port = free_port()
+        log = self.work / f"{name}.log"
+        with log.open("wb") as handle:
+            process = subprocess.Popen(  # noqa: S603
+                mlmoat_command("local", "start-api", "--port", str(port)),
+                env=self.function_env(extra_env),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        api = Api(port, process, log)
+        self.apis.append(api)
+        wait_for_port(port, process=process, timeout_s=READY_S)
+        return api
+
+    def stop_moto_listener(self) -> None:
+        """Stop the moto server's listener (connections refused; state kept)."""
+        self.moto.send_signal(signal.SIGUSR1)
+        _wait_closed(self.moto_port)
+
+    def start_moto_listener(self) -> None:
+        """Start the moto server's listener again on the same port."""
+        self.moto.send_signal(signal.SIGUSR2)
+        wait_for_port(self.moto_port, process=self.moto, timeout_s=READY_S)
+
+
+def _wait_closed(port: int, timeout_s: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"port {port} still accepts connections")
