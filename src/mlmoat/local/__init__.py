@@ -1,0 +1,6 @@
+"""``mlmoat local``: the SAM application run on this machine with no AWS account and no Docker.
+
+An embedded DynamoDB (moto server), tables and queues bootstrapped from template.yaml, functions
+invoked from the host build with only their code and layers on the path, and the template's
+REST API served as API Gateway would call the functions.
+"""

@@ -1,0 +1,61 @@
+"""Create the template's tables (key schema, TTL) and queues at the local endpoint, idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from botocore.exceptions import ClientError
+
+from mlmoat.local.awsenv import dynamodb_client, sqs_client
+from mlmoat.local.template import Template
+
+
+@dataclass
+class BootstrapReport:
+    """What bootstrap created and what already existed."""
+
+    created_tables: list[str] = field(default_factory=list)
+    existing_tables: list[str] = field(default_factory=list)
+    queues: dict[str, str] = field(default_factory=dict)
+
+
+def bootstrap(template: Template) -> BootstrapReport:
+    """Create every table and queue of ``template`` at its endpoint; existing ones are kept.
+
+    Raises:
+        botocore.exceptions.ClientError: the endpoint refused a definition.
+    """
+    report = BootstrapReport()
+    dynamodb = dynamodb_client(template.endpoint, template.region)
+    for definition in template.table_definitions().values():
+        name = definition["TableName"]
+        try:
+            dynamodb.create_table(
+                TableName=name,
+                KeySchema=definition["KeySchema"],
+                AttributeDefinitions=definition["AttributeDefinitions"],
+                BillingMode=definition["BillingMode"],
+            )
+            report.created_tables.append(name)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+            report.existing_tables.append(name)
+        dynamodb.get_waiter("table_exists").wait(
+            TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+        )
+        ttl_attribute = definition["ttl_attribute"]
+        if ttl_attribute:
+            current = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+            if current.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+                dynamodb.update_time_to_live(
+                    TableName=name,
+                    TimeToLiveSpecification={"AttributeName": ttl_attribute, "Enabled": True},
+                )
+    sqs = sqs_client(template.endpoint, template.region)
+    for logical_id, definition in template.queue_definitions().items():
+        attributes = {key: value for key, value in definition.items() if key != "QueueName"}
+        # CreateQueue with the same name and attributes is idempotent in SQS (and moto).
+        url = sqs.create_queue(QueueName=definition["QueueName"], Attributes=attributes)["QueueUrl"]  # type: ignore[arg-type]
+        report.queues[logical_id] = url
+    return report
