@@ -122,14 +122,16 @@ def _status(response: Any) -> int:
     return 0
 
 
-def _vary_source(event: dict[str, Any], index: int) -> dict[str, Any]:
-    # A distinct client address per request: the baseline's in-memory limiter keys on it.
-    ip = f"198.51.{(index // 250) % 250}.{index % 250 + 1}"
+def _fresh(event: dict[str, Any], index: int, vary_source: bool) -> dict[str, Any]:
+    # API Gateway gives every request its own id (mlmoat's idempotency digest keys on it).
     copy = dict(event)
     context = dict(copy.get("requestContext") or {})
-    identity = dict(context.get("identity") or {})
-    identity["sourceIp"] = ip
-    context["identity"] = identity
+    context["requestId"] = str(uuid.uuid4())
+    if vary_source:
+        # A distinct client address per request: the baseline's in-memory limiter keys on it.
+        identity = dict(context.get("identity") or {})
+        identity["sourceIp"] = f"198.51.{(index // 250) % 250}.{index % 250 + 1}"
+        context["identity"] = identity
     copy["requestContext"] = context
     return copy
 
@@ -155,7 +157,7 @@ def main(config_path: str, result_fd: int) -> int:
     memory_mb = int(config.get("memory_mb", 1024))
     wire.reset()
     t0 = time.perf_counter()
-    response = handler(config["first_event"], _Context(name, memory_mb))
+    response = handler(_fresh(config["first_event"], 0, False), _Context(name, memory_mb))
     t_first = time.perf_counter() - t0
     first = {
         "status": _status(response),
@@ -172,9 +174,7 @@ def main(config_path: str, result_fd: int) -> int:
         samples: list[dict[str, Any]] = []
         statuses: dict[str, int] = {}
         for index in range(int(phase["count"])):
-            event = phase["event"]
-            if phase.get("vary_source"):
-                event = _vary_source(event, index)
+            event = _fresh(phase["event"], index, bool(phase.get("vary_source")))
             wire.reset()
             t0 = time.perf_counter_ns()
             response = handler(event, _Context(name, memory_mb))

@@ -1,0 +1,229 @@
+"""mlmoat as the benchmark runs it: the ``sam build`` output, a local DynamoDB, a key to call with.
+
+The function process gets exactly what Lambda gives it: the function's code directory, each
+layer's ``python/`` directory (``/opt/python`` in Lambda), the standard library and boto3 (the
+runtime's copy: here the locked boto3/botocore installed into ``build/bench-runtime``). The
+environment comes from template.yaml (resolved by ``mlmoat.local.template``), with ``/opt/...``
+paths mapped to the layer that provides them and the AWS endpoints pointed at the local server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlmoat.bench.runner import FunctionSpec
+
+FUNCTION = "PredictFunction"
+# boto3 as the Lambda runtime provides it: outside the deployment package, byte-compiled.
+_RUNTIME_PACKAGES = (
+    "boto3", "botocore", "jmespath", "s3transfer", "python-dateutil", "six", "urllib3",
+)
+
+
+class StackError(RuntimeError):
+    """The build output, the local DynamoDB or the key setup is not usable."""
+
+
+@dataclass(frozen=True)
+class BuiltFunction:
+    """A function of a ``sam build`` output: its code directory and its layers' directories."""
+
+    code_dir: Path
+    layer_dirs: tuple[Path, ...]
+    handler: str
+    environment: dict[str, str]
+    memory_mb: int
+
+    def package_dirs(self) -> tuple[Path, ...]:
+        """Everything Lambda unzips for this function: its code and each whole layer."""
+        return (self.code_dir, *self.layer_dirs)
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of every regular file under ``root`` (what Lambda counts as unzipped size)."""
+    if not root.exists():
+        return 0
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def built_function(root: Path, build_dir: Path, logical_id: str = FUNCTION) -> BuiltFunction:
+    """Locate ``logical_id`` and its layers in a ``sam build`` output.
+
+    Raises:
+        StackError: the build output lacks the function or one of its layers.
+    """
+    from mlmoat.local.template import Template
+
+    built_template = build_dir / "template.yaml"
+    if not built_template.is_file():
+        raise StackError(f"{build_dir} has no template.yaml: run `make build build-host` first")
+    spec = Template(root / "template.yaml").function(logical_id)
+    code_dir = build_dir / logical_id
+    layer_dirs = tuple(build_dir / layer for layer in spec.layers)
+    missing = [str(p) for p in (code_dir, *layer_dirs) if not p.is_dir()]
+    if missing:
+        raise StackError(f"missing from the build output: {', '.join(missing)}")
+    return BuiltFunction(
+        code_dir=code_dir,
+        layer_dirs=layer_dirs,
+        handler=spec.handler,
+        environment=dict(spec.environment),
+        memory_mb=spec.memory_size,
+    )
+
+
+def _map_opt(value: str, layer_dirs: tuple[Path, ...]) -> str:
+    # Lambda extracts every layer into /opt; locally each layer keeps its own directory.
+    if not value.startswith("/opt/"):
+        return value
+    relative = value[len("/opt/") :]
+    for layer in layer_dirs:
+        if (layer / relative).exists():
+            return str(layer / relative)
+    return value
+
+
+def runtime_boto3(root: Path, python: str = sys.executable) -> Path:
+    """A directory holding only the locked boto3 and its dependencies, byte-compiled.
+
+    Raises:
+        StackError: the install failed.
+    """
+    lock = (root / "requirements" / "dev.lock").read_text(encoding="utf-8")
+    pins = []
+    for name in _RUNTIME_PACKAGES:
+        found = re.search(rf"^{re.escape(name)}==([^\s\\]+)", lock, re.MULTILINE)
+        if found is None:
+            raise StackError(f"{name} is not pinned in requirements/dev.lock")
+        pins.append(f"{name}=={found[1]}")
+    target = root / "build" / "bench-runtime"
+    stamp = target / ".stamp"
+    wanted = hashlib.sha256("\n".join(pins).encode()).hexdigest()
+    if stamp.is_file() and stamp.read_text(encoding="utf-8") == wanted:
+        return target / "python"
+    shutil.rmtree(target, ignore_errors=True)
+    done = subprocess.run(  # noqa: S603 - our interpreter, pins read from our lock file
+        [
+            python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+            "--only-binary=:all:", "--target", str(target / "python"), *pins,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise StackError(f"installing the runtime's boto3 failed:\n{done.stderr[-2000:]}")
+    shutil.rmtree(target / "python" / "bin", ignore_errors=True)
+    stamp.write_text(wanted, encoding="utf-8")
+    return target / "python"
+
+
+def function_spec(
+    built: BuiltFunction, *, boto3_dir: Path, aws_env: dict[str, str], label: str = "mlmoat"
+) -> FunctionSpec:
+    """How to start the built function as Lambda would, against the local endpoint."""
+    paths = [str(built.code_dir)]
+    paths += [str(layer / "python") for layer in built.layer_dirs if (layer / "python").is_dir()]
+    paths.append(str(boto3_dir))
+    env = {name: _map_opt(value, built.layer_dirs) for name, value in built.environment.items()}
+    env.update(aws_env)
+    return FunctionSpec(
+        label=label,
+        paths=tuple(paths),
+        handler=built.handler,
+        env=env,
+        hooks=True,
+        function_name=FUNCTION,
+        memory_mb=built.memory_mb,
+    )
+
+
+@dataclass
+class LocalStack:
+    """A moto server process, bootstrapped from template.yaml, and a key to call with."""
+
+    endpoint: str
+    aws_env: dict[str, str]
+    environment: dict[str, str]
+    api_key: str
+    key_id: str
+    admin: Any
+
+
+@contextmanager
+def local_stack(root: Path, *, log_dir: Path) -> Iterator[LocalStack]:
+    """Start a moto server on a free loopback port, create the tables and queues, make a key.
+
+    The server is its own process, so its CPU time never counts inside the function process.
+
+    Raises:
+        StackError: the server did not start.
+    """
+    import boto3
+
+    from mlmoat.local.awsenv import exports
+    from mlmoat.local.bootstrap import bootstrap
+    from mlmoat.local.server import free_port, wait_for_port
+    from mlmoat.local.template import DEFAULT_REGION, Template
+    from security.admin import KeyAdmin
+    from security.settings import Settings
+    from security.store import PrincipalStore
+
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "moto.log", "wb") as log:
+        server = subprocess.Popen(  # noqa: S603 - our interpreter running moto's server
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        try:
+            wait_for_port("127.0.0.1", port, timeout=30.0)
+        except TimeoutError as exc:
+            raise StackError("the local DynamoDB (moto server) did not start") from exc
+        endpoint = f"http://127.0.0.1:{port}"
+        template = Template(root / "template.yaml", endpoint=endpoint, region=DEFAULT_REGION)
+        bootstrap(template)
+        aws_env = exports(endpoint, DEFAULT_REGION)
+        environment = dict(template.function(FUNCTION).environment)
+        settings = Settings.from_env(environment)
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=endpoint,
+            region_name=DEFAULT_REGION,
+            aws_access_key_id=aws_env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=aws_env["AWS_SECRET_ACCESS_KEY"],
+        )
+        admin = KeyAdmin(store=PrincipalStore(client=client, table_name=settings.table_name),
+                         settings=settings)
+        # Limits far above what the benchmark sends: it measures the cost of counting, not refusals.
+        created = admin.create(
+            owner="bench", rate_limit="100000000/minute", budget=10**12,
+            output_policy=settings.default_output_policy,
+        )
+        yield LocalStack(
+            endpoint=endpoint,
+            aws_env=aws_env,
+            environment=environment,
+            api_key=created["api_key"],
+            key_id=created["key_id"],
+            admin=admin,
+        )
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
