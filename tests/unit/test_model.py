@@ -278,7 +278,8 @@ def test_serving_never_imports_scikit_learn() -> None:
         "from security.model import ModelRegistry\n"
         f"r = ModelRegistry.load({str(MODELS)!r})\n"
         "r.get('iris').predict_proba([[5.1, 3.5, 1.4, 0.2]])\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy', 'skl2onnx'))\n"
+        "heavy = ('sklearn', 'scipy', 'skl2onnx')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "print(','.join(bad))\n"
     )
     result = subprocess.run(
