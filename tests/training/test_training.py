@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+import onnxruntime as ort  # type: ignore[import-untyped]
 import pytest
-from sklearn.datasets import load_breast_cancer, load_iris
-from sklearn.metrics import roc_auc_score
+from sklearn.datasets import load_breast_cancer, load_iris  # type: ignore[import-untyped]
+from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
 
 from mlmoat.train import (
     DEFAULT_MODELS,

@@ -39,7 +39,8 @@ def model_copy(tmp_path: Path) -> Path:
 
 
 def _manifest(root: Path, name: str) -> dict[str, Any]:
-    return json.loads((root / name / "manifest.json").read_text())
+    document: dict[str, Any] = json.loads((root / name / "manifest.json").read_text())
+    return document
 
 
 def _write_manifest(root: Path, name: str, document: dict[str, Any]) -> None:
@@ -176,7 +177,7 @@ def test_manifest_disagreeing_with_graph_refuses_to_load(model_copy: Path) -> No
 
 
 def _valid_document() -> dict[str, Any]:
-    return json.loads((MODELS / "iris" / "manifest.json").read_text())
+    return _manifest(MODELS, "iris")
 
 
 @pytest.mark.parametrize(
