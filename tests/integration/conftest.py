@@ -1,7 +1,7 @@
 """Fixtures for the security-core integration tests: real DynamoDB servers over HTTP.
 
-- ``core_endpoint`` (session): a moto server (``ThreadedMotoServer``) on a free loopback port,
-  started here and stopped at the end of the session.
+- ``core_endpoint`` (session): a moto server on a free loopback port that serialises requests
+  (see ``coresupport.SerialMotoServer`` for why), started here, stopped at the end of the session.
 - ``core_table`` (function): a fresh table with the key schema read from ``template.yaml``'s
   ``SecurityTable`` (unique name per test, so tests never share counters).
 - ``make_client(endpoint)``: a boto3 DynamoDB client configured as the handlers configure it.
@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
 
-from coresupport import free_port, make_client
+from coresupport import SerialMotoServer, free_port, make_client
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,11 +75,9 @@ def _dummy_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def core_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    server = SerialMotoServer(free_port()).start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.endpoint
     finally:
         server.stop()
 
