@@ -409,7 +409,7 @@ def train_model(
             "scikit-learn": sklearn.__version__,
             "skl2onnx": skl2onnx.__version__,
             "onnx": onnx.__version__,
-            "target_opset": dict(ONNX_OPSETS),
+            "target_opset": {k or "ai.onnx": v for k, v in ONNX_OPSETS.items()},
             "opset": _opsets_of(onnx_bytes),
         },
         "feature_names": list(spec.feature_names),

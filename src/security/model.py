@@ -52,8 +52,13 @@ _ORT_LOAD_ERRORS: tuple[type[BaseException], ...] = (
     ort_state.NotImplemented,
     ort_state.RuntimeException,
 )
+_SCHEMA_VERSION = 1
 _KNOWN_KEYS = frozenset(
     {
+        "schema_version",
+        "description",
+        "estimator",
+        "train_split",
         "name",
         "version",
         "feature_names",
@@ -87,6 +92,8 @@ class Manifest:
     probabilities_output: str
     metrics: Mapping[str, float]
     framework: Mapping[str, Any]
+    train_split: Mapping[str, Any]
+    description: str
     dp_epsilon: float | None
     dp_data_norm: float | None
     # Other top-level sections (e.g. ``defences``), kept read-only for the modules that own them.
@@ -124,6 +131,8 @@ class Manifest:
             ModelIntegrityError: a field is missing, of the wrong type or inconsistent.
         """
         doc = _mapping(document, "manifest")
+        if doc.get("schema_version") != _SCHEMA_VERSION:
+            _malformed(f"schema_version is not {_SCHEMA_VERSION}")
         name = _text(doc, "name")
         if not _NAME.match(name):
             _malformed("name is not a valid model name")
@@ -159,6 +168,10 @@ class Manifest:
         for key in metrics:
             _number(metrics, key)
         framework = _mapping(doc.get("framework"), "framework")
+        train_split = _mapping(doc.get("train_split"), "train_split")
+        description = doc.get("description", "")
+        if not isinstance(description, str):
+            _malformed("description is not a string")
         low_arr = np.array([bounds[f]["min"] for f in feature_names], dtype=np.float64)
         high_arr = np.array([bounds[f]["max"] for f in feature_names], dtype=np.float64)
         low_arr.flags.writeable = False
@@ -176,6 +189,8 @@ class Manifest:
             probabilities_output=_text(outputs, "probabilities"),
             metrics=MappingProxyType({k: float(v) for k, v in metrics.items()}),
             framework=MappingProxyType(dict(framework)),
+            train_split=MappingProxyType(dict(train_split)),
+            description=description,
             dp_epsilon=_optional_number(doc, "dp_epsilon"),
             dp_data_norm=_optional_number(doc, "dp_data_norm"),
             extra=MappingProxyType({k: v for k, v in doc.items() if k not in _KNOWN_KEYS}),

@@ -122,7 +122,7 @@ def test_manifest_records_what_the_brief_requires(trained: dict[str, TrainedMode
     manifest = trained["iris"].manifest
     assert manifest["classes"] == ["setosa", "versicolor", "virginica"]
     assert manifest["framework"]["opset"] == {"ai.onnx": 9, "ai.onnx.ml": 1}
-    assert manifest["framework"]["target_opset"] == {"": 17, "ai.onnx.ml": 3}
+    assert manifest["framework"]["target_opset"] == {"ai.onnx": 17, "ai.onnx.ml": 3}
     assert manifest["train_split"] == {
         "dataset": "sklearn.datasets.load_iris",
         "seed": MODEL_SPECS["iris"].seed,

@@ -70,6 +70,8 @@ def test_manifest_fields_are_parsed(registry: ModelRegistry) -> None:
     assert iris.version == f"iris-{sha[:12]}"
     assert iris.manifest.onnx_sha256 == sha
     assert iris.manifest.dp_epsilon is None
+    assert iris.manifest.train_split["test_fraction"] == 0.3
+    assert "schema_version" not in iris.manifest.extra
     assert 0.9 <= iris.manifest.metrics["accuracy"] <= 1.0
     bounds = iris.manifest.envelope["petal_length_cm"]
     assert bounds["min"] < bounds["max"]
@@ -195,6 +197,8 @@ def _valid_document() -> dict[str, Any]:
         (lambda d: d.__setitem__("metrics", {"accuracy": "high"}), "non-numeric metric"),
         (lambda d: d["onnx"].__setitem__("input_dtype", "float64"), "wrong input dtype"),
         (lambda d: d.__setitem__("dp_epsilon", "1"), "epsilon as text"),
+        (lambda d: d.__setitem__("schema_version", 2), "unknown schema version"),
+        (lambda d: d.pop("train_split"), "missing split"),
     ],
 )
 def test_malformed_manifest_is_refused(mutate: Any, case: str) -> None:
