@@ -1,0 +1,136 @@
+"""`start-api`: HTTP requests become REST v1 proxy events, run on warm per-function instances."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from echo_app import lay_out_echo_app
+
+from mlmoat.local.api import LocalApi, QueuePoller
+from mlmoat.local.bootstrap import bootstrap
+from mlmoat.local.server import free_port
+from mlmoat.local.template import Template
+from mlmoat.local.workers import FunctionLayout, WorkerPool
+
+
+def _request(
+    api: LocalApi,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, http.client.HTTPResponse, bytes]:
+    host, port = api.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture()
+def echo_api(tmp_path: Path) -> Iterator[LocalApi]:
+    template = Template(lay_out_echo_app(tmp_path), endpoint="http://127.0.0.1:9")
+    build = tmp_path / ".aws-sam" / "build-host"
+    layouts = {
+        name: FunctionLayout(template, build, name, host_environ=dict(os.environ))
+        for name in ("EchoFunction", "SlowFunction")
+    }
+    api = LocalApi(template, layouts, port=free_port()).start()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+def test_a_request_becomes_the_rest_proxy_event_api_gateway_sends(echo_api: LocalApi) -> None:
+    # When a client POSTs a binary body to a parameterised route
+    status, response, payload = _request(
+        echo_api, "POST", "/echo/alice?x=1&x=2", body=b"\xff\x00raw",
+        headers={"Content-Type": "application/octet-stream", "X-Multi": "one"},
+    )  # fmt: skip
+    # Then the function answered through API Gateway's proxy contract
+    assert status == 201
+    report = json.loads(payload)
+    event = report["event"]
+    assert event["resource"] == "/echo/{name}"
+    assert event["path"] == "/echo/alice"
+    assert event["httpMethod"] == "POST"
+    assert event["pathParameters"] == {"name": "alice"}
+    assert event["query"] == {"x": "2"}
+    assert event["multiValueHeaders"]["X-Multi"] == ["one"]
+    # a body that is not UTF-8 arrives base64-encoded
+    assert event["isBase64Encoded"] is True
+    assert event["body"] == b"\xff\x00raw".hex()
+    context = event["requestContext"]
+    assert context["resourcePath"] == "/echo/{name}"
+    assert context["stage"] == "test"
+    assert context["path"] == "/test/echo/alice"
+    assert context["identity"]["sourceIp"] == "127.0.0.1"
+    # and the request id the function saw is the one returned to the client
+    assert response.getheader("x-amzn-RequestId") == context["requestId"]
+    assert response.getheader("X-Echo") == "1"
+    assert sorted(v.strip() for v in response.headers.get_all("Set-Cookie") or []) == ["a=1", "b=2"]
+
+
+def test_requests_reuse_one_warm_instance(echo_api: LocalApi) -> None:
+    # When the same function is called three times
+    reports = [json.loads(_request(echo_api, "GET", "/echo")[2]) for _ in range(3)]
+    # Then one process served them all (one cold start), like a warm Lambda instance
+    assert len({report["pid"] for report in reports}) == 1
+    assert [report["invocations"] for report in reports] == [1, 2, 3]
+
+
+def test_an_unknown_route_gets_api_gateways_answer(echo_api: LocalApi) -> None:
+    status, _, payload = _request(echo_api, "DELETE", "/echo")
+    assert status == 403
+    assert json.loads(payload) == {"message": "Missing Authentication Token"}
+    status, _, _ = _request(echo_api, "GET", "/nowhere")
+    assert status == 403
+
+
+def test_sqs_poller_delivers_batches_and_keeps_failed_records(
+    tmp_path: Path, moto_server: Any
+) -> None:
+    # Given the echo app's tables and queue at a real moto server
+    template = Template(lay_out_echo_app(tmp_path), endpoint=moto_server.endpoint)
+    bootstrap(template)
+    layout = FunctionLayout(
+        template, tmp_path / ".aws-sam" / "build-host", "SinkFunction", host_environ=moto_server.env
+    )
+    pool = WorkerPool(layout)
+    sqs = boto3.client("sqs", endpoint_url=moto_server.endpoint, region_name="us-east-1")
+    url = template.queue_url("Queue")
+    sqs.purge_queue(QueueUrl=url)
+    for body in ("alpha", "fail", "beta"):
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    poller = QueuePoller(template, pool, "Queue", batch_size=5)
+    try:
+        # When the poller takes one batch
+        received = 0
+        for _ in range(5):
+            received += poller.poll_once()
+            if received >= 3:
+                break
+    finally:
+        pool.stop()
+    # Then the handler wrote the good records and the failed one stays in the queue
+    assert received == 3
+    dynamodb = boto3.client("dynamodb", endpoint_url=moto_server.endpoint, region_name="us-east-1")
+    table = template.physical_name("Table")
+    for body in ("alpha", "beta"):
+        item = dynamodb.get_item(TableName=table, Key={"pk": {"S": body}})["Item"]
+        assert item["source"] == {"S": "aws:sqs"}
+    assert "Item" not in dynamodb.get_item(TableName=table, Key={"pk": {"S": "fail"}})
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert int(attributes["ApproximateNumberOfMessagesNotVisible"]) == 1
+    assert int(attributes["ApproximateNumberOfMessages"]) == 0
