@@ -40,8 +40,8 @@ def _run(argv: list[str], what: str) -> None:
         raise BaselineBuildError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
-def build_baseline(root: Path, *, log: bool = True) -> FunctionSpec:
-    """Build (or reuse) the baseline function and say how to run it.
+def build_baseline(root: Path, *, runtime_site: Path, log: bool = True) -> FunctionSpec:
+    """Build (or reuse) the baseline function and say how to run it (boto3 from ``runtime_site``).
 
     Raises:
         BaselineBuildError: the dependency install or the model training failed.
@@ -82,7 +82,7 @@ def build_baseline(root: Path, *, log: bool = True) -> FunctionSpec:
         stamp.write_text(inputs, encoding="utf-8")
     return FunctionSpec(
         label="baseline",
-        paths=(str(function), str(deps)),
+        paths=(str(function), str(deps), str(runtime_site)),
         handler="app.handler",
         env={
             "BASELINE_API_KEY": BASELINE_KEY,
@@ -90,14 +90,3 @@ def build_baseline(root: Path, *, log: bool = True) -> FunctionSpec:
         },
         function_name="BaselineFunction",
     )
-
-
-def package_bytes(spec: FunctionSpec) -> int:
-    """Unzipped bytes of the function and everything on its path (files, not directories)."""
-    return sum(_tree_bytes(Path(path)) for path in spec.paths)
-
-
-def _tree_bytes(root: Path) -> int:
-    if root.is_file():
-        return root.stat().st_size
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())

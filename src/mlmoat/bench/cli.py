@@ -31,9 +31,10 @@ from mlmoat.bench.events import rest_event
 from mlmoat.bench.runner import FunctionSpec, Phase, RunResult, run_function
 from mlmoat.bench.stack import (
     built_function,
+    compile_into,
     function_spec,
     local_stack,
-    runtime_boto3,
+    runtime_site,
     tree_bytes,
 )
 from mlmoat.bench.stats import median, percentile, ratio
@@ -191,13 +192,24 @@ def run(root: Path, plan: Plan, *, build: bool, log: bool = True) -> dict[str, A
     work = root / "build" / "bench"
     shutil.rmtree(work, ignore_errors=True)
     log_dir, pycache = work / "logs", work / "pycache"
-    baseline = build_baseline(root, log=log)
-    boto3_dir = runtime_boto3(root)
-    host = built_function(root, root / ".aws-sam" / "build-host")
+    # A private copy of the host build: a rebuild running elsewhere cannot change it mid-run.
+    host_dir = work / "build-host"
+    shutil.copytree(
+        root / ".aws-sam" / "build-host",
+        host_dir,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    site = runtime_site(host_dir)
+    baseline = build_baseline(root, runtime_site=site, log=log)
+    host = built_function(root, host_dir)
     lambda_build = built_function(root, root / ".aws-sam" / "build")
+    # Lambda's own boto3 comes byte-compiled: the no-byte-code runs read only that.
+    runtime_only = work / "pycache-runtime-only"
+    compile_into(site, runtime_only)
 
     with local_stack(root, log_dir=log_dir) as stack:
-        ours = function_spec(host, boto3_dir=boto3_dir, aws_env=stack.aws_env)
+        ours = function_spec(root, host_dir, aws_env=stack.aws_env)
         cap = int(ours.env.get("SECURITY_MAX_ROWS", "100"))
         sizes = sorted({n for n in (*BATCH_SIZES, cap) if n <= cap})
 
@@ -229,7 +241,8 @@ def run(root: Path, plan: Plan, *, build: bool, log: bool = True) -> dict[str, A
                 event,
                 phase_list if phases else [],
                 log_dir=log_dir,
-                pycache=(pycache / name) if cached else None,
+                pycache=(pycache / name) if cached else runtime_only,
+                write_bytecode=cached,
             )
 
         # Warm-up, discarded: fills the byte-code cache and the page cache for both stacks.

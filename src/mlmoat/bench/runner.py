@@ -21,9 +21,8 @@ from typing import Any
 
 CHILD = Path(__file__).with_name("child.py")
 
-# Variables the Lambda runtime sets; locale and BLAS tuning are passed through unchanged so that
-# both stacks see the same machine.
-_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# BLAS tuning is passed through unchanged so that both stacks see the same machine.
+_PASSTHROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 class FunctionRunError(RuntimeError):
@@ -70,6 +69,9 @@ def lambda_env(spec: FunctionSpec) -> dict[str, str]:
     env = {name: os.environ[name] for name in _PASSTHROUGH if name in os.environ}
     env.update(
         {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "LANG": "en_US.UTF-8",
+            "TZ": ":UTC",
             "AWS_LAMBDA_FUNCTION_NAME": spec.function_name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
@@ -89,14 +91,17 @@ def run_function(
     phases: list[Phase],
     *,
     log_dir: Path,
-    pycache: Path | None = None,
+    pycache: Path,
+    write_bytecode: bool = True,
     timeout_s: float = 300.0,
 ) -> RunResult:
     """Run one cold start and the warm ``phases`` in a fresh process.
 
-    With ``pycache`` the child reads and writes byte-code under that directory
-    (``-X pycache_prefix``), never beside the sources; without it, it runs with ``-B`` and
-    compiles every module it imports, as Lambda does for a package that ships no byte-code.
+    The child reads byte-code only under ``pycache`` (``-X pycache_prefix``), never from
+    ``__pycache__`` dirs beside the sources (which other local runs may have written), and
+    writes it there unless ``write_bytecode`` is false (``-B``): then every module without a
+    cached ``.pyc`` in ``pycache`` is compiled on import, as Lambda does for a package that ships
+    no byte-code.
 
     Raises:
         FunctionRunError: the process exited early, timed out, or the first response was not 200.
@@ -119,7 +124,7 @@ def run_function(
         json.dump(config, stream)
     stdout_path = log_dir / f"{spec.label}-{os.path.basename(config_path)[6:-5]}.stdout"
     stderr_path = stdout_path.with_suffix(".stderr")
-    bytecode = ["-X", f"pycache_prefix={pycache}"] if pycache is not None else ["-B"]
+    bytecode = ["-X", f"pycache_prefix={pycache}", *([] if write_bytecode else ["-B"])]
     read_fd, write_fd = os.pipe()
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         start = time.perf_counter()

@@ -1,17 +1,14 @@
 """mlmoat as the benchmark runs it: the ``sam build`` output, a local DynamoDB, a key to call with.
 
-The function process gets exactly what Lambda gives it: the function's code directory, each
-layer's ``python/`` directory (``/opt/python`` in Lambda), the standard library and boto3 (the
-runtime's copy: here the locked boto3/botocore installed into ``build/bench-runtime``). The
-environment comes from template.yaml (resolved by ``mlmoat.local.template``), with ``/opt/...``
-paths mapped to the layer that provides them and the AWS endpoints pointed at the local server.
+The function process gets exactly what ``mlmoat local invoke`` gives it (``FunctionLayout``):
+the function's code directory, each layer's ``python/`` directory (``/opt/python`` in Lambda),
+the standard library and the runtime's boto3; the environment is the template's, with
+``/opt/...`` paths mapped to the layer that provides them and the AWS endpoints pointed at the
+local server.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,11 +20,6 @@ from typing import Any
 from mlmoat.bench.runner import FunctionSpec
 
 FUNCTION = "PredictFunction"
-# boto3 as the Lambda runtime provides it: outside the deployment package, byte-compiled.
-_RUNTIME_PACKAGES = (
-    "boto3", "botocore", "jmespath", "s3transfer", "python-dateutil", "six", "urllib3",
-)
-
 
 class StackError(RuntimeError):
     """The build output, the local DynamoDB or the key setup is not usable."""
@@ -81,70 +73,67 @@ def built_function(root: Path, build_dir: Path, logical_id: str = FUNCTION) -> B
     )
 
 
-def _map_opt(value: str, layer_dirs: tuple[Path, ...]) -> str:
-    # Lambda extracts every layer into /opt; locally each layer keeps its own directory.
-    if not value.startswith("/opt/"):
-        return value
-    relative = value[len("/opt/") :]
-    for layer in layer_dirs:
-        if (layer / relative).exists():
-            return str(layer / relative)
-    return value
+def function_spec(
+    root: Path, build_dir: Path, *, aws_env: dict[str, str], label: str = "mlmoat"
+) -> FunctionSpec:
+    """How ``mlmoat local invoke`` starts the built function: the same path and environment."""
+    from mlmoat.local.template import Template
+    from mlmoat.local.workers import FunctionLayout
+
+    template = Template(
+        root / "template.yaml",
+        endpoint=aws_env["AWS_ENDPOINT_URL_DYNAMODB"],
+        region=aws_env["AWS_DEFAULT_REGION"],
+    )
+    layout = FunctionLayout(template, build_dir, FUNCTION, host_environ=aws_env)
+    return FunctionSpec(
+        label=label,
+        paths=tuple(layout.paths()),
+        handler=layout.spec.handler,
+        env=layout.environment(),
+        hooks=True,
+        function_name=FUNCTION,
+        memory_mb=layout.spec.memory_size,
+        workdir=str(layout.code_dir),
+    )
 
 
-def runtime_boto3(root: Path, python: str = sys.executable) -> Path:
-    """A directory holding only the locked boto3 and its dependencies, byte-compiled.
+def runtime_site(build_dir: Path) -> Path:
+    """The directory holding the runtime's boto3 (as ``mlmoat local invoke`` provides it)."""
+    from mlmoat.local.workers import runtime_site as local_runtime_site
+
+    return local_runtime_site(build_dir)
+
+
+def compile_into(site: Path, prefix: Path) -> None:
+    """Byte-compile every module under ``site`` into the mirror tree ``prefix``.
+
+    Entries of ``site`` may be symlinks (``mlmoat local``'s runtime site links the host's
+    boto3): each is compiled through its link path, the path the function imports it by.
 
     Raises:
-        StackError: the install failed.
+        StackError: compilation failed.
     """
-    lock = (root / "requirements" / "dev.lock").read_text(encoding="utf-8")
-    pins = []
-    for name in _RUNTIME_PACKAGES:
-        found = re.search(rf"^{re.escape(name)}==([^\s\\]+)", lock, re.MULTILINE)
-        if found is None:
-            raise StackError(f"{name} is not pinned in requirements/dev.lock")
-        pins.append(f"{name}=={found[1]}")
-    target = root / "build" / "bench-runtime"
-    stamp = target / ".stamp"
-    wanted = hashlib.sha256("\n".join(pins).encode()).hexdigest()
-    if stamp.is_file() and stamp.read_text(encoding="utf-8") == wanted:
-        return target / "python"
-    shutil.rmtree(target, ignore_errors=True)
-    done = subprocess.run(  # noqa: S603 - our interpreter, pins read from our lock file
-        [
-            python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-            "--only-binary=:all:", "--target", str(target / "python"), *pins,
-        ],
+    script = (
+        "import compileall, os, sys\n"
+        "ok = True\n"
+        "for name in sorted(os.listdir(sys.argv[1])):\n"
+        "    path = os.path.join(sys.argv[1], name)\n"
+        "    if os.path.isdir(path):\n"
+        "        ok = compileall.compile_dir(path, quiet=2) and ok\n"
+        "    elif path.endswith('.py'):\n"
+        "        ok = compileall.compile_file(path, quiet=2) and ok\n"
+        "sys.exit(0 if ok else 1)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our interpreter compiling our build's runtime site
+        [sys.executable, "-I", "-S", "-X", f"pycache_prefix={prefix}", "-c", script, str(site)],
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode != 0:
-        raise StackError(f"installing the runtime's boto3 failed:\n{done.stderr[-2000:]}")
-    shutil.rmtree(target / "python" / "bin", ignore_errors=True)
-    stamp.write_text(wanted, encoding="utf-8")
-    return target / "python"
-
-
-def function_spec(
-    built: BuiltFunction, *, boto3_dir: Path, aws_env: dict[str, str], label: str = "mlmoat"
-) -> FunctionSpec:
-    """How to start the built function as Lambda would, against the local endpoint."""
-    paths = [str(built.code_dir)]
-    paths += [str(layer / "python") for layer in built.layer_dirs if (layer / "python").is_dir()]
-    paths.append(str(boto3_dir))
-    env = {name: _map_opt(value, built.layer_dirs) for name, value in built.environment.items()}
-    env.update(aws_env)
-    return FunctionSpec(
-        label=label,
-        paths=tuple(paths),
-        handler=built.handler,
-        env=env,
-        hooks=True,
-        function_name=FUNCTION,
-        memory_mb=built.memory_mb,
-    )
+        output = done.stdout[-2000:] + done.stderr[-2000:]
+        raise StackError(f"byte-compiling {site} failed:\n{output}")
 
 
 @dataclass

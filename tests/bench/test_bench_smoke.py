@@ -1,0 +1,75 @@
+"""Smoke of ``mlmoat bench``: every figure is produced; the steady path costs one DynamoDB request.
+
+Runs one short repetition of the real benchmark (the baseline built from its lock file, the host
+build of mlmoat against a moto server it starts). It never asserts on a time: only that each
+figure was measured, and on counts, which do not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from mlmoat.bench.cli import Plan, render, run
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILDS = (
+    ROOT / ".aws-sam" / "build-host" / "template.yaml",
+    ROOT / ".aws-sam" / "build" / "template.yaml",
+)
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    missing = [str(p.parent) for p in BUILDS if not p.is_file()]
+    if missing:
+        pytest.skip(f"no sam build output ({', '.join(missing)}): `make build build-host` makes it")
+    return run(ROOT, Plan(repeat=1, warm=8, batch=2, no_bytecode_repeat=1), build=False, log=False)
+
+
+def test_every_figure_is_measured_for_both_stacks(report: dict) -> None:
+    # given a one-repetition run; then each figure has a finite value on each side it applies to
+    names = {row["figure"] for row in report["figures"]}
+    for expected in (
+        "cold start (byte-code cached)",
+        "cold start (no byte-code, as built for Lambda)",
+        "warm p50 per request",
+        "warm p99 per request",
+        "in-process p50 (DynamoDB wire excluded)",
+        "DynamoDB requests per allowed prediction",
+        "package, unzipped (function + layers)",
+        "max RSS, steady state",
+    ):
+        assert expected in names
+    for row in report["figures"]:
+        assert math.isfinite(row["mlmoat"]) and row["mlmoat"] > 0, row
+        if not row["figure"].startswith("DynamoDB"):
+            assert math.isfinite(row["baseline"]) and row["baseline"] > 0, row
+    assert report["memory"]["recommended_memory_mb"] >= 512
+    table = render(report)
+    assert "| cold start (byte-code cached) |" in table and "| 100 |" in table
+
+
+def test_steady_path_costs_one_dynamodb_request_per_allowed_prediction(report: dict) -> None:
+    ddb = report["dynamodb"]
+    assert ddb["allowed_predictions"] == 8
+    assert ddb["requests_per_allowed_prediction"] == 1.0
+    operations = {op for op in ddb["operations_on_steady_path"] if op.startswith("dynamodb:")}
+    assert operations == {"dynamodb:UpdateItem"}
+    assert ddb["operations_on_steady_path"]["dynamodb:UpdateItem"] == 8
+    assert ddb["non_200_responses"] == {"baseline": {}, "mlmoat": {}}
+
+
+def test_batches_cost_one_dynamodb_request_whatever_their_rows(report: dict) -> None:
+    rows = [row["rows"] for row in report["scaling"]]
+    assert rows[:3] == [1, 10, 100]
+    for row in report["scaling"]:
+        assert row["dynamodb_requests_per_request"] == 1.0, row
+        assert math.isfinite(row["ms_per_row"]) and row["ms_per_row"] > 0
+
+
+def test_every_served_row_was_counted_once_in_dynamodb(report: dict) -> None:
+    ddb = report["dynamodb"]
+    assert ddb["rows_counted_in_dynamodb"] == ddb["rows_served"]
