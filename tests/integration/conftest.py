@@ -19,49 +19,17 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-
-from coresupport import SerialMotoServer, free_port, make_client
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-class _CfnLoader(yaml.SafeLoader):
-    """A YAML loader that accepts CloudFormation short-form tags (!Ref, !GetAtt, ...)."""
-
-
-def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node)
-    return loader.construct_mapping(node)  # type: ignore[arg-type]
-
-
-_CfnLoader.add_multi_constructor("!", _any_tag)
-
-
-def table_definition() -> dict[str, Any]:
-    """KeySchema and AttributeDefinitions of SecurityTable, read from template.yaml."""
-    template = yaml.load((REPO / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506
-    props = template["Resources"]["SecurityTable"]["Properties"]
-    return {"KeySchema": props["KeySchema"], "AttributeDefinitions": props["AttributeDefinitions"]}
-
-
-def create_table(client: Any, name: str) -> str:
-    """Create the security table under ``name`` and wait for it."""
-    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **table_definition())
-    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1})
-    return name
+from coresupport import REPO, SerialMotoServer, create_table, free_port, make_client
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _dummy_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
     )
@@ -95,7 +63,7 @@ def dynalite_endpoint() -> Iterator[str]:
         pytest.skip("dynalite not installed: run `npm ci` (package-lock.json pins it)")
     port = free_port()
     process = subprocess.Popen(  # noqa: S603
-        [str(local_bin), "--port", str(port), "--host", "127.0.0.1"],
+        [str(local_bin), "--port", str(port), "--host", "127.0.0.1", "--createTableMs", "0"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd=REPO,

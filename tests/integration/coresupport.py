@@ -6,9 +6,11 @@ import socket
 import threading
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import boto3
+import yaml
 from botocore.config import Config
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -22,6 +24,37 @@ from security.errors import RateLimitedError, SecurityError
 from security.limits import Gatekeeper
 from security.settings import Settings
 from security.store import PrincipalStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """A YAML loader that accepts CloudFormation short-form tags (!Ref, !GetAtt, ...)."""
+
+
+def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_mapping(node)  # type: ignore[arg-type]
+
+
+_CfnLoader.add_multi_constructor("!", _any_tag)
+
+
+def table_definition() -> dict[str, Any]:
+    """KeySchema and AttributeDefinitions of SecurityTable, read from template.yaml."""
+    template = yaml.load((REPO / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506
+    props = template["Resources"]["SecurityTable"]["Properties"]
+    return {"KeySchema": props["KeySchema"], "AttributeDefinitions": props["AttributeDefinitions"]}
+
+
+def create_table(client: Any, name: str) -> str:
+    """Create the security table under ``name`` and wait for it."""
+    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **table_definition())
+    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1})
+    return name
 
 
 def free_port() -> int:

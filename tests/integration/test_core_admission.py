@@ -56,14 +56,23 @@ def _creds(authenticator: Authenticator, api_key: str) -> Credentials:
     return authenticator.read_credentials({"X-API-Key": api_key})
 
 
-def _admit(gatekeeper: Gatekeeper, creds: Credentials, *, rows: int = 1, model: str = "iris",
-           ip: str = "10.0.0.1", request_id: str | None = None) -> Any:
+def _admit(
+    gatekeeper: Gatekeeper,
+    creds: Credentials,
+    *,
+    rows: int = 1,
+    model: str = "iris",
+    ip: str = "10.0.0.1",
+    request_id: str | None = None,
+) -> Any:
     return gatekeeper.admit(
         creds, model=model, rows=rows, request_id=request_id or str(uuid.uuid4()), source_ip=ip
     )
 
 
-def test_steady_path_is_one_dynamodb_request_per_admission(core_endpoint: str, core_table: str) -> None:
+def test_steady_path_is_one_dynamodb_request_per_admission(
+    core_endpoint: str, core_table: str
+) -> None:
     # given a key and a cold gatekeeper whose client's calls are counted
     clock = Clock()
     client, store, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)
@@ -163,7 +172,9 @@ def test_revocation_and_suspension_take_effect_on_the_next_request(
     assert admin.usage(created["key_id"])["usage"]["rows_used"] == 2
 
 
-def test_monitor_flag_and_suspend_reach_the_next_request(core_endpoint: str, core_table: str) -> None:
+def test_monitor_flag_and_suspend_reach_the_next_request(
+    core_endpoint: str, core_table: str
+) -> None:
     clock = Clock()
     _, store, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)
     created = admin.create(owner="frank")
@@ -207,7 +218,9 @@ def test_rotation_grace_keeps_old_secret_until_it_ends_and_carries_counters(
     assert exhausted.value.reason == "budget_exhausted"
 
 
-def test_stale_cached_config_is_refreshed_by_the_failed_write(core_endpoint: str, core_table: str) -> None:
+def test_stale_cached_config_is_refreshed_by_the_failed_write(
+    core_endpoint: str, core_table: str
+) -> None:
     # given two instances sharing a key, one of which caches its configuration
     clock = Clock()
     client, store, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)

@@ -33,7 +33,9 @@ def _admin(endpoint: str, table: str) -> KeyAdmin:
     return KeyAdmin(store=store, settings=settings_for(table), clock=lambda: NOW)
 
 
-def _run_instances(endpoint: str, table: str, api_key: str, *, rows: int) -> tuple[int, dict[str, int]]:
+def _run_instances(
+    endpoint: str, table: str, api_key: str, *, rows: int
+) -> tuple[int, dict[str, int]]:
     context = multiprocessing.get_context("spawn")
     args = [(endpoint, table, api_key) for _ in range(PROCESSES)]
     kwargs = {"threads": THREADS, "rows": rows, "fixed_now": NOW, "max_requests": 200}
@@ -62,7 +64,9 @@ def test_budget_is_exact_across_processes_and_threads(core_endpoint: str, core_t
     assert usage["rows_used"] == budget and usage["requests"] == budget
 
 
-def test_rate_limit_is_exact_across_processes_and_threads(core_endpoint: str, core_table: str) -> None:
+def test_rate_limit_is_exact_across_processes_and_threads(
+    core_endpoint: str, core_table: str
+) -> None:
     # given a key whose rate window (fixed clock, one window) binds long before its budget
     rate = 120
     admin = _admin(core_endpoint, core_table)
@@ -159,12 +163,16 @@ def test_timeout_after_the_write_lands_counts_the_retried_request_once(
     settings = settings_for(core_table)
     client = make_client(core_endpoint)
     gatekeeper = Gatekeeper(
-        store=PrincipalStore(client=client, table_name=core_table), settings=settings, clock=lambda: NOW
+        store=PrincipalStore(client=client, table_name=core_table),
+        settings=settings,
+        clock=lambda: NOW,
     )
     creds = Authenticator(settings=settings, token_verifier=None).read_credentials(
         {"X-API-Key": created["api_key"]}
     )
-    gatekeeper.admit(creds, model="iris", rows=1, request_id=str(uuid.uuid4()), source_ip="10.2.2.2")
+    gatekeeper.admit(
+        creds, model="iris", rows=1, request_id=str(uuid.uuid4()), source_ip="10.2.2.2"
+    )
     hook = _DropResponseAfterWrite()
     client.meta.events.register("before-send.dynamodb.UpdateItem", hook)
     # when a 3-row request's write lands, its response times out and the SDK retries it

@@ -1,0 +1,171 @@
+"""Second opinion from dynalite (an independent DynamoDB implementation, stricter on validation)
+on the conditional-update core: the exact ``PrincipalStore.charge`` expressions.
+
+dynalite has no ReturnValuesOnConditionCheckFailure (it ignores it), so these tests call the
+store directly and judge outcomes by ok/refused and by the item, not by ALL_OLD.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from coresupport import create_table, make_client
+
+from security.keys import generate_key, hash_secret
+from security.store import ChargeRequest, PrincipalStore, key_pk, rate_attr, request_attr
+
+NOW = 1_900_001_030
+WINDOW = rate_attr(NOW - NOW % 60)
+BUCKET = NOW // 30
+
+
+@pytest.fixture()
+def dyn(dynalite_endpoint: str) -> tuple[PrincipalStore, Any]:
+    client = make_client(dynalite_endpoint)
+    table = create_table(client, f"dyn-{uuid.uuid4().hex[:12]}")
+    return PrincipalStore(client=client, table_name=table), client
+
+
+def _key(store: PrincipalStore, **extra: Any) -> tuple[str, str]:
+    parsed, _ = generate_key()
+    secret_hash = hash_secret(parsed.key_id, parsed.secret)
+    item = {
+        "pk": key_pk(parsed.key_id),
+        "kind": "api_key",
+        "key_id": parsed.key_id,
+        "owner": "o",
+        "status": "active",
+        "scopes": {"predict:*"},
+        "rate_count": 10**6,
+        "rate_window": 60,
+        "budget": 10**6,
+        "output_policy": "label",
+        "secret_hash": secret_hash,
+        "config_version": 1,
+        "rows_used": 0,
+        "requests": 0,
+        "created_at": NOW,
+    }
+    item.update(extra)
+    store.create_key(item)
+    return key_pk(parsed.key_id), secret_hash
+
+
+def _request(pk: str, secret_hash: str | None = None, **over: Any) -> ChargeRequest:
+    base = ChargeRequest(
+        pk=pk,
+        kind="api_key",
+        rows=1,
+        now=NOW,
+        rate_attr=WINDOW,
+        rate_left=10**6 - 1,
+        budget_left=10**6 - 1,
+        request_attr=request_attr(BUCKET),
+        previous_request_attr=request_attr(BUCKET - 1),
+        request_digest=uuid.uuid4().hex[:16],
+        stale_attrs=(rate_attr(NOW - NOW % 60 - 60), request_attr(BUCKET - 2)),
+        secret_hash=secret_hash,
+        config_version=1,
+    )
+    return replace(base, **over)
+
+
+def test_budget_condition_is_exact_under_threads(dyn: tuple[PrincipalStore, Any]) -> None:
+    store, _ = dyn
+    budget, threads = 60, 12
+    pk, secret_hash = _key(store, budget=budget)
+    allowed = 0
+    lock = threading.Lock()
+
+    def worker() -> None:
+        nonlocal allowed
+        while True:
+            outcome = store.charge(_request(pk, secret_hash, budget_left=budget - 1))
+            if not outcome.ok:
+                return
+            with lock:
+                allowed += 1
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(60)
+    item = store.get(pk)
+    assert allowed == budget and item is not None
+    assert item["rows_used"] == budget and item[WINDOW] == budget
+
+
+def test_rate_window_condition_and_stale_window_removal(dyn: tuple[PrincipalStore, Any]) -> None:
+    store, _ = dyn
+    old_window = rate_attr(NOW - NOW % 60 - 60)
+    pk, secret_hash = _key(store, **{old_window: 7})
+    assert store.charge(_request(pk, secret_hash, rows=3, rate_left=2)).ok
+    assert not store.charge(_request(pk, secret_hash, rows=3, rate_left=2)).ok
+    item = store.get(pk)
+    assert item is not None and item[WINDOW] == 3 and old_window not in item
+
+
+def test_same_request_digest_is_counted_once(dyn: tuple[PrincipalStore, Any]) -> None:
+    store, _ = dyn
+    pk, secret_hash = _key(store)
+    request = _request(pk, secret_hash, rows=2)
+    assert store.charge(request).ok
+    assert not store.charge(request).ok  # an SDK retry of the same write
+    next_bucket = replace(
+        request,
+        request_attr=request_attr(BUCKET + 1),
+        previous_request_attr=request_attr(BUCKET),
+        now=NOW + 30,
+    )
+    assert not store.charge(next_bucket).ok  # still found in the previous bucket
+    item = store.get(pk)
+    assert item is not None and item["rows_used"] == 2 and item["requests"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "over"),
+    [
+        ({"status": "revoked"}, {}),
+        ({"status": "suspended"}, {}),
+        ({"expires_at": NOW}, {}),
+        ({}, {"config_version": 2}),
+        ({}, {"secret_hash": "0" * 64}),
+        ({"prev_secret_hash": "f" * 64, "prev_secret_until": NOW}, {"secret_hash": "f" * 64}),
+    ],
+)
+def test_principal_conditions_refuse_without_charging(
+    dyn: tuple[PrincipalStore, Any], extra: dict[str, Any], over: dict[str, Any]
+) -> None:
+    store, _ = dyn
+    pk, secret_hash = _key(store, **extra)
+    fields = {"secret_hash": secret_hash, **over}
+    assert not store.charge(_request(pk, **fields)).ok
+    item = store.get(pk)
+    assert item is not None and item["rows_used"] == 0
+
+
+def test_previous_secret_works_inside_its_grace(dyn: tuple[PrincipalStore, Any]) -> None:
+    store, _ = dyn
+    pk, _ = _key(store, prev_secret_hash="e" * 64, prev_secret_until=NOW + 1)
+    assert store.charge(_request(pk, "e" * 64)).ok
+
+
+def test_missing_key_is_refused_and_subject_item_is_created_by_its_first_charge(
+    dyn: tuple[PrincipalStore, Any],
+) -> None:
+    store, _ = dyn
+    assert not store.charge(_request(key_pk("Z" * 12), "0" * 64)).ok
+    assert store.get(key_pk("Z" * 12)) is None
+    subject_pk = f"sub#abcdef0123456789#{uuid.uuid4().hex}"
+    subject = _request(
+        subject_pk, None, kind="jwt", config_version=None, subject="s", issuer="i", budget_left=0
+    )
+    assert store.charge(subject).ok
+    assert not store.charge(replace(subject, request_digest="another")).ok  # budget of 1 row
+    item = store.get(subject_pk)
+    assert item is not None and item["status"] == "active" and item["rows_used"] == 1
