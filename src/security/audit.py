@@ -52,11 +52,13 @@ class AuditEvent:
 
     request_id: str
     route: str
+    event: str = "request"
     method: str = "POST"
     source_ip: str | None = None
     model: str | None = None
     model_version: str | None = None
     credential_type: str | None = None
+    principal_id: str | None = None
     key_id: str | None = None
     subject: str | None = None
     principal_fingerprint: str | None = None

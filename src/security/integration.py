@@ -263,6 +263,7 @@ def _audit_event(request: Request) -> AuditEvent:
 
 def _identify(event: AuditEvent, who: Credentials | Principal) -> None:
     event.credential_type = who.kind
+    event.principal_id = who.principal_id
     event.key_id = who.key_id
     event.subject = who.subject
     fingerprint = getattr(who, "fingerprint", None)
@@ -359,8 +360,13 @@ class _PredictService:
         schema = self.schemas.get(model_name)
         if schema is None:
             # Only authenticated callers learn that a model does not exist.
-            self.gatekeeper.authenticate(credentials, model=model_name, source_ip=source_ip)
-            raise NotFoundError("unknown_model")
+            principal = self.gatekeeper.authenticate(
+                credentials, model=model_name, source_ip=source_ip
+            )
+            _identify(event, principal)
+            missing = NotFoundError("unknown_model")
+            missing.headers.update(rate_limit_policy(principal))
+            raise missing
         model = self.registry.get(model_name)
         event.model_version = model.version
 
@@ -657,3 +663,60 @@ def _manifest_value(manifest: Any, key: str) -> Any:
     if isinstance(manifest, Mapping):
         return manifest[key]
     return getattr(manifest, key)
+
+
+def build_app(
+    settings: Settings,
+    *,
+    dynamodb_client: Any,
+    sqs_client: Any | None = None,
+    ssm_client: Any | None = None,
+    audit: AuditLog | None = None,
+    docs: bool = False,
+) -> FastAPI:
+    """Wire the whole layer from settings and clients (what a handler does once at init).
+
+    Loads and verifies every model under ``settings.model_dir``, builds their request schemas,
+    the squeezing defence, the authenticator (with JWT verification when configured), the
+    gatekeeper over ``PrincipalStore``, the extraction queue sink when a queue is configured,
+    and the audit log.
+
+    Raises:
+        ModelIntegrityError: an artifact or its defences file does not match its manifest.
+    """
+    from security.auth import Authenticator
+    from security.defences import Squeezer
+    from security.extraction import QuerySink
+    from security.limits import Gatekeeper
+    from security.model import ModelRegistry
+    from security.store import PrincipalStore
+    from security.tokens import TokenVerifier
+
+    registry = ModelRegistry.load(settings.model_dir)
+    verifier = (
+        TokenVerifier(settings=settings, ssm_client=ssm_client) if settings.jwt_enabled else None
+    )
+    sink = (
+        QuerySink(client=sqs_client, queue_url=settings.extraction_queue_url)
+        if settings.extraction_queue_url and sqs_client is not None
+        else None
+    )
+    squeezer = Squeezer.from_manifest(
+        settings.model_dir,
+        [(model.name, model.version) for model in registry],
+        policy=settings.squeeze_policy,
+    )
+    return create_app(
+        settings=settings,
+        registry=registry,
+        schemas=schemas_for(registry, registry.names, margin=settings.envelope_margin),
+        authenticator=Authenticator(settings=settings, token_verifier=verifier),
+        gatekeeper=Gatekeeper(
+            store=PrincipalStore(client=dynamodb_client, table_name=settings.table_name),
+            settings=settings,
+        ),
+        audit=audit or AuditLog(service=settings.service_name),
+        squeezer=None if settings.squeeze_policy == "off" else squeezer,
+        query_sink=sink,
+        docs=docs,
+    )

@@ -1,0 +1,183 @@
+"""Fixtures for the handler tests: the real PredictFunction module against a moto server.
+
+- ``dynamodb_endpoint`` (session): a moto server on a free loopback port, stopped at the end.
+- ``predict_module`` (session): ``handlers.predict`` imported once with the environment a
+  deployed function has (table created from template.yaml's key schema), as a cold start does.
+- ``keys`` (session): API keys created through ``KeyAdmin`` for each outcome the events need.
+- ``log_sink`` (session): every log line the handler tests produce (root logger and the audit
+  logger). At the end of the session every line is scanned for every key the suite created.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from handlersupport import LineSink
+from moto.server import ThreadedMotoServer
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = REPO / "models"
+CREATED_SECRETS: list[str] = []
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """A YAML loader that accepts CloudFormation short-form tags (!Ref, !GetAtt, ...)."""
+
+
+def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_mapping(node)  # type: ignore[arg-type]
+
+
+_CfnLoader.add_multi_constructor("!", _any_tag)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _table_definition() -> dict[str, Any]:
+    template = yaml.load((REPO / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506
+    props = template["Resources"]["SecurityTable"]["Properties"]
+    return {"KeySchema": props["KeySchema"], "AttributeDefinitions": props["AttributeDefinitions"]}
+
+
+@pytest.fixture(scope="session")
+def log_sink() -> Iterator[LineSink]:
+    sink = LineSink()
+    root = logging.getLogger()
+    root.addHandler(sink)
+    previous_level = root.level
+    root.setLevel(logging.DEBUG)
+    yield sink
+    root.removeHandler(sink)
+    root.setLevel(previous_level)
+    # Session-level scan: no line any handler test produced may contain key material it created.
+    text = "\n".join(sink.lines)
+    leaked = [secret[:14] + "..." for secret in CREATED_SECRETS if secret in text]
+    assert sink.lines, "the log capture saw nothing: it is not wired"
+    assert not leaked, f"key material reached the logs: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint() -> Iterator[str]:
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def handler_env(dynamodb_endpoint: str) -> dict[str, str]:
+    table = f"handlers-{uuid.uuid4().hex[:10]}"
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=dynamodb_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    client.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **_table_definition())
+    calibrated = all((d / "defences.json").is_file() for d in MODELS.iterdir() if d.is_dir())
+    return {
+        "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "SECURITY_TABLE_NAME": table,
+        "SECURITY_MODEL_DIR": str(MODELS),
+        "SECURITY_DEFAULT_MODEL": "iris",
+        "SECURITY_SQUEEZE_POLICY": "flag" if calibrated else "off",
+        "SECURITY_SERVICE_NAME": "mlmoat",
+        "POWERTOOLS_SERVICE_NAME": "mlmoat",
+        "POWERTOOLS_METRICS_NAMESPACE": "mlmoat",
+    }
+
+
+@pytest.fixture(scope="session")
+def predict_module(handler_env: dict[str, str], log_sink: LineSink) -> Iterator[Any]:
+    saved = {name: os.environ.get(name) for name in handler_env}
+    os.environ.update(handler_env)
+    try:
+        sys.modules.pop("handlers.predict", None)
+        module = importlib.import_module("handlers.predict")
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    audit_logger = logging.getLogger(module.settings.service_name)
+    # The audit logger does not propagate: capture its lines with its own (redacting) format.
+    log_sink.setFormatter(audit_logger.handlers[0].formatter)
+    audit_logger.addHandler(log_sink)
+    yield module
+    audit_logger.removeHandler(log_sink)
+
+
+@pytest.fixture(scope="session")
+def admin(predict_module: Any, handler_env: dict[str, str]) -> Any:
+    from security.admin import KeyAdmin
+    from security.store import PrincipalStore
+
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=handler_env["AWS_ENDPOINT_URL_DYNAMODB"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    store = PrincipalStore(client=client, table_name=handler_env["SECURITY_TABLE_NAME"])
+    return KeyAdmin(store=store, settings=predict_module.settings)
+
+
+def new_key(admin: Any, **options: Any) -> dict[str, Any]:
+    """Create a key and remember its secret for the session-level log scan."""
+    created = admin.create(owner=f"t-{uuid.uuid4().hex[:8]}", **options)
+    CREATED_SECRETS.append(created["api_key"])
+    return created
+
+
+@pytest.fixture(scope="session")
+def keys(admin: Any) -> dict[str, str]:
+    """Placeholder values for the events: one key per outcome they exercise."""
+    from security.keys import format_key, new_key_id, new_secret
+
+    unknown = format_key(new_key_id(), new_secret())
+    CREATED_SECRETS.append(unknown)
+    return {
+        "API_KEY": new_key(admin, budget=100000, rate_limit="100000/minute")["api_key"],
+        "LABEL_API_KEY": new_key(admin, output_policy="label")["api_key"],
+        "SCOPED_API_KEY": new_key(admin, scopes=["predict:breast-cancer"])["api_key"],
+        "LIMITED_API_KEY": new_key(admin, rate_limit="1/minute")["api_key"],
+        "ADMIN_API_KEY": new_key(admin, scopes=["admin"])["api_key"],
+        "UNKNOWN_API_KEY": unknown,
+    }
+
+
+def invoke(module: Any, event: dict[str, Any]) -> dict[str, Any]:
+    """Call the Lambda handler as the runtime does: a JSON-round-tripped event and a context."""
+    from handlersupport import LambdaContext
+
+    response: dict[str, Any] = module.handler(json.loads(json.dumps(event)), LambdaContext())
+    return response

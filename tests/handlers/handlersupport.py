@@ -1,0 +1,118 @@
+"""Helpers for the handler tests: events from events/, a fake LambdaContext, log capture."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+EVENTS = REPO / "events"
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of the Lambda runtime's context object that Mangum and Powertools read."""
+
+    function_name: str = "PredictFunction"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 1024
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_group_name: str = "/aws/lambda/PredictFunction"
+    log_stream_name: str = "2026/11/26/[$LATEST]0123456789abcdef"
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+class LineSink(logging.Handler):
+    """Collects every formatted log line it is given (thread-safe)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        self._guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # a record that cannot be formatted is kept raw, for the scan
+            line = f"{record.getMessage()} {record.exc_text or ''}"
+        with self._guard:
+            self.lines.append(line)
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._guard:
+            lines = list(self.lines)
+        parsed = []
+        for line in lines:
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                continue
+        return parsed
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r.get("message") == "audit" and r.get("event") == "request"]
+
+
+def load_event(relative: str, substitutions: dict[str, str]) -> dict[str, Any]:
+    """Read an event file, substitute its ``${NAME}`` placeholders, give it a fresh request id."""
+    text = (EVENTS / relative).read_text()
+    for name, value in substitutions.items():
+        text = text.replace("${" + name + "}", value)
+    event = json.loads(text)
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    return event
+
+
+def response_body(response: dict[str, Any]) -> Any:
+    body = response.get("body") or ""
+    if response.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode()
+    return json.loads(body) if body else None
+
+
+def header(response: dict[str, Any], name: str) -> str | None:
+    """A response header, case-insensitively, from ``headers`` or ``multiValueHeaders``."""
+    for key, value in (response.get("headers") or {}).items():
+        if key.lower() == name.lower():
+            return str(value)
+    for key, values in (response.get("multiValueHeaders") or {}).items():
+        if key.lower() == name.lower() and values:
+            return str(values[0])
+    return None
+
+
+def rest_event(
+    *,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    method: str = "POST",
+    base64_body: bool = True,
+) -> dict[str, Any]:
+    """A REST (v1) event built from the shape of events/rest/predict-ok-single.json."""
+    event = json.loads((EVENTS / "rest" / "predict-ok-single.json").read_text())
+    event["path"] = path
+    event["httpMethod"] = method
+    event["requestContext"]["httpMethod"] = method
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    event["headers"] = dict(headers)
+    event["multiValueHeaders"] = {name: [value] for name, value in headers.items()}
+    if body is None:
+        event["body"], event["isBase64Encoded"] = None, False
+    elif base64_body:
+        event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
+    else:
+        event["body"], event["isBase64Encoded"] = body.decode("utf-8", "surrogateescape"), False
+    return event
