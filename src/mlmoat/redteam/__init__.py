@@ -1,0 +1,1 @@
+"""``mlmoat redteam``: calibrate the ML defences and attack them through the real stack."""

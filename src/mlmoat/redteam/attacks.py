@@ -1,0 +1,287 @@
+"""The attacks: extraction (surrogate training), membership inference, HopSkipJump, inversion."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from mlmoat.redteam.cases import ModelCase
+from mlmoat.redteam.target import ServedTarget
+from mlmoat.redteam.traffic import benign_rows, boundary_probe, uniform_rows
+
+
+def _art() -> Any:
+    # ART warns at import time that optional deep-learning back-ends are missing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import art.attacks.evasion as evasion
+        import art.attacks.inference.membership_inference as mia
+        import art.attacks.inference.model_inversion as inversion
+        import art.estimators.classification as estimators
+    return evasion, mia, inversion, estimators
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def attack_stream(
+    kind: str, target: ServedTarget, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Query ``count`` rows of strategy ``kind`` (uniform | boundary); return rows and answers."""
+    case = target.case
+    if kind == "uniform":
+        rows = uniform_rows(case.domain, count, rng)
+        seen, _ = target.query(rows)
+        return rows, seen
+    seeds = case.x_test[rng.choice(case.x_test.shape[0], size=10, replace=False)]
+    answers: list[np.ndarray] = []
+
+    def oracle(batch: np.ndarray) -> np.ndarray:
+        seen, _ = target.query(batch)
+        answers.extend(seen)
+        return seen.argmax(axis=1)
+
+    rows, _ = boundary_probe(seeds, oracle, case.domain, count, rng)
+    return rows, np.asarray(answers[:count])
+
+
+def train_surrogate(rows: np.ndarray, seen: np.ndarray, *, soft: bool, n_classes: int) -> Any:
+    """Fit a surrogate: on labels, or on the visible probabilities (soft labels as weights)."""
+    labels = seen.argmax(axis=1)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=10.0, max_iter=2000))
+    if np.unique(labels).size < 2:
+        return _Constant(int(labels[0]) if labels.size else 0)
+    if not soft or np.all(seen.max(axis=1) == 1.0):
+        model.fit(rows, labels)
+        return model
+    reps = np.repeat(rows, n_classes, axis=0)
+    classes = np.tile(np.arange(n_classes), rows.shape[0])
+    weights = seen.reshape(-1)
+    keep = weights > 0
+    model.fit(reps[keep], classes[keep], logisticregression__sample_weight=weights[keep])
+    return model
+
+
+class _Constant:
+    def __init__(self, label: int) -> None:
+        self.label = label
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return np.full(rows.shape[0], self.label)
+
+
+def fidelity(case: ModelCase, surrogate: Any) -> float:
+    """Label agreement between surrogate and target on the held-out rows."""
+    truth = case.predict_proba(case.x_test).argmax(axis=1)
+    return float((surrogate.predict(case.x_test) == truth).mean())
+
+
+def extraction_curve(
+    target: ServedTarget, kind: str, counts: list[int], seed: int
+) -> dict[str, list[float]]:
+    """Fidelity of label and probability surrogates after each query count."""
+    rng = np.random.default_rng(seed)
+    rows, seen = attack_stream(kind, target, max(counts), rng)
+    n_classes = len(target.case.classes)
+    curve: dict[str, list[float]] = {"label": [], "probabilities": []}
+    for count in counts:
+        for soft, key in ((False, "label"), (True, "probabilities")):
+            surrogate = train_surrogate(rows[:count], seen[:count], soft=soft, n_classes=n_classes)
+            curve[key].append(fidelity(target.case, surrogate))
+    return curve
+
+
+def queries_for(curve: list[float], counts: list[int], goal: float = 0.95) -> int | None:
+    """The first query count whose fidelity reaches ``goal`` (None: not within the counts)."""
+    return next((c for c, f in zip(counts, curve, strict=True) if f >= goal), None)
+
+
+def detection_row(target: ServedTarget, kind: str, count: int, seed: int) -> int | None:
+    """The row at which the monitor flags an attack stream (None: not within ``count``)."""
+    attack_stream(kind, target, count, np.random.default_rng(seed))
+    return target.state.flagged_at_row if target.state.flagged else None
+
+
+def benign_flag_row(target: ServedTarget, count: int, seed: int) -> int | None:
+    """The row at which a benign caller is (falsely) flagged, if ever."""
+    rng = np.random.default_rng(seed)
+    target.query(benign_rows(target.case.x_test, target.case.domain, count, rng))
+    return target.state.flagged_at_row if target.state.flagged else None
+
+
+# --------------------------------------------------------------------------- membership inference
+
+
+def membership_inference(target: ServedTarget, seed: int) -> dict[str, Any]:
+    """ART black-box MIA on what the policy shows, and the label-only gap attack; AUC and ROC."""
+    _, mia, _, estimators = _art()
+    case = target.case
+    rng = np.random.default_rng(seed)
+    n = min(case.x_train.shape[0], case.x_test.shape[0])
+    member_idx = rng.permutation(case.x_train.shape[0])[:n]
+    members, member_y = case.x_train[member_idx], case.label_index(case.y_train)[member_idx]
+    non_idx = rng.permutation(case.x_test.shape[0])[:n]
+    nonmembers, non_y = case.x_test[non_idx], case.label_index(case.y_test)[non_idx]
+    member_seen, _ = target.query(members)
+    non_seen, _ = target.query(nonmembers)
+    half = n // 2
+    n_classes = len(case.classes)
+    classifier = estimators.BlackBoxClassifier(
+        lambda rows: target.query(rows)[0], (case.x_train.shape[1],), n_classes
+    )
+    attack = mia.MembershipInferenceBlackBox(classifier, attack_model_type="rf")
+    attack.fit(
+        x=members[:half],
+        y=_onehot(member_y[:half], n_classes),
+        test_x=nonmembers[:half],
+        test_y=_onehot(non_y[:half], n_classes),
+        pred=member_seen[:half],
+        test_pred=non_seen[:half],
+    )
+    x_eval = np.vstack([members[half:], nonmembers[half:]])
+    y_eval = np.concatenate([member_y[half:], non_y[half:]])
+    pred_eval = np.vstack([member_seen[half:], non_seen[half:]])
+    truth = np.concatenate([np.ones(n - half), np.zeros(n - half)])
+    scores = attack.infer(x_eval, _onehot(y_eval, n_classes), pred=pred_eval, probabilities=True)
+    scores = np.asarray(scores)
+    member_score = scores[:, 1] if scores.ndim == 2 and scores.shape[1] == 2 else scores.ravel()
+    auc = float(roc_auc_score(truth, member_score))
+    fpr, tpr, _ = roc_curve(truth, member_score)
+    gap = mia.LabelOnlyGapAttack(classifier)
+    gap_pred = np.asarray(gap.infer(x_eval, _onehot(y_eval, n_classes))).ravel()
+    gap_auc = float(roc_auc_score(truth, gap_pred))
+    return {
+        "auc": auc,
+        "label_only_auc": gap_auc,
+        "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+    }
+
+
+def _onehot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.eye(n_classes)[labels]
+
+
+def accuracy(target: ServedTarget) -> float:
+    """Held-out accuracy of the labels the caller is served."""
+    seen, served = target.query(target.case.x_test)
+    truth = target.case.label_index(target.case.y_test)
+    return float(((seen.argmax(axis=1) == truth) & served).mean())
+
+
+# --------------------------------------------------------------------------- HopSkipJump
+
+
+def hopskipjump(
+    target: ServedTarget, *, rows: int, seed: int, budget: float = 0.05, max_iter: int = 10
+) -> dict[str, Any]:
+    """HopSkipJump (L-inf) through the target; success = misclassified within ``budget`` x range."""
+    evasion, _, _, estimators = _art()
+    case = target.case
+    rng = np.random.default_rng(seed)
+    truth_model = case.predict_proba(case.x_test).argmax(axis=1)
+    index = rng.permutation(case.x_test.shape[0])[:rows]
+    x = case.x_test[index]
+    width = case.domain.width
+    # ART works in envelope units so one L-inf budget means "percent of each feature's range".
+    lower = case.lower
+
+    current = {"label": 0}
+
+    def predict(z: np.ndarray) -> np.ndarray:
+        seen, served = target.query(lower + z * width)
+        # A refused request tells the attacker nothing: it looks like the original class.
+        seen[~served] = np.eye(len(case.classes))[current["label"]]
+        return seen
+
+    classifier = estimators.BlackBoxClassifier(
+        predict, (x.shape[1],), len(case.classes), clip_values=(-0.1, 1.1)
+    )
+    attack = evasion.HopSkipJump(
+        classifier,
+        norm=np.inf,
+        max_iter=max_iter,
+        max_eval=500,
+        init_eval=50,
+        init_size=50,
+        verbose=False,
+    )
+    z = (x - lower) / width
+    np.random.seed(seed)  # ART's HopSkipJump draws from numpy's global generator
+    before = target.queries
+    z_adv = np.empty_like(z)
+    for i in range(z.shape[0]):
+        current["label"] = int(truth_model[index[i]])
+        z_adv[i] = attack.generate(z[i : i + 1])[0]
+    spent = target.queries - before
+    x_adv = lower + z_adv * width
+    distance = np.abs(z_adv - z).max(axis=1)
+    seen, served = target.query(x_adv)
+    fooled = served & (seen.argmax(axis=1) != truth_model[index])
+    success = fooled & (distance <= budget)
+    return {
+        "rows": int(rows),
+        "success_rate": float(success.mean()),
+        "fooled_any_distance": float(fooled.mean()),
+        "median_linf": float(np.median(distance)),
+        "queries": int(spent),
+    }
+
+
+def squeeze_false_detections(target: ServedTarget, seed: int) -> dict[str, float]:
+    """Share of benign held-out rows (clean, and with noise) the squeezing detector flags."""
+    assert target.squeeze is not None
+    squeezer_rows = [target.case.x_test]
+    rng = np.random.default_rng(seed)
+    squeezer_rows.append(benign_rows(target.case.x_test, target.case.domain, 2000, rng))
+    rates = []
+    for rows in squeezer_rows:
+        raw = target.case.predict_proba(rows)
+        squeezed = target.case.predict_proba(target.squeeze.squeeze(rows))
+        rates.append(float((np.abs(raw - squeezed).sum(axis=1) > target.squeeze.threshold).mean()))
+    return {"held_out": rates[0], "held_out_noisy": rates[1]}
+
+
+# --------------------------------------------------------------------------- inversion
+
+
+def inversion_transfer(target: ServedTarget, *, queries: int, seed: int) -> dict[str, Any]:
+    """MIFace on a label surrogate extracted with ``queries`` uniform queries.
+
+    Scores each class's inverted representative by its distance (in envelope units) to the true
+    training mean of that class, against the distance from the envelope centre (no knowledge).
+    """
+    _, _, inversion, estimators = _art()
+    case = target.case
+    rng = np.random.default_rng(seed)
+    rows = uniform_rows(case.domain, queries, rng)
+    seen, _ = target.query(rows)
+    labels = seen.argmax(axis=1)
+    width = case.domain.width
+    z = (rows - case.lower) / width
+    result: dict[str, Any] = {"queries": queries, "classes": {}}
+    if np.unique(labels).size < 2:
+        # Uniform queries all got one answer: the surrogate has nothing to invert.
+        result["note"] = "all uniform queries answered with one class; nothing to invert"
+        return result
+    surrogate = LogisticRegression(C=10.0, max_iter=5000).fit(z, labels)
+    classifier = estimators.SklearnClassifier(surrogate, clip_values=(0.0, 1.0))
+    attack = inversion.MIFace(
+        classifier, max_iter=300, threshold=1.0, learning_rate=0.1, verbose=False
+    )
+    present = np.unique(labels)
+    start = np.full((present.size, z.shape[1]), 0.5)
+    inverted = attack.infer(start, y=present)
+    y_train = case.label_index(case.y_train)
+    for row, cls in zip(inverted, present, strict=True):
+        true_mean = ((case.x_train[y_train == cls] - case.lower) / width).mean(axis=0)
+        result["classes"][case.classes[cls]] = {
+            "inverted_distance": float(np.sqrt(((row - true_mean) ** 2).mean())),
+            "centre_distance": float(np.sqrt(((0.5 - true_mean) ** 2).mean())),
+        }
+    return result

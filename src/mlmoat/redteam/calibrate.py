@@ -1,0 +1,204 @@
+"""Calibrate each model's defences on held-out data and write ``models/<name>/defences.json``.
+
+Squeezing: the coarsest grid (fewest levels per feature) whose squeezed predictions keep
+held-out accuracy within ``MAX_ACCURACY_DROP`` of the raw model; the detection threshold is the
+``SQUEEZE_QUANTILE`` quantile of raw-vs-squeezed L1 scores on benign calibration traffic.
+
+Monitor: envelope, per-feature scale and k-means prototypes of the training rows; each detector's
+per-row threshold and benign rate measured on benign calibration streams (held-out rows with
+noise, seeds disjoint from the ones the red team evaluates with); PRADA's delta below the lowest
+W those streams ever reach.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+from mlmoat.redteam.cases import ModelCase
+from mlmoat.redteam.traffic import benign_rows
+from security.defences import DEFENCES_FILE, SqueezeConfig
+from security.extraction import DetectorState, ExtractionDetector, MonitorReference
+
+LEVEL_CANDIDATES = (4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
+MAX_ACCURACY_DROP = 0.02
+SQUEEZE_QUANTILE = 0.97
+CALIBRATION_SEED = 7_000_000
+CALIBRATION_STREAMS = 6
+CALIBRATION_ROWS = 2000
+
+
+def calibrate_squeeze(
+    case: ModelCase, *, seed: int = CALIBRATION_SEED
+) -> tuple[SqueezeConfig, dict[str, Any]]:
+    """Pick the grid and the disagreement threshold for one model."""
+    y_test = case.label_index(case.y_test)
+    raw_accuracy = float((case.predict_proba(case.x_test).argmax(axis=1) == y_test).mean())
+    chosen = LEVEL_CANDIDATES[-1]
+    accuracies: dict[int, float] = {}
+    for levels in LEVEL_CANDIDATES:
+        config = SqueezeConfig.from_envelope(
+            model=case.name,
+            model_version=case.version,
+            lower=case.lower.tolist(),
+            upper=case.upper.tolist(),
+            levels=levels,
+            threshold=2.0,
+        )
+        squeezed = case.predict_proba(config.squeeze(case.x_test)).argmax(axis=1)
+        accuracies[levels] = float((squeezed == y_test).mean())
+    # The coarsest grid such that it and every finer candidate keep accuracy: a single lucky
+    # coarse grid is not trusted.
+    for index, levels in enumerate(LEVEL_CANDIDATES):
+        finer = LEVEL_CANDIDATES[index:]
+        if all(accuracies[f] >= raw_accuracy - MAX_ACCURACY_DROP for f in finer):
+            chosen = levels
+            break
+    rng = np.random.default_rng(seed)
+    calib = np.vstack([case.x_test, benign_rows(case.x_test, case.domain, 2000, rng)])
+    config = SqueezeConfig.from_envelope(
+        model=case.name,
+        model_version=case.version,
+        lower=case.lower.tolist(),
+        upper=case.upper.tolist(),
+        levels=chosen,
+        threshold=2.0,
+    )
+    raw_p = case.predict_proba(calib)
+    sq_p = case.predict_proba(config.squeeze(calib))
+    scores = np.abs(raw_p - sq_p).sum(axis=1)
+    threshold = float(min(2.0, np.quantile(scores, SQUEEZE_QUANTILE) + 1e-6))
+    config = SqueezeConfig(case.name, case.version, config.origin, config.step, threshold)
+    info = {
+        "levels": chosen,
+        "raw_accuracy": raw_accuracy,
+        "squeezed_accuracy_by_levels": {str(k): v for k, v in accuracies.items()},
+        "threshold_quantile": SQUEEZE_QUANTILE,
+    }
+    return config, info
+
+
+def calibrate_monitor(
+    case: ModelCase, *, seed: int = CALIBRATION_SEED
+) -> tuple[MonitorReference, dict[str, Any]]:
+    """Fit the monitor reference for one model on training rows and benign calibration streams."""
+    lower, upper = case.lower, case.upper
+    width = np.where(upper - lower > 0, upper - lower, 1.0)
+    z_train = (case.x_train - lower) / width
+    scale = z_train.std(axis=0) + 1e-6
+    k = int(min(16, max(2, case.x_train.shape[0] // 10)))
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(z_train / scale)
+    prototypes = km.cluster_centers_ * scale
+    rng = np.random.default_rng(seed + 1)
+    domain = case.domain
+    streams = [
+        benign_rows(case.x_test, domain, CALIBRATION_ROWS, rng) for _ in range(CALIBRATION_STREAMS)
+    ]
+    draft = MonitorReference(
+        model=case.name,
+        lower=tuple(lower),
+        upper=tuple(upper),
+        scale=tuple(scale),
+        prototypes=tuple(tuple(p) for p in prototypes),
+        off_manifold_threshold=1.0,
+        off_manifold_p0=0.5,
+        low_confidence_cut=0.0,
+        low_confidence_p0=0.5,
+        prada_delta=0.0,
+    )
+    pooled = np.vstack(streams)
+    off_scores = draft.off_manifold_scores(pooled)
+    off_threshold = float(np.quantile(off_scores, 0.99))
+    confidences = case.predict_proba(pooled).max(axis=1)
+    low_cut = float(min(0.9, np.quantile(confidences, 0.05)))
+    off_rate = float((off_scores > off_threshold).mean())
+    low_rate = float((confidences < low_cut).mean())
+    # Benign rates are doubled (and floored) so a caller whose traffic drifts a little from the
+    # calibration streams is not flagged by the windowed binomial test.
+    draft = MonitorReference(
+        model=case.name,
+        lower=tuple(lower),
+        upper=tuple(upper),
+        scale=tuple(scale),
+        prototypes=tuple(tuple(p) for p in prototypes),
+        off_manifold_threshold=off_threshold,
+        off_manifold_p0=max(0.03, 2 * off_rate),
+        low_confidence_cut=low_cut,
+        low_confidence_p0=max(0.1, 2 * low_rate),
+        prada_delta=0.0,
+    )
+    lowest_w = 1.0
+    for stream in streams:
+        state = DetectorState()
+        detector = ExtractionDetector(draft)
+        conf = case.predict_proba(stream).max(axis=1)
+        labels = [case.classes[i] for i in case.predict_proba(stream).argmax(axis=1)]
+        for start in range(0, stream.shape[0], 50):
+            verdict = detector.observe(
+                state,
+                stream[start : start + 50],
+                labels=labels[start : start + 50],
+                confidences=conf[start : start + 50].tolist(),
+            )
+            if len(state.distances) >= draft.prada_min_distances:
+                lowest_w = min(lowest_w, verdict.scores.get("prada_w", 1.0))
+    # Benign resampled tabular traffic reaches low W on its own; keep a wide margin below it.
+    prada_delta = round(0.85 * lowest_w, 4)
+    reference = MonitorReference(
+        model=case.name,
+        lower=tuple(lower),
+        upper=tuple(upper),
+        scale=tuple(scale),
+        prototypes=tuple(tuple(p) for p in prototypes),
+        off_manifold_threshold=off_threshold,
+        off_manifold_p0=draft.off_manifold_p0,
+        low_confidence_cut=low_cut,
+        low_confidence_p0=draft.low_confidence_p0,
+        prada_delta=prada_delta,
+    )
+    info = {
+        "prototypes": k,
+        "benign_off_manifold_rate": off_rate,
+        "benign_low_confidence_rate": low_rate,
+        "benign_lowest_prada_w": lowest_w,
+        "streams": CALIBRATION_STREAMS,
+        "rows_per_stream": CALIBRATION_ROWS,
+    }
+    return reference, info
+
+
+def calibrate_case(case: ModelCase) -> dict[str, Any]:
+    """The full ``defences.json`` document for one model."""
+    squeeze, squeeze_info = calibrate_squeeze(case)
+    monitor, monitor_info = calibrate_monitor(case)
+    return {
+        "schema_version": 1,
+        "model": case.name,
+        "model_version": case.version,
+        "squeeze": squeeze.to_dict(),
+        "monitor": _rounded(monitor.to_dict()),
+        "calibration": {"seed": CALIBRATION_SEED, "squeeze": squeeze_info, "monitor": monitor_info},
+    }
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.10g}")
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def write_defences(document: dict[str, Any], model_dir: Path) -> Path:
+    """Write one model's defences.json (sorted keys, stable floats)."""
+    path = model_dir / str(document["model"]) / DEFENCES_FILE
+    path.write_text(
+        json.dumps(_rounded(document), indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return path

@@ -1,0 +1,87 @@
+"""The models under test: a served model with its manifest envelope and its exact data split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlmoat.redteam.traffic import Domain
+
+ProbaFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """One served model, its training envelope and the split it was trained on."""
+
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    lower: np.ndarray
+    upper: np.ndarray
+    predict_proba: ProbaFn
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    dp_epsilon: float | None = None
+
+    @property
+    def domain(self) -> Domain:
+        """The input space as the callers see it."""
+        return Domain(self.lower, self.upper, self.x_train.std(axis=0) + 1e-12)
+
+    def label_index(self, labels: np.ndarray) -> np.ndarray:
+        """Class labels (strings) to class indices."""
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        return np.asarray([lookup[str(v)] for v in labels], dtype=int)
+
+
+def envelope_bounds(
+    envelope: dict[str, Any], feature_names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The manifest envelope as (lower, upper) arrays in feature order."""
+    lower = np.asarray([float(envelope[f]["min"]) for f in feature_names])
+    upper = np.asarray([float(envelope[f]["max"]) for f in feature_names])
+    return lower, upper
+
+
+def load_cases(model_dir: Path, names: list[str]) -> list[ModelCase]:
+    """Load the served artifacts (ONNX through ``security.model``) and their splits."""
+    from mlmoat.train import load_split
+    from security.model import ModelRegistry
+
+    registry = ModelRegistry.load(str(model_dir))
+    cases = []
+    for name in names:
+        served = registry.get(name)
+        manifest = _manifest_dict(model_dir, name)
+        lower, upper = envelope_bounds(manifest["envelope"], list(manifest["feature_names"]))
+        x_train, y_train, x_test, y_test = load_split(name)
+        cases.append(
+            ModelCase(
+                name=name,
+                version=str(manifest["version"]),
+                classes=tuple(str(c) for c in manifest["classes"]),
+                lower=lower,
+                upper=upper,
+                predict_proba=served.predict_proba,
+                x_train=x_train,
+                y_train=y_train,
+                x_test=x_test,
+                y_test=y_test,
+                dp_epsilon=manifest.get("dp_epsilon"),
+            )
+        )
+    return cases
+
+
+def _manifest_dict(model_dir: Path, name: str) -> dict[str, Any]:
+    import json
+
+    data: dict[str, Any] = json.loads((model_dir / name / "manifest.json").read_text())
+    return data

@@ -1,0 +1,263 @@
+"""The red-team run: every attack against every model and defence configuration; the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mlmoat.redteam import attacks
+from mlmoat.redteam.cases import ModelCase
+from mlmoat.redteam.target import ServedTarget
+from security.defences import SqueezeConfig, load_defences
+from security.extraction import MonitorReference
+
+# Output policies measured (sanitize grammar). "dp" is the default policy on the DP model.
+POLICIES = {
+    "raw": "probabilities:6",
+    "rounded2": "probabilities:2",
+    "label": "label",
+    "threshold": "probabilities:2:min0.99",
+}
+DEFAULT_POLICY = "probabilities:2"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each experiment to run (the default run and ``--quick``)."""
+
+    counts: tuple[int, ...]
+    detection_seeds: int
+    detection_rows: int
+    benign_keys: int
+    benign_rows: int
+    hsj_rows: int
+    hsj_iter: int
+    inversion_queries: int
+
+
+FULL = Plan((10, 25, 50, 100, 200, 400, 800), 10, 300, 20, 2000, 12, 10, 800)
+QUICK = Plan((10, 50, 200), 10, 300, 4, 1000, 4, 5, 400)
+
+
+@dataclass(frozen=True)
+class Armoury:
+    """One model's calibrated defences."""
+
+    squeeze: SqueezeConfig
+    monitor: MonitorReference
+
+
+def armoury(model_dir: Path, case: ModelCase) -> Armoury:
+    """Load the model's shipped defences.json."""
+    defences = load_defences(model_dir / case.name / "defences.json")
+    return Armoury(defences.squeeze, MonitorReference.from_dict(case.name, defences.monitor))
+
+
+def run(
+    cases: list[ModelCase],
+    dp_cases: dict[str, ModelCase],
+    model_dir: Path,
+    *,
+    plan: Plan,
+    seed: int,
+) -> dict[str, Any]:
+    """Run every experiment; return the JSON-able results."""
+    started = time.time()
+    results: dict[str, Any] = {"seed": seed, "plan": plan.__dict__, "models": {}}
+    steps = len(cases) * 6
+    with tqdm(total=steps, desc="redteam", unit="step") as bar:
+        for case in cases:
+            arms = armoury(model_dir, case)
+            out: dict[str, Any] = {"version": case.version}
+            configs: dict[str, tuple[ModelCase, str]] = {
+                name: (case, policy) for name, policy in POLICIES.items()
+            }
+            if case.name in dp_cases:
+                configs["dp"] = (dp_cases[case.name], DEFAULT_POLICY)
+
+            def target(config: str, **kw: Any) -> ServedTarget:
+                model, policy = configs[config]
+                return ServedTarget(
+                    model, policy, monitor=arms.monitor if model is case else None, **kw
+                )
+
+            bar.set_postfix_str(f"{case.name}: extraction")
+            counts = list(plan.counts)
+            extraction: dict[str, Any] = {}
+            for config in configs:
+                for kind in ("uniform", "boundary"):
+                    curve = attacks.extraction_curve(target(config), kind, counts, seed)
+                    extraction[f"{config}/{kind}"] = {
+                        "curve": curve,
+                        "queries_for_95": {
+                            k: attacks.queries_for(v, counts) for k, v in curve.items()
+                        },
+                    }
+            out["extraction"] = {"counts": counts, "results": extraction}
+            bar.update()
+
+            bar.set_postfix_str(f"{case.name}: detection")
+            detection: dict[str, list[int | None]] = {}
+            for kind in ("uniform", "boundary"):
+                detection[kind] = [
+                    attacks.detection_row(target("rounded2"), kind, plan.detection_rows, seed + s)
+                    for s in range(plan.detection_seeds)
+                ]
+            detection["uniform_batches_of_10"] = [
+                attacks.detection_row(
+                    target("rounded2", batch_rows=10), "uniform", plan.detection_rows, seed + 50 + s
+                )
+                for s in range(plan.detection_seeds)
+            ]
+            out["detection"] = detection
+            bar.update()
+
+            bar.set_postfix_str(f"{case.name}: benign")
+            out["benign_false_flags"] = [
+                attacks.benign_flag_row(
+                    target("rounded2", batch_rows=20), plan.benign_rows, seed + 1000 + k
+                )
+                for k in range(plan.benign_keys)
+            ]
+            bar.update()
+
+            bar.set_postfix_str(f"{case.name}: membership")
+            out["membership"] = {
+                config: attacks.membership_inference(target(config), seed) for config in configs
+            }
+            out["accuracy"] = {config: attacks.accuracy(target(config)) for config in configs}
+            out["accuracy"]["squeezed"] = attacks.accuracy(
+                target("rounded2", squeeze_policy="flag", squeeze=arms.squeeze)
+            )
+            bar.update()
+
+            bar.set_postfix_str(f"{case.name}: hopskipjump")
+            hsj: dict[str, Any] = {}
+            for squeeze_policy in ("off", "flag", "refuse"):
+                hsj[squeeze_policy] = attacks.hopskipjump(
+                    target("label", squeeze_policy=squeeze_policy, squeeze=arms.squeeze),
+                    rows=plan.hsj_rows,
+                    seed=seed,
+                    max_iter=plan.hsj_iter,
+                )
+            hsj["false_detections"] = attacks.squeeze_false_detections(
+                target("label", squeeze_policy="flag", squeeze=arms.squeeze), seed + 2000
+            )
+            hsj["levels"] = round(1.0 / (arms.squeeze.step[0] / (case.upper[0] - case.lower[0])))
+            hsj["threshold"] = arms.squeeze.threshold
+            out["hopskipjump"] = hsj
+            bar.update()
+
+            bar.set_postfix_str(f"{case.name}: inversion")
+            out["inversion"] = {
+                config: attacks.inversion_transfer(
+                    target(config), queries=plan.inversion_queries, seed=seed
+                )
+                for config in ("rounded2", "label")
+            }
+            bar.update()
+            results["models"][case.name] = out
+    results["elapsed_seconds"] = round(time.time() - started, 1)
+    return results
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 5, measured: name, figure, met."""
+    rows = []
+    for name, out in results["models"].items():
+        uni = out["detection"]["uniform"]
+        hit = sum(1 for r in uni if r is not None and r <= 100)
+        rows.append(
+            _target(
+                name,
+                "uniform extraction flagged within 100 rows in >= 9/10 runs",
+                f"{hit}/{len(uni)} (rows: {_fmt_rows(uni)})",
+                hit >= 9 * len(uni) / 10,
+            )
+        )
+        batches = out["detection"]["uniform_batches_of_10"]
+        hit_b = sum(1 for r in batches if r is not None and r <= 100)
+        rows.append(
+            _target(
+                name,
+                "uniform extraction in batches of 10, within 100 rows, >= 9/10",
+                f"{hit_b}/{len(batches)} (rows: {_fmt_rows(batches)})",
+                hit_b >= 9 * len(batches) / 10,
+            )
+        )
+        bnd = out["detection"]["boundary"]
+        hit2 = sum(1 for r in bnd if r is not None and r <= 300)
+        rows.append(
+            _target(
+                name,
+                "boundary-probing extraction flagged within 300 rows",
+                f"{hit2}/{len(bnd)} (rows: {_fmt_rows(bnd)})",
+                hit2 == len(bnd),
+            )
+        )
+        ff = out["benign_false_flags"]
+        flagged = sum(1 for r in ff if r is not None)
+        rows.append(
+            _target(
+                name,
+                "zero false flags on benign keys",
+                f"{flagged} of {len(ff)} keys flagged",
+                flagged == 0,
+            )
+        )
+        auc = out["membership"]["rounded2"]["auc"]
+        raw = out["membership"]["raw"]["auc"]
+        rows.append(
+            _target(
+                name,
+                "MIA AUC <= 0.55 under the default policy (probabilities:2)",
+                f"{auc:.3f} (raw {raw:.3f})",
+                auc <= 0.55,
+            )
+        )
+        hsj = out["hopskipjump"]
+        base = hsj["off"]["success_rate"]
+        best = min(hsj["flag"]["success_rate"], hsj["refuse"]["success_rate"])
+        fd = hsj["false_detections"]["held_out"]
+        met = (base == 0 or best <= base / 2) and fd <= 0.05
+        rows.append(
+            _target(
+                name,
+                "squeezing halves HopSkipJump success (<=5% range) at <=5% FD",
+                f"{base:.2f} -> flag {hsj['flag']['success_rate']:.2f} / refuse "
+                f"{hsj['refuse']['success_rate']:.2f}; FD {fd:.3f}",
+                met,
+            )
+        )
+    return rows
+
+
+def _target(model: str, target: str, figure: str, met: bool) -> dict[str, Any]:
+    return {"model": model, "target": target, "measured": figure, "met": bool(met)}
+
+
+def _fmt_rows(values: list[int | None]) -> str:
+    return ", ".join("-" if v is None else str(v) for v in values)
+
+
+def write_json(results: dict[str, Any], out: Path) -> Path:
+    """Write results.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=1, sort_keys=True, default=_jsonable) + "\n")
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value).__name__)
+
+
+__all__ = ["FULL", "QUICK", "Plan", "run", "targets", "write_json", "replace"]

@@ -1,0 +1,108 @@
+"""Query streams: benign traffic and the attackers' query strategies, all seeded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+# Benign callers send held-out rows with measurement noise of this fraction of each feature's
+# training standard deviation.
+BENIGN_NOISE = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """What the attacker and the benign callers know of one model's input space."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    train_std: np.ndarray
+    margin: float = 0.1
+
+    @property
+    def width(self) -> np.ndarray:
+        """Envelope width per feature (1 where the feature is constant)."""
+        width = self.upper - self.lower
+        return np.where(width > 0, width, 1.0)
+
+    def clip(self, rows: np.ndarray) -> np.ndarray:
+        """Clip rows into what validation accepts: the envelope plus its margin."""
+        low = self.lower - self.margin * self.width
+        high = self.upper + self.margin * self.width
+        return np.clip(rows, low, high)
+
+
+def benign_rows(
+    base: np.ndarray, domain: Domain, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``count`` benign rows: base rows drawn with replacement plus realistic noise."""
+    picks = base[rng.integers(0, base.shape[0], size=count)]
+    noise = rng.normal(0.0, 1.0, size=picks.shape) * (BENIGN_NOISE * domain.train_std)
+    return domain.clip(picks + noise)
+
+
+def uniform_rows(domain: Domain, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` rows uniform in the training envelope (the classic extraction probe)."""
+    return domain.lower + rng.random((count, domain.lower.size)) * (domain.upper - domain.lower)
+
+
+Oracle = Callable[[np.ndarray], np.ndarray]
+
+
+def boundary_probe(
+    seeds: np.ndarray,
+    oracle: Oracle,
+    domain: Domain,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    search_steps: int = 6,
+    jitter: float = 0.02,
+    per_boundary: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An attacker with a few natural seed rows probing the decision boundaries between them.
+
+    It labels the seeds, then repeatedly bisects the segment between two seeds of different
+    labels (``search_steps`` queries) and samples ``per_boundary`` points jittered around the
+    boundary point it found. ``oracle`` maps rows to label indices (one query per row). Returns
+    exactly ``count`` queried rows and their labels, in query order.
+    """
+    rows: list[np.ndarray] = []
+    labels: list[int] = []
+
+    def ask(batch: np.ndarray) -> np.ndarray:
+        room = count - len(rows)
+        batch = batch[:room]
+        if batch.shape[0] == 0:
+            return np.zeros(0, dtype=int)
+        answer = oracle(batch)
+        rows.extend(batch)
+        labels.extend(int(v) for v in answer)
+        return answer
+
+    seed_labels = ask(seeds)
+    seeds = seeds[: seed_labels.size]
+    distinct = np.unique(seed_labels)
+    while len(rows) < count:
+        if distinct.size < 2:
+            ask(uniform_rows(domain, min(10, count - len(rows)), rng))
+            continue
+        first, second = rng.choice(distinct, size=2, replace=False)
+        a = seeds[rng.choice(np.flatnonzero(seed_labels == first))]
+        b = seeds[rng.choice(np.flatnonzero(seed_labels == second))]
+        label_a = first
+        for _ in range(search_steps):
+            mid = (a + b) / 2
+            answer = ask(mid.reshape(1, -1))
+            if answer.size == 0:
+                break
+            if int(answer[0]) == label_a:
+                a = mid
+            else:
+                b = mid
+        centre = (a + b) / 2
+        spread = rng.normal(0.0, jitter, size=(per_boundary, centre.size)) * domain.width
+        ask(domain.clip(centre + spread))
+    return np.asarray(rows[:count]), np.asarray(labels[:count])
