@@ -6,10 +6,10 @@ import warnings
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score, roc_curve
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+from sklearn.metrics import roc_auc_score, roc_curve  # type: ignore[import-untyped]
+from sklearn.pipeline import make_pipeline  # type: ignore[import-untyped]
+from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
 
 from mlmoat.redteam.cases import ModelCase
 from mlmoat.redteam.target import ServedTarget
@@ -20,10 +20,10 @@ def _art() -> Any:
     # ART warns at import time that optional deep-learning back-ends are missing.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import art.attacks.evasion as evasion
-        import art.attacks.inference.membership_inference as mia
-        import art.attacks.inference.model_inversion as inversion
-        import art.estimators.classification as estimators
+        import art.attacks.evasion as evasion  # type: ignore[import-untyped]
+        import art.attacks.inference.membership_inference as mia  # type: ignore[import-untyped]
+        import art.attacks.inference.model_inversion as inversion  # type: ignore[import-untyped]
+        import art.estimators.classification as estimators  # type: ignore[import-untyped]
     return evasion, mia, inversion, estimators
 
 
@@ -45,7 +45,8 @@ def attack_stream(
     def oracle(batch: np.ndarray) -> np.ndarray:
         seen, _ = target.query(batch)
         answers.extend(seen)
-        return seen.argmax(axis=1)
+        labels: np.ndarray = seen.argmax(axis=1)
+        return labels
 
     rows, _ = boundary_probe(seeds, oracle, case.domain, count, rng)
     return rows, np.asarray(answers[:count])
@@ -164,7 +165,8 @@ def membership_inference(target: ServedTarget, seed: int) -> dict[str, Any]:
 
 
 def _onehot(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.eye(n_classes)[labels]
+    onehot: np.ndarray = np.eye(n_classes)[labels]
+    return onehot
 
 
 def accuracy(target: ServedTarget) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans  # type: ignore[import-untyped]
 
 from mlmoat.redteam.cases import ModelCase
 from mlmoat.redteam.traffic import benign_rows

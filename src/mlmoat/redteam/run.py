@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from mlmoat.redteam import attacks
 from mlmoat.redteam.cases import ModelCase
@@ -81,11 +81,16 @@ def run(
             if case.name in dp_cases:
                 configs["dp"] = (dp_cases[case.name], DEFAULT_POLICY)
 
-            def target(config: str, **kw: Any) -> ServedTarget:
+            def target(
+                config: str,
+                configs: dict[str, tuple[ModelCase, str]] = configs,
+                arms: Armoury = arms,
+                case: ModelCase = case,
+                **kw: Any,
+            ) -> ServedTarget:
                 model, policy = configs[config]
-                return ServedTarget(
-                    model, policy, monitor=arms.monitor if model is case else None, **kw
-                )
+                monitor = arms.monitor if model is case else None
+                return ServedTarget(model, policy, monitor=monitor, **kw)
 
             bar.set_postfix_str(f"{case.name}: extraction")
             counts = list(plan.counts)

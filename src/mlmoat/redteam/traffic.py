@@ -31,7 +31,8 @@ class Domain:
         """Clip rows into what validation accepts: the envelope plus its margin."""
         low = self.lower - self.margin * self.width
         high = self.upper + self.margin * self.width
-        return np.clip(rows, low, high)
+        clipped: np.ndarray = np.clip(rows, low, high)
+        return clipped
 
 
 def benign_rows(
@@ -40,12 +41,16 @@ def benign_rows(
     """``count`` benign rows: base rows drawn with replacement plus realistic noise."""
     picks = base[rng.integers(0, base.shape[0], size=count)]
     noise = rng.normal(0.0, 1.0, size=picks.shape) * (BENIGN_NOISE * domain.train_std)
-    return domain.clip(picks + noise)
+    clipped: np.ndarray = domain.clip(picks + noise)
+    return clipped
 
 
 def uniform_rows(domain: Domain, count: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` rows uniform in the training envelope (the classic extraction probe)."""
-    return domain.lower + rng.random((count, domain.lower.size)) * (domain.upper - domain.lower)
+    rows: np.ndarray = domain.lower + rng.random((count, domain.lower.size)) * (
+        domain.upper - domain.lower
+    )
+    return rows
 
 
 Oracle = Callable[[np.ndarray], np.ndarray]
