@@ -70,7 +70,7 @@ class KeyAdmin:
         output_policy: str | None = None,
         expires_in: str | None = None,
     ) -> dict[str, Any]:
-        """Create a key; returns ``{"key_id", "api_key", "key"}`` (the only time the secret is shown).
+        """Create a key; returns ``{"key_id", "api_key", "key"}`` (the secret is shown only here).
 
         Raises:
             InvalidPayloadError: an argument is invalid (``invalid_owner``, ``invalid_scope``,

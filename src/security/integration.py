@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -720,3 +720,19 @@ def build_app(
         query_sink=sink,
         docs=docs,
     )
+
+
+def create_admin_app(*, settings: Settings, router: APIRouter, audit: AuditLog) -> FastAPI:
+    """The admin API (AdminFunction): ``router``'s routes behind the same envelope, error table,
+    request ids and audit records as the prediction API. Docs routes are off."""
+    app = FastAPI(
+        title="mlmoat admin",
+        version="1.0.0",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.include_router(router)
+    _install_error_handlers(app, settings)
+    app.add_middleware(AuditMiddleware, audit=audit)
+    return app
