@@ -2,8 +2,10 @@
 
 ``python -m mlmoat.loadtest [--instances 3] [--clients 8] [--keys 24] [--duration 30]``
 
-It starts one embedded DynamoDB (``mlmoat local dynamodb``), creates many keys with small
-budgets and rate limits (``mlmoat keys create``), starts several ``mlmoat local start-api``
+It starts one local DynamoDB (a moto server that serialises requests as DynamoDB serialises
+writes to an item, see ``SerialDynamoDB``), creates its tables (``mlmoat local bootstrap``),
+creates many keys with small budgets and rate limits (``mlmoat keys create``), starts several
+``mlmoat local start-api``
 processes standing in for Lambda instances, all sharing that one table, and drives concurrent
 clients against them for a bounded time and a bounded number of requests, on loopback only.
 Then it stops everything and checks, from three independent records (the responses the
@@ -131,6 +133,11 @@ def mlmoat_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "mlmoat.cli", *args]
 
 
+def dynamodb_command(port: int) -> list[str]:
+    """The command that serves a ``SerialDynamoDB`` on ``port`` (see ``serve_dynamodb``)."""
+    return [sys.executable, "-m", "mlmoat.loadtest", "--serve-dynamodb", str(port)]
+
+
 def wait_for_port(port: int, *, process: subprocess.Popen[bytes], timeout_s: float) -> None:
     """Wait until something accepts connections on ``port``.
 
@@ -185,14 +192,14 @@ class LocalStack:
         return self._logs[1:]
 
     def start_dynamodb(self) -> None:
-        """Start the embedded DynamoDB and create the tables.
+        """Start one serialised moto server and create the template's tables with bootstrap.
 
         Raises:
             RuntimeError: the server did not come up or the bootstrap failed.
         """
         self.dynamodb_port = free_port()
         log = self.work_dir / "dynamodb.log"
-        self._spawn(mlmoat_command("local", "dynamodb", "--port", str(self.dynamodb_port)), log)
+        self._spawn(dynamodb_command(self.dynamodb_port), log)
         wait_for_port(self.dynamodb_port, process=self._processes[-1], timeout_s=_READY_TIMEOUT_S)
         subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
             mlmoat_command("local", "bootstrap"),
@@ -203,16 +210,19 @@ class LocalStack:
         )
 
     def start_apis(self) -> None:
-        """Start the start-api instances and wait until each accepts connections.
+        """Build the host variant once, start the instances, wait until each accepts connections.
 
         Raises:
             RuntimeError: an instance exited or did not come up in time.
         """
+        build_host()
         for index in range(self.instances):
             port = free_port()
             self.api_ports.append(port)
             log = self.work_dir / f"instance-{index}.log"
-            self._spawn(mlmoat_command("local", "start-api", "--port", str(port)), log)
+            self._spawn(
+                mlmoat_command("local", "start-api", "--port", str(port), "--no-build"), log
+            )
         for port, process in zip(self.api_ports, self._processes[1:], strict=True):
             wait_for_port(port, process=process, timeout_s=_READY_TIMEOUT_S)
 
@@ -236,23 +246,149 @@ class LocalStack:
         self._logs.append(log)
 
 
-def create_key(env: Mapping[str, str], *, owner: str, plan: KeyPlan) -> tuple[str, str]:
-    """Create one key with ``mlmoat keys create``; return ``(key_id, api_key)``.
+class SerialDynamoDB:
+    """A moto server (DynamoDB, SSM, SQS) on loopback that handles one request at a time.
+
+    Real DynamoDB applies the writes to one item one after another; moto's ``ThreadedMotoServer``
+    runs requests on concurrent threads and its DynamoDB backend has no lock, so concurrent
+    conditional ADDs can be lost (measured by the core suite: a 240-row budget counted 242-263).
+    A load test of exactness needs the faithful behaviour, so requests are serialised here
+    (connections are still accepted concurrently). ``stop_listening``/``start_listening`` close
+    and reopen the port with every table and item intact (the state lives in this process).
+    """
+
+    def __init__(self, port: int) -> None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+        self.port = port
+        self._app = DomainDispatcherApplication(create_backend_app)
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def _serial_app(self, environ: Any, start_response: Any) -> list[bytes]:
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+    def start_listening(self) -> None:
+        """Serve on the port (again) in a background thread."""
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+        from werkzeug.serving import make_server
+
+        if self._server is not None:
+            return
+        self._server = make_server(
+            _HOST, self.port, self._serial_app, threaded=True, request_handler=MotoRequestHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop_listening(self) -> None:
+        """Stop serving and close the port: connections are refused until started again."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def serve_dynamodb(port: int) -> int:
+    """Run a ``SerialDynamoDB`` until SIGTERM/SIGINT; SIGUSR1 stops and SIGUSR2 restarts it."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = SerialDynamoDB(port)
+    done = threading.Event()
+    control: list[str] = []
+    wake = threading.Event()
+
+    def request(action: str) -> None:
+        control.append(action)
+        wake.set()
+
+    signal.signal(signal.SIGUSR1, lambda *_: request("stop"))
+    signal.signal(signal.SIGUSR2, lambda *_: request("start"))
+    signal.signal(signal.SIGTERM, lambda *_: request("exit"))
+    signal.signal(signal.SIGINT, lambda *_: request("exit"))
+    server.start_listening()
+    print(f"serial moto server on {_HOST}:{port}", flush=True)
+    while not done.is_set():
+        wake.wait(0.5)
+        wake.clear()
+        while control:
+            action = control.pop(0)
+            if action == "stop":
+                server.stop_listening()
+                print("stopped listening", flush=True)
+            elif action == "start":
+                server.start_listening()
+                print("listening again", flush=True)
+            else:
+                done.set()
+    server.stop_listening()
+    return 0
+
+
+SECURITY_TABLE = "SecurityTable"
+
+
+def table_name() -> str:
+    """The local name of the template's security table (as every local command names it)."""
+    from mlmoat.local.template import Template, find_template
+
+    return Template(find_template(_REPO)).physical_name(SECURITY_TABLE)
+
+
+def dynamodb_client(env: Mapping[str, str]) -> Any:
+    """A boto3 DynamoDB client for the local endpoint in ``env``."""
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=env["AWS_ENDPOINT_URL_DYNAMODB"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def create_key(
+    env: Mapping[str, str], *, owner: str, plan: KeyPlan, scopes: Sequence[str] = ()
+) -> tuple[str, str]:
+    """Create one key through ``security.admin.KeyAdmin`` (what ``mlmoat keys create`` runs).
+
+    Returns ``(key_id, api_key)``. In-process rather than one CLI process per key: the run
+    creates dozens of keys and what is under test is the API, not the admin tool.
 
     Raises:
-        RuntimeError: the command failed.
+        InvalidPayloadError: the plan is not a valid key configuration.
+        StoreUnavailableError: the local DynamoDB failed.
     """
-    command = mlmoat_command(
-        "keys", "create", "--owner", owner, "--rate-limit", plan.rate_text,
-        "--budget", str(plan.budget), "--output", "label",
-    )  # fmt: skip
-    result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
-        command, env=dict(env), capture_output=True, timeout=_READY_TIMEOUT_S, check=False
+    from security.admin import KeyAdmin
+    from security.settings import Settings
+    from security.store import PrincipalStore
+
+    table = table_name()
+    store = PrincipalStore(client=dynamodb_client(env), table_name=table)
+    admin = KeyAdmin(store=store, settings=Settings(table_name=table, model_dir=str(_REPO)))
+    created = admin.create(
+        owner=owner,
+        scopes=scopes,
+        rate_limit=plan.rate_text,
+        budget=plan.budget,
+        output_policy="label",
     )
-    if result.returncode != 0:
-        raise RuntimeError(f"mlmoat keys create failed ({result.returncode})")
-    created = json.loads(result.stdout)
     return str(created["key_id"]), str(created["api_key"])
+
+
+def build_host() -> None:
+    """Build (or confirm fresh) the host variant once, before instances start with --no-build.
+
+    Raises:
+        BuildError: the build failed.
+    """
+    from mlmoat.local.build import ensure_host_build
+
+    ensure_host_build(_REPO)
 
 
 # --------------------------------------------------------------------------- traffic
@@ -398,24 +534,15 @@ def read_audit(logs: Sequence[Path]) -> list[dict[str, Any]]:
 
 def read_key_items(env: Mapping[str, str], key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The DynamoDB item of every key, read straight from the table after the run."""
-    client = boto3.client(
-        "dynamodb",
-        endpoint_url=env["AWS_ENDPOINT_URL_DYNAMODB"],
-        region_name=env["AWS_DEFAULT_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
-    tables = client.list_tables()["TableNames"]
+    client = dynamodb_client(env)
+    table = table_name()
     items: dict[str, dict[str, Any]] = {}
-    for table in tables:
-        for key_id in key_ids:
-            if key_id in items:
-                continue
-            raw = client.get_item(
-                TableName=table, Key={"pk": {"S": f"key#{key_id}"}}, ConsistentRead=True
-            ).get("Item")
-            if raw:
-                items[key_id] = {name: _plain(value) for name, value in raw.items()}
+    for key_id in key_ids:
+        raw = client.get_item(
+            TableName=table, Key={"pk": {"S": f"key#{key_id}"}}, ConsistentRead=True
+        ).get("Item")
+        if raw:
+            items[key_id] = {name: _plain(value) for name, value in raw.items()}
     return items
 
 
@@ -714,7 +841,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=defaults.model)
     parser.add_argument("--work-dir", default=None, help="keep logs here (default: a temp dir)")
     parser.add_argument("--report", default=None, help="also write the report as JSON here")
+    parser.add_argument(
+        "--serve-dynamodb", type=int, metavar="PORT", help="only serve a serial moto server"
+    )
     args = parser.parse_args(argv)
+    if args.serve_dynamodb is not None:
+        return serve_dynamodb(args.serve_dynamodb)
     for name in ("instances", "clients", "keys", "max_requests"):
         if not 1 <= getattr(args, name) <= 10000:
             parser.error(f"--{name.replace('_', '-')} must be between 1 and 10000")

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from faultproxy import FaultProxy
 from faultstack import READY_S, FaultStack
 
-from mlmoat.loadtest import free_port, mlmoat_command, stop_process, wait_for_port
+from mlmoat.loadtest import (
+    build_host,
+    dynamodb_command,
+    free_port,
+    mlmoat_command,
+    stop_process,
+    wait_for_port,
+)
 
 
 @pytest.fixture(scope="package")
@@ -19,10 +24,9 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
     """One restartable moto server + proxy for the fault suite; start-api instances on demand."""
     work = tmp_path_factory.mktemp("faults")
     moto_port = free_port()
-    server = Path(__file__).with_name("motoserver.py")
     with (work / "moto.log").open("wb") as handle:
         moto = subprocess.Popen(  # noqa: S603
-            [sys.executable, str(server), "--port", str(moto_port)],
+            dynamodb_command(moto_port),
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
@@ -37,6 +41,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
             capture_output=True,
             timeout=READY_S,
         )
+        build_host()
         yield stack
     finally:
         for api in stack.apis:

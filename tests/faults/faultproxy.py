@@ -44,6 +44,7 @@ class Seen:
     operation: str
     action: str
     at: float
+    pk: str | None = None
 
 
 @dataclass
@@ -52,9 +53,12 @@ class _Rule:
     operations: frozenset[str] | None
     remaining: int | None
     hold_seconds: float
+    pk_prefix: str | None = None
 
-    def matches(self, operation: str) -> bool:
+    def matches(self, operation: str, pk: str | None = None) -> bool:
         if self.remaining is not None and self.remaining <= 0:
+            return False
+        if self.pk_prefix is not None and not (pk or "").startswith(self.pk_prefix):
             return False
         return self.operations is None or operation in self.operations
 
@@ -89,13 +93,18 @@ class FaultProxy:
         operations: Iterable[str] | None = None,
         count: int | None = None,
         hold_seconds: float = 10.0,
+        pk_prefix: str | None = None,
     ) -> None:
-        """Apply ``kind`` to the next ``count`` requests (all if None) for ``operations``."""
+        """Apply ``kind`` to the next ``count`` requests (all if None) for ``operations``.
+
+        ``pk_prefix`` narrows the fault to requests whose ``Key.pk`` starts with it (e.g.
+        ``"key#"``: the API keys' counting writes, not the extraction monitor's state).
+        """
         if kind not in ("throttle", "hold_before", "drop_after", "reset"):
             raise ValueError(f"unknown fault {kind!r}")
         ops = frozenset(operations) if operations is not None else None
         with self._lock:
-            self._rule = _Rule(kind, ops, count, hold_seconds)
+            self._rule = _Rule(kind, ops, count, hold_seconds, pk_prefix)
 
     def clear(self) -> None:
         """Forward everything from now on."""
@@ -107,14 +116,17 @@ class FaultProxy:
         with self._lock:
             self.seen.clear()
 
-    def count(self, operation: str | None = None, action: str | None = None) -> int:
-        """How many requests matched ``operation`` and ``action`` (None matches any)."""
+    def count(
+        self, operation: str | None = None, action: str | None = None, *, pk: str | None = None
+    ) -> int:
+        """How many requests matched ``operation``, ``action`` and ``pk`` (None matches any)."""
         with self._lock:
             return sum(
                 1
                 for s in self.seen
                 if (operation is None or s.operation == operation)
                 and (action is None or s.action == action)
+                and (pk is None or s.pk == pk)
             )
 
     def stop_listening(self) -> None:
@@ -158,24 +170,24 @@ class FaultProxy:
                 self._conns.add(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _take_rule(self, operation: str) -> _Rule | None:
+    def _take_rule(self, operation: str, pk: str | None = None) -> _Rule | None:
         with self._lock:
             rule = self._rule
-            if rule is None or not rule.matches(operation):
+            if rule is None or not rule.matches(operation, pk):
                 return None
             if rule.remaining is not None:
                 rule.remaining -= 1
             return rule
 
-    def _record(self, operation: str, action: str) -> None:
+    def _record(self, operation: str, action: str, pk: str | None = None) -> None:
         with self._lock:
-            self.seen.append(Seen(operation, action, time.monotonic()))
+            self.seen.append(Seen(operation, action, time.monotonic(), pk))
 
     def _serve(self, conn: socket.socket) -> None:
         try:
             with self._lock:
                 rule = self._rule
-            if rule is not None and rule.kind == "reset" and rule.matches("*"):
+            if rule is not None and rule.kind == "reset" and rule.operations is None:
                 self._take_rule("*")
                 self._record("?", "reset")
                 _abort(conn)
@@ -185,32 +197,32 @@ class FaultProxy:
                 request, buffer = _read_message(conn, buffer)
                 if request is None:
                     return
-                head, _ = request
-                operation = _operation(head)
-                rule = self._take_rule(operation)
+                head, body = request
+                operation, pk = _operation(head), _partition_key(body)
+                rule = self._take_rule(operation, pk)
                 kind = rule.kind if rule is not None else "forward"
                 if kind == "throttle":
-                    self._record(operation, "throttled")
+                    self._record(operation, "throttled", pk)
                     conn.sendall(_throttle_response())
                     continue
                 if kind == "reset":
-                    self._record(operation, "reset")
+                    self._record(operation, "reset", pk)
                     _abort(conn)
                     return
                 if kind == "hold_before":
-                    self._record(operation, "held_before")
+                    self._record(operation, "held_before", pk)
                     _hold(conn, rule.hold_seconds if rule else 0.0, self._stopping)
                     return
                 response = _forward(self.upstream_port, request)
                 if response is None:
-                    self._record(operation, "upstream_down")
+                    self._record(operation, "upstream_down", pk)
                     _abort(conn)
                     return
                 if kind == "drop_after":
-                    self._record(operation, "dropped_after")
+                    self._record(operation, "dropped_after", pk)
                     _hold(conn, rule.hold_seconds if rule else 0.0, self._stopping)
                     return
-                self._record(operation, "forwarded")
+                self._record(operation, "forwarded", pk)
                 conn.sendall(response)
         except OSError:
             return
@@ -226,6 +238,18 @@ def _operation(head: bytes) -> str:
         if name.strip().lower() == b"x-amz-target":
             return value.strip().decode("latin-1").rpartition(".")[2]
     return "?"
+
+
+def _partition_key(body: bytes) -> str | None:
+    """``Key.pk.S`` of a DynamoDB JSON request, if it has one."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    key = document.get("Key") if isinstance(document, dict) else None
+    pk = key.get("pk") if isinstance(key, dict) else None
+    value = pk.get("S") if isinstance(pk, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _read_message(conn: socket.socket, buffer: bytes) -> tuple[tuple[bytes, bytes] | None, bytes]:

@@ -3,7 +3,7 @@
 The function under test is the real ``PredictFunction`` served by ``mlmoat local start-api`` in
 its own process, exactly as in ``make local``; only its DynamoDB endpoint is the fault proxy
 (``tests/faults/faultproxy.py``) in front of a moto server that can stop and restart with its
-state intact (``tests/faults/motoserver.py``). SQS and SSM go straight to the moto server. Keys
+state intact (``mlmoat.loadtest.SerialDynamoDB``). SQS and SSM go straight to the moto server. Keys
 are created and counters read directly on the moto server, never through the proxy, so the
 evidence does not depend on the fault being injected.
 """
@@ -29,6 +29,7 @@ from mlmoat.loadtest import (
     local_env,
     mlmoat_command,
     read_audit,
+    read_key_items,
     send,
     wait_for_port,
 )
@@ -143,29 +144,35 @@ class FaultStack:
 
     def key_item(self, key_id: str) -> dict[str, Any]:
         """The key's item read from the moto server (the truth behind the proxy)."""
-        client = self.client("dynamodb")
-        for table in client.list_tables()["TableNames"]:
-            raw = client.get_item(
-                TableName=table, Key={"pk": {"S": f"key#{key_id}"}}, ConsistentRead=True
-            ).get("Item")
-            if raw:
-                return {
-                    name: (float(v["N"]) if "N" in v else next(iter(v.values())))
-                    for name, v in raw.items()
-                }
-        raise AssertionError(f"no item for key {key_id}")
+        items = read_key_items(self.direct_env, [key_id])
+        assert key_id in items, f"no item for key {key_id}"
+        return items[key_id]
 
     def rows_used(self, key_id: str) -> int:
         """The key's ``rows_used`` counter (0 if never charged)."""
         return int(self.key_item(key_id).get("rows_used", 0))
 
-    def start_api(self, name: str, extra_env: Mapping[str, str] | None = None) -> Api:
-        """Start one ``mlmoat local start-api`` instance against the proxy."""
+    def start_api(
+        self,
+        name: str,
+        extra_env: Mapping[str, str] | None = None,
+        function_env: Mapping[str, str] | None = None,
+    ) -> Api:
+        """Start one ``mlmoat local start-api`` instance against the proxy.
+
+        ``extra_env`` goes into start-api's own environment (endpoints); ``function_env`` is
+        written to an ``--env-vars`` file for ``PredictFunction`` (template variables).
+        """
         port = free_port()
+        args: list[str] = []
+        if function_env:
+            env_file = self.work / f"{name}.env.json"
+            env_file.write_text(json.dumps({"PredictFunction": dict(function_env)}))
+            args = ["--env-vars", str(env_file)]
         log = self.work / f"{name}.log"
         with log.open("wb") as handle:
             process = subprocess.Popen(  # noqa: S603
-                mlmoat_command("local", "start-api", "--port", str(port)),
+                mlmoat_command("local", "start-api", "--port", str(port), "--no-build", *args),
                 env=self.function_env(extra_env),
                 stdout=handle,
                 stderr=subprocess.STDOUT,

@@ -99,13 +99,13 @@ def test_throttling_on_every_attempt_fails_closed_and_counts_nothing(
     key_id, api_key = _key(fault_stack)
     before = _warm(api, fault_stack, api_key, key_id)
     fault_stack.proxy.reset_log()
-    fault_stack.proxy.set_fault("throttle", operations={"UpdateItem"})
+    fault_stack.proxy.set_fault("throttle", operations={"UpdateItem"}, pk_prefix="key#")
     # when a prediction is requested
     response = api.post(ROW, api_key=api_key)
     # then 503 with Retry-After, the SDK retried (more than one attempt), nothing was counted
     _assert_fail_closed(api, response, key_id=key_id)
-    assert fault_stack.proxy.count("UpdateItem", "throttled") >= 2
-    assert fault_stack.proxy.count("UpdateItem", "forwarded") == 0
+    assert fault_stack.proxy.count("UpdateItem", "throttled", pk=f"key#{key_id}") >= 2
+    assert fault_stack.proxy.count("UpdateItem", "forwarded", pk=f"key#{key_id}") == 0
     assert fault_stack.rows_used(key_id) == before
 
 
@@ -116,13 +116,13 @@ def test_one_throttled_attempt_is_retried_and_counted_exactly_once(
     key_id, api_key = _key(fault_stack)
     before = _warm(api, fault_stack, api_key, key_id)
     fault_stack.proxy.reset_log()
-    fault_stack.proxy.set_fault("throttle", operations={"UpdateItem"}, count=1)
+    fault_stack.proxy.set_fault("throttle", operations={"UpdateItem"}, pk_prefix="key#", count=1)
     # when three rows are predicted
     response = api.post(BATCH, api_key=api_key)
     # then the SDK's retry lands once: served, and counted 3 rows, not 6
     assert response.status == 200, response.body
-    assert fault_stack.proxy.count("UpdateItem", "throttled") == 1
-    assert fault_stack.proxy.count("UpdateItem", "forwarded") == 1
+    assert fault_stack.proxy.count("UpdateItem", "throttled", pk=f"key#{key_id}") == 1
+    assert fault_stack.proxy.count("UpdateItem", "forwarded", pk=f"key#{key_id}") == 1
     assert fault_stack.rows_used(key_id) == before + 3
     _assert_one_audit_record(api, response, status=200, key_id=key_id)
 
@@ -134,13 +134,15 @@ def test_timeout_before_the_write_lands_fails_closed_and_counts_nothing(
     key_id, api_key = _key(fault_stack)
     before = _warm(api, fault_stack, api_key, key_id)
     fault_stack.proxy.reset_log()
-    fault_stack.proxy.set_fault("hold_before", operations={"UpdateItem"}, hold_seconds=60)
+    fault_stack.proxy.set_fault(
+        "hold_before", operations={"UpdateItem"}, pk_prefix="key#", hold_seconds=60
+    )
     # when a prediction is requested
     response = api.post(ROW, api_key=api_key)
     # then 503 after the SDK's timeouts; no attempt reached the table; nothing counted
     _assert_fail_closed(api, response, key_id=key_id)
-    assert fault_stack.proxy.count("UpdateItem", "held_before") >= 1
-    assert fault_stack.proxy.count("UpdateItem", "forwarded") == 0
+    assert fault_stack.proxy.count("UpdateItem", "held_before", pk=f"key#{key_id}") >= 1
+    assert fault_stack.proxy.count("UpdateItem", "forwarded", pk=f"key#{key_id}") == 0
     assert fault_stack.rows_used(key_id) == before
 
 
@@ -151,13 +153,15 @@ def test_timeout_after_the_write_lands_is_counted_once_and_served(
     key_id, api_key = _key(fault_stack)
     before = _warm(api, fault_stack, api_key, key_id)
     fault_stack.proxy.reset_log()
-    fault_stack.proxy.set_fault("drop_after", operations={"UpdateItem"}, count=1, hold_seconds=60)
+    fault_stack.proxy.set_fault(
+        "drop_after", operations={"UpdateItem"}, pk_prefix="key#", count=1, hold_seconds=60
+    )
     # when three rows are predicted
     response = api.post(BATCH, api_key=api_key)
     # then the SDK's retry finds the request already counted (idempotency set): served once,
     # counted 3 rows (never 6), audited once
-    assert fault_stack.proxy.count("UpdateItem", "dropped_after") == 1
-    assert fault_stack.proxy.count("UpdateItem", "forwarded") >= 1
+    assert fault_stack.proxy.count("UpdateItem", "dropped_after", pk=f"key#{key_id}") == 1
+    assert fault_stack.proxy.count("UpdateItem", "forwarded", pk=f"key#{key_id}") == 1
     assert fault_stack.rows_used(key_id) == before + 3
     assert int(fault_stack.key_item(key_id)["requests"]) == 2
     assert response.status == 200, response.body
@@ -172,13 +176,15 @@ def test_every_answer_lost_after_the_write_counts_once_and_fails_closed(
     key_id, api_key = _key(fault_stack)
     before = _warm(api, fault_stack, api_key, key_id)
     fault_stack.proxy.reset_log()
-    fault_stack.proxy.set_fault("drop_after", operations={"UpdateItem"}, hold_seconds=60)
+    fault_stack.proxy.set_fault(
+        "drop_after", operations={"UpdateItem"}, pk_prefix="key#", hold_seconds=60
+    )
     # when one row is predicted
     response = api.post(ROW, api_key=api_key)
     # then 503 (nothing served) and the row counted once although several attempts reached
     # the table: the idempotency condition refused every retry
     _assert_fail_closed(api, response, key_id=key_id)
-    assert fault_stack.proxy.count("UpdateItem", "dropped_after") >= 2
+    assert fault_stack.proxy.count("UpdateItem", "dropped_after", pk=f"key#{key_id}") >= 2
     assert fault_stack.rows_used(key_id) == before + 1
 
 
@@ -218,7 +224,7 @@ def test_first_request_of_a_key_fails_closed_when_the_read_is_throttled(
 ) -> None:
     # given a key this instance has never seen, and its authenticating read throttled
     key_id, api_key = _key(fault_stack)
-    fault_stack.proxy.set_fault("throttle", operations={"GetItem"})
+    fault_stack.proxy.set_fault("throttle", operations={"GetItem"}, pk_prefix="key#")
     # when it is used / then 503, nothing counted (not 401: an outage is not a bad key)
     response = api.post(ROW, api_key=api_key)
     _assert_fail_closed(api, response, key_id=key_id)
