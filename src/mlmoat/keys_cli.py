@@ -1,0 +1,118 @@
+"""``mlmoat keys``: create, list, show, revoke, suspend, reinstate, rotate API keys; usage.
+
+Talks to the security table directly (no API needed): boto3 reads ``AWS_ENDPOINT_URL_DYNAMODB``,
+``AWS_DEFAULT_REGION`` and credentials from the environment as usual; the table is
+``SECURITY_TABLE_NAME`` (default ``mlmoat-security``, the local table). Defaults for the rate
+limit, budget and output policy come from the same ``SECURITY_*`` variables the functions read.
+Every command prints JSON on stdout; errors print ``{"error": reason}`` on stderr and exit 1.
+``create`` and ``rotate`` are the only times a secret is ever shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import boto3
+
+from security.admin import KeyAdmin
+from security.errors import SecurityError
+from security.settings import Settings, SettingsError
+from security.store import PrincipalStore
+
+DEFAULT_TABLE = "mlmoat-security"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlmoat keys", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--table", help=f"table name (default: $SECURITY_TABLE_NAME or {DEFAULT_TABLE})"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    create = commands.add_parser("create", help="create a key (prints the secret once)")
+    create.add_argument("--owner", required=True)
+    create.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        dest="scopes",
+        help="predict:<model>, predict:* or admin; repeatable (default predict:*)",
+    )
+    create.add_argument("--rate-limit", help="rows per window, e.g. 60/minute")
+    create.add_argument("--budget", type=int, help="rows the key may ever predict")
+    create.add_argument(
+        "--output", dest="output_policy", help="label | probabilities:N[:topK][:minT]"
+    )
+    create.add_argument("--expires-in", help="e.g. 30d, 12h")
+
+    listing = commands.add_parser("list", help="list keys")
+    listing.add_argument("--owner")
+
+    for name, help_ in (
+        ("show", "show a key: status, configuration, counters, flags"),
+        ("usage", "a key's usage counters"),
+        ("revoke", "revoke a key for good"),
+        ("suspend", "suspend a key"),
+        ("reinstate", "reinstate a suspended key"),
+    ):
+        commands.add_parser(name, help=help_).add_argument("key_id")
+
+    rotate = commands.add_parser("rotate", help="new secret; the old one works for --grace")
+    rotate.add_argument("key_id")
+    rotate.add_argument("--grace", default="1h", help="e.g. 0s, 15m, 1h (default 1h, max 7d)")
+    return parser
+
+
+def _settings(table: str | None) -> Settings:
+    environ = dict(os.environ)
+    environ["SECURITY_TABLE_NAME"] = table or environ.get("SECURITY_TABLE_NAME") or DEFAULT_TABLE
+    environ.setdefault("SECURITY_MODEL_DIR", "models")
+    return Settings.from_env(environ)
+
+
+def _run(admin: KeyAdmin, args: argparse.Namespace) -> Any:
+    command = args.command
+    if command == "create":
+        return admin.create(
+            owner=args.owner,
+            scopes=args.scopes,
+            rate_limit=args.rate_limit,
+            budget=args.budget,
+            output_policy=args.output_policy,
+            expires_in=args.expires_in,
+        )
+    if command == "list":
+        return admin.list(owner=args.owner)
+    if command == "rotate":
+        return admin.rotate(args.key_id, grace=args.grace)
+    action = {
+        "show": admin.show,
+        "usage": admin.usage,
+        "revoke": admin.revoke,
+        "suspend": admin.suspend,
+        "reinstate": admin.reinstate,
+    }[command]
+    return action(args.key_id)
+
+
+def main(argv: list[str]) -> int:
+    """Run ``mlmoat keys ...``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args.table)
+    except SettingsError as exc:
+        print(json.dumps({"error": "settings", "detail": str(exc)}), file=sys.stderr)
+        return 2
+    store = PrincipalStore(client=boto3.client("dynamodb"), table_name=settings.table_name)
+    admin = KeyAdmin(store=store, settings=settings)
+    try:
+        result = _run(admin, args)
+    except SecurityError as exc:
+        print(json.dumps({"error": exc.reason}), file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
