@@ -1,8 +1,7 @@
 """Fixtures for the handler tests: the real PredictFunction module against a moto server.
 
-- ``dynamodb_endpoint`` (session): a moto server on a free loopback port, stopped at the end.
 - ``predict_module`` (session): ``handlers.predict`` imported once with the environment a
-  deployed function has (table created from template.yaml's key schema), as a cold start does.
+  deployed function has, against the session's ``moto_server`` (tests/conftest.py) (table created from template.yaml's key schema), as a cold start does.
 - ``keys`` (session): API keys created through ``KeyAdmin`` for each outcome the events need.
 - ``log_sink`` (session): every log line the handler tests produce (root logger and the audit
   logger). At the end of the session every line is scanned for every key the suite created.
@@ -14,7 +13,6 @@ import importlib
 import json
 import logging
 import os
-import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -23,40 +21,11 @@ from typing import Any
 
 import boto3
 import pytest
-import yaml
 from handlersupport import LineSink
-from moto.server import ThreadedMotoServer
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 CREATED_SECRETS: list[str] = []
-
-
-class _CfnLoader(yaml.SafeLoader):
-    """A YAML loader that accepts CloudFormation short-form tags (!Ref, !GetAtt, ...)."""
-
-
-def _any_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_scalar(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node)
-    return loader.construct_mapping(node)  # type: ignore[arg-type]
-
-
-_CfnLoader.add_multi_constructor("!", _any_tag)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _table_definition() -> dict[str, Any]:
-    template = yaml.load((REPO / "template.yaml").read_text(), Loader=_CfnLoader)  # noqa: S506
-    props = template["Resources"]["SecurityTable"]["Properties"]
-    return {"KeySchema": props["KeySchema"], "AttributeDefinitions": props["AttributeDefinitions"]}
 
 
 @pytest.fixture(scope="session")
@@ -77,27 +46,16 @@ def log_sink() -> Iterator[LineSink]:
 
 
 @pytest.fixture(scope="session")
-def dynamodb_endpoint() -> Iterator[str]:
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def handler_env(dynamodb_endpoint: str) -> dict[str, str]:
+def handler_env(moto_server: Any, security_table_definition: dict[str, Any]) -> dict[str, str]:
+    dynamodb_endpoint = moto_server.endpoint
     table = f"handlers-{uuid.uuid4().hex[:10]}"
-    client = boto3.client(
-        "dynamodb",
-        endpoint_url=dynamodb_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+    client = boto3.client("dynamodb", endpoint_url=dynamodb_endpoint, region_name="us-east-1")
+    client.create_table(
+        TableName=table,
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=security_table_definition["KeySchema"],
+        AttributeDefinitions=security_table_definition["AttributeDefinitions"],
     )
-    client.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **_table_definition())
     calibrated = all((d / "defences.json").is_file() for d in MODELS.iterdir() if d.is_dir())
     return {
         "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,

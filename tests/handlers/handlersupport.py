@@ -42,6 +42,11 @@ class LineSink(logging.Handler):
         self.lines: list[str] = []
         self._guard = threading.Lock()
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Powertools adds a SuppressFilter for its service to every root handler: a capture
+        # sink must see everything, so filters others attach are ignored.
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
