@@ -37,7 +37,7 @@ def test_every_figure_is_measured_for_both_stacks(report: dict) -> None:
         "cold start (no byte-code, as built for Lambda)",
         "warm p50 per request",
         "warm p99 per request",
-        "in-process p50 (DynamoDB wire excluded)",
+        "in-process p50 (AWS round trips excluded)",
         "DynamoDB requests per allowed prediction",
         "package, unzipped (function + layers)",
         "max RSS, steady state",

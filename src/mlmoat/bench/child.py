@@ -18,8 +18,9 @@ to a file, as Lambda sends it to CloudWatch.
 With ``"hooks": true`` it registers botocore event handlers on boto3's default session before
 the handler creates its clients (botocore copies a session's handlers into each client), to
 count AWS requests per invocation and to time each DynamoDB round trip from ``before-send`` to
-the HTTP response (``before-parse``), so the in-process time can be reported with the wire
-subtracted. The hooks only observe: they return ``None`` and never change a request.
+the HTTP response (``before-parse``), and each whole SDK call (``provide-client-params`` to
+``after-call``), so the in-process time can be reported with the wire, or the SDK, subtracted.
+The hooks only observe: they return ``None`` and never change a request.
 """
 
 from __future__ import annotations
@@ -61,11 +62,15 @@ class _Wire:
     def __init__(self) -> None:
         self.reset()
         self._open: int | None = None
+        self._service = "?"
 
     def reset(self) -> None:
         self.calls: list[str] = []
         self.sends: dict[str, int] = {}
         self.wire_ns = 0
+        self.wire_ns_by_service: dict[str, int] = {}
+        self.sdk_ns = 0
+        self._call_start: int | None = None
         self.request_bytes = 0
         self.response_bytes = 0
 
@@ -76,10 +81,22 @@ class _Wire:
         session = boto3.DEFAULT_SESSION
         assert session is not None
         events = session.events
+        events.register("provide-client-params", self._call_begins, unique_id="mlmoat-bench-begin")
+        events.register("after-call", self._call_ends, unique_id="mlmoat-bench-end")
+        events.register("after-call-error", self._call_ends, unique_id="mlmoat-bench-end-error")
         events.register("before-call", self._before_call, unique_id="mlmoat-bench-call")
         events.register("before-send", self._before_send, unique_id="mlmoat-bench-send")
         events.register("before-parse", self._after_send, unique_id="mlmoat-bench-parse")
         events.register("needs-retry", self._needs_retry, unique_id="mlmoat-bench-retry")
+
+    def _call_begins(self, **_: Any) -> None:
+        # First event of botocore's _make_api_call: the SDK's own work starts here.
+        self._call_start = time.perf_counter_ns()
+
+    def _call_ends(self, **_: Any) -> None:
+        if self._call_start is not None:
+            self.sdk_ns += time.perf_counter_ns() - self._call_start
+            self._call_start = None
 
     def _before_call(self, model: Any = None, **_: Any) -> None:
         if model is not None:
@@ -90,27 +107,34 @@ class _Wire:
         self.sends[service] = self.sends.get(service, 0) + 1
         body = getattr(request, "body", None) or b""
         self.request_bytes += len(body)
+        self._service = service
         self._open = time.perf_counter_ns()
 
-    def _after_send(self, response_dict: Any = None, **_: Any) -> None:
+    def _close(self) -> None:
         if self._open is not None:
-            self.wire_ns += time.perf_counter_ns() - self._open
+            elapsed = time.perf_counter_ns() - self._open
+            self.wire_ns += elapsed
+            by_service = self.wire_ns_by_service
+            by_service[self._service] = by_service.get(self._service, 0) + elapsed
             self._open = None
+
+    def _after_send(self, response_dict: Any = None, **_: Any) -> None:
+        self._close()
         if isinstance(response_dict, dict):
             body = response_dict.get("body") or b""
             self.response_bytes += len(body)
 
     def _needs_retry(self, **_: Any) -> None:
         # Reached without before-parse only when the send itself failed.
-        if self._open is not None:
-            self.wire_ns += time.perf_counter_ns() - self._open
-            self._open = None
+        self._close()
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "calls": list(self.calls),
             "sends": dict(self.sends),
             "wire_ns": self.wire_ns,
+            "wire_ns_by_service": dict(self.wire_ns_by_service),
+            "sdk_ns": self.sdk_ns,
             "request_bytes": self.request_bytes,
             "response_bytes": self.response_bytes,
         }
@@ -144,8 +168,10 @@ def main(config_path: str, result_fd: int) -> int:
         sys.path.insert(0, path)
 
     wire = _Wire()
+    t0 = time.perf_counter()
     if config.get("hooks"):
         wire.install()
+    t_hooks = time.perf_counter() - t0
 
     module_name, _, attr = config["handler"].rpartition(".")
     t0 = time.perf_counter()
@@ -161,6 +187,7 @@ def main(config_path: str, result_fd: int) -> int:
     t_first = time.perf_counter() - t0
     first = {
         "status": _status(response),
+        "hooks_s": t_hooks,
         "import_s": t_import,
         "first_invoke_s": t_first,
         "since_script_s": time.perf_counter() - _start,
@@ -173,6 +200,12 @@ def main(config_path: str, result_fd: int) -> int:
     for phase in config.get("phases", []):
         samples: list[dict[str, Any]] = []
         statuses: dict[str, int] = {}
+        profiler = None
+        if config.get("profile") and phase["name"] == "warm":
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         for index in range(int(phase["count"])):
             event = _fresh(phase["event"], index, bool(phase.get("vary_source")))
             wire.reset()
@@ -185,6 +218,9 @@ def main(config_path: str, result_fd: int) -> int:
             sample["ns"] = elapsed
             sample["status"] = status
             samples.append(sample)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(config["profile"])
         phases[phase["name"]] = {
             "samples": samples,
             "statuses": statuses,

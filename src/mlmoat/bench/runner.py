@@ -93,6 +93,7 @@ def run_function(
     log_dir: Path,
     pycache: Path,
     write_bytecode: bool = True,
+    profile: Path | None = None,
     timeout_s: float = 300.0,
 ) -> RunResult:
     """Run one cold start and the warm ``phases`` in a fresh process.
@@ -113,6 +114,7 @@ def run_function(
         "function_name": spec.function_name,
         "memory_mb": spec.memory_mb,
         "first_event": first_event,
+        "profile": str(profile) if profile is not None else None,
         "phases": [
             {"name": p.name, "event": p.event, "count": p.count, "vary_source": p.vary_source}
             for p in phases

@@ -146,6 +146,36 @@ class LocalStack:
     api_key: str
     key_id: str
     admin: Any
+    client: Any
+    table_name: str
+
+    def key_item_bytes(self) -> int:
+        """The size of the key's DynamoDB item as DynamoDB counts it (names plus values)."""
+        response = self.client.get_item(
+            TableName=self.table_name, Key={"pk": {"S": f"key#{self.key_id}"}}, ConsistentRead=True
+        )
+        item = response["Item"]
+        return sum(len(name.encode()) + _value_bytes(value) for name, value in item.items())
+
+
+def _value_bytes(value: dict[str, Any]) -> int:
+    # DynamoDB item size rules: strings by UTF-8 length, numbers ~ digits/2 + 1, sets summed.
+    (kind, payload), = value.items()
+    if kind == "S":
+        return len(payload.encode())
+    if kind == "N":
+        return len(payload.lstrip("-").replace(".", "")) // 2 + 1
+    if kind == "SS":
+        return sum(len(item.encode()) for item in payload)
+    if kind == "NS":
+        return sum(len(item) // 2 + 1 for item in payload)
+    if kind == "BOOL" or kind == "NULL":
+        return 1
+    if kind == "L":
+        return 3 + sum(1 + _value_bytes(item) for item in payload)
+    if kind == "M":
+        return 3 + sum(len(k.encode()) + 1 + _value_bytes(v) for k, v in payload.items())
+    return len(str(payload))
 
 
 @contextmanager
@@ -208,6 +238,8 @@ def local_stack(root: Path, *, log_dir: Path) -> Iterator[LocalStack]:
             api_key=created["api_key"],
             key_id=created["key_id"],
             admin=admin,
+            client=client,
+            table_name=settings.table_name,
         )
     finally:
         server.terminate()
