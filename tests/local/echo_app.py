@@ -9,7 +9,7 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "echo"
 
 
 def lay_out_echo_app(root: Path) -> Path:
-    """Copy the fixture template to ``root``, its code and layers to ``root/.aws-sam/build-host``."""
+    """Copy the fixture template to ``root``; its code and layers to its host build dir."""
     shutil.copy(FIXTURE / "template.yaml", root / "template.yaml")
     build = root / ".aws-sam" / "build-host"
     for function in ("EchoFunction", "SlowFunction", "SinkFunction"):

@@ -115,8 +115,10 @@ def _print_exports(values: dict[str, str]) -> None:
 def _wait_for_interrupt() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Short waits keep the main thread responsive to SIGINT/SIGTERM.
     with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
+        while not stop.wait(0.5):
+            pass
 
 
 def cmd_dynamodb(args: argparse.Namespace) -> int:
