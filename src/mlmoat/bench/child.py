@@ -73,6 +73,7 @@ class _Wire:
         self._call_start: int | None = None
         self.request_bytes = 0
         self.response_bytes = 0
+        self.bytes_by_service: dict[str, int] = {}
 
     def install(self) -> None:
         import boto3
@@ -107,6 +108,7 @@ class _Wire:
         self.sends[service] = self.sends.get(service, 0) + 1
         body = getattr(request, "body", None) or b""
         self.request_bytes += len(body)
+        self.bytes_by_service[service] = self.bytes_by_service.get(service, 0) + len(body)
         self._service = service
         self._open = time.perf_counter_ns()
 
@@ -123,6 +125,8 @@ class _Wire:
         if isinstance(response_dict, dict):
             body = response_dict.get("body") or b""
             self.response_bytes += len(body)
+            by_service = self.bytes_by_service
+            by_service[self._service] = by_service.get(self._service, 0) + len(body)
 
     def _needs_retry(self, **_: Any) -> None:
         # Reached without before-parse only when the send itself failed.
@@ -137,6 +141,7 @@ class _Wire:
             "sdk_ns": self.sdk_ns,
             "request_bytes": self.request_bytes,
             "response_bytes": self.response_bytes,
+            "bytes_by_service": dict(self.bytes_by_service),
         }
 
 

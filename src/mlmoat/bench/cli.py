@@ -167,7 +167,7 @@ def _record(samples: Samples, result: RunResult, *, rows_by_phase: dict[str, int
                 sum(int(s["sends"].get("dynamodb", 0)) for s in ok) / len(ok) if ok else math.nan
             )
             per["bytes"].append(
-                sum(s["request_bytes"] + s["response_bytes"] for s in ok) / len(ok)
+                sum(int(s["bytes_by_service"].get("dynamodb", 0)) for s in ok) / len(ok)
                 if ok
                 else math.nan
             )
@@ -179,9 +179,16 @@ def _fmt(value: float, unit: str = "", digits: int = 2) -> str:
     return f"{value:.{digits}f}{unit}"
 
 
+def _memory_floor(steady_rss_mib: float) -> int:
+    # What memory alone needs: 50% headroom over the steady state, rounded up to 128 MB.
+    return int(math.ceil(steady_rss_mib * 1.5 / 128.0)) * 128
+
+
 def _recommend_memory(steady_rss_mib: float) -> int:
-    # 50% headroom over the steady state, rounded up to 128 MB, never below 512 MB.
-    return max(512, int(math.ceil(steady_rss_mib * 1.5 / 128.0)) * 128)
+    # Above the floor, CPU decides: Lambda's CPU share is MemorySize/1769 MB, and both the cold
+    # start (imports, CPU-bound) and the in-process work scale with it. 1024 MB (0.58 vCPU) keeps
+    # the cold start near 1.7x a full core's; below it cold starts stretch past 3x.
+    return max(_memory_floor(steady_rss_mib), 1024)
 
 
 def _build(root: Path) -> None:
@@ -400,6 +407,7 @@ def _report(
             "steady_rss_mib": steady_mib,
             "max_rss_mib": median([kb / 1024 for kb in m.max_rss_kb]),
             "template_memory_mb": template_memory_mb,
+            "memory_floor_mb": _memory_floor(steady_mib),
             "recommended_memory_mb": recommended,
             "vcpu_share_at_recommended": recommended / LAMBDA_MB_PER_VCPU,
             "vcpu_share_at_template": template_memory_mb / LAMBDA_MB_PER_VCPU,
@@ -441,9 +449,10 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"Memory: steady max RSS {memory['steady_rss_mib']:.0f} MiB; template MemorySize "
         f"{memory['template_memory_mb']} MB ({memory['vcpu_share_at_template']:.2f} vCPU); "
+        f"memory alone needs {memory['memory_floor_mb']} MB (+50%); "
         f"recommended {memory['recommended_memory_mb']} MB "
         f"({memory['vcpu_share_at_recommended']:.2f} vCPU; Lambda gives 1 vCPU per "
-        f"{LAMBDA_MB_PER_VCPU} MB).",
+        f"{LAMBDA_MB_PER_VCPU} MB, so CPU, not memory, sets it).",
         "",
         "| rows per request | ms per request | ms per row | in-process ms | "
         "DynamoDB requests per request | DynamoDB bytes per request |",
