@@ -1,0 +1,129 @@
+"""The audit trail through the handler: one record per response, the 500 path, no key material."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import numpy as np
+from conftest import invoke, new_key
+from handlersupport import EVENTS, LambdaContext, header, load_event, response_body, rest_event
+from mangum import Mangum
+
+JSON_CT = {"Content-Type": "application/json"}
+ONE = b'{"features": [5.1, 3.5, 1.4, 0.2]}'
+
+
+def test_every_response_has_exactly_one_audit_record(predict_module, keys, log_sink) -> None:
+    # given a mix of every fixture, hostile bodies, unknown routes and wrong methods
+    events = [load_event(str(p.relative_to(EVENTS)), keys) for p in sorted(EVENTS.glob("*/predict-*.json"))]
+    events += [load_event(str(p.relative_to(EVENTS)), keys) for p in sorted(EVENTS.glob("*/models-*.json"))]
+    events += [
+        rest_event(path="/nowhere", body=ONE, headers=JSON_CT),
+        rest_event(path="/predict", body=None, headers={}, method="GET"),
+        rest_event(path="/predict", body=b"[" * 9000, headers={**JSON_CT, "X-API-Key": keys["API_KEY"]}),
+        rest_event(path="/predict", body=ONE, headers={**JSON_CT, "Authorization": "Bearer abc.def.ghi"}),
+    ]
+    # when each is handled
+    request_ids = []
+    for event in events:
+        response = invoke(predict_module, event)
+        request_ids.append(header(response, "X-Request-Id"))
+    # then each response's request id has exactly one request audit record
+    assert len(set(request_ids)) == len(events)
+    records = [r for r in log_sink.audit_records() if r["request_id"] in set(request_ids)]
+    assert sorted(r["request_id"] for r in records) == sorted(request_ids)
+    for record in records:
+        assert record["decision"] in ("allow", "deny") and record["reason"] and record["status"]
+        assert record["latency_ms"] >= 0 and record["route"] and record["method"]
+
+
+def test_a_request_without_an_api_gateway_id_gets_a_generated_one(predict_module, log_sink) -> None:
+    event = rest_event(path="/predict", body=ONE, headers=JSON_CT)
+    event["requestContext"]["requestId"] = "not a valid id; <script>"
+    response = invoke(predict_module, event)
+    request_id = header(response, "X-Request-Id")
+    assert str(uuid.UUID(request_id)) == request_id
+    assert response_body(response)["error"]["request_id"] == request_id
+
+
+class _FailingModel:
+    """A served model whose runtime fails: stands in for an onnxruntime crash."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.name, self.version, self.classes = model.name, model.version, model.classes
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        raise RuntimeError("onnxruntime exploded at /opt/models/iris/model.onnx")
+
+
+class _FailingRegistry:
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def get(self, name: str) -> Any:
+        return _FailingModel(self._registry.get(name))
+
+
+def test_an_unexpected_failure_is_a_generic_500_with_one_record_and_the_detail_in_the_log(
+    predict_module, admin, log_sink, handler_env
+) -> None:
+    import boto3
+
+    from security.audit import AuditLog
+    from security.auth import Authenticator
+    from security.integration import create_app, schemas_for
+    from security.limits import Gatekeeper
+    from security.model import ModelRegistry
+    from security.store import PrincipalStore
+
+    settings = predict_module.settings
+    registry = ModelRegistry.load(settings.model_dir)
+    client = boto3.client("dynamodb", endpoint_url=handler_env["AWS_ENDPOINT_URL_DYNAMODB"])
+    store = PrincipalStore(client=client, table_name=settings.table_name)
+    app = create_app(
+        settings=settings,
+        registry=_FailingRegistry(registry),
+        schemas=schemas_for(registry, registry.names, margin=settings.envelope_margin),
+        authenticator=Authenticator(settings=settings, token_verifier=None),
+        gatekeeper=Gatekeeper(store=store, settings=settings),
+        audit=AuditLog(service=settings.service_name),
+    )
+    handler = Mangum(app, lifespan="off")
+    key = new_key(admin)
+    event = rest_event(path="/predict", body=ONE, headers={**JSON_CT, "X-API-Key": key["api_key"]})
+    response = handler(json.loads(json.dumps(event)), LambdaContext())
+    body = response_body(response)
+    request_id = header(response, "X-Request-Id")
+    assert response["statusCode"] == 500
+    assert body == {"error": {"code": "internal_error", "message": "The request failed.", "request_id": request_id}}
+    assert "onnxruntime" not in json.dumps(response)
+    (record,) = [r for r in log_sink.audit_records() if r["request_id"] == request_id]
+    assert (record["status"], record["decision"], record["reason"]) == (500, "deny", "internal_error")
+    errors = [r for r in log_sink.records() if r.get("message") == "unhandled_error" and r.get("correlation_id") == request_id]
+    assert errors and "onnxruntime exploded" in errors[0]["exception"]
+
+
+def test_key_material_sent_anywhere_never_reaches_a_log_line(predict_module, admin, log_sink) -> None:
+    key = new_key(admin)["api_key"]
+    start = len(log_sink.lines)
+    # given a key in a query string, in the body, in a Bearer header and in an unknown route
+    first = rest_event(path="/predict", body=json.dumps({"features": [5.1, 3.5, 1.4, 0.2], "k": key}).encode(),
+                       headers={**JSON_CT, "X-API-Key": key})
+    first["queryStringParameters"] = {"api_key": key}
+    first["multiValueQueryStringParameters"] = {"api_key": [key]}
+    events = [
+        first,
+        rest_event(path=f"/models/{key}/predict", body=ONE, headers={**JSON_CT, "X-API-Key": key}),
+        rest_event(path="/predict", body=ONE, headers={**JSON_CT, "Authorization": f"Bearer {key}"}),
+        rest_event(path=f"/{key}", body=ONE, headers={**JSON_CT, "X-API-Key": key + "x"}),
+    ]
+    for event in events:
+        invoke(predict_module, event)
+    new_lines = log_sink.lines[start:]
+    # then the requests were logged, and no line holds the key or its secret part
+    assert sum('"message":"audit"' in line for line in new_lines) == len(events)
+    secret = key.split("_")[2]
+    assert not [line for line in new_lines if key in line or secret[:20] in line]
