@@ -1,0 +1,238 @@
+"""Facts about template.yaml that deployment depends on (read with the local tools' own parser)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlmoat.local.template import Template, load_template
+
+REPO = Path(__file__).resolve().parents[2]
+FUNCTIONS = ("PredictFunction", "AdminFunction", "MonitorFunction")
+LAYERS = ("DepsLayer", "SecurityLayer", "ModelLayer")
+TABLE_ARN = {"Fn::GetAtt": ["SecurityTable", "Arn"]}
+# The only actions each function may be granted by its inline statements.
+ALLOWED_ACTIONS = {
+    "PredictFunction": {
+        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "sqs:SendMessage",
+        "ssm:GetParameter",
+    },
+    "AdminFunction": {
+        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query",
+        "dynamodb:Scan", "ssm:GetParameter",
+    },
+    "MonitorFunction": {
+        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "sqs:ReceiveMessage",
+        "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes",
+    },
+}  # fmt: skip
+ROUTES = {
+    ("PredictFunction", "POST", "/predict"),
+    ("PredictFunction", "POST", "/models/{model}/predict"),
+    ("AdminFunction", "POST", "/admin/keys"),
+    ("AdminFunction", "GET", "/admin/keys"),
+    ("AdminFunction", "GET", "/admin/keys/{key_id}"),
+    ("AdminFunction", "POST", "/admin/keys/{key_id}/revoke"),
+    ("AdminFunction", "POST", "/admin/keys/{key_id}/rotate"),
+    ("AdminFunction", "POST", "/admin/keys/{key_id}/suspend"),
+    ("AdminFunction", "POST", "/admin/keys/{key_id}/reinstate"),
+    ("AdminFunction", "GET", "/admin/keys/{key_id}/usage"),
+}
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict[str, Any]:
+    return load_template(REPO / "template.yaml")
+
+
+def _resources(doc: dict[str, Any]) -> dict[str, Any]:
+    resources: dict[str, Any] = doc["Resources"]
+    return resources
+
+
+def _statements(function: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every inline statement of a function, both branches of any Fn::If included."""
+    statements: list[dict[str, Any]] = []
+    for policy in function["Properties"].get("Policies", []):
+        branches = policy["Fn::If"][1:] if "Fn::If" in policy else [policy]
+        for branch in branches:
+            if branch == {"Ref": "AWS::NoValue"}:
+                continue
+            assert isinstance(branch, dict) and "Statement" in branch, (
+                f"only inline statements, no managed or template policies: {branch!r}"
+            )
+            statements.extend(branch["Statement"])
+    return statements
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_every_function_and_layer_is_built_by_makefile(doc: dict[str, Any]) -> None:
+    resources = _resources(doc)
+    for name in FUNCTIONS + LAYERS:
+        metadata = resources[name]["Metadata"]
+        assert metadata["BuildMethod"] == "makefile", name
+        context = REPO / metadata["ContextPath"]
+        makefile = (context / "Makefile").read_text()
+        assert re.search(rf"^build-{name}:", makefile, re.MULTILINE), (
+            f"{context}/Makefile: build-{name}"
+        )
+
+
+def test_security_layer_is_built_from_the_one_copy_of_the_code(doc: dict[str, Any]) -> None:
+    layer = _resources(doc)["SecurityLayer"]
+    assert layer["Properties"]["ContentUri"].rstrip("/") == "src/security"
+    recipe_dir = REPO / layer["Metadata"]["ContextPath"]
+    assert not list(recipe_dir.rglob("*.py")), "layers/security holds only the build recipe"
+
+
+def test_globals_pin_the_runtime_and_the_environment(doc: dict[str, Any]) -> None:
+    function = doc["Globals"]["Function"]
+    assert function["Runtime"] == "python3.13"
+    assert function["Architectures"] == ["x86_64"]
+    assert function["Tracing"] == "Active"
+    assert {"Timeout", "MemorySize"} <= set(function)
+    env = function["Environment"]["Variables"]
+    for name in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"):
+        assert env[name], name
+    assert env["SECURITY_TABLE_NAME"] == {"Ref": "SecurityTable"}
+    assert env["SECURITY_MODEL_DIR"] == "/opt/models"
+    assert env["SECURITY_EXTRACTION_QUEUE_URL"] == {"Ref": "ExtractionQueue"}
+    assert env["SECURITY_JWT_PUBLIC_KEY_PARAMETER"] == {"Ref": "JwtPublicKeyParameter"}
+    for name in FUNCTIONS:
+        assert "Runtime" not in _resources(doc)[name]["Properties"], "the runtime is set once"
+
+
+def test_every_security_variable_is_one_settings_reads(doc: dict[str, Any]) -> None:
+    # A typo in a variable name would silently fall back to a default at run time.
+    source = (REPO / "src" / "security" / "settings.py").read_text()
+    known = {"SECURITY_" + name for name in re.findall(r'reader\.\w+\(\s*"([A-Z_]+)"', source)}
+    declared = {
+        name
+        for scope in [doc["Globals"]["Function"]]
+        + [_resources(doc)[f]["Properties"] for f in FUNCTIONS]
+        for name in (scope.get("Environment") or {}).get("Variables", {})
+        if name.startswith("SECURITY_")
+    }
+    assert declared, "the template sets SECURITY_* variables"
+    assert declared <= known, f"unknown to settings.py: {sorted(declared - known)}"
+
+
+def test_inline_iam_statements_are_least_privilege(doc: dict[str, Any]) -> None:
+    resources = _resources(doc)
+    for name in FUNCTIONS:
+        statements = _statements(resources[name])
+        assert statements, name
+        granted: set[str] = set()
+        for statement in statements:
+            assert statement["Effect"] == "Allow"
+            actions = _as_list(statement["Action"])
+            for action in actions:
+                assert "*" not in action, f"{name}: wildcard action {action}"
+            granted.update(actions)
+            for resource in _as_list(statement["Resource"]):
+                assert resource != "*", f"{name}: wildcard resource"
+                if isinstance(resource, str):
+                    assert "*" not in resource, f"{name}: wildcard in {resource}"
+            if any(action.startswith("dynamodb:") for action in actions):
+                assert _as_list(statement["Resource"]) == [TABLE_ARN], name
+            if any(action.startswith("sqs:") for action in actions):
+                assert _as_list(statement["Resource"]) == [
+                    {"Fn::GetAtt": ["ExtractionQueue", "Arn"]}
+                ]
+            if "ssm:GetParameter" in actions:
+                (arn,) = _as_list(statement["Resource"])
+                assert arn["Fn::Sub"].endswith(":parameter${JwtPublicKeyParameter}")
+        assert granted <= ALLOWED_ACTIONS[name], (
+            f"{name}: {sorted(granted - ALLOWED_ACTIONS[name])}"
+        )
+
+
+def test_the_only_star_is_in_the_kms_key_policy_where_aws_requires_it(doc: dict[str, Any]) -> None:
+    # A key policy's Resource must be "*" (it means "this key"); principals are never "*".
+    for statement in _resources(doc)["SecurityKey"]["Properties"]["KeyPolicy"]["Statement"]:
+        assert statement["Resource"] == "*"
+        principal = statement["Principal"]
+        assert principal != "*" and principal.get("AWS") != "*", statement["Sid"]
+
+
+def test_routes_are_exactly_the_api(doc: dict[str, Any]) -> None:
+    template = Template(REPO / "template.yaml")
+    routes = {(r.function, r.method, r.resource) for r in template.routes()}
+    assert routes == ROUTES
+    for name in FUNCTIONS[:2]:
+        for event in _resources(doc)[name]["Properties"]["Events"].values():
+            assert event["Properties"]["RestApiId"] == {"Ref": "Api"}
+
+
+def test_table_is_literal_on_demand_recoverable_encrypted_with_ttl(doc: dict[str, Any]) -> None:
+    table = _resources(doc)["SecurityTable"]
+    props = table["Properties"]
+    assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert props["SSESpecification"]["KMSMasterKeyId"] == {"Ref": "SecurityKey"}
+    assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+    assert props["DeletionProtectionEnabled"] == {"Ref": "DeletionProtection"}
+    assert table["DeletionPolicy"] == "Retain"
+
+
+def test_monitor_consumes_the_encrypted_extraction_queue_with_a_dlq(doc: dict[str, Any]) -> None:
+    resources = _resources(doc)
+    mapping = resources["MonitorEventSource"]["Properties"]
+    assert mapping["EventSourceArn"] == {"Fn::GetAtt": ["ExtractionQueue", "Arn"]}
+    assert mapping["FunctionName"] == {"Ref": "MonitorFunction"}
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queue = resources["ExtractionQueue"]["Properties"]
+    assert queue["KmsMasterKeyId"]
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["ExtractionDeadLetterQueue", "Arn"]
+    }
+    for name in ("ExtractionDeadLetterQueue", "FunctionDeadLetterQueue"):
+        assert resources[name]["Properties"]["KmsMasterKeyId"]
+
+
+def test_functions_have_reserved_concurrency_from_parameters(doc: dict[str, Any]) -> None:
+    for name in FUNCTIONS:
+        value = _resources(doc)[name]["Properties"]["ReservedConcurrentExecutions"]
+        assert value["Ref"] in doc["Parameters"], name
+
+
+def test_api_has_best_effort_throttling_and_access_logs(doc: dict[str, Any]) -> None:
+    api = _resources(doc)["Api"]["Properties"]
+    (settings,) = api["MethodSettings"]
+    assert settings["ThrottlingRateLimit"] == {"Ref": "ApiThrottleRateLimit"}
+    assert settings["ThrottlingBurstLimit"] == {"Ref": "ApiThrottleBurstLimit"}
+    assert settings["DataTraceEnabled"] is False
+    assert "best effort" in doc["Parameters"]["ApiThrottleRateLimit"]["Description"]
+    assert api["AccessLogSetting"]["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    assert api["TracingEnabled"] is True
+    assert "ApiUrl" in doc["Outputs"]
+
+
+def test_every_checkov_skip_carries_a_reason(doc: dict[str, Any]) -> None:
+    skips = [
+        (name, skip)
+        for name, resource in _resources(doc).items()
+        for skip in ((resource.get("Metadata") or {}).get("checkov") or {}).get("skip", [])
+    ]
+    assert skips, "the skips are listed in the template"
+    for name, skip in skips:
+        assert re.fullmatch(r"CKV2?_AWS_\d+", skip["id"]), name
+        assert len(skip.get("comment", "").split()) >= 8, f"{name} {skip['id']}: a written reason"
+
+
+def test_samconfig_has_a_dev_default_and_a_prod_environment() -> None:
+    import tomllib
+
+    config = tomllib.loads((REPO / "samconfig.toml").read_text())
+    assert "Stage=dev" in config["default"]["deploy"]["parameters"]["parameter_overrides"]
+    prod = config["prod"]["deploy"]["parameters"]["parameter_overrides"]
+    assert "Stage=prod" in prod and "DeletionProtection=true" in prod
