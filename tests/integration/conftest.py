@@ -5,6 +5,10 @@
 - ``core_table`` (function): a fresh table with the key schema read from ``template.yaml``'s
   ``SecurityTable`` (unique name per test, so tests never share counters).
 - ``make_client(endpoint)``: a boto3 DynamoDB client configured as the handlers configure it.
+The shared ``moto_server`` fixture (tests/conftest.py) is a plain ``ThreadedMotoServer``, whose
+DynamoDB backend does not serialise concurrent writes; the exactness tests need the serialised one.
+Dummy AWS credentials come from tests/conftest.py's autouse ``aws_dummy_credentials``.
+
 - ``dynalite_endpoint`` (session): dynalite from npm (``npx dynalite``), skipped with a reason when
   node or the package is missing.
 """
@@ -12,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -22,23 +25,6 @@ from collections.abc import Iterator
 
 import pytest
 from coresupport import REPO, SerialMotoServer, create_table, free_port, make_client
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _dummy_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    saved = {
-        k: os.environ.get(k)
-        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -119,7 +119,8 @@ def make_client(endpoint: str, *, max_attempts: int = 3, read_timeout: float = 5
 
 def settings_for(table: str, **overrides: Any) -> Settings:
     """Settings for tests (model dir unused here)."""
-    return Settings(table_name=table, model_dir="/nonexistent", **overrides)
+    overrides.setdefault("model_dir", "/nonexistent")
+    return Settings(table_name=table, **overrides)
 
 
 def hammer(

@@ -1,0 +1,70 @@
+"""DynamoDB requests per allowed prediction through the whole prediction app (Mangum, REST
+events from events/), counted with a botocore event hook: goal 1 on the steady path."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from coresupport import REPO, make_client, settings_for
+from mangum import Mangum
+
+from security.admin import KeyAdmin
+from security.audit import AuditLog
+from security.integration import build_app
+from security.store import PrincipalStore
+
+EVENTS = REPO / "events" / "rest"
+MODELS = REPO / "models"
+
+
+@pytest.fixture()
+def predict(core_endpoint: str, core_table: str) -> dict[str, Any]:
+    if not (MODELS / "iris" / "manifest.json").is_file():
+        pytest.skip("models/ not trained yet (mlmoat train)")
+    settings = settings_for(core_table, squeeze_policy="off", model_dir=str(MODELS))
+    client = make_client(core_endpoint)
+    calls: list[str] = []
+    client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    app = build_app(
+        settings,
+        dynamodb_client=client,
+        audit=AuditLog(service="mlmoat-core-test", stream=io.StringIO()),
+    )
+    admin = KeyAdmin(
+        store=PrincipalStore(client=make_client(core_endpoint), table_name=core_table),
+        settings=settings,
+    )
+    return {"handler": Mangum(app, lifespan="off"), "calls": calls, "admin": admin}
+
+
+def _invoke(predict: dict[str, Any], name: str, api_key: str) -> dict[str, Any]:
+    event = json.loads((EVENTS / f"{name}.json").read_text().replace("${API_KEY}", api_key))
+    event["requestContext"]["requestId"] = str(uuid.uuid4())
+    context = SimpleNamespace(aws_request_id=str(uuid.uuid4()), function_name="PredictFunction")
+    response: dict[str, Any] = predict["handler"](event, context)
+    return response
+
+
+def test_one_dynamodb_request_per_allowed_prediction(predict: dict[str, Any]) -> None:
+    created = predict["admin"].create(owner="path", rate_limit="1000/minute", budget=1000)
+    calls: list[str] = predict["calls"]
+    first = _invoke(predict, "predict-ok-single", created["api_key"])
+    assert first["statusCode"] == 200
+    assert calls == ["GetItem", "UpdateItem"]  # cold instance: one read, then the counting write
+    calls.clear()
+    allowed = 0
+    for _ in range(20):
+        response = _invoke(predict, "predict-ok-single", created["api_key"])
+        assert response["statusCode"] == 200
+        allowed += 1
+    assert len(calls) / allowed == 1.0 and set(calls) == {"UpdateItem"}
+    # a body refused for its content costs one read and charges nothing
+    calls.clear()
+    assert _invoke(predict, "predict-invalid-features", created["api_key"])["statusCode"] == 422
+    assert calls == ["GetItem"]
+    assert predict["admin"].usage(created["key_id"])["usage"]["requests"] == 21
