@@ -524,11 +524,26 @@ _ERROR_STATUSES = {
 
 
 def _route_docs(schema_ref: str) -> dict[str, Any]:
+    text = {"schema": {"type": "string"}}
+    request_id = {**text, "description": "API Gateway's request id (also in the body)"}
+    rate_headers = {
+        "RateLimit-Policy": {**text, "description": "draft-ietf-httpapi-ratelimit-headers"},
+        "RateLimit": {**text, "description": "Rows left in the window and the budget"},
+    }
     responses: dict[int | str, dict[str, Any]] = {
-        200: {"model": PredictResponse, "description": "Predictions under the output policy"}
+        200: {
+            "model": PredictResponse,
+            "description": "Predictions under the output policy",
+            "headers": {REQUEST_ID_HEADER: request_id, **rate_headers},
+        }
     }
     for status, description in _ERROR_STATUSES.items():
-        responses[status] = {"model": ErrorEnvelope, "description": description}
+        headers: dict[str, Any] = {REQUEST_ID_HEADER: request_id}
+        if status == "401":
+            headers["WWW-Authenticate"] = text
+        if status in ("429", "503"):
+            headers["Retry-After"] = {"schema": {"type": "integer"}}
+        responses[status] = {"model": ErrorEnvelope, "description": description, "headers": headers}
     return {
         "responses": responses,
         "openapi_extra": {

@@ -1,0 +1,56 @@
+"""``mlmoat openapi``: a valid OpenAPI document with the schemas and security schemes; no docs in Lambda."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from conftest import invoke
+from handlersupport import REPO, rest_event
+from openapi_spec_validator import validate
+
+from mlmoat.openapi import openapi_document
+
+
+def _document() -> dict[str, Any]:
+    return openapi_document(model_dir=str(REPO / "models"), default_model="iris", max_rows=100)
+
+
+def test_the_document_is_valid_openapi_with_both_routes_and_security_schemes() -> None:
+    document = _document()
+    validate(document)
+    assert set(document["paths"]) == {"/predict", "/models/{model}/predict"}
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schemes["BearerJWT"]["scheme"] == "bearer" and schemes["BearerJWT"]["bearerFormat"] == "JWT"
+    operation = document["paths"]["/predict"]["post"]
+    assert operation["security"] == [{"ApiKey": []}, {"BearerJWT": []}]
+    assert {"200", "400", "401", "403", "404", "413", "415", "422", "429", "503"} <= set(operation["responses"])
+
+
+def test_request_schemas_follow_each_manifest_and_hide_the_envelope() -> None:
+    document = _document()
+    schemas = document["components"]["schemas"]
+    manifest = json.loads((REPO / "models" / "breast-cancer" / "manifest.json").read_text())
+    row = schemas["PredictRequest_breast-cancer"]["oneOf"][0]["properties"]["features"]
+    assert row["minItems"] == row["maxItems"] == len(manifest["feature_names"]) == 30
+    envelope_bound = str(manifest["envelope"][manifest["feature_names"][0]]["max"])
+    assert envelope_bound not in json.dumps(schemas["PredictRequest_breast-cancer"])
+    assert set(schemas["ErrorEnvelope"]["properties"]) == {"error"}
+    assert set(schemas["PredictResponse"]["required"]) == {"model", "model_version", "predictions", "request_id"}
+
+
+def test_the_cli_prints_the_document() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "mlmoat.cli", "openapi"], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout)["info"]["title"] == "mlmoat"
+
+
+def test_docs_and_openapi_routes_are_disabled_in_lambda(predict_module) -> None:
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        response = invoke(predict_module, rest_event(path=path, body=None, headers={}, method="GET"))
+        assert response["statusCode"] == 404
+        assert json.loads(response["body"])["error"]["code"] == "not_found"
