@@ -247,14 +247,15 @@ class LocalStack:
 
 
 class SerialDynamoDB:
-    """A moto server (DynamoDB, SSM, SQS) on loopback that handles one request at a time.
+    """A moto server (DynamoDB, SSM, SQS) on loopback that handles one DynamoDB call at a time.
 
     Real DynamoDB applies the writes to one item one after another; moto's ``ThreadedMotoServer``
     runs requests on concurrent threads and its DynamoDB backend has no lock, so concurrent
     conditional ADDs can be lost (measured by the core suite: a 240-row budget counted 242-263).
-    A load test of exactness needs the faithful behaviour, so requests are serialised here
-    (connections are still accepted concurrently). ``stop_listening``/``start_listening`` close
-    and reopen the port with every table and item intact (the state lives in this process).
+    A load test of exactness needs the faithful behaviour, so DynamoDB requests are serialised
+    here (connections are still accepted concurrently; SQS and SSM requests are not held).
+    ``stop_listening``/``start_listening`` close and reopen the port with every table and item
+    intact (the state lives in this process).
     """
 
     def __init__(self, port: int) -> None:
@@ -267,6 +268,9 @@ class SerialDynamoDB:
         self._thread: threading.Thread | None = None
 
     def _serial_app(self, environ: Any, start_response: Any) -> list[bytes]:
+        # Only DynamoDB is serialised: SQS long polls (the extraction poller) must not hold it.
+        if not str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB"):
+            return list(self._app(environ, start_response))
         with self._lock:
             return list(self._app(environ, start_response))
 
@@ -478,6 +482,28 @@ def _one_request(
                   response_headers.get("x-request-id"), error_code, returned)  # fmt: skip
 
 
+def warm_up(key: LoadKey, ports: Sequence[int], model: str) -> tuple[list[Sample], int]:
+    """Cold-start each instance with one request, one instance at a time, before the timed run.
+
+    Returns the warm-up samples (checked like every other request) and how many cold starts
+    failed and were retried: on a loaded 2-core machine several simultaneous inits can exceed
+    Lambda's 10 s init limit, which says nothing about the API under test.
+    """
+    rng = random.Random(0)  # noqa: S311 - load shape, not security
+    envelope = feature_envelope(model)
+    samples: list[Sample] = []
+    failed_inits = 0
+    for index, port in enumerate(ports):
+        for _ in range(3):
+            sample = _one_request(key, index, port, 1, _body(1, envelope, rng), model)
+            if sample.status == 502 and sample.request_id is None:
+                failed_inits += 1
+                continue
+            samples.append(sample)
+            break
+    return samples, failed_inits
+
+
 def drive(
     keys: Sequence[LoadKey], ports: Sequence[int], config: LoadConfig
 ) -> tuple[list[Sample], float]:
@@ -571,6 +597,9 @@ class Report:
     refused: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     audit_records: int = 0
+    extraction_flags: int = 0
+    warmup_requests: int = 0
+    failed_inits: int = 0
     windows_checked: int = 0
     windows_saturated: int = 0
     budgets_checked: int = 0
@@ -600,6 +629,10 @@ def check_run(
     """Cross-check responses, audit records and DynamoDB items; record every failure."""
     fail = report.failures.append
     report.requests = len(samples)
+    # The extraction monitor (served by the same start-api, off the hot path) writes its own
+    # audit records for flags; the per-request records are the PredictFunction's.
+    report.extraction_flags = sum(1 for r in audit if r.get("event") == "extraction_flag")
+    audit = [r for r in audit if r.get("event", "request") == "request"]
     report.audit_records = len(audit)
     statuses: dict[str, int] = defaultdict(int)
     for sample in samples:
@@ -781,8 +814,17 @@ def run(config: LoadConfig) -> Report:
                 LoadKey(*create_key(stack.env, owner=f"load-{config.seed}-{i}", plan=plan), plan)
                 for i, plan in enumerate(plans)
             ]
+            warm_plan = KeyPlan("warmup", rate=1000, window_s=60, budget=1000)
+            warm = LoadKey(
+                *create_key(stack.env, owner=f"load-{config.seed}-warmup", plan=warm_plan),
+                warm_plan,
+            )
             stack.start_apis()
+            # One request per instance first, so cold starts do not count in the timed run.
+            warmup, report.failed_inits = warm_up(warm, stack.api_ports, config.model)
             samples, elapsed = drive(keys, stack.api_ports, config)
+            samples = warmup + samples
+            keys = [warm, *keys]
             stack.stop_apis()
             audit = read_audit(stack.api_logs)
             items = read_key_items(stack.env, [k.key_id for k in keys])
@@ -790,6 +832,8 @@ def run(config: LoadConfig) -> Report:
             stack.stop()
         report.duration_s = round(elapsed, 2)
         check_run(keys, samples, audit, items, report)
+        report.warmup_requests = len(warmup)
+        samples = samples[len(warmup) :]
         latencies = [(s.received - s.sent) * 1000 for s in samples if not s.transport_error]
         report.requests_per_second = round(len(samples) / elapsed, 1) if elapsed else 0.0
         report.latency_p50_ms = round(_percentile(latencies, 0.5), 1)
@@ -817,7 +861,10 @@ def format_summary(report: Report) -> str:
         f"  statuses: {report.statuses}",
         f"  allowed: {report.allowed_requests} requests, {report.allowed_rows} rows; "
         f"refused: {report.refused}",
-        f"  audit records: {report.audit_records} for {report.requests} requests",
+        f"  audit records: {report.audit_records} for {report.requests} requests "
+        f"({report.warmup_requests} of them warm-up, after {report.failed_inits} failed cold "
+        f"starts); extraction flags raised by the monitor: "
+        f"{report.extraction_flags}",
         f"  budgets: {report.budgets_checked} checked, {report.budgets_exhausted} exhausted; "
         f"rate windows: {report.windows_checked} checked, {report.windows_saturated} saturated",
         "  exactness: " + ("every check held" if report.ok else "FAILED"),
@@ -847,9 +894,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.serve_dynamodb is not None:
         return serve_dynamodb(args.serve_dynamodb)
-    for name in ("instances", "clients", "keys", "max_requests"):
-        if not 1 <= getattr(args, name) <= 10000:
-            parser.error(f"--{name.replace('_', '-')} must be between 1 and 10000")
+    for name, high in (
+        ("instances", 16),
+        ("clients", 256),
+        ("keys", 10000),
+        ("max_requests", 10**6),
+    ):
+        if not 1 <= getattr(args, name) <= high:
+            parser.error(f"--{name.replace('_', '-')} must be between 1 and {high}")
     if not 1 <= args.duration <= 3600:
         parser.error("--duration must be between 1 and 3600 seconds")
     config = LoadConfig(
