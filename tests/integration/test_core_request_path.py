@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from coresupport import REPO, make_client, settings_for
+from coresupport import REPO, SerialMotoServer, free_port, make_client, settings_for
 from mangum import Mangum
 
 from security.admin import KeyAdmin
@@ -68,3 +68,35 @@ def test_one_dynamodb_request_per_allowed_prediction(predict: dict[str, Any]) ->
     assert _invoke(predict, "predict-invalid-features", created["api_key"])["statusCode"] == 422
     assert calls == ["GetItem"]
     assert predict["admin"].usage(created["key_id"])["usage"]["requests"] == 21
+
+
+def test_dynamodb_gone_mid_run_answers_503_and_serves_nothing_uncounted(
+    core_endpoint: str, core_table: str
+) -> None:
+    if not (MODELS / "iris" / "manifest.json").is_file():
+        pytest.skip("models/ not trained yet (mlmoat train)")
+    doomed = SerialMotoServer(free_port()).start()
+    settings = settings_for(core_table, squeeze_policy="off", model_dir=str(MODELS))
+    app = build_app(
+        settings,
+        dynamodb_client=make_client(doomed.endpoint, max_attempts=2),
+        audit=AuditLog(service="mlmoat-core-test", stream=io.StringIO()),
+    )
+    handler = Mangum(app, lifespan="off")
+    admin = KeyAdmin(
+        store=PrincipalStore(client=make_client(core_endpoint), table_name=core_table),
+        settings=settings,
+    )
+    created = admin.create(owner="outage-path", rate_limit="1000/minute", budget=1000)
+    target = {"handler": handler}
+    statuses = [
+        _invoke(target, "predict-ok-single", created["api_key"])["statusCode"] for _ in range(5)
+    ]
+    doomed.stop()
+    failed = _invoke(target, "predict-ok-single", created["api_key"])
+    headers = {k.lower(): v for k, v in (failed.get("headers") or {}).items()}
+    headers.update({k.lower(): v[-1] for k, v in (failed.get("multiValueHeaders") or {}).items()})
+    assert statuses == [200] * 5
+    assert failed["statusCode"] == 503 and int(headers["retry-after"]) >= 1
+    assert "predictions" not in json.loads(failed["body"])
+    assert admin.usage(created["key_id"])["usage"]["rows_used"] == 5
