@@ -13,6 +13,10 @@ environment from that snapshot. Whatever init computed is then shared by all of 
 * **cached secrets and configuration**: a JWT verification key or a cached key configuration
   fetched at init may be arbitrarily old when the snapshot is restored: the owner drops them.
 
+``RefreshableClient`` lets the handler hand a client to ``build_app`` once and still rebuild it
+after a restore: it forwards every attribute to the current client, and ``refresh`` replaces it
+from its factory (so ``store``, ``extraction`` and ``tokens`` need no setter).
+
 ``SnapStartHooks`` collects those actions from the code that owns each object and registers
 them, once, with the runtime's ``snapshot_restore_py`` (provided by the Lambda runtime for
 python3.12+, and on PyPI as ``snapshot-restore-py`` for the host build and the tests). A
@@ -25,6 +29,7 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import snapshot_restore_py  # type: ignore[import-untyped]  # ships no py.typed
 
@@ -77,3 +82,19 @@ class SnapStartHooks:
         snapshot_restore_py.register_before_snapshot(self.run_before_snapshot)
         snapshot_restore_py.register_after_restore(self.run_after_restore)
         self._installed = True
+
+
+class RefreshableClient:
+    """A boto3 client behind its factory: ``refresh()`` replaces it (e.g. after a restore)."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        """Build the first client now, at init, so the snapshot already holds one."""
+        self._factory = factory
+        self._client = factory()
+
+    def refresh(self) -> None:
+        """Build a new client (fresh connection pool, credentials resolved again)."""
+        self._client = self._factory()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import snapshot_restore_py
 
-from security.snapstart import SnapStartHooks, reseed_random
+from security.snapstart import RefreshableClient, SnapStartHooks, reseed_random
 
 
 def _run_registered(registry: list[tuple[object, tuple[object, ...], dict[str, object]]]) -> None:
@@ -90,3 +90,31 @@ def test_reseed_random_changes_the_next_draw() -> None:
     reseed_random()
     # then
     assert random.random() != expected
+
+
+def test_refreshable_client_forwards_to_a_new_client_after_restore() -> None:
+    # given: a client wired once at init behind a factory, refreshed by the after-restore hook
+    built: list[dict[str, str]] = []
+
+    class _Client:
+        def __init__(self, generation: int) -> None:
+            self.generation = generation
+
+        def get_item(self, **kwargs: str) -> dict[str, object]:
+            return {"generation": self.generation, **kwargs}
+
+    def factory() -> _Client:
+        built.append({})
+        return _Client(len(built))
+
+    client = RefreshableClient(factory)
+    hooks = SnapStartHooks(reseed=False)
+    hooks.after_restore(client.refresh)
+    assert client.get_item(TableName="t") == {"generation": 1, "TableName": "t"}
+
+    # when: the environment is restored
+    hooks.run_after_restore()
+
+    # then: the same object now calls through a newly built client
+    assert client.get_item(TableName="t") == {"generation": 2, "TableName": "t"}
+    assert len(built) == 2
