@@ -227,10 +227,10 @@ class Gatekeeper:
                 raise self._auth_failure("unknown_key", source_ip, now)
             if self._already_counted(old, request):
                 return self._admission(principal, old, rows=rows, now=now)
+            self._remember_key(old)  # ALL_OLD is the current item: refresh what we cache
             fresh = self._verify_key_item(credentials, old, source_ip=source_ip, now=now)
             if fresh.config_version != principal.config_version:
                 # Our cached configuration was stale: ALL_OLD is the current item; retry once.
-                self._remember_key(old)
                 principal, item = fresh, old
                 continue
             raise self._over_limit(principal, old, rows=rows, now=now)
@@ -269,7 +269,7 @@ class Gatekeeper:
             item.get("prev_secret_hash"), presented
         )
         if not (current_ok or previous_ok):
-            self._forget(credentials.principal_id)
+            # The cached entry stays: a wrong guess must not make the owner's next request dearer.
             raise self._auth_failure("bad_secret", source_ip, now)
         status = item.get("status")
         if status != "active":

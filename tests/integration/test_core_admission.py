@@ -334,3 +334,19 @@ def test_unknown_key_and_bad_secret_look_alike_and_guessing_is_throttled(
     # and when the window ends the address may try again
     clock.now += 60
     _admit(gatekeeper, _creds(authenticator, created["api_key"]), ip="203.0.113.7")
+
+
+def test_a_wrong_guess_does_not_make_the_owners_next_request_dearer(
+    core_endpoint: str, core_table: str
+) -> None:
+    clock = Clock()
+    client, _, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)
+    created = admin.create(owner="nina")
+    owner = _creds(authenticator, created["api_key"])
+    _admit(gatekeeper, owner)
+    guess = _creds(authenticator, format_key(owner.key_id or "", new_secret()))
+    with pytest.raises(AuthenticationError):
+        _admit(gatekeeper, guess, ip="192.0.2.50")
+    counter = CallCounter(client)
+    _admit(gatekeeper, owner)
+    assert counter.calls == ["UpdateItem"]
