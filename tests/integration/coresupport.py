@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from security.auth import Authenticator
-from security.errors import RateLimitedError, SecurityError
-from security.limits import Gatekeeper
 from security.settings import Settings
-from security.store import PrincipalStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -121,55 +115,3 @@ def settings_for(table: str, **overrides: Any) -> Settings:
     """Settings for tests (model dir unused here)."""
     overrides.setdefault("model_dir", "/nonexistent")
     return Settings(table_name=table, **overrides)
-
-
-def hammer(
-    endpoint: str,
-    table: str,
-    api_key: str,
-    *,
-    threads: int,
-    rows: int,
-    fixed_now: float,
-    max_requests: int,
-) -> tuple[int, dict[str, int]]:
-    """One 'Lambda instance': its own client and Gatekeeper, ``threads`` threads admitting
-    ``rows`` rows per request until refused (or ``max_requests`` each). Returns rows allowed
-    and refusals by reason."""
-    settings = settings_for(table)
-    store = PrincipalStore(client=make_client(endpoint), table_name=table)
-    gatekeeper = Gatekeeper(store=store, settings=settings, clock=lambda: fixed_now)
-    credentials = Authenticator(settings=settings, token_verifier=None).read_credentials(
-        {"X-API-Key": api_key}
-    )
-    allowed = Counter[str]()
-    refused = Counter[str]()
-    lock = threading.Lock()
-
-    def worker() -> None:
-        for _ in range(max_requests):
-            try:
-                admission = gatekeeper.admit(
-                    credentials,
-                    model="iris",
-                    rows=rows,
-                    request_id=str(uuid.uuid4()),
-                    source_ip="127.0.0.1",
-                )
-            except RateLimitedError as exc:
-                with lock:
-                    refused[exc.reason] += 1
-                return
-            except SecurityError as exc:
-                with lock:
-                    refused[exc.reason] += 1
-                return
-            with lock:
-                allowed["rows"] += admission.rows
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    return allowed["rows"], dict(refused)

@@ -15,7 +15,8 @@ from typing import Any
 
 import urllib3
 from botocore.exceptions import ReadTimeoutError
-from coresupport import SerialMotoServer, free_port, hammer, make_client, settings_for
+from coresupport import SerialMotoServer, free_port, make_client, settings_for
+from coreworkers import hammer
 
 from security.admin import KeyAdmin
 from security.auth import Authenticator
