@@ -37,8 +37,10 @@ $(CHECKOV_VENV)/.stamp: requirements/checkov.lock | $(VENV)/.stamp
 
 # Node packages (dynalite, the second DynamoDB implementation for integration tests), from the
 # npm registry through the lock file, when the project has one.
-node:
-	if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; fi
+node: $(if $(wildcard package-lock.json),node_modules/.stamp)
+node_modules/.stamp: package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # ------------------------------------------------------------------ build
 # SAM runs with telemetry off; its makefile builds (layers/*/Makefile) pip-install from the
