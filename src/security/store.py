@@ -15,6 +15,7 @@ Item shapes (partition key ``pk``; ``docs/limits.md`` has the full data model):
   window and one ``rq_<bucket>`` string set of recent request-id digests per idempotency bucket.
 * ``sub#<issuer-hash>#<subject>``: a JWT subject: the same counters, created by its first charge.
 * ``authfail#<source-ip>``: failed authentications per window (``fw_<window_start>``), with ``ttl``.
+* ``mon#<principal_id>#<model>``: the extraction monitor's state (``state`` binary, ``version``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
@@ -38,6 +39,7 @@ Item = dict[str, Any]
 KEY_PREFIX = "key#"
 SUBJECT_PREFIX = "sub#"
 AUTHFAIL_PREFIX = "authfail#"
+MONITOR_PREFIX = "mon#"
 RATE_ATTR_PREFIX = "rw_"
 REQUEST_ATTR_PREFIX = "rq_"
 AUTHFAIL_ATTR_PREFIX = "fw_"
@@ -53,6 +55,11 @@ def key_pk(key_id: str) -> str:
     return KEY_PREFIX + key_id
 
 
+def monitor_pk(principal_id: str, model: str) -> str:
+    """The partition key of the extraction monitor's state for a principal and a model."""
+    return f"{MONITOR_PREFIX}{principal_id}#{model}"
+
+
 def rate_attr(window_start: int) -> str:
     """The attribute counting rows in the rate window starting at ``window_start``."""
     return f"{RATE_ATTR_PREFIX}{window_start}"
@@ -64,6 +71,8 @@ def request_attr(bucket: int) -> str:
 
 
 def _to_python(value: Any) -> Any:
+    if isinstance(value, Binary):
+        return bytes(value.value)
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, set):
@@ -265,16 +274,21 @@ class PrincipalStore:
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        update = "SET flagged_at = :now, updated_at = :now ADD flags :reason, config_version :one"
+        # A flag alone changes nothing an instance caches (flags are not part of the admission
+        # config), so it does not bump config_version: bumping it made every warm instance's
+        # next write fail and retry, and two flags landing during one request (two monitor
+        # instances) failed that request with 503 config_contention (seen by the load test).
+        update = "SET flagged_at = :now, updated_at = :now ADD flags :reason"
         values: dict[str, Any] = {
             ":now": _dump(now),
             ":reason": {"SS": [reason]},
-            ":one": _dump(1),
         }
         names: dict[str, str] = {}
         condition = None
         if suspend:
             update = update.replace("SET ", "SET #status = :suspended, ", 1)
+            update += ", config_version :one"
+            values[":one"] = _dump(1)
             values[":suspended"] = _dump("suspended")
             values[":revoked"] = _dump("revoked")
             names["#status"] = "status"
@@ -416,6 +430,58 @@ class PrincipalStore:
         item = _load(response.get("Attributes")) or {}
         return int(item.get(current, 0))
 
+    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
+        """The extraction monitor's serialised state and its version (``(None, 0)`` when none).
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        item = self.get(monitor_pk(principal_id, model))
+        if item is None:
+            return None, 0
+        state = item.get("state")
+        return (state if isinstance(state, bytes) else None), int(item.get("version", 0))
+
+    def save_monitor_state(
+        self, principal_id: str, model: str, blob: bytes, *, expected_version: int, now: int
+    ) -> None:
+        """Write the monitor state if its version is still ``expected_version`` (optimistic lock).
+
+        Raises:
+            StoreUnavailableError: DynamoDB failed, or another writer saved first
+                (``monitor_state_conflict``: the message is retried on the fresh state).
+        """
+        values: dict[str, Any] = {
+            ":state": {"B": blob},
+            ":next": _dump(expected_version + 1),
+            ":now": _dump(now),
+            ":principal": _dump(principal_id),
+            ":model": _dump(model),
+        }
+        if expected_version == 0:
+            condition = "attribute_not_exists(pk)"
+        else:
+            condition = "version = :expected"
+            values[":expected"] = _dump(expected_version)
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": monitor_pk(principal_id, model)}},
+                UpdateExpression=(
+                    "SET #state = :state, version = :next, updated_at = :now, "
+                    "principal_id = :principal, model = :model"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                raise StoreUnavailableError("monitor_state_conflict") from exc
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+
     def _update_key(
         self,
         key_id: str,
@@ -474,7 +540,9 @@ class PrincipalStore:
         Raises:
             StoreUnavailableError: DynamoDB failed, or the version moved (``monitor_state_conflict``).
         """
-        condition = "attribute_not_exists(pk)" if expected_version == 0 else "state_version = :expected"
+        condition = (
+            "attribute_not_exists(pk)" if expected_version == 0 else "state_version = :expected"
+        )
         values: dict[str, Any] = {
             ":blob": {"B": blob},
             ":next": _dump(expected_version + 1),

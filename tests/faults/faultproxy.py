@@ -11,7 +11,9 @@ server (moto server), so every fault is seen by the real SDK, with its real retr
 - ``drop_after``: forward the request, let the upstream apply it, read its answer, then never
   reply (a timeout *after* the write lands);
 - ``reset``: accept and close at once, before reading anything;
-- ``refuse``: close the listening socket, so connecting is refused (``stop_listening``).
+- ``refuse``: close the listening socket, so connecting is refused (``stop_listening``);
+- ``call``: run a callback (e.g. another writer changing the item), then forward: a race
+  placed exactly between the function's reads and writes.
 
 Faults can target DynamoDB operations (``X-Amz-Target``, e.g. ``UpdateItem``) and a number of
 requests, and the proxy records every request it saw and what it did with it, so tests can
@@ -25,7 +27,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 _THROTTLE_BODY = json.dumps(
@@ -54,6 +56,7 @@ class _Rule:
     remaining: int | None
     hold_seconds: float
     pk_prefix: str | None = None
+    callback: Callable[[], None] | None = None
 
     def matches(self, operation: str, pk: str | None = None) -> bool:
         if self.remaining is not None and self.remaining <= 0:
@@ -94,17 +97,18 @@ class FaultProxy:
         count: int | None = None,
         hold_seconds: float = 10.0,
         pk_prefix: str | None = None,
+        callback: Callable[[], None] | None = None,
     ) -> None:
         """Apply ``kind`` to the next ``count`` requests (all if None) for ``operations``.
 
         ``pk_prefix`` narrows the fault to requests whose ``Key.pk`` starts with it (e.g.
         ``"key#"``: the API keys' counting writes, not the extraction monitor's state).
         """
-        if kind not in ("throttle", "hold_before", "drop_after", "reset"):
+        if kind not in ("throttle", "hold_before", "drop_after", "reset", "call"):
             raise ValueError(f"unknown fault {kind!r}")
         ops = frozenset(operations) if operations is not None else None
         with self._lock:
-            self._rule = _Rule(kind, ops, count, hold_seconds, pk_prefix)
+            self._rule = _Rule(kind, ops, count, hold_seconds, pk_prefix, callback)
 
     def clear(self) -> None:
         """Forward everything from now on."""
@@ -213,6 +217,9 @@ class FaultProxy:
                     self._record(operation, "held_before", pk)
                     _hold(conn, rule.hold_seconds if rule else 0.0, self._stopping)
                     return
+                if kind == "call" and rule is not None and rule.callback is not None:
+                    rule.callback()
+                    self._record(operation, "called", pk)
                 response = _forward(self.upstream_port, request)
                 if response is None:
                     self._record(operation, "upstream_down", pk)

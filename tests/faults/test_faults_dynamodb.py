@@ -20,6 +20,9 @@ import uuid
 import pytest
 from faultstack import Api, FaultStack, Response
 
+from mlmoat.loadtest import table_name
+from security.store import PrincipalStore
+
 ROW = {"features": [5.1, 3.5, 1.4, 0.2]}
 BATCH = {"instances": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]}
 
@@ -229,6 +232,32 @@ def test_first_request_of_a_key_fails_closed_when_the_read_is_throttled(
     response = api.post(ROW, api_key=api_key)
     _assert_fail_closed(api, response, key_id=key_id)
     assert fault_stack.rows_used(key_id) == 0
+
+
+def test_monitor_flags_landing_during_a_request_do_not_fail_it(
+    api: Api, fault_stack: FaultStack
+) -> None:
+    # given a warm key, and the extraction monitor flagging it (through the store's own
+    # flag_principal, as the monitor does) right before each of the request's counting writes:
+    # two monitor instances flagging the same principal 50 ms apart, as the load test saw
+    key_id, api_key = _key(fault_stack)
+    before = _warm(api, fault_stack, api_key, key_id)
+    store = PrincipalStore(client=fault_stack.client("dynamodb"), table_name=table_name())
+    reasons = iter(["extraction:off_manifold", "extraction:prada"])
+
+    def monitor_flags() -> None:
+        store.flag_principal(f"key#{key_id}", reason=next(reasons), suspend=False, now=1)
+
+    fault_stack.proxy.set_fault(
+        "call", operations={"UpdateItem"}, pk_prefix="key#", count=2, callback=monitor_flags
+    )
+    # when a prediction is requested
+    response = api.post(ROW, api_key=api_key)
+    # then it is served and counted once (a flag alone is not a configuration change)
+    assert response.status == 200, response.body
+    assert fault_stack.rows_used(key_id) == before + 1
+    assert set(fault_stack.key_item(key_id)["flags"]) >= {"extraction:off_manifold"}
+    _assert_one_audit_record(api, response, status=200, key_id=key_id)
 
 
 def test_server_stopped_mid_run_fails_closed_then_recovers_with_exact_counts(
