@@ -30,8 +30,9 @@ was trained on, where its answers are meaningless and most useful to an attacker
 
 Parsing is bounded: the size cap comes first, a linear pre-scan refuses nesting deeper than
 ``_MAX_DEPTH`` before ``json`` recurses, ``object_pairs_hook`` refuses duplicate keys,
-``parse_constant`` refuses ``NaN``/``Infinity``, and ``parse_int``/``parse_float`` refuse
-numbers that are not finite doubles. Error messages name the rule, never a value.
+``parse_constant`` refuses ``NaN``/``Infinity``, ``parse_int`` refuses integers that overflow a
+double, and a float that overflows (``1e309`` parses to infinity) is refused with the features.
+Error messages name the rule, never a value.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ _MAX_DEPTH = 3
 # A finite double has at most 309 integer digits; longer digit strings are refused before int().
 _MAX_INT_DIGITS = 309
 _STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKET_RE = re.compile(r"[\[\]{}]")
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]+")
 _MEDIA_TYPE_RE = re.compile(r"^\s*application/json\s*(?:;(?P<params>.*))?$", re.IGNORECASE)
 
 #: The public message for each rule: says which rule failed, never a value or an internal name.
@@ -108,6 +109,16 @@ class FeatureSchema:
     def n_features(self) -> int:
         """The exact number of features a row must have."""
         return len(self.bounds)
+
+    @property
+    def lows(self) -> np.ndarray:
+        """Lower bounds in feature order, as an array for vectorised checks."""
+        return np.array([bound.low for bound in self.bounds], dtype=np.float64)
+
+    @property
+    def highs(self) -> np.ndarray:
+        """Upper bounds in feature order, as an array for vectorised checks."""
+        return np.array([bound.high for bound in self.bounds], dtype=np.float64)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -207,26 +218,22 @@ def check_content_type(content_type: str | None) -> None:
             raise UnsupportedMediaTypeError("unsupported_media_type", detail="charset")
 
 
-def _max_depth(text: str) -> int:
-    depth = deepest = 0
-    for match in _BRACKET_RE.finditer(_STRING_RE.sub('""', text)):
-        if match.group() in "[{":
+def _too_deep(text: str) -> bool:
+    # Strings cannot nest; drop them, keep only brackets, and stop at the first level too deep.
+    brackets = _NOT_BRACKET_RE.sub("", _STRING_RE.sub('""', text))
+    depth = 0
+    for char in brackets:
+        if char in "[{":
             depth += 1
-            deepest = max(deepest, depth)
+            if depth > _MAX_DEPTH:
+                return True
         else:
             depth -= 1
-    return deepest
+    return False
 
 
 def _refuse_constant(name: str) -> float:
     raise _NonFiniteError(name)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _NonFiniteError("overflow")
-    return value
 
 
 def _parse_int(text: str) -> int:
@@ -255,7 +262,7 @@ def parse_json_body(body: bytes, *, max_body_bytes: int) -> Any:
     Raises:
         PayloadTooLargeError: the body is over ``max_body_bytes``.
         MalformedBodyError: not UTF-8, not JSON, too deeply nested, or a duplicate key.
-        InvalidPayloadError: ``NaN``/``Infinity`` literals or a number that overflows a double.
+        InvalidPayloadError: ``NaN``/``Infinity`` literals or an integer that overflows a double.
     """
     if len(body) > max_body_bytes:
         raise PayloadTooLargeError("body_too_large")
@@ -263,14 +270,13 @@ def parse_json_body(body: bytes, *, max_body_bytes: int) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedBodyError("malformed_body", detail="not utf-8") from exc
-    if _max_depth(text) > _MAX_DEPTH:
+    if _too_deep(text):
         raise MalformedBodyError("nesting_too_deep")
     try:
         return json.loads(
             text,
             object_pairs_hook=_unique_object,
             parse_constant=_refuse_constant,
-            parse_float=_parse_float,
             parse_int=_parse_int,
         )
     except _NonFiniteError as exc:
@@ -283,24 +289,15 @@ def parse_json_body(body: bytes, *, max_body_bytes: int) -> Any:
         raise MalformedBodyError("malformed_body", detail=type(exc).__name__) from exc
 
 
-def _row(values: Any, schema: FeatureSchema) -> list[float]:
+def _row(values: Any, width: int) -> list[Any]:
     if not isinstance(values, list):
         raise InvalidPayloadError("not_a_list")
-    if len(values) != schema.n_features:
+    if len(values) != width:
         raise InvalidPayloadError("wrong_feature_count")
-    row = []
-    for value in values:
-        # bool is a subclass of int: refuse it explicitly rather than coerce True to 1.0.
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InvalidPayloadError("not_a_number")
-        number = float(value)
-        if not math.isfinite(number):
-            raise InvalidPayloadError("non_finite_number")
-        row.append(number)
-    for number, bound in zip(row, schema.bounds, strict=True):
-        if not bound.low <= number <= bound.high:
-            raise InvalidPayloadError("outside_envelope", detail=f"feature={bound.name}")
-    return row
+    # Exact types: bool is a subclass of int and must not be coerced to 1.0.
+    if not all(type(value) is float or type(value) is int for value in values):
+        raise InvalidPayloadError("not_a_number")
+    return values
 
 
 def validate_document(document: Any, schema: FeatureSchema, *, max_rows: int) -> PredictionInput:
@@ -317,8 +314,9 @@ def validate_document(document: Any, schema: FeatureSchema, *, max_rows: int) ->
         raise InvalidPayloadError("unknown_field")
     if len(document) != 1:
         raise InvalidPayloadError("missing_field")
+    width = schema.n_features
     if "features" in document:
-        rows = [_row(document["features"], schema)]
+        rows = [_row(document["features"], width)]
         shape: Literal["features", "instances"] = "features"
     else:
         instances = document["instances"]
@@ -328,9 +326,16 @@ def validate_document(document: Any, schema: FeatureSchema, *, max_rows: int) ->
             raise InvalidPayloadError("empty_batch")
         if len(instances) > max_rows:
             raise PayloadTooLargeError("too_many_rows")
-        rows = [_row(values, schema) for values in instances]
+        rows = [_row(values, width) for values in instances]
         shape = "instances"
-    return PredictionInput(rows=np.asarray(rows, dtype=np.float64), shape=shape)
+    matrix = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(matrix).all():  # 1e309 parses to inf: refused here, not coerced
+        raise InvalidPayloadError("non_finite_number")
+    outside = (matrix < schema.lows) | (matrix > schema.highs)
+    if outside.any():
+        name = schema.bounds[int(np.argmax(outside.any(axis=0)))].name
+        raise InvalidPayloadError("outside_envelope", detail=f"feature={name}")
+    return PredictionInput(rows=matrix, shape=shape)
 
 
 def parse_prediction_request(
