@@ -15,7 +15,8 @@ Item shapes (partition key ``pk``; ``docs/limits.md`` has the full data model):
   window and one ``rq_<bucket>`` string set of recent request-id digests per idempotency bucket.
 * ``sub#<issuer-hash>#<subject>``: a JWT subject: the same counters, created by its first charge.
 * ``authfail#<source-ip>``: failed authentications per window (``fw_<window_start>``), with ``ttl``.
-* ``mon#<principal_id>#<model>``: the extraction monitor's state (``state`` binary, ``version``).
+* ``mon#<principal_id>#<model>``: the extraction monitor's state (``state`` binary,
+  ``state_version``, ``ttl``), written by the monitor only.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ Item = dict[str, Any]
 KEY_PREFIX = "key#"
 SUBJECT_PREFIX = "sub#"
 AUTHFAIL_PREFIX = "authfail#"
-MONITOR_PREFIX = "mon#"
 RATE_ATTR_PREFIX = "rw_"
 REQUEST_ATTR_PREFIX = "rq_"
 AUTHFAIL_ATTR_PREFIX = "fw_"
@@ -55,11 +55,6 @@ def key_pk(key_id: str) -> str:
     return KEY_PREFIX + key_id
 
 
-def monitor_pk(principal_id: str, model: str) -> str:
-    """The partition key of the extraction monitor's state for a principal and a model."""
-    return f"{MONITOR_PREFIX}{principal_id}#{model}"
-
-
 def rate_attr(window_start: int) -> str:
     """The attribute counting rows in the rate window starting at ``window_start``."""
     return f"{RATE_ATTR_PREFIX}{window_start}"
@@ -72,7 +67,8 @@ def request_attr(bucket: int) -> str:
 
 def _to_python(value: Any) -> Any:
     if isinstance(value, Binary):
-        return bytes(value.value)
+        raw: Any = value  # boto3-stubs types Binary.__bytes__ wrongly; .value holds the bytes
+        return bytes(raw.value)
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, set):
@@ -430,58 +426,6 @@ class PrincipalStore:
         item = _load(response.get("Attributes")) or {}
         return int(item.get(current, 0))
 
-    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
-        """The extraction monitor's serialised state and its version (``(None, 0)`` when none).
-
-        Raises:
-            StoreUnavailableError: DynamoDB could not be reached or refused the call.
-        """
-        item = self.get(monitor_pk(principal_id, model))
-        if item is None:
-            return None, 0
-        state = item.get("state")
-        return (state if isinstance(state, bytes) else None), int(item.get("version", 0))
-
-    def save_monitor_state(
-        self, principal_id: str, model: str, blob: bytes, *, expected_version: int, now: int
-    ) -> None:
-        """Write the monitor state if its version is still ``expected_version`` (optimistic lock).
-
-        Raises:
-            StoreUnavailableError: DynamoDB failed, or another writer saved first
-                (``monitor_state_conflict``: the message is retried on the fresh state).
-        """
-        values: dict[str, Any] = {
-            ":state": {"B": blob},
-            ":next": _dump(expected_version + 1),
-            ":now": _dump(now),
-            ":principal": _dump(principal_id),
-            ":model": _dump(model),
-        }
-        if expected_version == 0:
-            condition = "attribute_not_exists(pk)"
-        else:
-            condition = "version = :expected"
-            values[":expected"] = _dump(expected_version)
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": monitor_pk(principal_id, model)}},
-                UpdateExpression=(
-                    "SET #state = :state, version = :next, updated_at = :now, "
-                    "principal_id = :principal, model = :model"
-                ),
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#state": "state"},
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                raise StoreUnavailableError("monitor_state_conflict") from exc
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
-
     def _update_key(
         self,
         key_id: str,
@@ -538,7 +482,8 @@ class PrincipalStore:
         it is applied to the winner's state instead of overwriting it.
 
         Raises:
-            StoreUnavailableError: DynamoDB failed, or the version moved (``monitor_state_conflict``).
+            StoreUnavailableError: DynamoDB failed, or the version moved
+                (``monitor_state_conflict``).
         """
         condition = (
             "attribute_not_exists(pk)" if expected_version == 0 else "state_version = :expected"

@@ -37,3 +37,22 @@ def test_unknown_key_for_admin_reads_is_not_found(core_endpoint: str, core_table
     store = PrincipalStore(client=make_client(core_endpoint), table_name=core_table)
     with pytest.raises(NotFoundError):
         store.get_key("AAAAAAAAAAAA")
+
+
+def test_monitor_state_round_trip_with_optimistic_versions(
+    core_endpoint: str, core_table: str
+) -> None:
+    store = PrincipalStore(client=make_client(core_endpoint), table_name=core_table)
+    principal = "key#AAAAAAAAAAAC"
+    assert store.load_monitor_state(principal, "iris") == (None, 0)
+    store.save_monitor_state(principal, "iris", b"\x00state-1", expected_version=0, now=10)
+    assert store.load_monitor_state(principal, "iris") == (b"\x00state-1", 1)
+    store.save_monitor_state(principal, "iris", b"state-2", expected_version=1, now=11)
+    # a writer holding a stale version loses, and nothing is overwritten
+    with pytest.raises(StoreUnavailableError) as caught:
+        store.save_monitor_state(principal, "iris", b"stale", expected_version=1, now=12)
+    assert caught.value.reason == "monitor_state_conflict"
+    with pytest.raises(StoreUnavailableError):
+        store.save_monitor_state(principal, "iris", b"stale", expected_version=0, now=12)
+    assert store.load_monitor_state(principal, "iris") == (b"state-2", 2)
+    assert store.load_monitor_state(principal, "breast-cancer") == (None, 0)
