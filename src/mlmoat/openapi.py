@@ -39,12 +39,13 @@ def openapi_document(*, model_dir: str, default_model: str, max_rows: int) -> di
         max_rows=max_rows,
     )
     registry = ModelRegistry.load(model_dir)
-    # The client is never called: building the app needs a store object, not a connection.
+    # The client is never called: building the app needs a store object, not a connection,
+    # and these placeholder credentials are never sent anywhere.
     client = boto3.client(
         "dynamodb",
         region_name="us-east-1",
         aws_access_key_id="offline",
-        aws_secret_access_key="offline",  # noqa: S106 - not a credential, never sent
+        aws_secret_access_key="offline",  # noqa: S106  # nosec B106
     )
     app = create_app(
         settings=settings,

@@ -1,7 +1,8 @@
 """Fixtures for the handler tests: the real PredictFunction module against a moto server.
 
 - ``predict_module`` (session): ``handlers.predict`` imported once with the environment a
-  deployed function has, against the session's ``moto_server`` (tests/conftest.py) (table created from template.yaml's key schema), as a cold start does.
+  deployed function has, against the session's ``moto_server`` (tests/conftest.py), the table
+  created from template.yaml's key schema, as a cold start does.
 - ``keys`` (session): API keys created through ``KeyAdmin`` for each outcome the events need.
 - ``log_sink`` (session): every log line the handler tests produce (root logger and the audit
   logger). At the end of the session every line is scanned for every key the suite created.

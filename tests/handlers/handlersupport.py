@@ -67,7 +67,9 @@ class LineSink(logging.Handler):
         return parsed
 
     def audit_records(self) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get("message") == "audit" and r.get("event") == "request"]
+        return [
+            r for r in self.records() if r.get("message") == "audit" and r.get("event") == "request"
+        ]
 
 
 def load_event(relative: str, substitutions: dict[str, str]) -> dict[str, Any]:

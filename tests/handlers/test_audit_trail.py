@@ -7,9 +7,10 @@ import uuid
 from typing import Any
 
 import numpy as np
-from conftest import invoke, new_key
 from handlersupport import EVENTS, LambdaContext, header, load_event, response_body, rest_event
 from mangum import Mangum
+
+from conftest import invoke, new_key
 
 JSON_CT = {"Content-Type": "application/json"}
 ONE = b'{"features": [5.1, 3.5, 1.4, 0.2]}'
@@ -17,13 +18,22 @@ ONE = b'{"features": [5.1, 3.5, 1.4, 0.2]}'
 
 def test_every_response_has_exactly_one_audit_record(predict_module, keys, log_sink) -> None:
     # given a mix of every fixture, hostile bodies, unknown routes and wrong methods
-    events = [load_event(str(p.relative_to(EVENTS)), keys) for p in sorted(EVENTS.glob("*/predict-*.json"))]
-    events += [load_event(str(p.relative_to(EVENTS)), keys) for p in sorted(EVENTS.glob("*/models-*.json"))]
+    events = [
+        load_event(str(p.relative_to(EVENTS)), keys)
+        for p in sorted(EVENTS.glob("*/predict-*.json"))
+    ]
+    events += [
+        load_event(str(p.relative_to(EVENTS)), keys) for p in sorted(EVENTS.glob("*/models-*.json"))
+    ]
     events += [
         rest_event(path="/nowhere", body=ONE, headers=JSON_CT),
         rest_event(path="/predict", body=None, headers={}, method="GET"),
-        rest_event(path="/predict", body=b"[" * 9000, headers={**JSON_CT, "X-API-Key": keys["API_KEY"]}),
-        rest_event(path="/predict", body=ONE, headers={**JSON_CT, "Authorization": "Bearer abc.def.ghi"}),
+        rest_event(
+            path="/predict", body=b"[" * 9000, headers={**JSON_CT, "X-API-Key": keys["API_KEY"]}
+        ),
+        rest_event(
+            path="/predict", body=ONE, headers={**JSON_CT, "Authorization": "Bearer abc.def.ghi"}
+        ),
     ]
     # when each is handled
     request_ids = []
@@ -98,26 +108,47 @@ def test_an_unexpected_failure_is_a_generic_500_with_one_record_and_the_detail_i
     body = response_body(response)
     request_id = header(response, "X-Request-Id")
     assert response["statusCode"] == 500
-    assert body == {"error": {"code": "internal_error", "message": "The request failed.", "request_id": request_id}}
+    assert body == {
+        "error": {
+            "code": "internal_error",
+            "message": "The request failed.",
+            "request_id": request_id,
+        }
+    }
     assert "onnxruntime" not in json.dumps(response)
     (record,) = [r for r in log_sink.audit_records() if r["request_id"] == request_id]
-    assert (record["status"], record["decision"], record["reason"]) == (500, "deny", "internal_error")
-    errors = [r for r in log_sink.records() if r.get("message") == "unhandled_error" and r.get("correlation_id") == request_id]
+    assert (record["status"], record["decision"], record["reason"]) == (
+        500,
+        "deny",
+        "internal_error",
+    )
+    errors = [
+        r
+        for r in log_sink.records()
+        if r.get("message") == "unhandled_error" and r.get("correlation_id") == request_id
+    ]
     assert errors and "onnxruntime exploded" in errors[0]["exception"]
 
 
-def test_key_material_sent_anywhere_never_reaches_a_log_line(predict_module, admin, log_sink) -> None:
+def test_key_material_sent_anywhere_never_reaches_a_log_line(
+    predict_module, admin, log_sink
+) -> None:
     key = new_key(admin)["api_key"]
     start = len(log_sink.lines)
     # given a key in a query string, in the body, in a Bearer header and in an unknown route
-    first = rest_event(path="/predict", body=json.dumps({"features": [5.1, 3.5, 1.4, 0.2], "k": key}).encode(),
-                       headers={**JSON_CT, "X-API-Key": key})
+    first = rest_event(
+        path="/predict",
+        body=json.dumps({"features": [5.1, 3.5, 1.4, 0.2], "k": key}).encode(),
+        headers={**JSON_CT, "X-API-Key": key},
+    )
     first["queryStringParameters"] = {"api_key": key}
     first["multiValueQueryStringParameters"] = {"api_key": [key]}
     events = [
         first,
         rest_event(path=f"/models/{key}/predict", body=ONE, headers={**JSON_CT, "X-API-Key": key}),
-        rest_event(path="/predict", body=ONE, headers={**JSON_CT, "Authorization": f"Bearer {key}"}),
+        rest_event(
+            path="/predict", body=ONE, headers={**JSON_CT, "Authorization": f"Bearer {key}"}
+        ),
         rest_event(path=f"/{key}", body=ONE, headers={**JSON_CT, "X-API-Key": key + "x"}),
     ]
     for event in events:

@@ -14,8 +14,9 @@ import json
 from typing import Any
 
 import pytest
-from conftest import invoke, new_key
 from handlersupport import EVENTS, header, load_event, response_body
+
+from conftest import invoke, new_key
 
 EXPECTED: dict[str, int] = json.loads((EVENTS / "expected.json").read_text())
 PREDICT = sorted(name for name in EXPECTED if "/admin-" not in name)
@@ -68,7 +69,10 @@ def test_predict_event(name: str, predict_module: Any, keys: dict[str, str], log
     if status in (200, 403, 429):
         assert header(response, "RateLimit") is not None
     if status == 401:
-        assert header(response, "WWW-Authenticate", ).startswith("ApiKey")
+        assert header(
+            response,
+            "WWW-Authenticate",
+        ).startswith("ApiKey")
     if status == 429:
         assert int(header(response, "Retry-After")) >= 1
     # and exactly one audit record tells the same story
@@ -85,7 +89,9 @@ def test_predict_event(name: str, predict_module: Any, keys: dict[str, str], log
 
 
 @pytest.mark.parametrize("name", ADMIN)
-def test_admin_event(name: str, keys: dict[str, str], admin: Any, handler_env: dict[str, str]) -> None:
+def test_admin_event(
+    name: str, keys: dict[str, str], admin: Any, handler_env: dict[str, str]
+) -> None:
     if importlib.util.find_spec("handlers.admin") is None:
         pytest.skip("handlers/admin.py (AdminFunction) is not in the tree yet")
     import os

@@ -12,8 +12,9 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import invoke, new_key
 from handlersupport import header, response_body, rest_event
+
+from conftest import invoke, new_key
 
 MARK = "Zq9" + uuid.uuid4().hex[:10]  # a string marker
 NUM = "4.718281828"  # inside the iris envelope for sepal_length; never in a rounded answer
@@ -33,7 +34,12 @@ CASES: list[tuple[str, bytes, str | None, int]] = [
     ("Infinity literal", f'{{"features": [{NUM}, Infinity, 1.4, 0.2]}}'.encode(), JSON_CT, 422),
     ("-Infinity literal", f'{{"features": [{NUM}, -Infinity, 1.4, 0.2]}}'.encode(), JSON_CT, 422),
     ("1e309", f'{{"features": [{NUM}, 1e309, 1.4, 0.2]}}'.encode(), JSON_CT, 422),
-    ("5000-digit int", ('{"features": [' + "7" * 5000 + ", 3.5, 1.4, 0.2]}").encode(), JSON_CT, 422),
+    (
+        "5000-digit int",
+        ('{"features": [' + "7" * 5000 + ", 3.5, 1.4, 0.2]}").encode(),
+        JSON_CT,
+        422,
+    ),
     ("above envelope", b'{"features": [5.1, 3.5, 1.4, 987654.3217]}', JSON_CT, 422),
     ("below envelope", b'{"features": [-987654.3217, 3.5, 1.4, 0.2]}', JSON_CT, 422),
     ("seed's 1e6 bound", b'{"features": [999999.123, 3.5, 1.4, 0.2]}', JSON_CT, 422),
@@ -51,12 +57,27 @@ CASES: list[tuple[str, bytes, str | None, int]] = [
     ("invalid utf-8", b'{"features": [5.1, 3.5, 1.4, 0.2], "\xff\xfe": 1}', JSON_CT, 400),
     ("deep nesting", b"[" * 20000 + b"]" * 20000, JSON_CT, 400),
     ("deep objects", b'{"a":' * 10000 + b"1" + b"}" * 10000, JSON_CT, 400),
-    ("oversized body", json.dumps({"features": [5.1, 3.5, 1.4, 0.2], "pad": MARK * 8000}).encode(), JSON_CT, 413),
-    ("oversized batch", json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]] * 101}).encode(), JSON_CT, 413),
+    (
+        "oversized body",
+        json.dumps({"features": [5.1, 3.5, 1.4, 0.2], "pad": MARK * 8000}).encode(),
+        JSON_CT,
+        413,
+    ),
+    (
+        "oversized batch",
+        json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]] * 101}).encode(),
+        JSON_CT,
+        413,
+    ),
     ("text/plain", f'{{"features": {ROW}}}'.encode(), "text/plain", 415),
     ("no content type", f'{{"features": {ROW}}}'.encode(), None, 415),
     ("form encoded", f"features={NUM}".encode(), "application/x-www-form-urlencoded", 415),
-    ("latin-1 charset", f'{{"features": {ROW}}}'.encode(), "application/json; charset=latin-1", 415),
+    (
+        "latin-1 charset",
+        f'{{"features": {ROW}}}'.encode(),
+        "application/json; charset=latin-1",
+        415,
+    ),
 ]
 
 
@@ -68,22 +89,29 @@ def hostile_key(admin: Any) -> dict[str, Any]:
 def _echoes(response: dict[str, Any], body: bytes) -> list[str]:
     text = json.dumps(response)
     # the rule messages name NaN and Infinity as rules; the markers are what must not come back
-    found = [token for token in (MARK, NUM, "987654", "999999", "7777777", "1e309")
-             if token in text]
+    found = [
+        token for token in (MARK, NUM, "987654", "999999", "7777777", "1e309") if token in text
+    ]
     if b"\xff" in body:
         found += [t for t in ("\\u00ff", "\\xff") if t in text]
     return found
 
 
-@pytest.mark.parametrize(("case", "body", "content_type", "status"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("case", "body", "content_type", "status"), CASES, ids=[c[0] for c in CASES]
+)
 @pytest.mark.parametrize("encoding", ["base64", "plain"])
-def test_hostile_body(case, body, content_type, status, encoding, predict_module, hostile_key, log_sink) -> None:
+def test_hostile_body(
+    case, body, content_type, status, encoding, predict_module, hostile_key, log_sink
+) -> None:
     if encoding == "plain" and b"\xff" in body:
         pytest.skip("a non-UTF-8 body can only arrive base64-encoded")
     headers = {"X-API-Key": hostile_key["api_key"]}
     if content_type:
         headers["Content-Type"] = content_type
-    event = rest_event(path="/predict", body=body, headers=headers, base64_body=encoding == "base64")
+    event = rest_event(
+        path="/predict", body=body, headers=headers, base64_body=encoding == "base64"
+    )
     response = invoke(predict_module, event)
     payload = response_body(response)
     # then the status is the rule's, the body is the envelope and nothing of the input comes back
@@ -94,7 +122,9 @@ def test_hostile_body(case, body, content_type, status, encoding, predict_module
     assert "pydantic" not in json.dumps(payload).lower() and "Traceback" not in json.dumps(payload)
     # the caller is authenticated (RateLimit-Policy) but nothing was charged
     assert header(response, "RateLimit-Policy") is not None
-    (record,) = [r for r in log_sink.audit_records() if r["request_id"] == payload["error"]["request_id"]]
+    (record,) = [
+        r for r in log_sink.audit_records() if r["request_id"] == payload["error"]["request_id"]
+    ]
     assert (record["status"], record["decision"], record["rows"]) == (status, "deny", 0)
 
 
@@ -104,7 +134,9 @@ def test_refused_bodies_are_never_charged(predict_module, admin, hostile_key) ->
 
 
 def test_an_unauthenticated_hostile_body_gets_401_not_the_validation_rule(predict_module) -> None:
-    event = rest_event(path="/predict", body=b'{"features": [NaN]}', headers={"Content-Type": JSON_CT})
+    event = rest_event(
+        path="/predict", body=b'{"features": [NaN]}', headers={"Content-Type": JSON_CT}
+    )
     response = invoke(predict_module, event)
     assert response["statusCode"] == 401
     assert response_body(response)["error"]["code"] == "unauthenticated"
@@ -114,7 +146,7 @@ def test_http_api_v2_events_get_the_same_answers(predict_module, hostile_key) ->
     from handlersupport import EVENTS
 
     template = json.loads((EVENTS / "http" / "predict-ok-single.json").read_text())
-    for case, body, content_type, status in CASES[:: 5]:
+    for case, body, content_type, status in CASES[::5]:
         event = json.loads(json.dumps(template))
         event["requestContext"]["requestId"] = str(uuid.uuid4())
         event["headers"] = {"x-api-key": hostile_key["api_key"]}

@@ -1,4 +1,4 @@
-"""``mlmoat openapi``: a valid OpenAPI document with the schemas and security schemes; no docs in Lambda."""
+"""``mlmoat openapi``: a valid OpenAPI document with schemas and security schemes; no Lambda docs."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import subprocess
 import sys
 from typing import Any
 
-from conftest import invoke
 from handlersupport import REPO, rest_event
 from openapi_spec_validator import validate
 
+from conftest import invoke
 from mlmoat.openapi import openapi_document
 
 
@@ -24,10 +24,14 @@ def test_the_document_is_valid_openapi_with_both_routes_and_security_schemes() -
     assert set(document["paths"]) == {"/predict", "/models/{model}/predict"}
     schemes = document["components"]["securitySchemes"]
     assert schemes["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
-    assert schemes["BearerJWT"]["scheme"] == "bearer" and schemes["BearerJWT"]["bearerFormat"] == "JWT"
+    assert (
+        schemes["BearerJWT"]["scheme"] == "bearer" and schemes["BearerJWT"]["bearerFormat"] == "JWT"
+    )
     operation = document["paths"]["/predict"]["post"]
     assert operation["security"] == [{"ApiKey": []}, {"BearerJWT": []}]
-    assert {"200", "400", "401", "403", "404", "413", "415", "422", "429", "503"} <= set(operation["responses"])
+    assert {"200", "400", "401", "403", "404", "413", "415", "422", "429", "503"} <= set(
+        operation["responses"]
+    )
 
 
 def test_request_schemas_follow_each_manifest_and_hide_the_envelope() -> None:
@@ -39,18 +43,29 @@ def test_request_schemas_follow_each_manifest_and_hide_the_envelope() -> None:
     envelope_bound = str(manifest["envelope"][manifest["feature_names"][0]]["max"])
     assert envelope_bound not in json.dumps(schemas["PredictRequest_breast-cancer"])
     assert set(schemas["ErrorEnvelope"]["properties"]) == {"error"}
-    assert set(schemas["PredictResponse"]["required"]) == {"model", "model_version", "predictions", "request_id"}
+    assert set(schemas["PredictResponse"]["required"]) == {
+        "model",
+        "model_version",
+        "predictions",
+        "request_id",
+    }
 
 
 def test_the_cli_prints_the_document() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "mlmoat.cli", "openapi"], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-m", "mlmoat.cli", "openapi"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert json.loads(out.stdout)["info"]["title"] == "mlmoat"
 
 
 def test_docs_and_openapi_routes_are_disabled_in_lambda(predict_module) -> None:
     for path in ("/docs", "/openapi.json", "/redoc"):
-        response = invoke(predict_module, rest_event(path=path, body=None, headers={}, method="GET"))
+        response = invoke(
+            predict_module, rest_event(path=path, body=None, headers={}, method="GET")
+        )
         assert response["statusCode"] == 404
         assert json.loads(response["body"])["error"]["code"] == "not_found"

@@ -28,7 +28,11 @@ def test_one_allowed_request_writes_one_record_with_every_field(sink) -> None:
     audit, stream = sink
     # given an admitted request for two rows
     event = AuditEvent(request_id="req-1", route="/predict", source_ip="203.0.113.9", model="iris")
-    event.key_id, event.principal_fingerprint, event.credential_type = "AbCdEfGh1234", "0a1b2c3d4e5f", "api_key"
+    event.key_id, event.principal_fingerprint, event.credential_type = (
+        "AbCdEfGh1234",
+        "0a1b2c3d4e5f",
+        "api_key",
+    )
     event.record_input(np.array([[5.1, 3.5, 1.4, 0.2], [6.0, 3.0, 4.8, 1.8]]), raw=False)
     # when it finishes and is emitted
     event.finish(status=200)
@@ -85,7 +89,9 @@ def test_raw_features_are_logged_only_when_configured(sink) -> None:
 def test_equal_inputs_have_equal_fingerprints_and_different_inputs_differ() -> None:
     a = input_fingerprint(np.array([[5.1, 3.5]]))
     assert a == input_fingerprint(np.array([[5.1, 3.5]], dtype=np.float64))
-    assert a == input_fingerprint(np.array([[5.1, 3.5]]).astype(int).astype(float) + np.array([[0.1, 0.5]]))
+    assert a == input_fingerprint(
+        np.array([[5.1, 3.5]]).astype(int).astype(float) + np.array([[0.1, 0.5]])
+    )
     assert a != input_fingerprint(np.array([[5.1, 3.6]]))
 
 

@@ -19,7 +19,9 @@ def _write_records(stream: io.StringIO) -> None:
     audit = AuditLog(service=f"audit-cli-{uuid.uuid4().hex[:8]}", stream=stream)
 
     def request(key_id, status, *, rows=1, reason=None, ip="198.51.100.7", model="iris", flags=()):
-        event = AuditEvent(request_id=str(uuid.uuid4()), route="/predict", source_ip=ip, model=model)
+        event = AuditEvent(
+            request_id=str(uuid.uuid4()), route="/predict", source_ip=ip, model=model
+        )
         if key_id:
             event.key_id, event.principal_id = key_id, f"key#{key_id}"
         if status == 200:
@@ -45,8 +47,14 @@ def _write_records(stream: io.StringIO) -> None:
     request("throttled0004", 200, rows=12)
     audit.logger.info(
         "audit",
-        extra={"event": "extraction_flag", "principal_id": "key#heavyKey0002", "model": "iris",
-               "request_id": "r", "decision": "flag", "reason": "extraction:prada"},
+        extra={
+            "event": "extraction_flag",
+            "principal_id": "key#heavyKey0002",
+            "model": "iris",
+            "request_id": "r",
+            "decision": "flag",
+            "reason": "extraction:prada",
+        },
     )
 
 
@@ -72,16 +80,26 @@ def test_json_lines_are_summarised_per_principal(capsys, monkeypatch, log_text) 
     people = _by_principal(result)
     assert result["records"] == 26 and result["skipped_lines"] == 2
     normal = people["normalKey0001"]
-    assert (normal["requests"], normal["allowed"], normal["denied"], normal["rows"]) == (7, 6, 1, 60)
+    assert (normal["requests"], normal["allowed"], normal["denied"], normal["rows"]) == (
+        7,
+        6,
+        1,
+        60,
+    )
     assert normal["refusals"] == {"outside_envelope": 1} and normal["anomalies"] == []
     assert normal["first_seen"] <= normal["last_seen"]
     guesser = people["ip:203.0.113.66"]
     assert guesser["refusals"] == {"missing_credentials": 7}
-    assert "auth_failures:7" in guesser["anomalies"] and any(a.startswith("refusal_ratio") for a in guesser["anomalies"])
+    assert "auth_failures:7" in guesser["anomalies"] and any(
+        a.startswith("refusal_ratio") for a in guesser["anomalies"]
+    )
     heavy = people["heavyKey0002"]
     assert heavy["rows"] == 400
     assert any(a.startswith("rows_outlier") for a in heavy["anomalies"])
-    assert "extraction:extraction:prada" in heavy["anomalies"] and "adversarial:1" in heavy["anomalies"]
+    assert (
+        "extraction:extraction:prada" in heavy["anomalies"]
+        and "adversarial:1" in heavy["anomalies"]
+    )
     assert "throttled:4" in people["throttled0004"]["anomalies"]
     assert people["quietKey0003"]["anomalies"] == []
     assert set(result["anomalous"]) == {"ip:203.0.113.66", "heavyKey0002", "throttled0004"}
@@ -89,15 +107,28 @@ def test_json_lines_are_summarised_per_principal(capsys, monkeypatch, log_text) 
 
 def test_a_filter_log_events_export_gives_the_same_summary(capsys, monkeypatch, log_text) -> None:
     direct = _run(capsys, log_text.encode(), monkeypatch=monkeypatch)
-    events = [{"logStreamName": "s", "timestamp": 1795650000000 + i, "message": line, "ingestionTime": 1,
-               "eventId": str(i)} for i, line in enumerate(log_text.splitlines())]
+    events = [
+        {
+            "logStreamName": "s",
+            "timestamp": 1795650000000 + i,
+            "message": line,
+            "ingestionTime": 1,
+            "eventId": str(i),
+        }
+        for i, line in enumerate(log_text.splitlines())
+    ]
     exported = json.dumps({"events": events, "searchedLogStreams": []}, indent=2).encode()
     assert _run(capsys, exported, monkeypatch=monkeypatch)["principals"] == direct["principals"]
 
 
-def test_s3_export_lines_gzipped_give_the_same_summary(capsys, monkeypatch, log_text, tmp_path) -> None:
+def test_s3_export_lines_gzipped_give_the_same_summary(
+    capsys, monkeypatch, log_text, tmp_path
+) -> None:
     direct = _run(capsys, log_text.encode(), monkeypatch=monkeypatch)
-    lines = "".join(f"2026-11-26T00:00:{i % 60:02d}.000Z {line}\n" for i, line in enumerate(log_text.splitlines()))
+    lines = "".join(
+        f"2026-11-26T00:00:{i % 60:02d}.000Z {line}\n"
+        for i, line in enumerate(log_text.splitlines())
+    )
     path = tmp_path / "000000.gz"
     path.write_bytes(gzip.compress(lines.encode()))
     assert audit_cli.main([str(path), "--json"]) == 0
@@ -105,14 +136,27 @@ def test_s3_export_lines_gzipped_give_the_same_summary(capsys, monkeypatch, log_
 
 
 def test_principal_and_time_filters(capsys, monkeypatch, log_text) -> None:
-    only = _run(capsys, log_text.encode(), "--principal", "key#normalKey0001", monkeypatch=monkeypatch)
+    only = _run(
+        capsys, log_text.encode(), "--principal", "key#normalKey0001", monkeypatch=monkeypatch
+    )
     assert [p["principal"] for p in only["principals"]] == ["normalKey0001"]
-    future = _run(capsys, log_text.encode(), "--since", "2999-01-01T00:00:00Z", monkeypatch=monkeypatch)
+    future = _run(
+        capsys, log_text.encode(), "--since", "2999-01-01T00:00:00Z", monkeypatch=monkeypatch
+    )
     assert future["principals"] == []
-    past = _run(capsys, log_text.encode(), "--until", "2000-01-01T00:00:00Z", monkeypatch=monkeypatch)
+    past = _run(
+        capsys, log_text.encode(), "--until", "2000-01-01T00:00:00Z", monkeypatch=monkeypatch
+    )
     assert past["principals"] == []
-    window = _run(capsys, log_text.encode(), "--since", "2000-01-01", "--until", "2999-01-01T00:00:00+00:00",
-                  monkeypatch=monkeypatch)
+    window = _run(
+        capsys,
+        log_text.encode(),
+        "--since",
+        "2000-01-01",
+        "--until",
+        "2999-01-01T00:00:00+00:00",
+        monkeypatch=monkeypatch,
+    )
     assert len(window["principals"]) == 5
 
 

@@ -18,7 +18,11 @@ def all_subclasses(cls: type) -> set[type]:
 
 def test_every_security_error_subclass_is_in_the_response_table() -> None:
     # classes defined in errors.py and any subclass another module defines later
-    defined = {obj for obj in vars(errors).values() if isinstance(obj, type) and issubclass(obj, errors.SecurityError)}
+    defined = {
+        obj
+        for obj in vars(errors).values()
+        if isinstance(obj, type) and issubclass(obj, errors.SecurityError)
+    }
     missing = (defined | all_subclasses(errors.SecurityError)) - set(ERROR_RESPONSES)
     assert not missing, f"add to integration.ERROR_RESPONSES: {sorted(c.__name__ for c in missing)}"
 
@@ -46,7 +50,14 @@ def test_each_error_maps_to_its_status(error: errors.SecurityError, status: int)
 
 
 def test_every_authentication_failure_reads_the_same_to_the_client() -> None:
-    reasons = ["missing_credentials", "malformed_key", "unknown_key", "bad_secret", "revoked", "expired"]
+    reasons = [
+        "missing_credentials",
+        "malformed_key",
+        "unknown_key",
+        "bad_secret",
+        "revoked",
+        "expired",
+    ]
     responses = {error_response_for(errors.AuthenticationError(reason)) for reason in reasons}
     assert len(responses) == 1
 

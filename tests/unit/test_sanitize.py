@@ -21,7 +21,10 @@ PROBS = np.array([[0.012345, 0.654321, 0.333334], [0.9, 0.06, 0.04]])
         ("probabilities:2", OutputPolicy(probabilities=True, decimals=2)),
         ("probabilities:0", OutputPolicy(probabilities=True, decimals=0)),
         ("probabilities:3:top2", OutputPolicy(probabilities=True, decimals=3, top_k=2)),
-        ("probabilities:2:min0.8", OutputPolicy(probabilities=True, decimals=2, min_confidence=0.8)),
+        (
+            "probabilities:2:min0.8",
+            OutputPolicy(probabilities=True, decimals=2, min_confidence=0.8),
+        ),
         ("probabilities:1:top1:min0.55", OutputPolicy(True, 1, 1, 0.55)),
     ],
 )
@@ -31,8 +34,18 @@ def test_policies_parse_and_print_back(text: str, policy: OutputPolicy) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "labels", "probabilities", "probabilities:7", "probabilities:2:top0", "probabilities:2:min1.5",
-             "probabilities:2:min0.5:top2", "raw", "probabilities:-1"],
+    "text",
+    [
+        "",
+        "labels",
+        "probabilities",
+        "probabilities:7",
+        "probabilities:2:top0",
+        "probabilities:2:min1.5",
+        "probabilities:2:min0.5:top2",
+        "raw",
+        "probabilities:-1",
+    ],
 )
 def test_malformed_policies_are_refused(text: str) -> None:
     with pytest.raises(OutputPolicyError):
@@ -60,11 +73,16 @@ def test_top_k_keeps_only_the_most_probable_classes_in_order() -> None:
 def test_below_the_confidence_threshold_the_answer_is_the_label_alone() -> None:
     out = apply_output_policy(OutputPolicy.parse("probabilities:2:min0.8"), CLASSES, PROBS)
     assert out[0] == {"label": "versicolor"}
-    assert out[1] == {"label": "setosa", "probabilities": {"setosa": 0.9, "versicolor": 0.06, "virginica": 0.04}}
+    assert out[1] == {
+        "label": "setosa",
+        "probabilities": {"setosa": 0.9, "versicolor": 0.06, "virginica": 0.04},
+    }
 
 
 def test_integer_classes_stay_integer_labels_and_string_keys() -> None:
-    out = apply_output_policy(OutputPolicy.parse("probabilities:1"), [0, 1], np.array([[0.26, 0.74]]))
+    out = apply_output_policy(
+        OutputPolicy.parse("probabilities:1"), [0, 1], np.array([[0.26, 0.74]])
+    )
     assert out == [{"label": 1, "probabilities": {"1": 0.7, "0": 0.3}}]
 
 
@@ -78,7 +96,9 @@ def test_probabilities_must_match_the_classes() -> None:
     st.integers(min_value=0, max_value=6),
     st.integers(min_value=1, max_value=3),
 )
-def test_property_the_label_is_the_raw_argmax_and_values_have_at_most_n_decimals(row, decimals, top) -> None:
+def test_property_the_label_is_the_raw_argmax_and_values_have_at_most_n_decimals(
+    row, decimals, top
+) -> None:
     policy = OutputPolicy(probabilities=True, decimals=decimals, top_k=top)
     (out,) = apply_output_policy(policy, CLASSES, np.array([row]))
     assert out["label"] == CLASSES[int(np.argmax(row))]
@@ -105,12 +125,20 @@ def test_bearer_credentials_and_jwts_are_masked() -> None:
     assert out["message"].count(MASK) == 2
 
 
-@pytest.mark.parametrize("field", ["api_key", "X-API-Key", "authorization", "token", "client_secret", "password"])
+@pytest.mark.parametrize(
+    "field", ["api_key", "X-API-Key", "authorization", "token", "client_secret", "password"]
+)
 def test_fields_named_for_secrets_are_masked_whole(field: str) -> None:
     assert redact({field: "anything at all"}) == {field: MASK}
 
 
 def test_safe_identifiers_pass_through_untouched() -> None:
-    record = {"key_id": "AbCdEfGh1234", "principal_fingerprint": "0a1b2c3d4e5f", "credential_type": "api_key",
-              "reason": "bad_secret", "rows": 3, "features": [[1.0, 2.0]]}
+    record = {
+        "key_id": "AbCdEfGh1234",
+        "principal_fingerprint": "0a1b2c3d4e5f",
+        "credential_type": "api_key",
+        "reason": "bad_secret",
+        "rows": 3,
+        "features": [[1.0, 2.0]],
+    }
     assert redact(record) == record

@@ -117,8 +117,12 @@ def test_a_batch_keeps_its_rows_in_order() -> None:
 
 @pytest.mark.parametrize(
     "content_type",
-    ["application/json", "Application/JSON", "application/json; charset=utf-8",
-     'application/json;charset="UTF-8"'],
+    [
+        "application/json",
+        "Application/JSON",
+        "application/json; charset=utf-8",
+        'application/json;charset="UTF-8"',
+    ],
 )
 def test_json_content_types_are_accepted(content_type: str) -> None:
     check_content_type(content_type)
@@ -127,26 +131,56 @@ def test_json_content_types_are_accepted(content_type: str) -> None:
 # --- refused bodies: one rule each -------------------------------------------------------
 
 HOSTILE = [
-    ("wrong count: short", {"features": [5.1, 3.5, 1.4]}, InvalidPayloadError, "wrong_feature_count"),
+    (
+        "wrong count: short",
+        {"features": [5.1, 3.5, 1.4]},
+        InvalidPayloadError,
+        "wrong_feature_count",
+    ),
     ("wrong count: long", {"features": [*OK_ROW, 1.0]}, InvalidPayloadError, "wrong_feature_count"),
     ("wrong count: empty", {"features": []}, InvalidPayloadError, "wrong_feature_count"),
     ("string", {"features": [5.1, 3.5, 1.4, "0.2"]}, InvalidPayloadError, "not_a_number"),
     ("boolean", {"features": [5.1, 3.5, 1.4, True]}, InvalidPayloadError, "not_a_number"),
     ("null", {"features": [5.1, 3.5, 1.4, None]}, InvalidPayloadError, "not_a_number"),
     ("nested row", {"features": [5.1, 3.5, 1.4, [0.2]]}, InvalidPayloadError, "not_a_number"),
-    ("object value", {"features": [5.1, 3.5, 1.4, {"v": 0.2}]}, InvalidPayloadError, "not_a_number"),
+    (
+        "object value",
+        {"features": [5.1, 3.5, 1.4, {"v": 0.2}]},
+        InvalidPayloadError,
+        "not_a_number",
+    ),
     ("features null", {"features": None}, InvalidPayloadError, "not_a_list"),
     ("features object", {"features": {"a": 1}}, InvalidPayloadError, "not_a_list"),
     ("features scalar", {"features": 5.1}, InvalidPayloadError, "not_a_list"),
     ("instances flat", {"instances": OK_ROW}, InvalidPayloadError, "not_a_list"),
     ("instances null", {"instances": None}, InvalidPayloadError, "not_a_list"),
     ("instances empty", {"instances": []}, InvalidPayloadError, "empty_batch"),
-    ("above envelope", {"features": [5.1, 3.5, 1.4, 2.75]}, InvalidPayloadError, "outside_envelope"),
-    ("below envelope", {"features": [3.93, 3.5, 1.4, 0.2]}, InvalidPayloadError, "outside_envelope"),
-    ("seed's 1e6 bound", {"features": [1e6, 3.5, 1.4, 0.2]}, InvalidPayloadError, "outside_envelope"),
+    (
+        "above envelope",
+        {"features": [5.1, 3.5, 1.4, 2.75]},
+        InvalidPayloadError,
+        "outside_envelope",
+    ),
+    (
+        "below envelope",
+        {"features": [3.93, 3.5, 1.4, 0.2]},
+        InvalidPayloadError,
+        "outside_envelope",
+    ),
+    (
+        "seed's 1e6 bound",
+        {"features": [1e6, 3.5, 1.4, 0.2]},
+        InvalidPayloadError,
+        "outside_envelope",
+    ),
     ("unknown field", {"features": OK_ROW, "debug": True}, InvalidPayloadError, "unknown_field"),
     ("only unknown", {"data": OK_ROW}, InvalidPayloadError, "unknown_field"),
-    ("both shapes", {"features": OK_ROW, "instances": [OK_ROW]}, InvalidPayloadError, "missing_field"),
+    (
+        "both shapes",
+        {"features": OK_ROW, "instances": [OK_ROW]},
+        InvalidPayloadError,
+        "missing_field",
+    ),
     ("empty object", {}, InvalidPayloadError, "missing_field"),
     ("root list", [OK_ROW], MalformedBodyError, "wrong_root_type"),
     ("root string", "features", MalformedBodyError, "wrong_root_type"),
@@ -155,35 +189,101 @@ HOSTILE = [
 ]
 
 
-@pytest.mark.parametrize(("case", "document", "error", "reason"), HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_hostile_documents_are_refused_by_the_rule_they_break(case, document, error, reason) -> None:
+@pytest.mark.parametrize(
+    ("case", "document", "error", "reason"), HOSTILE, ids=[h[0] for h in HOSTILE]
+)
+def test_hostile_documents_are_refused_by_the_rule_they_break(
+    case, document, error, reason
+) -> None:
     assert reason_of(json.dumps(document)) == (error, reason)
 
 
 RAW_HOSTILE = [
     ("NaN literal", '{"features": [5.1, 3.5, 1.4, NaN]}', InvalidPayloadError, "non_finite_number"),
-    ("Infinity literal", '{"features": [5.1, 3.5, 1.4, Infinity]}', InvalidPayloadError, "non_finite_number"),
-    ("-Infinity literal", '{"features": [-Infinity, 3.5, 1.4, 0.2]}', InvalidPayloadError, "non_finite_number"),
-    ("1e309 overflow", '{"features": [5.1, 3.5, 1.4, 1e309]}', InvalidPayloadError, "non_finite_number"),
-    ("-1e309 overflow", '{"features": [5.1, 3.5, 1.4, -1e309]}', InvalidPayloadError, "non_finite_number"),
-    ("309-digit integer", '{"features": [5.1, 3.5, 1.4, ' + "9" * 309 + "]}", InvalidPayloadError, "non_finite_number"),
-    ("huge integer", '{"features": [5.1, 3.5, 1.4, ' + "9" * 400 + "]}", InvalidPayloadError, "non_finite_number"),
-    ("largest double as int", '{"features": [' + str(int(1.7976931348623157e308)) + ", 3.5, 1.4, 0.2]}", InvalidPayloadError, "outside_envelope"),
-    ("5000-digit integer", '{"features": [' + "9" * 5000 + ", 3.5, 1.4, 0.2]}", InvalidPayloadError, "non_finite_number"),
-    ("duplicate key", '{"features": [5.1, 3.5, 1.4, 0.2], "features": [5, 3, 1, 0.2]}', MalformedBodyError, "duplicate_key"),
-    ("nested duplicate", '{"features": [5.1, 3.5, 1.4, {"a": 1, "a": 2}]}', MalformedBodyError, "duplicate_key"),
+    (
+        "Infinity literal",
+        '{"features": [5.1, 3.5, 1.4, Infinity]}',
+        InvalidPayloadError,
+        "non_finite_number",
+    ),
+    (
+        "-Infinity literal",
+        '{"features": [-Infinity, 3.5, 1.4, 0.2]}',
+        InvalidPayloadError,
+        "non_finite_number",
+    ),
+    (
+        "1e309 overflow",
+        '{"features": [5.1, 3.5, 1.4, 1e309]}',
+        InvalidPayloadError,
+        "non_finite_number",
+    ),
+    (
+        "-1e309 overflow",
+        '{"features": [5.1, 3.5, 1.4, -1e309]}',
+        InvalidPayloadError,
+        "non_finite_number",
+    ),
+    (
+        "309-digit integer",
+        '{"features": [5.1, 3.5, 1.4, ' + "9" * 309 + "]}",
+        InvalidPayloadError,
+        "non_finite_number",
+    ),
+    (
+        "huge integer",
+        '{"features": [5.1, 3.5, 1.4, ' + "9" * 400 + "]}",
+        InvalidPayloadError,
+        "non_finite_number",
+    ),
+    (
+        "largest double as int",
+        '{"features": [' + str(int(1.7976931348623157e308)) + ", 3.5, 1.4, 0.2]}",
+        InvalidPayloadError,
+        "outside_envelope",
+    ),
+    (
+        "5000-digit integer",
+        '{"features": [' + "9" * 5000 + ", 3.5, 1.4, 0.2]}",
+        InvalidPayloadError,
+        "non_finite_number",
+    ),
+    (
+        "duplicate key",
+        '{"features": [5.1, 3.5, 1.4, 0.2], "features": [5, 3, 1, 0.2]}',
+        MalformedBodyError,
+        "duplicate_key",
+    ),
+    (
+        "nested duplicate",
+        '{"features": [5.1, 3.5, 1.4, {"a": 1, "a": 2}]}',
+        MalformedBodyError,
+        "duplicate_key",
+    ),
     ("truncated", '{"features": [5.1, 3.5', MalformedBodyError, "malformed_body"),
     ("empty body", "", MalformedBodyError, "malformed_body"),
-    ("trailing garbage", '{"features": [5.1, 3.5, 1.4, 0.2]} x', MalformedBodyError, "malformed_body"),
+    (
+        "trailing garbage",
+        '{"features": [5.1, 3.5, 1.4, 0.2]} x',
+        MalformedBodyError,
+        "malformed_body",
+    ),
     ("single quotes", "{'features': [5.1, 3.5, 1.4, 0.2]}", MalformedBodyError, "malformed_body"),
     ("deep arrays", "[" * 5000 + "]" * 5000, MalformedBodyError, "nesting_too_deep"),
     ("deep objects", '{"a":' * 3000 + "1" + "}" * 3000, MalformedBodyError, "nesting_too_deep"),
     ("unclosed deep", "[" * 50000, MalformedBodyError, "nesting_too_deep"),
-    ("depth four", '{"instances": [[[5.1, 3.5, 1.4, 0.2]]]}', MalformedBodyError, "nesting_too_deep"),
+    (
+        "depth four",
+        '{"instances": [[[5.1, 3.5, 1.4, 0.2]]]}',
+        MalformedBodyError,
+        "nesting_too_deep",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "error", "reason"), RAW_HOSTILE, ids=[h[0] for h in RAW_HOSTILE])
+@pytest.mark.parametrize(
+    ("case", "body", "error", "reason"), RAW_HOSTILE, ids=[h[0] for h in RAW_HOSTILE]
+)
 def test_hostile_raw_bodies_are_refused_by_the_rule_they_break(case, body, error, reason) -> None:
     assert reason_of(body) == (error, reason)
 
@@ -213,8 +313,16 @@ def test_batch_over_the_row_cap_is_too_large() -> None:
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
-     "application/jsonp", "application/json; charset=latin-1", "text/json"],
+    [
+        None,
+        "",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+        "application/jsonp",
+        "application/json; charset=latin-1",
+        "text/json",
+    ],
 )
 def test_non_json_content_types_are_unsupported(content_type) -> None:
     assert reason_of(json.dumps({"features": OK_ROW}), content_type) == (
@@ -242,7 +350,9 @@ def test_a_pathological_body_at_the_cap_parses_quickly() -> None:
 
 
 def _inside(bound):
-    return st.floats(min_value=bound.low, max_value=bound.high, allow_nan=False, allow_infinity=False)
+    return st.floats(
+        min_value=bound.low, max_value=bound.high, allow_nan=False, allow_infinity=False
+    )
 
 
 ROWS_INSIDE = st.tuples(*(_inside(bound) for bound in SCHEMA.bounds)).map(list)
@@ -254,7 +364,9 @@ def test_property_rows_inside_the_envelope_round_trip_exactly(rows) -> None:
     assert parsed.rows.tolist() == rows
 
 
-@given(ROWS_INSIDE, st.integers(min_value=0, max_value=3), st.floats(min_value=1e-6, max_value=1e300))
+@given(
+    ROWS_INSIDE, st.integers(min_value=0, max_value=3), st.floats(min_value=1e-6, max_value=1e300)
+)
 def test_property_any_feature_pushed_past_its_bound_is_refused(row, index, excess) -> None:
     bound = SCHEMA.bounds[index]
     row[index] = bound.high + max(excess, abs(bound.high) * 1e-9)
@@ -269,14 +381,24 @@ def test_property_any_other_feature_count_is_refused(row) -> None:
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
-@given(JSON_VALUES | st.fixed_dictionaries({"features": JSON_VALUES}) | st.fixed_dictionaries({"instances": JSON_VALUES}))
+@given(
+    JSON_VALUES
+    | st.fixed_dictionaries({"features": JSON_VALUES})
+    | st.fixed_dictionaries({"instances": JSON_VALUES})
+)
 def test_property_any_json_document_is_either_valid_rows_or_one_of_our_errors(document) -> None:
     try:
         parsed = parse(json.dumps(document))
