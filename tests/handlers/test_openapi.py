@@ -1,4 +1,4 @@
-"""``mlmoat openapi``: a valid OpenAPI document with schemas and security schemes; no Lambda docs."""
+"""`mlmoat openapi`: a valid OpenAPI document with schemas and security schemes; no Lambda docs."""
 
 from __future__ import annotations
 
