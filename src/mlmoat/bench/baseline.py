@@ -14,6 +14,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from mlmoat.bench.runner import FunctionSpec
@@ -40,6 +41,31 @@ def _run(argv: list[str], what: str) -> None:
         raise BaselineBuildError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
+def _build_into(out: Path, source: Path, lock: Path) -> None:
+    deps, function = out / "python", out / "function"
+    function.mkdir(parents=True)
+    _run(
+        [
+            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+            "--no-compile", "--no-deps", "--require-hashes", "--only-binary=:all:",
+            "--target", str(deps), "-r", str(lock),
+        ],
+        "pip install of the baseline's dependencies",
+    )
+    shutil.rmtree(deps / "bin", ignore_errors=True)
+    shutil.copy2(source / "app.py", function / "app.py")
+    # Train with the baseline's own libraries only, so the pickle matches what loads it.
+    _run(
+        [
+            sys.executable, "-I", "-S", "-B", "-c",
+            "import sys, runpy; sys.path[:0] = [sys.argv[1]]; sys.argv = sys.argv[2:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')",
+            str(deps), str(source / "train.py"), str(function / "model.joblib"),
+        ],
+        "training the baseline model",
+    )
+
+
 def build_baseline(root: Path, *, runtime_site: Path, log: bool = True) -> FunctionSpec:
     """Build (or reuse) the baseline function and say how to run it (boto3 from ``runtime_site``).
 
@@ -56,30 +82,17 @@ def build_baseline(root: Path, *, runtime_site: Path, log: bool = True) -> Funct
     if not (stamp.is_file() and stamp.read_text(encoding="utf-8") == inputs):
         if log:
             print("bench: building the baseline (seed recipe) from PyPI ...", file=sys.stderr)
-        if out.exists():
-            shutil.rmtree(out)
-        function.mkdir(parents=True)
-        _run(
-            [
-                sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                "--no-compile", "--no-deps", "--require-hashes", "--only-binary=:all:",
-                "--target", str(deps), "-r", str(lock),
-            ],
-            "pip install of the baseline's dependencies",
-        )
-        shutil.rmtree(deps / "bin", ignore_errors=True)
-        shutil.copy2(source / "app.py", function / "app.py")
-        # Train with the baseline's own libraries only, so the pickle matches what loads it.
-        _run(
-            [
-                sys.executable, "-I", "-S", "-B", "-c",
-                "import sys, runpy; sys.path[:0] = [sys.argv[1]]; sys.argv = sys.argv[2:]; "
-                "runpy.run_path(sys.argv[0], run_name='__main__')",
-                str(deps), str(source / "train.py"), str(function / "model.joblib"),
-            ],
-            "training the baseline model",
-        )
-        stamp.write_text(inputs, encoding="utf-8")
+        # Built aside and renamed into place, so a concurrent run never sees half a build.
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".bench-baseline-", dir=out.parent))
+        try:
+            _build_into(staging, source, lock)
+            (staging / ".stamp").write_text(inputs, encoding="utf-8")
+            if out.exists():
+                shutil.rmtree(out)
+            staging.rename(out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return FunctionSpec(
         label="baseline",
         paths=(str(function), str(deps), str(runtime_site)),

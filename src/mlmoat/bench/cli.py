@@ -21,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,8 +212,23 @@ def run(
     """
     if build:
         _build(root)
-    work = root / "build" / "bench"
+    # A private working dir per run: concurrent runs in one tree (a smoke test, a developer's
+    # bench) never share or delete each other's files. Removed when the run succeeds.
+    (root / "build" / "bench").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=root / "build" / "bench"))
+    try:
+        report = _run_in(root, work, plan, log=log, profile=profile)
+    except BaseException:
+        if log:
+            print(f"bench: failed; logs kept in {work}", file=sys.stderr)
+        raise
     shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _run_in(
+    root: Path, work: Path, plan: Plan, *, log: bool, profile: Path | None
+) -> dict[str, Any]:
     log_dir, pycache = work / "logs", work / "pycache"
     # A private copy of the host build: a rebuild running elsewhere cannot change it mid-run.
     host_dir = work / "build-host"
