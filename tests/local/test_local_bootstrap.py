@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from mlmoat.local.server import EmbeddedDynamoDB
+from mlmoat.local.server import EmbeddedDynamoDB, free_port
 from mlmoat.local.template import Template
 
 
@@ -96,3 +96,33 @@ def test_bootstrap_without_an_endpoint_says_what_to_do() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "AWS_ENDPOINT_URL_DYNAMODB" in result.stderr
+
+
+def test_local_dynamodb_serves_the_template_tables_and_prints_the_exports() -> None:
+    # Given `mlmoat local dynamodb` on a free port
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlmoat.cli", "local", "dynamodb", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        exports: dict[str, str] = {}
+        for line in process.stdout:
+            if line.startswith("export "):
+                name, _, value = line.removeprefix("export ").strip().partition("=")
+                exports[name] = value
+            if line.startswith("# Ctrl-C"):
+                break
+        # Then the exports point boto3 at it, and the template's table is there
+        endpoint = f"http://127.0.0.1:{port}"
+        assert exports["AWS_ENDPOINT_URL_DYNAMODB"] == endpoint
+        assert exports["AWS_DEFAULT_REGION"] == "us-east-1"
+        assert exports["AWS_ACCESS_KEY_ID"] and exports["AWS_SECRET_ACCESS_KEY"]
+        client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+        assert "mlmoat-local-SecurityTable" in client.list_tables()["TableNames"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
