@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 import boto3
+from botocore.exceptions import NoCredentialsError, NoRegionError
 
 from security.admin import KeyAdmin
 from security.errors import SecurityError
@@ -107,12 +108,15 @@ def main(argv: list[str]) -> int:
     except SettingsError as exc:
         print(json.dumps({"error": "settings", "detail": str(exc)}), file=sys.stderr)
         return 2
-    store = PrincipalStore(client=boto3.client("dynamodb"), table_name=settings.table_name)
-    admin = KeyAdmin(store=store, settings=settings)
     try:
-        result = _run(admin, args)
+        store = PrincipalStore(client=boto3.client("dynamodb"), table_name=settings.table_name)
+        result = _run(KeyAdmin(store=store, settings=settings), args)
     except SecurityError as exc:
         print(json.dumps({"error": exc.reason}), file=sys.stderr)
         return 1
+    except (NoRegionError, NoCredentialsError) as exc:
+        hint = "set AWS_DEFAULT_REGION and credentials (dummy ones for a local endpoint)"
+        print(json.dumps({"error": type(exc).__name__, "detail": hint}), file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
