@@ -523,7 +523,7 @@ _ERROR_STATUSES = {
 }
 
 
-def _route_docs(schema_ref: str) -> dict[str, Any]:
+def _route_docs(schema_ref: str, *, models: list[str] | None = None) -> dict[str, Any]:
     text = {"schema": {"type": "string"}}
     request_id = {**text, "description": "API Gateway's request id (also in the body)"}
     rate_headers = {
@@ -544,16 +544,24 @@ def _route_docs(schema_ref: str) -> dict[str, Any]:
         if status in ("429", "503"):
             headers["Retry-After"] = {"schema": {"type": "integer"}}
         responses[status] = {"model": ErrorEnvelope, "description": description, "headers": headers}
-    return {
-        "responses": responses,
-        "openapi_extra": {
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": schema_ref}}},
-            },
-            "security": [{"ApiKey": []}, {"BearerJWT": []}],
+    extra: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": schema_ref}}},
         },
+        "security": [{"ApiKey": []}, {"BearerJWT": []}],
     }
+    if models is not None:
+        extra["parameters"] = [
+            {
+                "name": "model",
+                "in": "path",
+                "required": True,
+                "description": "A served model",
+                "schema": {"type": "string", "enum": sorted(models)},
+            }
+        ]
+    return {"responses": responses, "openapi_extra": extra}
 
 
 def create_app(
@@ -571,7 +579,9 @@ def create_app(
     """Build the prediction API around the security layer.
 
     ``schemas`` maps each served model's name to its ``FeatureSchema`` (``schemas_for``).
-    ``docs`` enables FastAPI's ``/docs`` and ``/openapi.json``: off in Lambda.
+    ``docs`` enables FastAPI's ``/docs`` and ``/openapi.json`` and the response models of the
+    OpenAPI document: off in Lambda, where building those models (FastAPI imports
+    ``pydantic.v1`` to inspect them) would cost about half a second of cold start for nothing.
 
     Raises:
         ValueError: the default model is not among ``schemas``.
@@ -597,12 +607,13 @@ def create_app(
         query_sink=query_sink,
     )
     default_ref = f"#/components/schemas/PredictRequest_{settings.default_model}"
+    any_ref = "#/components/schemas/PredictRequest"
 
     @app.post(
         "/predict",
         summary="Predict with the default model",
         operation_id="predict",
-        **_route_docs(default_ref),
+        **(_route_docs(default_ref) if docs else {}),
     )
     async def predict_default(request: Request) -> Response:
         return await service.predict(request, settings.default_model, "/predict")
@@ -611,9 +622,12 @@ def create_app(
         "/models/{model}/predict",
         summary="Predict with a named model",
         operation_id="predict_model",
-        **_route_docs("#/components/schemas/PredictRequest"),
+        **(_route_docs(any_ref, models=list(schemas)) if docs else {}),
     )
-    async def predict_model(request: Request, model: str) -> Response:
+    async def predict_model(request: Request) -> Response:
+        # Read from the path rather than as a typed parameter: FastAPI would build a pydantic
+        # field for it at cold start, and the value is checked against the served models anyway.
+        model = str(request.path_params["model"])
         return await service.predict(request, model, "/models/{model}/predict")
 
     _install_error_handlers(app, settings)
