@@ -69,3 +69,22 @@ def test_docs_and_openapi_routes_are_disabled_in_lambda(predict_module) -> None:
         )
         assert response["statusCode"] == 404
         assert json.loads(response["body"])["error"]["code"] == "not_found"
+
+
+def test_the_lambda_app_does_not_pay_for_openapi_models_at_cold_start() -> None:
+    # FastAPI imports pydantic.v1 (~0.5 s) to inspect response models and typed parameters;
+    # the Lambda app declares neither, so a cold start never imports it.
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "SECURITY_TABLE_NAME": "cold-start-check",
+        "SECURITY_MODEL_DIR": str(REPO / "models"),
+    }
+    code = "import sys, handlers.predict; print('pydantic.v1' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
