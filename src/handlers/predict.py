@@ -28,6 +28,13 @@ app = build_app(
     sqs_client=boto3.client("sqs", config=sink_client_config())
     if settings.extraction_queue_url
     else None,
-    ssm_client=boto3.client("ssm") if settings.jwt_enabled else None,
+    # The same for SSM: with the SDK defaults (60 s timeouts, 5 attempts) a hanging SSM ran the
+    # function into its 10 s timeout: a 502 with no audit record (tests/faults).
+    ssm_client=boto3.client(
+        "ssm",
+        config=Config(connect_timeout=1, read_timeout=2, retries={"total_max_attempts": 2}),
+    )
+    if settings.jwt_enabled
+    else None,
 )
 handler = Mangum(app, lifespan="off")
