@@ -79,6 +79,21 @@ def request_digest(principal_id: str, request_id: str) -> str:
     return base64.urlsafe_b64encode(digest[:9]).decode("ascii")
 
 
+def _is_older(attr: str, *, window: int, bucket: int) -> bool:
+    """Whether a window or bucket attribute is strictly older than the live ones.
+
+    Only older ones are removed: an instance whose clock runs a little ahead may already have
+    written the next window or bucket, and removing it would lose its counts.
+    """
+    prefix, threshold = (
+        (RATE_ATTR_PREFIX, window)
+        if attr.startswith(RATE_ATTR_PREFIX)
+        else (REQUEST_ATTR_PREFIX, bucket)
+    )
+    suffix = attr.removeprefix(prefix)
+    return suffix.lstrip("-").isdigit() and int(suffix) < threshold
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """A counted, allowed request and what is left of the principal's limits."""
@@ -366,11 +381,10 @@ class Gatekeeper:
         )
         with self._lock:
             seen = self._seen.get(principal.principal_id, ())
-        keep = {current_w, current_rq, previous_rq}
         stale = tuple(
             a
             for a in (rate_attr(start - rate.window_seconds), request_attr(bucket - 2), *seen)
-            if a not in keep
+            if _is_older(a, window=start, bucket=bucket - 1)
         )
         claims = credentials.claims
         return ChargeRequest(

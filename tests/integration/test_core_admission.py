@@ -350,3 +350,29 @@ def test_a_wrong_guess_does_not_make_the_owners_next_request_dearer(
     counter = CallCounter(client)
     _admit(gatekeeper, owner)
     assert counter.calls == ["UpdateItem"]
+
+
+def test_only_older_windows_and_buckets_are_removed(core_endpoint: str, core_table: str) -> None:
+    # given an item on which an instance with a clock a little ahead already opened the next
+    # window and bucket, and an old window from long ago is still there
+    clock = Clock()
+    client, _, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)
+    created = admin.create(owner="olga", rate_limit="100/minute")
+    start = int(NOW) - int(NOW) % 60
+    ahead_w, ahead_rq, old_w = f"rw_{start + 60}", f"rq_{int(NOW) // 30 + 1}", f"rw_{start - 600}"
+    client.update_item(
+        TableName=core_table,
+        Key={"pk": {"S": f"key#{created['key_id']}"}},
+        UpdateExpression="SET #a = :n, #o = :n, #r = :ids",
+        ExpressionAttributeNames={"#a": ahead_w, "#o": old_w, "#r": ahead_rq},
+        ExpressionAttributeValues={":n": {"N": "3"}, ":ids": {"SS": ["x"]}},
+    )
+    creds = _creds(authenticator, created["api_key"])
+    # when two requests are admitted (the first reads the item, the second cleans what it saw)
+    _admit(gatekeeper, creds)
+    _admit(gatekeeper, creds)
+    # then the old window is gone and the ones ahead are kept
+    live = admin.usage(created["key_id"])["usage"]["live_windows"]
+    assert old_w not in live and ahead_w in live and f"rw_{start}" in live
+    item = client.get_item(TableName=core_table, Key={"pk": {"S": f"key#{created['key_id']}"}})
+    assert ahead_rq in item["Item"]
