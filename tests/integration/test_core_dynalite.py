@@ -169,3 +169,28 @@ def test_missing_key_is_refused_and_subject_item_is_created_by_its_first_charge(
     assert not store.charge(replace(subject, request_digest="another")).ok  # budget of 1 row
     item = store.get(subject_pk)
     assert item is not None and item["status"] == "active" and item["rows_used"] == 1
+
+
+def test_admin_writes_pass_dynalites_stricter_validation(dyn: tuple[PrincipalStore, Any]) -> None:
+    # dynalite refuses unused expression names/values and reserved words that moto lets through
+    store, _ = dyn
+    pk, _ = _key(store)
+    key_id = pk.removeprefix("key#")
+    assert store.set_status(key_id, "suspended", allowed_from=("active",), now=NOW)["status"] == (
+        "suspended"
+    )
+    assert (
+        store.set_status(key_id, "active", allowed_from=("suspended",), now=NOW)["config_version"]
+        == 3
+    )
+    rotated = store.rotate_secret(key_id, new_hash="a" * 64, grace_until=NOW + 60, now=NOW)
+    assert rotated["secret_hash"] == "a" * 64 and rotated["prev_secret_until"] == NOW + 60
+    assert store.flag_principal(pk, reason="r1", suspend=False, now=NOW)["flags"] == {"r1"}
+    assert store.flag_principal(pk, reason="r2", suspend=True, now=NOW)["status"] == "suspended"
+    assert (
+        store.record_auth_failure("192.0.2.9", window_start=NOW - NOW % 60, window_seconds=60) == 1
+    )
+    assert (
+        store.record_auth_failure("192.0.2.9", window_start=NOW - NOW % 60, window_seconds=60) == 2
+    )
+    assert [item["key_id"] for item in store.list_keys(owner="o")] == [key_id]
