@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -35,15 +36,31 @@ def log_sink() -> Iterator[LineSink]:
     root = logging.getLogger()
     root.addHandler(sink)
     previous_level = root.level
-    root.setLevel(logging.DEBUG)
+    # INFO, as in Lambda (POWERTOOLS_LOG_LEVEL); DEBUG would slow every later suite's botocore.
+    root.setLevel(logging.INFO)
     yield sink
     root.removeHandler(sink)
     root.setLevel(previous_level)
-    # Session-level scan: no line any handler test produced may contain key material it created.
+    # Session-level scan over every line captured from here to the end of the session: no key
+    # the suite created, and no well-formed mlmoat key at all (valid checksum), may appear.
     text = "\n".join(sink.lines)
     leaked = [secret[:14] + "..." for secret in CREATED_SECRETS if secret in text]
+    leaked += [found[:14] + "..." for found in _KEY_SHAPE.findall(text) if _is_key(found)]
     assert sink.lines, "the log capture saw nothing: it is not wired"
     assert not leaked, f"key material reached the logs: {leaked}"
+
+
+_KEY_SHAPE = re.compile(r"mlmoat_[0-9A-Za-z]{12}_[0-9A-Za-z]{49}")
+
+
+def _is_key(text: str) -> bool:
+    from security.keys import MalformedKeyError, parse_key
+
+    try:
+        parse_key(text)
+    except MalformedKeyError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")
