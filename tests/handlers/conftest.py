@@ -74,9 +74,13 @@ def handler_env(moto_server: Any, security_table_definition: dict[str, Any]) -> 
         KeySchema=security_table_definition["KeySchema"],
         AttributeDefinitions=security_table_definition["AttributeDefinitions"],
     )
+    sqs = boto3.client("sqs", endpoint_url=dynamodb_endpoint, region_name="us-east-1")
+    queue_url = sqs.create_queue(QueueName=f"extraction-{uuid.uuid4().hex[:10]}")["QueueUrl"]
     calibrated = all((d / "defences.json").is_file() for d in MODELS.iterdir() if d.is_dir())
     return {
         "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
+        "AWS_ENDPOINT_URL_SQS": dynamodb_endpoint,
+        "SECURITY_EXTRACTION_QUEUE_URL": queue_url,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
