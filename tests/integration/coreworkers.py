@@ -26,10 +26,10 @@ def hammer(
     rows: int,
     fixed_now: float,
     max_requests: int,
-) -> tuple[int, dict[str, int]]:
+) -> tuple[int, dict[str, int], dict[str, int]]:
     """One 'Lambda instance': its own client and Gatekeeper, ``threads`` threads admitting
-    ``rows`` rows per request until refused (or ``max_requests`` each). Returns rows allowed
-    and refusals by reason."""
+    ``rows`` rows per request until refused (or ``max_requests`` each). Returns rows allowed,
+    refusals by reason and DynamoDB calls by operation."""
     settings = Settings(table_name=table, model_dir="/nonexistent")
     client = boto3.session.Session().client(
         "dynamodb",
@@ -38,6 +38,10 @@ def hammer(
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
         config=Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=64),
+    )
+    calls = Counter[str]()
+    client.meta.events.register(
+        "before-call.dynamodb", lambda model, **_: calls.update([model.name])
     )
     store = PrincipalStore(client=client, table_name=table)
     gatekeeper = Gatekeeper(store=store, settings=settings, clock=lambda: fixed_now)
@@ -74,4 +78,4 @@ def hammer(
         thread.start()
     for thread in pool:
         thread.join()
-    return allowed["rows"], dict(refused)
+    return allowed["rows"], dict(refused), dict(calls)

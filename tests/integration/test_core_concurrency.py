@@ -36,19 +36,22 @@ def _admin(endpoint: str, table: str) -> KeyAdmin:
 
 def _run_instances(
     endpoint: str, table: str, api_key: str, *, rows: int
-) -> tuple[int, dict[str, int]]:
+) -> tuple[int, dict[str, int], dict[str, int]]:
     context = multiprocessing.get_context("spawn")
     args = [(endpoint, table, api_key) for _ in range(PROCESSES)]
     kwargs = {"threads": THREADS, "rows": rows, "fixed_now": NOW, "max_requests": 200}
     with context.Pool(PROCESSES) as pool:
         results = [pool.apply_async(hammer, a, kwargs) for a in args]
         outcomes = [r.get(timeout=60) for r in results]
-    total = sum(allowed for allowed, _ in outcomes)
+    total = sum(allowed for allowed, _, _ in outcomes)
     reasons: dict[str, int] = {}
-    for _, refused in outcomes:
+    calls: dict[str, int] = {}
+    for _, refused, made in outcomes:
         for reason, count in refused.items():
             reasons[reason] = reasons.get(reason, 0) + count
-    return total, reasons
+        for operation, count in made.items():
+            calls[operation] = calls.get(operation, 0) + count
+    return total, reasons, calls
 
 
 def test_budget_is_exact_across_processes_and_threads(core_endpoint: str, core_table: str) -> None:
@@ -57,10 +60,14 @@ def test_budget_is_exact_across_processes_and_threads(core_endpoint: str, core_t
     admin = _admin(core_endpoint, core_table)
     created = admin.create(owner="crowd", rate_limit="100000/hour", budget=budget)
     # when 3 processes x 8 threads admit 1-row requests until refused
-    allowed, refused = _run_instances(core_endpoint, core_table, created["api_key"], rows=1)
+    allowed, refused, calls = _run_instances(core_endpoint, core_table, created["api_key"], rows=1)
     # then exactly B rows were allowed, every thread was stopped by the budget, and the table agrees
     assert allowed == budget
     assert refused == {"budget_exhausted": PROCESSES * THREADS}
+    # and each allowed or refused request was one write; reads only on each cold instance
+    # (its threads start together, so each may read once) and to confirm the final refusals
+    assert calls["UpdateItem"] == budget + PROCESSES * THREADS
+    assert calls.get("GetItem", 0) <= 2 * PROCESSES * THREADS
     usage = admin.usage(created["key_id"])["usage"]
     assert usage["rows_used"] == budget and usage["requests"] == budget
 
@@ -73,7 +80,7 @@ def test_rate_limit_is_exact_across_processes_and_threads(
     admin = _admin(core_endpoint, core_table)
     created = admin.create(owner="burst", rate_limit=f"{rate}/hour", budget=10**6)
     # when 3 processes x 8 threads admit 2-row requests until refused
-    allowed, refused = _run_instances(core_endpoint, core_table, created["api_key"], rows=2)
+    allowed, refused, _ = _run_instances(core_endpoint, core_table, created["api_key"], rows=2)
     # then exactly the window's quota was allowed
     assert allowed == rate
     assert refused == {"rate_limited": PROCESSES * THREADS}
