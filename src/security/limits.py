@@ -231,6 +231,7 @@ class Gatekeeper:
             if request is None:  # the rows can never fit: refuse (after a fresh authentication)
                 if item is None:
                     principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+                    continue  # judge again on the fresh configuration
                 raise self._over_limit(principal, item, rows=rows, now=now)
             outcome = self._store.charge(request)
             if outcome.ok and outcome.item is not None:

@@ -376,3 +376,17 @@ def test_only_older_windows_and_buckets_are_removed(core_endpoint: str, core_tab
     assert old_w not in live and ahead_w in live and f"rw_{start}" in live
     item = client.get_item(TableName=core_table, Key={"pk": {"S": f"key#{created['key_id']}"}})
     assert ahead_rq in item["Item"]
+
+
+def test_a_batch_larger_than_the_window_is_refused_as_rate_limited_uncharged(
+    core_endpoint: str, core_table: str
+) -> None:
+    clock = Clock()
+    _, _, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)
+    created = admin.create(owner="pat", rate_limit="5/minute", budget=100)
+    creds = _creds(authenticator, created["api_key"])
+    _admit(gatekeeper, creds)  # warm: the configuration is cached
+    with pytest.raises(RateLimitedError) as caught:
+        _admit(gatekeeper, creds, rows=6)
+    assert caught.value.reason == "rate_limited"
+    assert admin.usage(created["key_id"])["usage"]["rows_used"] == 1
