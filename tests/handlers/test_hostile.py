@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from handlersupport import header, response_body, rest_event
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import invoke, new_key
 
@@ -86,6 +88,11 @@ def hostile_key(admin: Any) -> dict[str, Any]:
     return new_key(admin, budget=1000)
 
 
+@pytest.fixture(scope="module")
+def fuzz_key(admin: Any) -> dict[str, Any]:
+    return new_key(admin, rate_limit="100000/minute", budget=100000)
+
+
 def _echoes(response: dict[str, Any], body: bytes) -> list[str]:
     text = json.dumps(response)
     # the rule messages name NaN and Infinity as rules; the markers are what must not come back
@@ -156,3 +163,45 @@ def test_http_api_v2_events_get_the_same_answers(predict_module, hostile_key) ->
         response = invoke(predict_module, event)
         assert response["statusCode"] == status, case
         assert not _echoes(response, body), case
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["features", "instances", "x"]), children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    document=_JSON,
+    content_type=st.sampled_from([JSON_CT, "text/plain", None, "application/json; charset=utf-8"]),
+    path=st.sampled_from(["/predict", "/models/iris/predict", "/models/breast-cancer/predict"]),
+)
+def test_property_any_request_gets_a_documented_status_one_envelope_and_one_record(
+    document, content_type, path, predict_module, fuzz_key, log_sink
+) -> None:
+    headers = {"X-API-Key": fuzz_key["api_key"]}
+    if content_type:
+        headers["Content-Type"] = content_type
+    event = rest_event(path=path, body=json.dumps(document).encode(), headers=headers)
+    response = invoke(predict_module, event)
+    status = response["statusCode"]
+    payload = response_body(response)
+    request_id = header(response, "X-Request-Id")
+    assert status in (200, 400, 413, 415, 422)
+    if status == 200:
+        assert payload["request_id"] == request_id
+    else:
+        assert set(payload) == {"error"} and payload["error"]["request_id"] == request_id
+    records = [r for r in log_sink.audit_records() if r["request_id"] == request_id]
+    assert len(records) == 1 and records[0]["status"] == status
