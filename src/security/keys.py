@@ -2,7 +2,7 @@
 
 A key reads ``mlmoat_<key_id>_<secret><checksum>``:
 
-* ``mlmoat_`` -- a fixed prefix, so secret scanners (and our own log redaction) can find leaked keys;
+* ``mlmoat_`` -- a fixed prefix, so secret scanners (and our log redaction) can find leaked keys;
 * ``key_id`` -- 12 base62 characters (~71 random bits), public: it names the key in DynamoDB
   (``key#<key_id>``), in logs, in the admin API;
 * ``secret`` -- 43 base62 characters drawn with ``secrets`` (62**43 > 2**256, so >= 256 bits);
