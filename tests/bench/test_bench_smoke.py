@@ -38,15 +38,18 @@ def test_every_figure_is_measured_for_both_stacks(report: dict) -> None:
         "warm p50 per request",
         "warm p99 per request",
         "in-process p50 (AWS round trips excluded)",
+        "security layer alone p50 (SDK-excluded minus floor)",
         "DynamoDB requests per allowed prediction",
         "package, unzipped (function + layers)",
         "max RSS, steady state",
     ):
         assert expected in names
     for row in report["figures"]:
-        assert math.isfinite(row["mlmoat"]) and row["mlmoat"] > 0, row
+        assert math.isfinite(row["mlmoat"]), row
         if not row["figure"].startswith("DynamoDB"):
-            assert math.isfinite(row["baseline"]) and row["baseline"] > 0, row
+            assert math.isfinite(row["baseline"]), row
+        if not row["figure"].startswith("security layer alone"):  # a difference: may be < 0
+            assert row["mlmoat"] > 0, row
     memory = report["memory"]
     assert memory["memory_floor_mb"] >= memory["steady_rss_mib"] * 1.5
     assert memory["recommended_memory_mb"] >= memory["memory_floor_mb"]

@@ -103,3 +103,13 @@ def build_baseline(root: Path, *, runtime_site: Path, log: bool = True) -> Funct
         },
         function_name="BaselineFunction",
     )
+
+
+def floor_spec(root: Path, baseline: FunctionSpec) -> FunctionSpec:
+    """The framework floor (``bench/floor/app.py``) on the baseline's FastAPI and Mangum."""
+    return FunctionSpec(
+        label="floor",
+        paths=(str(root.resolve() / "bench" / "floor"), *baseline.paths[1:]),
+        handler="app.handler",
+        function_name="FloorFunction",
+    )
