@@ -158,3 +158,48 @@ def test_key_material_sent_anywhere_never_reaches_a_log_line(
     assert sum('"message":"audit"' in line for line in new_lines) == len(events)
     secret = key.split("_")[2]
     assert not [line for line in new_lines if key in line or secret[:20] in line]
+
+
+def test_a_dynamodb_outage_fails_closed_with_503_retry_after_and_one_record(
+    predict_module, keys, log_sink
+) -> None:
+    import socket
+
+    import boto3
+    from botocore.config import Config
+
+    from security.audit import AuditLog
+    from security.integration import build_app
+
+    # given the same function wired to a DynamoDB endpoint that refuses connections
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=dead,
+        region_name="us-east-1",
+        config=Config(connect_timeout=0.2, read_timeout=0.2, retries={"total_max_attempts": 1}),
+    )
+    app = build_app(
+        predict_module.settings,
+        dynamodb_client=client,
+        audit=AuditLog(service=predict_module.settings.service_name),
+    )
+    handler = Mangum(app, lifespan="off")
+    event = load_event("rest/predict-ok-single.json", keys)
+    # when a valid request arrives
+    response = handler(json.loads(json.dumps(event)), LambdaContext())
+    body = response_body(response)
+    # then it is refused, not served uncounted: 503, Retry-After, generic message, one record
+    assert response["statusCode"] == 503
+    assert body["error"]["code"] == "service_unavailable"
+    assert "dynamo" not in json.dumps(body).lower() and dead not in json.dumps(response)
+    assert int(header(response, "Retry-After")) >= 1
+    request_id = header(response, "X-Request-Id")
+    (record,) = [r for r in log_sink.audit_records() if r["request_id"] == request_id]
+    assert (record["status"], record["decision"], record["reason"]) == (
+        503,
+        "deny",
+        "store_unavailable",
+    )
