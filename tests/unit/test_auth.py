@@ -52,8 +52,15 @@ def test_both_credential_kinds_at_once_are_refused() -> None:
 def test_principal_scopes() -> None:
     def principal(*scopes: str) -> Principal:
         return Principal(
-            principal_id="key#x", kind="api_key", key_id="x", subject=None, owner="o",
-            scopes=frozenset(scopes), output_policy="label", rate_limit=RateSpec(1, 60), budget=1,
+            principal_id="key#x",
+            kind="api_key",
+            key_id="x",
+            subject=None,
+            owner="o",
+            scopes=frozenset(scopes),
+            output_policy="label",
+            rate_limit=RateSpec(1, 60),
+            budget=1,
         )
 
     assert principal("predict:*").allows("iris")

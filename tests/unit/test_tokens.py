@@ -31,9 +31,11 @@ EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
 
 def _pem(private: Any) -> str:
-    return private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 class SsmCalls:
@@ -49,7 +51,10 @@ def ssm() -> Iterator[Any]:
     # one in-process moto for the module (starting it per test costs ~1 s each)
     with mock_aws():
         yield boto3.client(
-            "ssm", region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+            "ssm",
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
         )
 
 
@@ -76,7 +81,11 @@ def _verifier(ssm: Any, private: Any = RSA_KEY, **kw: Any) -> TokenVerifier:
 def _claims(**over: Any) -> dict[str, Any]:
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "svc-42", "iat": now, "exp": now + 300,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "svc-42",
+        "iat": now,
+        "exp": now + 300,
         "scope": "predict:iris predict:breast-cancer",
     }
     claims.update(over)
@@ -99,7 +108,9 @@ def test_valid_rs256_token_gives_bounded_claims(ssm: Any) -> None:
     assert claims.scopes == {"predict:iris", "predict:breast-cancer"}
     assert claims.principal_id == f"sub#{issuer_hash(ISSUER)}#svc-42"
     assert (claims.output_policy, claims.rate_limit, claims.budget) == (
-        "probabilities:2", RateSpec(60, 60), 1000
+        "probabilities:2",
+        RateSpec(60, 60),
+        1000,
     )
 
 
@@ -174,13 +185,28 @@ def test_missing_scope_is_refused_and_scp_is_accepted(ssm: Any) -> None:
 
 def test_policy_claims_can_narrow_but_never_widen(ssm: Any) -> None:
     verifier = _verifier(ssm)
-    narrow = verifier.verify(_token(**{"mlmoat:rate_limit": "10/minute", "mlmoat:budget": 50,
-                                       "mlmoat:output": "label"}))
-    assert (narrow.rate_limit, narrow.budget, narrow.output_policy) == (RateSpec(10, 60), 50, "label")
-    wide = verifier.verify(_token(**{"mlmoat:rate_limit": "1000/second", "mlmoat:budget": 10**9,
-                                     "mlmoat:output": "probabilities:6"}))
-    assert (wide.rate_limit, wide.budget, wide.output_policy) == (RateSpec(60, 60), 1000,
-                                                                   "probabilities:2")
+    narrow = verifier.verify(
+        _token(**{"mlmoat:rate_limit": "10/minute", "mlmoat:budget": 50, "mlmoat:output": "label"})
+    )
+    assert (narrow.rate_limit, narrow.budget, narrow.output_policy) == (
+        RateSpec(10, 60),
+        50,
+        "label",
+    )
+    wide = verifier.verify(
+        _token(
+            **{
+                "mlmoat:rate_limit": "1000/second",
+                "mlmoat:budget": 10**9,
+                "mlmoat:output": "probabilities:6",
+            }
+        )
+    )
+    assert (wide.rate_limit, wide.budget, wide.output_policy) == (
+        RateSpec(60, 60),
+        1000,
+        "probabilities:2",
+    )
 
 
 def test_public_key_is_cached_for_max_age(ssm: Any) -> None:
