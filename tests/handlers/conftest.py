@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import re
@@ -23,11 +22,10 @@ from typing import Any
 
 import boto3
 import pytest
-from handlersupport import LineSink
+from handlersupport import CREATED_SECRETS, LineSink, new_key
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
-CREATED_SECRETS: list[str] = []
 
 
 @pytest.fixture(scope="session")
@@ -131,13 +129,6 @@ def admin(predict_module: Any, handler_env: dict[str, str]) -> Any:
     return KeyAdmin(store=store, settings=predict_module.settings)
 
 
-def new_key(admin: Any, **options: Any) -> dict[str, Any]:
-    """Create a key and remember its secret for the session-level log scan."""
-    created = admin.create(owner=f"t-{uuid.uuid4().hex[:8]}", **options)
-    CREATED_SECRETS.append(created["api_key"])
-    return created
-
-
 @pytest.fixture(scope="session")
 def keys(admin: Any) -> dict[str, str]:
     """Placeholder values for the events: one key per outcome they exercise."""
@@ -153,11 +144,3 @@ def keys(admin: Any) -> dict[str, str]:
         "ADMIN_API_KEY": new_key(admin, scopes=["admin"])["api_key"],
         "UNKNOWN_API_KEY": unknown,
     }
-
-
-def invoke(module: Any, event: dict[str, Any]) -> dict[str, Any]:
-    """Call the Lambda handler as the runtime does: a JSON-round-tripped event and a context."""
-    from handlersupport import LambdaContext
-
-    response: dict[str, Any] = module.handler(json.loads(json.dumps(event)), LambdaContext())
-    return response

@@ -13,6 +13,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = REPO / "events"
+# Every secret the handler tests created: the session-level log scan looks for each of them.
+CREATED_SECRETS: list[str] = []
 
 
 @dataclass
@@ -123,3 +125,16 @@ def rest_event(
     else:
         event["body"], event["isBase64Encoded"] = body.decode("utf-8", "surrogateescape"), False
     return event
+
+
+def new_key(admin: Any, **options: Any) -> dict[str, Any]:
+    """Create a key and remember its secret for the session-level log scan."""
+    created: dict[str, Any] = admin.create(owner=f"t-{uuid.uuid4().hex[:8]}", **options)
+    CREATED_SECRETS.append(created["api_key"])
+    return created
+
+
+def invoke(module: Any, event: dict[str, Any]) -> dict[str, Any]:
+    """Call the Lambda handler as the runtime does: a JSON-round-tripped event and a context."""
+    response: dict[str, Any] = module.handler(json.loads(json.dumps(event)), LambdaContext())
+    return response

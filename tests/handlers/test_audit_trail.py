@@ -7,10 +7,17 @@ import uuid
 from typing import Any
 
 import numpy as np
-from handlersupport import EVENTS, LambdaContext, header, load_event, response_body, rest_event
+from handlersupport import (
+    EVENTS,
+    LambdaContext,
+    header,
+    invoke,
+    load_event,
+    new_key,
+    response_body,
+    rest_event,
+)
 from mangum import Mangum
-
-from conftest import invoke, new_key
 
 JSON_CT = {"Content-Type": "application/json"}
 ONE = b'{"features": [5.1, 3.5, 1.4, 0.2]}'

@@ -14,9 +14,7 @@ import json
 from typing import Any
 
 import pytest
-from handlersupport import EVENTS, header, load_event, response_body
-
-from conftest import invoke, new_key
+from handlersupport import EVENTS, header, invoke, load_event, new_key, response_body
 
 EXPECTED: dict[str, int] = json.loads((EVENTS / "expected.json").read_text())
 PREDICT = sorted(name for name in EXPECTED if "/admin-" not in name)

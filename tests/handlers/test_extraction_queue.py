@@ -7,9 +7,8 @@ import json
 from typing import Any
 
 import boto3
-from handlersupport import load_event, response_body
+from handlersupport import invoke, load_event, response_body
 
-from conftest import invoke
 from security.extraction import QueryMessage
 
 

@@ -12,11 +12,9 @@ import uuid
 from typing import Any
 
 import pytest
-from handlersupport import header, response_body, rest_event
+from handlersupport import header, invoke, new_key, response_body, rest_event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import invoke, new_key
 
 MARK = "Zq9" + uuid.uuid4().hex[:10]  # a string marker
 NUM = "4.718281828"  # inside the iris envelope for sepal_length; never in a rounded answer

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from typing import Any
 
-from handlersupport import REPO, rest_event
+from handlersupport import REPO, invoke, rest_event
 from openapi_spec_validator import validate
 
-from conftest import invoke
 from mlmoat.openapi import openapi_document
 
 
