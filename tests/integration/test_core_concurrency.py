@@ -20,7 +20,7 @@ from coreworkers import hammer
 
 from security.admin import KeyAdmin
 from security.auth import Authenticator
-from security.errors import StoreUnavailableError
+from security.errors import AuthenticationError, RateLimitedError, StoreUnavailableError
 from security.limits import Gatekeeper
 from security.store import PrincipalStore
 
@@ -212,3 +212,60 @@ def test_same_request_id_is_never_counted_twice(core_endpoint: str, core_table: 
         clock[0] = NOW + delay
         gatekeeper.admit(creds, model="iris", rows=2, request_id=request_id, source_ip="10.3.3.3")
     assert admin.usage(created["key_id"])["usage"]["rows_used"] == 2
+
+
+def test_budget_stays_exact_while_admins_keep_changing_the_key(
+    core_endpoint: str, core_table: str
+) -> None:
+    # given two warm instances x 6 threads on one key, while an operator keeps suspending and
+    # reinstating it (each change bumps config_version, so cached configs go stale again and again)
+    budget = 90
+    admin = _admin(core_endpoint, core_table)
+    created = admin.create(owner="churn", rate_limit="100000/hour", budget=budget)
+    settings = settings_for(core_table)
+    creds = Authenticator(settings=settings, token_verifier=None).read_credentials(
+        {"X-API-Key": created["api_key"]}
+    )
+    instances = [
+        Gatekeeper(
+            store=PrincipalStore(client=make_client(core_endpoint), table_name=core_table),
+            settings=settings,
+            clock=lambda: NOW,
+        )
+        for _ in range(2)
+    ]
+    allowed = 0
+    transient: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def worker(gatekeeper: Gatekeeper) -> None:
+        nonlocal allowed
+        for _ in range(2000):
+            try:
+                admission = gatekeeper.admit(
+                    creds, model="iris", rows=1, request_id=str(uuid.uuid4()), source_ip="10.4.4.4"
+                )
+            except RateLimitedError:
+                return  # budget_exhausted: this thread is done
+            except (AuthenticationError, StoreUnavailableError) as exc:
+                with lock:  # suspended for a moment, or two changes during one request
+                    transient[exc.reason] = transient.get(exc.reason, 0) + 1
+                continue
+            with lock:
+                allowed += admission.rows
+
+    threads = [threading.Thread(target=worker, args=(g,)) for g in instances for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    changes = 0
+    while any(t.is_alive() for t in threads) and changes < 40:
+        admin.suspend(created["key_id"])
+        admin.reinstate(created["key_id"])
+        changes += 2
+    for thread in threads:
+        thread.join(60)
+    # then the budget held exactly, and the table agrees with what was served
+    usage = admin.usage(created["key_id"])["usage"]
+    assert allowed == budget == usage["rows_used"] == usage["requests"]
+    assert changes >= 2 and set(transient) <= {"suspended", "config_contention"}
+    assert admin.show(created["key_id"])["config_version"] == 1 + changes
