@@ -25,7 +25,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
-from security.sanitize import redact
+from security.sanitize import redact, redact_text
 from security.validation import canonical_rows
 
 AUDIT_MESSAGE = "audit"
@@ -39,6 +39,36 @@ class RedactingFormatter(LambdaPowertoolsFormatter):
     def serialize(self, log: dict[str, Any]) -> str:  # type: ignore[override]
         """Redact, then serialise the structured record."""
         return super().serialize(log=redact(log))
+
+
+class RedactingFilter(logging.Filter):
+    """Masks key material in any record's message and traceback (for handlers we do not own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record in place; never drop it."""
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a bad format string: the handler reports it as usual
+            return True
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True
+
+
+def install_log_redaction() -> None:
+    """Attach ``RedactingFilter`` to every root handler (Lambda's own included), once each.
+
+    The audit logger redacts in its formatter; this extends the choke point to every other
+    logger that propagates to the root (botocore, Mangum, the extraction sink).
+    """
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(existing, RedactingFilter) for existing in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def input_fingerprint(rows: np.ndarray) -> str:

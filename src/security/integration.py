@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from security.audit import AuditEvent, AuditLog
+from security.audit import AuditEvent, AuditLog, install_log_redaction
 from security.errors import (
     AdversarialInputError,
     AuthenticationError,
@@ -721,6 +721,7 @@ def build_app(
     from security.store import PrincipalStore
     from security.tokens import TokenVerifier
 
+    install_log_redaction()
     registry = ModelRegistry.load(settings.model_dir)
     verifier = (
         TokenVerifier(settings=settings, ssm_client=ssm_client) if settings.jwt_enabled else None

@@ -123,3 +123,25 @@ def test_begin_sets_the_correlation_id_for_other_lines(sink) -> None:
     (record,) = lines(stream)
     assert record["correlation_id"] == "req-6"
     assert record["level"] == "ERROR" and "ValueError" in record["exception"]
+
+
+def test_the_root_redaction_filter_masks_other_loggers_lines() -> None:
+    import logging
+
+    from security.audit import RedactingFilter
+
+    _, key = generate_key()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    other = logging.getLogger(f"third-party-{uuid.uuid4().hex[:6]}")
+    other.addHandler(handler)
+    other.propagate = False
+    other.warning("sending %s to %s", key, "somewhere")
+    try:
+        raise ValueError(f"Authorization: Bearer {key}")
+    except ValueError:
+        other.exception("failed")
+    text = stream.getvalue()
+    assert "sending *** to somewhere" in text and "failed" in text
+    assert key not in text and key.split("_")[2] not in text
