@@ -48,8 +48,17 @@ node_modules/.stamp: package-lock.json
 export SAM_CLI_TELEMETRY := 0
 export PIP := $(CURDIR)/$(BIN)/python -m pip
 SAM := $(CURDIR)/$(SAM_VENV)/bin/sam
-BUILD_INPUTS := template.yaml requirements/runtime.lock \
-	$(shell find src/security src/handlers models layers -type f -not -path '*/__pycache__/*' 2>/dev/null)
+BUILD_FILES := $(shell find src/security src/handlers models layers -type f \
+	-not -path '*/__pycache__/*' -not -name '*.pyc' 2>/dev/null | LC_ALL=C sort)
+# The list itself is an input, so a deleted source file also triggers a rebuild.
+BUILD_INPUTS := template.yaml requirements/runtime.lock .aws-sam/inputs.txt $(BUILD_FILES)
+
+.aws-sam/inputs.txt: FORCE
+	@mkdir -p .aws-sam
+	@echo '$(BUILD_FILES)' | cmp -s - $@ || echo '$(BUILD_FILES)' > $@
+
+.PHONY: FORCE
+FORCE:
 
 .PHONY: build build-host
 build: .aws-sam/build/.stamp
