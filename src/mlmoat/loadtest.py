@@ -356,7 +356,12 @@ def dynamodb_client(env: Mapping[str, str]) -> Any:
 
 
 def create_key(
-    env: Mapping[str, str], *, owner: str, plan: KeyPlan, scopes: Sequence[str] = ()
+    env: Mapping[str, str],
+    *,
+    owner: str,
+    plan: KeyPlan,
+    scopes: Sequence[str] = (),
+    output: str = "label",
 ) -> tuple[str, str]:
     """Create one key through ``security.admin.KeyAdmin`` (what ``mlmoat keys create`` runs).
 
@@ -379,7 +384,7 @@ def create_key(
         scopes=scopes,
         rate_limit=plan.rate_text,
         budget=plan.budget,
-        output_policy="label",
+        output_policy=output,
     )
     return str(created["key_id"]), str(created["api_key"])
 

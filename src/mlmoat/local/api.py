@@ -259,6 +259,13 @@ def _handler_class(api: LocalApi) -> type[BaseHTTPRequestHandler]:
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
+        def __getattr__(self, name: str) -> Any:
+            # Any other method (TRACE, QUERY, ...) is unrouted too: API Gateway's 403 from
+            # api.handle, not http.server's 501 (a 5xx the fuzz suite counts as a server error).
+            if name.startswith("do_"):
+                return self._serve
+            raise AttributeError(name)
+
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
             _log(f"{self.client_address[0]} - {format % args}")
 
