@@ -123,8 +123,8 @@ def test_a_damaged_artifact_makes_the_function_refuse_to_start(
     assert result.returncode == 1, result.stdout
     error = json.loads(result.stdout)
     assert "statusCode" not in error
-    assert error["errorType"] in ("ModelIntegrityError", "Runtime.ImportModuleError"), error
-    assert "ModelIntegrityError" in json.dumps(error)
+    assert error["errorType"] == "ModelIntegrityError", error
+    print(f"{damage}: {error['errorMessage']}")
 
 
 def test_start_api_on_a_damaged_artifact_serves_nothing_and_charges_nothing(

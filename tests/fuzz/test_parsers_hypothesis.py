@@ -18,6 +18,7 @@ refusal is one of the documented rules (whose public text is fixed, so it cannot
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -28,8 +29,11 @@ from security.errors import InvalidPayloadError, PayloadTooLargeError
 from security.keys import MalformedKeyError, ParsedKey
 from security.validation import RULE_MESSAGES, FeatureSchema, parse_prediction_request
 
+# make fuzz raises this (MLMOAT_FUZZ_PROPERTY_EXAMPLES); make test keeps the default.
 PROPERTY_SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("MLMOAT_FUZZ_PROPERTY_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 # Iris-like envelope, stated here so the test does not depend on a trained artifact.
