@@ -25,6 +25,7 @@ The hooks only observe: they return ``None`` and never change a request.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -165,6 +166,43 @@ def _fresh(event: dict[str, Any], index: int, vary_source: bool) -> dict[str, An
     return copy
 
 
+class _Timers:
+    """Wall time spent inside named callables per invocation (``module:Qualified.name``)."""
+
+    def __init__(self) -> None:
+        self.ns: dict[str, int] = {}
+
+    def wrap(self, target: str) -> None:
+        module_name, _, qualname = target.partition(":")
+        owner: Any = importlib.import_module(module_name)
+        *path, attr = qualname.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, attr)
+        timers = self.ns
+
+        if asyncio.iscoroutinefunction(original):
+
+            async def timed_async(*args: Any, **kwargs: Any) -> Any:
+                start = time.perf_counter_ns()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    timers[target] = timers.get(target, 0) + time.perf_counter_ns() - start
+
+            setattr(owner, attr, timed_async)
+        else:
+
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                start = time.perf_counter_ns()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    timers[target] = timers.get(target, 0) + time.perf_counter_ns() - start
+
+            setattr(owner, attr, timed)
+
+
 def main(config_path: str, result_fd: int) -> int:
     with open(config_path, encoding="utf-8") as stream:
         config = json.load(stream)
@@ -178,11 +216,15 @@ def main(config_path: str, result_fd: int) -> int:
         wire.install()
     t_hooks = time.perf_counter() - t0
 
+    timers = _Timers()
     module_name, _, attr = config["handler"].rpartition(".")
     t0 = time.perf_counter()
     module = importlib.import_module(module_name)
     handler = getattr(module, attr)
     t_import = time.perf_counter() - t0
+    # Diagnostic only (``timers`` in the config): wrap callables to time them per invocation.
+    for target in config.get("timers") or []:
+        timers.wrap(target)
 
     name = config.get("function_name", "bench")
     memory_mb = int(config.get("memory_mb", 1024))
@@ -214,6 +256,7 @@ def main(config_path: str, result_fd: int) -> int:
         for index in range(int(phase["count"])):
             event = _fresh(phase["event"], index, bool(phase.get("vary_source")))
             wire.reset()
+            timers.ns.clear()
             t0 = time.perf_counter_ns()
             response = handler(event, _Context(name, memory_mb))
             elapsed = time.perf_counter_ns() - t0
@@ -222,6 +265,8 @@ def main(config_path: str, result_fd: int) -> int:
             sample = wire.snapshot()
             sample["ns"] = elapsed
             sample["status"] = status
+            if timers.ns:
+                sample["timers_ns"] = dict(timers.ns)
             samples.append(sample)
         if profiler is not None:
             profiler.disable()

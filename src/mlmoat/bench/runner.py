@@ -94,6 +94,7 @@ def run_function(
     pycache: Path,
     write_bytecode: bool = True,
     profile: Path | None = None,
+    timers: tuple[str, ...] = (),
     timeout_s: float = 300.0,
 ) -> RunResult:
     """Run one cold start and the warm ``phases`` in a fresh process.
@@ -115,6 +116,7 @@ def run_function(
         "memory_mb": spec.memory_mb,
         "first_event": first_event,
         "profile": str(profile) if profile is not None else None,
+        "timers": list(timers),
         "phases": [
             {"name": p.name, "event": p.event, "count": p.count, "vary_source": p.vary_source}
             for p in phases
