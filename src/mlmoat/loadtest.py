@@ -909,6 +909,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be between 1 and {high}")
     if not 1 <= args.duration <= 3600:
         parser.error("--duration must be between 1 and 3600 seconds")
+    # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so the stack's processes are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     config = LoadConfig(
         instances=args.instances,
         clients=args.clients,
