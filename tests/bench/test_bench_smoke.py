@@ -73,6 +73,7 @@ def test_batches_cost_one_dynamodb_request_whatever_their_rows(report: dict) -> 
     for row in report["scaling"]:
         assert row["dynamodb_requests_per_request"] == 1.0, row
         assert math.isfinite(row["ms_per_row"]) and row["ms_per_row"] > 0
+    assert report["scaling_verdict"]["dynamodb_requests_independent_of_rows"] is True
 
 
 def test_every_served_row_was_counted_once_in_dynamodb(report: dict) -> None:

@@ -410,12 +410,21 @@ def _report(
                 "dynamodb_bytes_per_request": median(per["bytes"]),
             }
         )
+    # Cost grows no faster than linearly in rows: the largest batch's time per row is at most the
+    # single row's, and the DynamoDB requests per request do not depend on the rows.
+    per_row = [row["ms_per_row"] for row in scaling]
+    ddb_counts = {row["dynamodb_requests_per_request"] for row in scaling}
+    scaling_verdict = {
+        "time_per_row_not_above_single_row": bool(per_row) and per_row[-1] <= per_row[0],
+        "dynamodb_requests_independent_of_rows": len(ddb_counts) == 1,
+    }
     return {
         "command": "mlmoat bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else []),
         "machine": _machine(),
         "plan": plan.__dict__,
         "figures": figures,
         "scaling": scaling,
+        "scaling_verdict": scaling_verdict,
         "dynamodb": {
             "allowed_predictions": m.allowed,
             "requests_per_allowed_prediction": per_allowed,
@@ -500,6 +509,15 @@ def render(report: dict[str, Any]) -> str:
             f"{_fmt(row['dynamodb_requests_per_request'], '', 2)} | "
             f"{_fmt(row['dynamodb_bytes_per_request'], '', 0)} |"
         )
+    verdict = report["scaling_verdict"]
+    lines += [
+        "",
+        "Scaling: time per row at the largest batch "
+        + ("<=" if verdict["time_per_row_not_above_single_row"] else ">")
+        + " a single row's; DynamoDB requests per request "
+        + ("independent of" if verdict["dynamodb_requests_independent_of_rows"] else "VARY with")
+        + " the rows (the row cap, SECURITY_MAX_ROWS, is the last size).",
+    ]
     ddb = report["dynamodb"]
     machine = report["machine"]
     lines += [
