@@ -38,6 +38,12 @@ def test_uniform_extraction_is_flagged_within_100_rows(results: dict[str, Any], 
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_every_flag_reached_the_key_item(results: dict[str, Any], model: str) -> None:
+    written = results["models"][model]["flags_written"]
+    assert written["flagged"] >= 27 and written["on_key"] == written["flagged"]
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_boundary_probing_is_flagged_within_300_rows(results: dict[str, Any], model: str) -> None:
     rows = results["models"][model]["detection"]["boundary"]
     assert all(r is not None and r <= 300 for r in rows)
@@ -48,29 +54,19 @@ def test_benign_keys_are_never_flagged(results: dict[str, Any], model: str) -> N
     assert results["models"][model]["benign_false_flags"] == [None] * 4
 
 
-@pytest.mark.parametrize("model", ["iris", "breast-cancer"])
-def test_default_policy_keeps_membership_inference_near_chance(
+@pytest.mark.parametrize("model", MODELS)
+def test_default_configuration_keeps_membership_inference_near_chance(
     results: dict[str, Any], model: str
 ) -> None:
+    # default: probabilities:2 with squeezing on (flag)
     assert results["models"][model]["membership"]["rounded2"]["auc"] <= 0.55
 
 
-def test_the_overfit_forest_leaks_membership_through_raw_probabilities(
-    results: dict[str, Any],
-) -> None:
+def test_the_overfit_forest_leaks_membership_without_defences(results: dict[str, Any]) -> None:
     membership = results["models"]["breast-cancer-forest"]["membership"]
     assert membership["raw"]["auc"] >= 0.65
-    # label-only output removes most of it
-    assert membership["label"]["auc"] <= 0.6
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="missed target: rounding to 2 decimals still shows the "
-    "forest's 1.00 confidence on members (see docs/ml-defences.md)",
-)
-def test_default_policy_on_the_overfit_forest(results: dict[str, Any]) -> None:
-    assert results["models"]["breast-cancer-forest"]["membership"]["rounded2"]["auc"] <= 0.55
+    # rounding alone does not remove it; squeezing (the default) does
+    assert membership["rounded2_nosqueeze"]["auc"] >= 0.65
 
 
 @pytest.mark.parametrize("model", MODELS)

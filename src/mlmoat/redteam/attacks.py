@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
@@ -12,8 +13,12 @@ from sklearn.pipeline import make_pipeline  # type: ignore[import-untyped]
 from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
 
 from mlmoat.redteam.cases import ModelCase
+from mlmoat.redteam.stack import FlaggedError, StackTarget
 from mlmoat.redteam.target import ServedTarget
 from mlmoat.redteam.traffic import benign_rows, boundary_probe, uniform_rows
+from security.defences import SqueezeConfig
+
+AnyTarget = ServedTarget | StackTarget
 
 
 def _art() -> Any:
@@ -31,7 +36,7 @@ def _art() -> Any:
 
 
 def attack_stream(
-    kind: str, target: ServedTarget, count: int, rng: np.random.Generator
+    kind: str, target: AnyTarget, count: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Query ``count`` rows of strategy ``kind`` (uniform | boundary); return rows and answers."""
     case = target.case
@@ -84,7 +89,7 @@ def fidelity(case: ModelCase, surrogate: Any) -> float:
 
 
 def extraction_curve(
-    target: ServedTarget, kind: str, counts: list[int], seed: int
+    target: AnyTarget, kind: str, counts: list[int], seed: int
 ) -> dict[str, list[float]]:
     """Fidelity of label and probability surrogates after each query count."""
     rng = np.random.default_rng(seed)
@@ -103,23 +108,27 @@ def queries_for(curve: list[float], counts: list[int], goal: float = 0.95) -> in
     return next((c for c, f in zip(counts, curve, strict=True) if f >= goal), None)
 
 
-def detection_row(target: ServedTarget, kind: str, count: int, seed: int) -> int | None:
+def detection_row(target: AnyTarget, kind: str, count: int, seed: int) -> int | None:
     """The row at which the monitor flags an attack stream (None: not within ``count``)."""
-    attack_stream(kind, target, count, np.random.default_rng(seed))
-    return target.state.flagged_at_row if target.state.flagged else None
+    with contextlib.suppress(FlaggedError):
+        attack_stream(kind, target, count, np.random.default_rng(seed))
+    state = target.state
+    return state.flagged_at_row if state.flagged else None
 
 
-def benign_flag_row(target: ServedTarget, count: int, seed: int) -> int | None:
+def benign_flag_row(target: AnyTarget, count: int, seed: int) -> int | None:
     """The row at which a benign caller is (falsely) flagged, if ever."""
     rng = np.random.default_rng(seed)
-    target.query(benign_rows(target.case.x_test, target.case.domain, count, rng))
-    return target.state.flagged_at_row if target.state.flagged else None
+    with contextlib.suppress(FlaggedError):
+        target.query(benign_rows(target.case.x_test, target.case.domain, count, rng))
+    state = target.state
+    return state.flagged_at_row if state.flagged else None
 
 
 # --------------------------------------------------------------------------- membership inference
 
 
-def membership_inference(target: ServedTarget, seed: int) -> dict[str, Any]:
+def membership_inference(target: AnyTarget, seed: int) -> dict[str, Any]:
     """ART black-box MIA on what the policy shows, and the label-only gap attack; AUC and ROC."""
     _, mia, _, estimators = _art()
     case = target.case
@@ -169,7 +178,7 @@ def _onehot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return onehot
 
 
-def accuracy(target: ServedTarget) -> float:
+def accuracy(target: AnyTarget) -> float:
     """Held-out accuracy of the labels the caller is served."""
     seen, served = target.query(target.case.x_test)
     truth = target.case.label_index(target.case.y_test)
@@ -180,7 +189,12 @@ def accuracy(target: ServedTarget) -> float:
 
 
 def hopskipjump(
-    target: ServedTarget, *, rows: int, seed: int, budget: float = 0.05, max_iter: int = 10
+    target: AnyTarget,
+    *,
+    rows: int,
+    seed: int,
+    budget: float = 0.05,
+    max_iter: int = 10,
 ) -> dict[str, Any]:
     """HopSkipJump (L-inf) through the target; success = misclassified within ``budget`` x range."""
     evasion, _, _, estimators = _art()
@@ -216,15 +230,18 @@ def hopskipjump(
     z = (x - lower) / width
     np.random.seed(seed)  # ART's HopSkipJump draws from numpy's global generator
     before = target.queries
+    # The attacker's goal is to change the answer the defended service gives for the clean row.
+    clean_seen, clean_served = target.query(x)
+    reference = np.where(clean_served, clean_seen.argmax(axis=1), truth_model[index])
     z_adv = np.empty_like(z)
     for i in range(z.shape[0]):
-        current["label"] = int(truth_model[index[i]])
+        current["label"] = int(reference[i])
         z_adv[i] = attack.generate(z[i : i + 1])[0]
     spent = target.queries - before
     x_adv = lower + z_adv * width
     distance = np.abs(z_adv - z).max(axis=1)
     seen, served = target.query(x_adv)
-    fooled = served & (seen.argmax(axis=1) != truth_model[index])
+    fooled = served & (seen.argmax(axis=1) != reference)
     success = fooled & (distance <= budget)
     return {
         "rows": int(rows),
@@ -235,24 +252,30 @@ def hopskipjump(
     }
 
 
-def squeeze_false_detections(target: ServedTarget, seed: int) -> dict[str, float]:
-    """Share of benign held-out rows (clean, and with noise) the squeezing detector flags."""
-    assert target.squeeze is not None
-    squeezer_rows = [target.case.x_test]
+def squeeze_false_detections(
+    target: AnyTarget, squeeze: SqueezeConfig, seed: int
+) -> dict[str, float]:
+    """Share of benign held-out rows (clean, and with noise) the service refuses as adversarial.
+
+    ``target`` must run the ``refuse`` squeeze policy with one row per request, so each refusal
+    is one flagged row; ``squeeze`` gives the same figure offline as a cross-check.
+    """
     rng = np.random.default_rng(seed)
-    squeezer_rows.append(benign_rows(target.case.x_test, target.case.domain, 2000, rng))
-    rates = []
-    for rows in squeezer_rows:
+    sets = [target.case.x_test, benign_rows(target.case.x_test, target.case.domain, 500, rng)]
+    rates, offline = [], []
+    for rows in sets:
+        _, served = target.query(rows)
+        rates.append(float((~served).mean()))
         raw = target.case.predict_proba(rows)
-        squeezed = target.case.predict_proba(target.squeeze.squeeze(rows))
-        rates.append(float((np.abs(raw - squeezed).sum(axis=1) > target.squeeze.threshold).mean()))
-    return {"held_out": rates[0], "held_out_noisy": rates[1]}
+        squeezed = target.case.predict_proba(squeeze.squeeze(rows))
+        offline.append(float((np.abs(raw - squeezed).sum(axis=1) > squeeze.threshold).mean()))
+    return {"held_out": rates[0], "held_out_noisy": rates[1], "offline_held_out": offline[0]}
 
 
 # --------------------------------------------------------------------------- inversion
 
 
-def inversion_transfer(target: ServedTarget, *, queries: int, seed: int) -> dict[str, Any]:
+def inversion_transfer(target: AnyTarget, *, queries: int, seed: int) -> dict[str, Any]:
     """MIFace on a label surrogate extracted with ``queries`` uniform queries.
 
     Scores each class's inverted representative by its distance (in envelope units) to the true

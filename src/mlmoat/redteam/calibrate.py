@@ -83,9 +83,18 @@ def calibrate_squeeze(
 
 
 def calibrate_monitor(
-    case: ModelCase, *, seed: int = CALIBRATION_SEED
+    case: ModelCase, *, squeeze: SqueezeConfig | None = None, seed: int = CALIBRATION_SEED
 ) -> tuple[MonitorReference, dict[str, Any]]:
-    """Fit the monitor reference for one model on training rows and benign calibration streams."""
+    """Fit the monitor reference for one model on training rows and benign calibration streams.
+
+    Confidences are taken as the pipeline sends them with squeezing on (the default policy):
+    squeezed rows are less confident, so a reference fitted on them is also safe when squeezing
+    is off.
+    """
+
+    def served_proba(rows: np.ndarray) -> np.ndarray:
+        return case.predict_proba(squeeze.squeeze(rows) if squeeze is not None else rows)
+
     lower, upper = case.lower, case.upper
     width = np.where(upper - lower > 0, upper - lower, 1.0)
     z_train = (case.x_train - lower) / width
@@ -113,7 +122,7 @@ def calibrate_monitor(
     pooled = np.vstack(streams)
     off_scores = draft.off_manifold_scores(pooled)
     off_threshold = float(np.quantile(off_scores, 0.99))
-    confidences = case.predict_proba(pooled).max(axis=1)
+    confidences = served_proba(pooled).max(axis=1)
     low_cut = float(min(0.9, np.quantile(confidences, 0.05)))
     off_rate = float((off_scores > off_threshold).mean())
     low_rate = float((confidences < low_cut).mean())
@@ -135,8 +144,9 @@ def calibrate_monitor(
     for stream in streams:
         state = DetectorState()
         detector = ExtractionDetector(draft)
-        conf = case.predict_proba(stream).max(axis=1)
-        labels = [case.classes[i] for i in case.predict_proba(stream).argmax(axis=1)]
+        proba = served_proba(stream)
+        conf = proba.max(axis=1)
+        labels = [case.classes[i] for i in proba.argmax(axis=1)]
         for start in range(0, stream.shape[0], 50):
             verdict = detector.observe(
                 state,
@@ -174,7 +184,7 @@ def calibrate_monitor(
 def calibrate_case(case: ModelCase) -> dict[str, Any]:
     """The full ``defences.json`` document for one model."""
     squeeze, squeeze_info = calibrate_squeeze(case)
-    monitor, monitor_info = calibrate_monitor(case)
+    monitor, monitor_info = calibrate_monitor(case, squeeze=squeeze)
     return {
         "schema_version": 1,
         "model": case.name,

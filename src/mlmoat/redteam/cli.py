@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-
-from mlmoat.redteam.cases import ModelCase
 
 DEFAULT_MODELS = ("iris", "breast-cancer", "breast-cancer-forest")
 DP_EPSILON = 1.0
@@ -23,25 +23,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dp_cases(cases: list[ModelCase]) -> dict[str, ModelCase]:
-    """DP variants (diffprivlib, epsilon 1) trained in-process on the same split."""
-    from dataclasses import replace
+def _served_dir(model_dir: Path, names: list[str], work: Path) -> tuple[Path, list[str]]:
+    """A model directory holding the served models and their DP variants (trained here)."""
+    from mlmoat.redteam.calibrate import calibrate_case, write_defences
+    from mlmoat.redteam.cases import load_cases
+    from mlmoat.train import MODEL_SPECS, train_model, write_model
 
-    from mlmoat.train import MODEL_SPECS, train_model
-
-    dp: dict[str, ModelCase] = {}
-    for case in cases:
-        if not MODEL_SPECS[case.name].supports_dp:
-            continue
-        trained = train_model(case.name, dp_epsilon=DP_EPSILON)
-        dp[case.name] = replace(
-            case,
-            name=f"{case.name}-dp",
-            version=str(trained.manifest["version"]),
-            predict_proba=trained.estimator.predict_proba,
-            dp_epsilon=DP_EPSILON,
-        )
-    return dp
+    served = work / "models"
+    dp_names = []
+    for name in names:
+        shutil.copytree(model_dir / name, served / name)
+        if MODEL_SPECS[name].supports_dp:
+            write_model(train_model(name, dp_epsilon=DP_EPSILON), served)
+            dp_names.append(f"{name}-dp")
+    for case in load_cases(served, dp_names):
+        write_defences(calibrate_case(case), served)
+    return served, dp_names
 
 
 def main(argv: list[str]) -> int:
@@ -49,20 +46,29 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from mlmoat.redteam.cases import load_cases
 
-    cases = load_cases(args.model_dir, list(args.models))
     if args.action == "calibrate":
         from mlmoat.redteam.calibrate import calibrate_case, write_defences
 
-        for case in cases:
+        for case in load_cases(args.model_dir, list(args.models)):
             path = write_defences(calibrate_case(case), args.model_dir)
             print(f"wrote {path}")
         return 0
     from mlmoat.redteam.report import headline, write_report
     from mlmoat.redteam.run import FULL, QUICK, run, targets, write_json
 
-    results = run(
-        cases, _dp_cases(cases), args.model_dir, plan=QUICK if args.quick else FULL, seed=args.seed
-    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mlmoat-redteam-") as work:
+        served, dp_names = _served_dir(args.model_dir, list(args.models), Path(work))
+        cases = load_cases(served, list(args.models))
+        dp_cases = {case.name.removesuffix("-dp"): case for case in load_cases(served, dp_names)}
+        results = run(
+            cases,
+            dp_cases,
+            served,
+            plan=QUICK if args.quick else FULL,
+            seed=args.seed,
+            audit_path=args.out / "audit.log",
+        )
     write_json(results, args.out)
     report = write_report(results, args.out)
     print(headline(results))

@@ -122,7 +122,6 @@ def markdown(results: dict[str, Any]) -> str:
             parts.append(
                 f"| {config} | {value['auc']:.3f} | {value['label_only_auc']:.3f} | {acc:.3f} |"
             )
-        parts.append(f"| squeezed (flag) | | | {model['accuracy']['squeezed']:.3f} |")
         hsj = model["hopskipjump"]
         parts += [
             "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +13,22 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 
 from mlmoat.redteam import attacks
 from mlmoat.redteam.cases import ModelCase
+from mlmoat.redteam.stack import LocalStack, StackTarget
 from mlmoat.redteam.target import ServedTarget
 from security.defences import SqueezeConfig, load_defences
 from security.extraction import MonitorReference
 
-# Output policies measured (sanitize grammar). "dp" is the default policy on the DP model.
-POLICIES = {
-    "raw": "probabilities:6",
-    "rounded2": "probabilities:2",
-    "label": "label",
-    "threshold": "probabilities:2:min0.99",
+# Defence configurations: (output policy, squeeze policy). "rounded2" is the deployment's
+# default (SECURITY_DEFAULT_OUTPUT=probabilities:2, SECURITY_SQUEEZE_POLICY=flag); "raw" turns
+# every output and input defence off; "dp" is the default configuration on the DP model.
+CONFIGS = {
+    "raw": ("probabilities:6", "off"),
+    "rounded2": ("probabilities:2", "flag"),
+    "rounded2_nosqueeze": ("probabilities:2", "off"),
+    "label": ("label", "flag"),
+    "threshold": ("probabilities:2:min0.99", "flag"),
 }
-DEFAULT_POLICY = "probabilities:2"
+DP_CONFIG = ("probabilities:2", "flag")
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,8 @@ class Plan:
     inversion_queries: int
 
 
-FULL = Plan((10, 25, 50, 100, 200, 400, 800), 10, 300, 20, 2000, 12, 10, 800)
-QUICK = Plan((10, 50, 200), 10, 300, 4, 1000, 4, 5, 400)
+FULL = Plan((10, 25, 50, 100, 200, 400, 800), 10, 300, 20, 2000, 10, 10, 800)
+QUICK = Plan((10, 50, 200), 10, 300, 4, 1000, 3, 5, 400)
 
 
 @dataclass(frozen=True)
@@ -66,31 +70,48 @@ def run(
     *,
     plan: Plan,
     seed: int,
+    audit_path: Path,
 ) -> dict[str, Any]:
-    """Run every experiment; return the JSON-able results."""
+    """Run every experiment through the real handlers; return the JSON-able results."""
     started = time.time()
     results: dict[str, Any] = {"seed": seed, "plan": plan.__dict__, "models": {}}
     steps = len(cases) * 6
-    with tqdm(total=steps, desc="redteam", unit="step") as bar:
+    with (
+        LocalStack(model_dir=model_dir, audit_path=audit_path) as stack,
+        tqdm(total=steps, desc="redteam", unit="step") as bar,
+    ):
         for case in cases:
             arms = armoury(model_dir, case)
             out: dict[str, Any] = {"version": case.version}
-            configs: dict[str, tuple[ModelCase, str]] = {
-                name: (case, policy) for name, policy in POLICIES.items()
+            timings: dict[str, float] = {}
+            out["seconds"] = timings
+            mark = time.time()
+            configs: dict[str, tuple[ModelCase, str, str]] = {
+                name: (case, policy, squeeze) for name, (policy, squeeze) in CONFIGS.items()
             }
             if case.name in dp_cases:
-                configs["dp"] = (dp_cases[case.name], DEFAULT_POLICY)
+                configs["dp"] = (dp_cases[case.name], *DP_CONFIG)
 
             def target(
                 config: str,
-                configs: dict[str, tuple[ModelCase, str]] = configs,
-                arms: Armoury = arms,
-                case: ModelCase = case,
+                configs: dict[str, tuple[ModelCase, str, str]] = configs,
                 **kw: Any,
+            ) -> StackTarget:
+                model, policy, squeeze = configs[config]
+                kw.setdefault("squeeze_policy", squeeze)
+                return StackTarget(stack, model, policy, **kw)
+
+            def local(
+                policy: str, squeeze: str, config: SqueezeConfig, case: ModelCase = case, **kw: Any
             ) -> ServedTarget:
-                model, policy = configs[config]
-                monitor = arms.monitor if model is case else None
-                return ServedTarget(model, policy, monitor=monitor, **kw)
+                return ServedTarget(case, policy, squeeze_policy=squeeze, squeeze=config, **kw)
+
+            def inproc(
+                config: str, configs: dict[str, tuple[ModelCase, str, str]] = configs
+            ) -> ServedTarget:
+                model, policy, squeeze = configs[config]
+                grid = load_defences(model_dir / model.name / "defences.json").squeeze
+                return ServedTarget(model, policy, squeeze_policy=squeeze, squeeze=grid)
 
             bar.set_postfix_str(f"{case.name}: extraction")
             counts = list(plan.counts)
@@ -106,58 +127,81 @@ def run(
                     }
             out["extraction"] = {"counts": counts, "results": extraction}
             bar.update()
+            timings[bar.postfix.split(": ")[-1]] = round(time.time() - mark, 1)
+            mark = time.time()
 
             bar.set_postfix_str(f"{case.name}: detection")
             detection: dict[str, list[int | None]] = {}
-            for kind in ("uniform", "boundary"):
-                detection[kind] = [
-                    attacks.detection_row(target("rounded2"), kind, plan.detection_rows, seed + s)
-                    for s in range(plan.detection_seeds)
-                ]
-            detection["uniform_batches_of_10"] = [
-                attacks.detection_row(
-                    target("rounded2", batch_rows=10), "uniform", plan.detection_rows, seed + 50 + s
-                )
-                for s in range(plan.detection_seeds)
+            flag_records: list[bool] = []
+            variants = [
+                ("uniform", "uniform", 1, 0),
+                ("boundary", "boundary", 100, 0),
+                ("uniform_batches_of_10", "uniform", 10, 50),
             ]
+            for name, kind, batch, offset in variants:
+                detection[name] = []
+                for s in range(plan.detection_seeds):
+                    attacker = target(
+                        "rounded2", monitored=True, stop_when_flagged=True, batch_rows=batch
+                    )
+                    row = attacks.detection_row(
+                        attacker, kind, plan.detection_rows, seed + offset + s
+                    )
+                    detection[name].append(row)
+                    if row is not None:
+                        # The monitor's flag must be on the key item itself, not only in its state.
+                        flags = stack.key_item(attacker.principal_id).get("flags") or set()
+                        flag_records.append(any(f.startswith("extraction:") for f in flags))
             out["detection"] = detection
+            out["flags_written"] = {"flagged": len(flag_records), "on_key": sum(flag_records)}
             bar.update()
+            timings[bar.postfix.split(": ")[-1]] = round(time.time() - mark, 1)
+            mark = time.time()
 
             bar.set_postfix_str(f"{case.name}: benign")
             out["benign_false_flags"] = [
                 attacks.benign_flag_row(
-                    target("rounded2", batch_rows=20), plan.benign_rows, seed + 1000 + k
+                    target("rounded2", monitored=True, stop_when_flagged=True, batch_rows=50),
+                    plan.benign_rows,
+                    seed + 1000 + k,
                 )
                 for k in range(plan.benign_keys)
             ]
             bar.update()
+            timings[bar.postfix.split(": ")[-1]] = round(time.time() - mark, 1)
+            mark = time.time()
 
             bar.set_postfix_str(f"{case.name}: membership")
+            # In-process (same Squeezer and output-policy code as the handler): through the
+            # handler, every batch holding one out-of-envelope held-out row is refused and must
+            # be resent row by row, which costs minutes per model here.
             out["membership"] = {
-                config: attacks.membership_inference(target(config), seed) for config in configs
+                config: attacks.membership_inference(inproc(config), seed) for config in configs
             }
-            out["accuracy"] = {config: attacks.accuracy(target(config)) for config in configs}
-            out["accuracy"]["squeezed"] = attacks.accuracy(
-                target("rounded2", squeeze_policy="flag", squeeze=arms.squeeze)
-            )
+            out["accuracy"] = {config: attacks.accuracy(inproc(config)) for config in configs}
             bar.update()
+            timings[bar.postfix.split(": ")[-1]] = round(time.time() - mark, 1)
+            mark = time.time()
 
             bar.set_postfix_str(f"{case.name}: hopskipjump")
             hsj: dict[str, Any] = {}
             for squeeze_policy in ("off", "flag", "refuse"):
                 hsj[squeeze_policy] = attacks.hopskipjump(
-                    target("label", squeeze_policy=squeeze_policy, squeeze=arms.squeeze),
+                    local("label", squeeze_policy, arms.squeeze),
                     rows=plan.hsj_rows,
                     seed=seed,
                     max_iter=plan.hsj_iter,
                 )
             hsj["false_detections"] = attacks.squeeze_false_detections(
-                target("label", squeeze_policy="flag", squeeze=arms.squeeze), seed + 2000
+                local("label", "refuse", arms.squeeze, batch_rows=1), arms.squeeze, seed + 2000
             )
-            hsj["levels"] = round(1.0 / (arms.squeeze.step[0] / (case.upper[0] - case.lower[0])))
+            width = float(case.upper[0] - case.lower[0]) or 1.0
+            hsj["levels"] = round(width / arms.squeeze.step[0])
             hsj["threshold"] = arms.squeeze.threshold
             out["hopskipjump"] = hsj
             bar.update()
+            timings[bar.postfix.split(": ")[-1]] = round(time.time() - mark, 1)
+            mark = time.time()
 
             bar.set_postfix_str(f"{case.name}: inversion")
             out["inversion"] = {
@@ -167,6 +211,8 @@ def run(
                 for config in ("rounded2", "label")
             }
             bar.update()
+            timings[bar.postfix.split(": ")[-1]] = round(time.time() - mark, 1)
+            mark = time.time()
             results["models"][case.name] = out
     results["elapsed_seconds"] = round(time.time() - started, 1)
     return results
@@ -263,6 +309,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(type(value).__name__)
-
-
-__all__ = ["FULL", "QUICK", "Plan", "run", "targets", "write_json", "replace"]

@@ -1,6 +1,8 @@
-"""What the attacker talks to: the serving pipeline's defences applied to a served model.
+"""An in-process target for attacks that need tens of thousands of queries (HopSkipJump).
 
-``ServedTarget`` runs a request the way the predict pipeline does: feature squeezing
+Through the real handlers against the local DynamoDB each request costs ~0.1 s here, which puts
+HopSkipJump's thousands of requests out of the run's time budget. ``ServedTarget`` runs a request
+with the same security code the predict pipeline runs: feature squeezing
 (``security.defences.Squeezer``), prediction, the caller's output policy
 (``security.sanitize.apply_output_policy``), and hands every served request to the extraction
 monitor's detector exactly as the queue message would carry it (rows, labels, confidences).

@@ -66,20 +66,21 @@ def boundary_probe(
     search_steps: int = 6,
     jitter: float = 0.02,
     per_boundary: int = 4,
+    pairs: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
     """An attacker with a few natural seed rows probing the decision boundaries between them.
 
-    It labels the seeds, then repeatedly bisects the segment between two seeds of different
-    labels (``search_steps`` queries) and samples ``per_boundary`` points jittered around the
-    boundary point it found. ``oracle`` maps rows to label indices (one query per row). Returns
-    exactly ``count`` queried rows and their labels, in query order.
+    It labels the seeds, then, ``pairs`` segments at a time (one request per step), bisects the
+    segment between two seeds of different labels for ``search_steps`` steps and samples
+    ``per_boundary`` points jittered around each boundary point found. ``oracle`` maps rows to
+    label indices (one request per call). Returns exactly ``count`` queried rows and their
+    labels, in query order.
     """
     rows: list[np.ndarray] = []
     labels: list[int] = []
 
     def ask(batch: np.ndarray) -> np.ndarray:
-        room = count - len(rows)
-        batch = batch[:room]
+        batch = batch[: count - len(rows)]
         if batch.shape[0] == 0:
             return np.zeros(0, dtype=int)
         answer = oracle(batch)
@@ -94,20 +95,22 @@ def boundary_probe(
         if distinct.size < 2:
             ask(uniform_rows(domain, min(10, count - len(rows)), rng))
             continue
-        first, second = rng.choice(distinct, size=2, replace=False)
-        a = seeds[rng.choice(np.flatnonzero(seed_labels == first))]
-        b = seeds[rng.choice(np.flatnonzero(seed_labels == second))]
-        label_a = first
+        starts, ends, first_labels = [], [], []
+        for _ in range(pairs):
+            first, second = rng.choice(distinct, size=2, replace=False)
+            starts.append(seeds[rng.choice(np.flatnonzero(seed_labels == first))])
+            ends.append(seeds[rng.choice(np.flatnonzero(seed_labels == second))])
+            first_labels.append(first)
+        a, b, label_a = np.array(starts), np.array(ends), np.array(first_labels)
         for _ in range(search_steps):
             mid = (a + b) / 2
-            answer = ask(mid.reshape(1, -1))
-            if answer.size == 0:
+            answer = ask(mid)
+            if answer.size < mid.shape[0]:
                 break
-            if int(answer[0]) == label_a:
-                a = mid
-            else:
-                b = mid
-        centre = (a + b) / 2
-        spread = rng.normal(0.0, jitter, size=(per_boundary, centre.size)) * domain.width
-        ask(domain.clip(centre + spread))
+            same = answer == label_a
+            a = np.where(same[:, None], mid, a)
+            b = np.where(same[:, None], b, mid)
+        centres = np.repeat((a + b) / 2, per_boundary, axis=0)
+        spread = rng.normal(0.0, jitter, size=centres.shape) * domain.width
+        ask(domain.clip(centres + spread))
     return np.asarray(rows[:count]), np.asarray(labels[:count])

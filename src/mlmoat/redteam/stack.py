@@ -1,0 +1,320 @@
+"""The real stack for the red team: API Gateway events through the Lambda handlers.
+
+``LocalStack`` starts an embedded moto server (DynamoDB and SQS over HTTP on loopback), creates
+the template's table and queues (``mlmoat.local.bootstrap``), loads ``handlers.predict`` and
+``handlers.monitor`` with the environment template.yaml gives them (model dir pointed at the
+repository's ``models/``), and creates real API keys with budgets through ``security.admin``.
+
+``StackTarget`` is what an attacker holds: one API key. Each query is a REST (v1) proxy event
+(``events/rest/models-iris-ok-single.json``'s shape) sent to the predict handler; the attacker
+sees the response body only. After each request the extraction queue is drained into the monitor
+handler as SQS batch events, so detection happens exactly as deployed; the detector state is read
+back from the principal's ``mon#`` item and the flag from the key item.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any
+
+import numpy as np
+
+from mlmoat.redteam.cases import ModelCase
+from security.extraction import DetectorState
+
+REPO = Path(__file__).resolve().parents[3]
+_EVENT = REPO / "events" / "rest" / "models-iris-ok-single.json"
+_DUMMY_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+@dataclass
+class _Context:
+    function_name: str
+    aws_request_id: str
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 1024
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:redteam"
+    log_group_name: str = "/aws/lambda/redteam"
+    log_stream_name: str = "redteam"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+class LocalStack:
+    """An embedded DynamoDB/SQS with the template's resources and the two handlers loaded."""
+
+    def __init__(self, *, model_dir: Path, audit_path: Path) -> None:
+        """Prepare (nothing starts until ``__enter__``)."""
+        self.model_dir = model_dir.resolve()
+        self.audit_path = audit_path
+        self._saved: dict[str, str | None] = {}
+        self._predict: dict[str, Any] = {}
+        self._audit: IO[str] | None = None
+
+    def __enter__(self) -> LocalStack:
+        from mlmoat.local.bootstrap import bootstrap
+        from mlmoat.local.server import EmbeddedDynamoDB
+        from mlmoat.local.template import Template
+
+        self._server = EmbeddedDynamoDB().start()
+        endpoint = self._server.endpoint
+        env = dict(_DUMMY_AWS)
+        env["AWS_ENDPOINT_URL_DYNAMODB"] = endpoint
+        env["AWS_ENDPOINT_URL_SQS"] = endpoint
+        self._set_env(env)
+        template = Template(REPO / "template.yaml", endpoint=endpoint, region="us-east-1")
+        bootstrap(template)
+        self.env = dict(template.function("PredictFunction").environment)
+        self.env["SECURITY_MODEL_DIR"] = str(self.model_dir)
+        self.env["SECURITY_MAX_ROWS"] = "100"
+        self._set_env(self.env)
+        import boto3
+
+        from security.admin import KeyAdmin
+        from security.settings import Settings
+        from security.store import PrincipalStore
+
+        self.settings = Settings.from_env(os.environ)
+        self.sqs = boto3.client("sqs")
+        self.store = PrincipalStore(
+            client=boto3.client("dynamodb"), table_name=self.settings.table_name
+        )
+        self.admin = KeyAdmin(store=self.store, settings=self.settings)
+        self.queue_url = str(self.settings.extraction_queue_url)
+        self.audit_path.parent.mkdir(parents=True, exist_ok=True)
+        self._audit = self.audit_path.open("w", encoding="utf-8")
+        self.monitor = self._load("handlers.monitor", self.env)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.stop()
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if self._audit is not None:
+            self._audit.close()
+
+    def _set_env(self, env: dict[str, str]) -> None:
+        for name, value in env.items():
+            self._saved.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _load(self, module_name: str, env: dict[str, str]) -> ModuleType:
+        # Handlers read settings and build clients at import, as on a Lambda cold start; their
+        # audit loggers bind the current stdout, which is the red team's audit file here.
+        self._set_env(env)
+        assert self._audit is not None
+        with contextlib.redirect_stdout(self._audit):
+            module = importlib.import_module(module_name)
+            return importlib.reload(module)
+
+    def predict_handler(self, squeeze_policy: str) -> Any:
+        """The predict handler as deployed with ``SECURITY_SQUEEZE_POLICY=squeeze_policy``."""
+        if squeeze_policy not in self._predict:
+            env = dict(self.env, SECURITY_SQUEEZE_POLICY=squeeze_policy)
+            self._predict[squeeze_policy] = self._load("handlers.predict", env).handler
+        return self._predict[squeeze_policy]
+
+    def create_key(self, *, owner: str, output_policy: str, budget: int) -> tuple[str, str]:
+        """A real API key scoped ``predict:*`` with a row budget; returns (api_key, principal)."""
+        created = self.admin.create(
+            owner=owner, output_policy=output_policy, budget=budget, rate_limit="100000000/minute"
+        )
+        return str(created["api_key"]), f"key#{created['key_id']}"
+
+    def drain(self) -> int:
+        """Feed every queued message to the monitor handler; return how many were processed."""
+        processed = 0
+        while True:
+            received = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", [])
+            if not received:
+                return processed
+            event = {"Records": [_sqs_record(m) for m in received]}
+            context = _Context("MonitorFunction", str(uuid.uuid4()))
+            assert self._audit is not None
+            with contextlib.redirect_stdout(self._audit):
+                result = self.monitor.handler(event, context)
+            failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
+            for message in received:
+                if message["MessageId"] not in failed:
+                    self.sqs.delete_message(
+                        QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
+                    )
+                    processed += 1
+
+    def purge(self) -> None:
+        """Drop queued messages nobody will monitor (attacks measured for something else)."""
+        while True:
+            received = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            ).get("Messages", [])
+            if not received:
+                return
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(received)
+                ],
+            )
+
+    def monitor_state(self, principal_id: str, model: str) -> DetectorState:
+        """The monitor's state item for a principal and model, as stored."""
+        blob, _ = self.store.load_monitor_state(principal_id, model)
+        return DetectorState.from_bytes(blob) if blob else DetectorState()
+
+    def key_item(self, principal_id: str) -> dict[str, Any]:
+        """The principal's item (status, flags, counters)."""
+        return self.store.get(principal_id) or {}
+
+
+def _sqs_record(message: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
+        "messageAttributes": {},
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue",
+        "awsRegion": "us-east-1",
+    }
+
+
+class FlaggedError(RuntimeError):
+    """Raised by a target built with ``stop_when_flagged`` once the monitor has flagged it."""
+
+
+class StackTarget:
+    """One attacker (one API key with a budget) against one model through the real handlers."""
+
+    def __init__(
+        self,
+        stack: LocalStack,
+        case: ModelCase,
+        policy: str,
+        *,
+        squeeze_policy: str = "flag",
+        budget: int = 1_000_000,
+        batch_rows: int = 100,
+        monitored: bool = False,
+        stop_when_flagged: bool = False,
+        drain_every: int = 1,
+    ) -> None:
+        """Create the attacker's key and pick the handler for the squeeze policy."""
+        self.stack = stack
+        self.case = case
+        self.policy = policy
+        self.batch_rows = batch_rows
+        self.monitored = monitored
+        self.stop_when_flagged = stop_when_flagged
+        self.drain_every = drain_every
+        self.queries = 0
+        self.refused = 0
+        self.statuses: dict[int, int] = {}
+        self._handler = stack.predict_handler(squeeze_policy)
+        owner = f"redteam-{uuid.uuid4().hex[:12]}"
+        self.api_key, self.principal_id = stack.create_key(
+            owner=owner, output_policy=policy, budget=budget
+        )
+        self._template = json.loads(_EVENT.read_text(encoding="utf-8"))
+
+    @property
+    def state(self) -> DetectorState:
+        """The monitor's stored state for this principal and model."""
+        return self.stack.monitor_state(self.principal_id, self.case.name)
+
+    def query(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Send rows in requests of ``batch_rows``; return (what the attacker sees, served mask)."""
+        rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+        seen = np.zeros((rows.shape[0], len(self.case.classes)))
+        served = np.zeros(rows.shape[0], dtype=bool)
+        for start in range(0, rows.shape[0], self.batch_rows):
+            chunk = rows[start : start + self.batch_rows]
+            answers = self._answer(chunk)
+            for offset, prediction in enumerate(answers):
+                if prediction is None:
+                    self.refused += 1
+                    continue
+                seen[start + offset] = self._visible(prediction)
+                served[start + offset] = True
+            requests = sum(self.statuses.values())
+            if self.monitored and requests % self.drain_every == 0:
+                # SQS hands the monitor batches of up to 10 messages, as Lambda's event source
+                # mapping does; the detector still records the exact row that fired.
+                self.stack.drain()
+                # Measuring detection only: once flagged, the rest of the stream changes nothing.
+                if self.stop_when_flagged and self.state.flagged:
+                    raise FlaggedError(self.principal_id)
+        if self.monitored:
+            self.stack.drain()
+        else:
+            self.stack.purge()
+        return seen, served
+
+    def _answer(self, rows: np.ndarray) -> list[dict[str, Any] | None]:
+        """Predictions for a batch; a batch refused for one row (422) is resent row by row,
+        as a client would, so each row gets its own answer (None: refused)."""
+        status, body = self._request(rows)
+        self.queries += rows.shape[0]
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status == 200:
+            return list(body["predictions"])
+        if status == 422 and rows.shape[0] > 1:
+            answers: list[dict[str, Any] | None] = []
+            for row in rows:
+                answers.extend(self._answer(row.reshape(1, -1)))
+            return answers
+        return [None] * rows.shape[0]
+
+    def _request(self, rows: np.ndarray) -> tuple[int, dict[str, Any]]:
+        event = json.loads(json.dumps(self._template))
+        path = f"/models/{self.case.name}/predict"
+        body = json.dumps({"instances": rows.tolist()}).encode()
+        event["path"] = path
+        event["pathParameters"] = {"model": self.case.name}
+        event["requestContext"]["requestId"] = str(uuid.uuid4())
+        event["requestContext"]["path"] = f"/dev{path}"
+        headers = {"Content-Type": "application/json", "X-API-Key": self.api_key}
+        event["headers"] = headers
+        event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
+        event["body"] = base64.b64encode(body).decode()
+        event["isBase64Encoded"] = True
+        context = _Context("PredictFunction", str(uuid.uuid4()))
+        assert self.stack._audit is not None
+        with contextlib.redirect_stdout(self.stack._audit):
+            response = self._handler(event, context)
+        raw = response.get("body") or "{}"
+        if response.get("isBase64Encoded"):
+            raw = base64.b64decode(raw).decode()
+        return int(response["statusCode"]), json.loads(raw)
+
+    def _visible(self, prediction: dict[str, Any]) -> np.ndarray:
+        vector = np.zeros(len(self.case.classes))
+        probabilities = prediction.get("probabilities")
+        if isinstance(probabilities, dict) and len(probabilities) == len(self.case.classes):
+            for i, name in enumerate(self.case.classes):
+                vector[i] = float(probabilities[name])
+            return vector
+        vector[self.case.classes.index(str(prediction["label"]))] = 1.0
+        return vector
