@@ -134,47 +134,57 @@ def test_sink_sends_one_message_per_request_and_never_raises() -> None:
     assert broken.failures == 1
 
 
-class MemoryStore:
-    """An in-memory MonitorStateStore with the same versioning contract as DynamoDB's."""
-
-    def __init__(self) -> None:
-        self.items: dict[tuple[str, str], tuple[bytes, int]] = {}
-        self.flags: list[tuple[str, str, bool]] = []
-
-    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
-        blob, version = self.items.get((principal_id, model), (None, 0))
-        return blob, version
-
-    def save_monitor_state(
-        self, principal_id: str, model: str, blob: bytes, *, expected_version: int, now: int
-    ) -> None:
-        assert self.items.get((principal_id, model), (b"", 0))[1] == expected_version
-        self.items[(principal_id, model)] = (blob, expected_version + 1)
-
-    def flag_principal(self, principal_id: str, *, reason: str, suspend: bool, now: int) -> None:
-        self.flags.append((principal_id, reason, suspend))
-
-
-def test_monitor_suspends_once_audits_and_ignores_redelivery() -> None:
-    store, records = MemoryStore(), []
-    monitor = ExtractionMonitor(
-        store=store,
-        references={"toy": _reference(model="toy")},
-        action="suspend",
-        audit=records.append,
-    )
-    rng = np.random.default_rng(6)
-    for i in range(5):
-        rows = tuple(tuple(r) for r in rng.random((20, 3)))
-        message = QueryMessage("key#m1", "toy", f"req-m{i}", 1.0, rows, ("a",) * 20, (0.99,) * 20)
-        monitor.process(message)
-    assert store.flags == [("key#m1", "extraction:off_manifold", True)]
-    assert len(records) == 1 and records[0]["decision"] == "suspend"
-    assert records[0]["event"] == "extraction_flag" and records[0]["flagged_at_row"] <= 40
-    outcome = monitor.process(message)
-    assert outcome.duplicate and outcome.rows_seen == 100
-
-
 def test_monitor_rejects_unknown_action() -> None:
     with pytest.raises(ValueError):
-        ExtractionMonitor(store=MemoryStore(), references={}, action="ban", audit=print)
+        ExtractionMonitor(store=None, references={}, action="ban", audit=print)  # type: ignore[arg-type]
+
+
+def _table(name: str) -> Any:
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return client
+
+
+@mock_aws
+def test_monitor_on_the_principal_store_suspends_the_key_and_keeps_state() -> None:
+    from security.errors import StoreUnavailableError
+    from security.store import PrincipalStore
+
+    client = _table("sec-extraction-unit-1")
+    client.put_item(
+        TableName="sec-extraction-unit-1",
+        Item={"pk": {"S": "key#st1"}, "status": {"S": "active"}},
+    )
+    store = PrincipalStore(client=client, table_name="sec-extraction-unit-1")
+    records: list[dict[str, Any]] = []
+    monitor = ExtractionMonitor(
+        store=store,
+        references={"toy": _reference()},
+        action="suspend",
+        audit=records.append,
+        clock=lambda: 1_700_000_000.0,
+    )
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        rows = tuple(tuple(r) for r in rng.random((20, 3)))
+        message = QueryMessage("key#st1", "toy", f"req-st{i}", 1.0, rows, ("a",) * 20)
+        monitor.process(message)
+    # SQS redelivers the last message: it is recognised and not counted twice
+    assert monitor.process(message).duplicate
+    item = client.get_item(TableName="sec-extraction-unit-1", Key={"pk": {"S": "key#st1"}})["Item"]
+    assert item["status"]["S"] == "suspended"
+    assert item["flags"]["SS"] == ["extraction:off_manifold"]
+    blob, version = store.load_monitor_state("key#st1", "toy")
+    assert version == 3 and blob is not None
+    assert DetectorState.from_bytes(blob).rows_seen == 60
+    # a writer holding a stale version loses the race and is told to retry
+    with pytest.raises(StoreUnavailableError) as info:
+        store.save_monitor_state("key#st1", "toy", blob, expected_version=1, now=1)
+    assert info.value.reason == "monitor_state_conflict"
+    assert len(records) == 1 and records[0]["principal_id"] == "key#st1"
+    assert records[0]["decision"] == "suspend" and records[0]["flagged_at_row"] <= 40
