@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _served_dir(model_dir: Path, names: list[str], work: Path) -> tuple[Path, list[str]]:
+def _served_dir(
+    model_dir: Path, names: list[str], work: Path, *, with_dp: bool
+) -> tuple[Path, list[str]]:
     """A model directory holding the served models and their DP variants (trained here)."""
     from mlmoat.redteam.calibrate import calibrate_case, write_defences
     from mlmoat.redteam.cases import load_cases
@@ -33,7 +35,7 @@ def _served_dir(model_dir: Path, names: list[str], work: Path) -> tuple[Path, li
     dp_names = []
     for name in names:
         shutil.copytree(model_dir / name, served / name)
-        if MODEL_SPECS[name].supports_dp:
+        if with_dp and MODEL_SPECS[name].supports_dp:
             write_model(train_model(name, dp_epsilon=DP_EPSILON), served)
             dp_names.append(f"{name}-dp")
     for case in load_cases(served, dp_names):
@@ -58,7 +60,10 @@ def main(argv: list[str]) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mlmoat-redteam-") as work:
-        served, dp_names = _served_dir(args.model_dir, list(args.models), Path(work))
+        # --quick leaves the DP variants out: training and calibrating them costs ~40 s.
+        served, dp_names = _served_dir(
+            args.model_dir, list(args.models), Path(work), with_dp=not args.quick
+        )
         cases = load_cases(served, list(args.models))
         dp_cases = {case.name.removesuffix("-dp"): case for case in load_cases(served, dp_names)}
         results = run(
