@@ -415,6 +415,7 @@ class Sample:
     error_code: str | None
     returned_rows: int
     transport_error: str | None = None
+    route: str = "/predict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,16 +464,24 @@ def send(
 
 
 def _one_request(
-    key: LoadKey, instance: int, port: int, rows: int, body: bytes, model: str
+    key: LoadKey,
+    instance: int,
+    port: int,
+    rows: int,
+    body: bytes,
+    model: str,
+    *,
+    default_route: bool = True,
 ) -> Sample:
-    path = "/predict" if model == "iris" else f"/models/{model}/predict"
+    # The default model answers on both routes; both count against the same key.
+    path = "/predict" if model == "iris" and default_route else f"/models/{model}/predict"
     headers = {"Content-Type": "application/json", "X-API-Key": key.api_key}
     sent = time.time()
     try:
         status, response_headers, payload = send(port, path=path, body=body, headers=headers)
     except (OSError, http.client.HTTPException) as exc:
         return Sample(key.key_id, instance, rows, sent, time.time(), 0, None, None, 0,
-                      transport_error=type(exc).__name__)  # fmt: skip
+                      transport_error=type(exc).__name__, route=path)  # fmt: skip
     received = time.time()
     error_code: str | None = None
     returned = 0
@@ -484,7 +493,8 @@ def _one_request(
             if isinstance(document.get("predictions"), list):
                 returned = len(document["predictions"])
     return Sample(key.key_id, instance, rows, sent, received, status,
-                  response_headers.get("x-request-id"), error_code, returned)  # fmt: skip
+                  response_headers.get("x-request-id"), error_code, returned,
+                  route=path)  # fmt: skip
 
 
 def warm_up(key: LoadKey, ports: Sequence[int], model: str) -> tuple[list[Sample], int]:
@@ -530,7 +540,10 @@ def drive(
             instance = rng.randrange(len(ports))
             rows = rng.randint(2, 3) if rng.random() < config.batch_share else 1
             body = _body(rows, envelope, rng)
-            sample = _one_request(key, instance, ports[instance], rows, body, config.model)
+            sample = _one_request(
+                key, instance, ports[instance], rows, body, config.model,
+                default_route=rng.random() < 0.5,
+            )  # fmt: skip
             with lock:
                 samples.append(sample)
 
@@ -601,6 +614,7 @@ class Report:
     allowed_rows: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
+    routes: dict[str, int] = field(default_factory=dict)
     audit_records: int = 0
     extraction_flags: int = 0
     warmup_requests: int = 0
@@ -643,6 +657,10 @@ def check_run(
     for sample in samples:
         statuses[str(sample.status) if not sample.transport_error else sample.transport_error] += 1
     report.statuses = dict(sorted(statuses.items()))
+    routes: dict[str, int] = defaultdict(int)
+    for sample in samples:
+        routes[sample.route] += 1
+    report.routes = dict(sorted(routes.items()))
 
     transport = [s for s in samples if s.transport_error]
     if transport:
@@ -863,7 +881,7 @@ def format_summary(report: Report) -> str:
         f"{report.clients} clients, {report.keys} keys, {report.duration_s:.1f} s "
         f"({report.requests_per_second} req/s, p50 {report.latency_p50_ms} ms, "
         f"p99 {report.latency_p99_ms} ms)",
-        f"  statuses: {report.statuses}",
+        f"  statuses: {report.statuses}; routes: {report.routes}",
         f"  allowed: {report.allowed_requests} requests, {report.allowed_rows} rows; "
         f"refused: {report.refused}",
         f"  audit records: {report.audit_records} for {report.requests} requests "
