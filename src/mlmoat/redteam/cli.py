@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
     report = write_report(results, args.out)
     print(headline(results))
     print(f"\nreport: {report}")
-    return 0 if all(t["met"] for t in targets(results)) else 1
+    return 0 if all(t["met"] is not False for t in targets(results)) else 1
 
 
 if __name__ == "__main__":

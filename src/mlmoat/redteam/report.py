@@ -82,7 +82,7 @@ def headline(results: dict[str, Any]) -> str:
     """The targets table in Markdown."""
     lines = ["| model | target | measured | met |", "|---|---|---|---|"]
     for row in targets(results):
-        met = "yes" if row["met"] else "**missed**"
+        met = {True: "yes", False: "**missed**", None: "n/a"}[row["met"]]
         lines.append(f"| {row['model']} | {row['target']} | {row['measured']} | {met} |")
     return "\n".join(lines)
 

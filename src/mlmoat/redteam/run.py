@@ -274,23 +274,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         hsj = out["hopskipjump"]
         base = hsj["off"]["success_rate"]
-        best = min(hsj["flag"]["success_rate"], hsj["refuse"]["success_rate"])
+        flag, refuse = hsj["flag"]["success_rate"], hsj["refuse"]["success_rate"]
         fd = hsj["false_detections"]["held_out"]
-        met = (base == 0 or best <= base / 2) and fd <= 0.05
+        figure = f"{base:.2f} -> flag {flag:.2f} / refuse {refuse:.2f}; FD {fd:.3f}"
+        if base == 0:
+            # HopSkipJump never succeeded within 5% undefended: nothing to halve.
+            met: bool | None = None
+        else:
+            met = min(flag, refuse) <= base / 2 and fd <= 0.05
         rows.append(
             _target(
-                name,
-                "squeezing halves HopSkipJump success (<=5% range) at <=5% FD",
-                f"{base:.2f} -> flag {hsj['flag']['success_rate']:.2f} / refuse "
-                f"{hsj['refuse']['success_rate']:.2f}; FD {fd:.3f}",
-                met,
+                name, "squeezing halves HopSkipJump success (<=5% range) at <=5% FD", figure, met
             )
         )
     return rows
 
 
-def _target(model: str, target: str, figure: str, met: bool) -> dict[str, Any]:
-    return {"model": model, "target": target, "measured": figure, "met": bool(met)}
+def _target(model: str, target: str, figure: str, met: bool | None) -> dict[str, Any]:
+    # met is None when the measurement cannot decide the target (reported as n/a).
+    return {"model": model, "target": target, "measured": figure, "met": met}
 
 
 def _fmt_rows(values: list[int | None]) -> str:
