@@ -19,7 +19,8 @@
 
 Every error carries ``reason``: a short machine code for the audit log (never sent to the
 client), an optional ``detail`` for the log, and ``headers``: extra response headers such as
-``RateLimit`` on an authenticated refusal. ``integration`` maps each class to a status and one generic public message.
+``RateLimit`` on an authenticated refusal. ``integration`` maps each class to a status and
+one generic public message.
 """
 
 from __future__ import annotations

@@ -93,7 +93,9 @@ class Settings:
         settings = cls(
             table_name=reader.required("TABLE_NAME"),
             model_dir=reader.required("MODEL_DIR"),
-            default_model=reader.text("DEFAULT_MODEL", "iris", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$"),
+            default_model=reader.text(
+                "DEFAULT_MODEL", "iris", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$"
+            ),
             max_rows=reader.integer("MAX_ROWS", 100, low=1, high=10000),
             max_body_bytes=reader.integer("MAX_BODY_BYTES", 65536, low=256, high=6 * 1024 * 1024),
             envelope_margin=reader.number("ENVELOPE_MARGIN", 0.1, low=0.0, high=10.0),
@@ -108,7 +110,9 @@ class Settings:
             jwt_public_key_parameter=reader.optional("JWT_PUBLIC_KEY_PARAMETER"),
             jwt_algorithms=reader.algorithms("JWT_ALGORITHMS", ("RS256", "ES256")),
             jwt_leeway_seconds=reader.integer("JWT_LEEWAY_SECONDS", 30, low=0, high=300),
-            jwt_secret_max_age_seconds=reader.integer("JWT_KEY_MAX_AGE_SECONDS", 300, low=0, high=86400),
+            jwt_secret_max_age_seconds=reader.integer(
+                "JWT_KEY_MAX_AGE_SECONDS", 300, low=0, high=86400
+            ),
             extraction_queue_url=reader.optional("EXTRACTION_QUEUE_URL"),
             service_name=reader.text("SERVICE_NAME", "mlmoat", pattern=r"^[A-Za-z0-9_-]{1,64}$"),
             extraction_action=reader.choice("EXTRACTION_ACTION", "flag", ("flag", "suspend")),
@@ -122,7 +126,9 @@ class Settings:
         return settings
 
 
-_ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"})
+_ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"}
+)
 
 
 class _Reader:
