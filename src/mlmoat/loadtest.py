@@ -2,8 +2,9 @@
 
 ``python -m mlmoat.loadtest [--instances 3] [--clients 8] [--keys 24] [--duration 30]``
 
-It starts one local DynamoDB (a moto server that serialises requests as DynamoDB serialises
-writes to an item, see ``SerialDynamoDB``), creates its tables (``mlmoat local bootstrap``),
+It starts one local DynamoDB (``mlmoat.local.server.EmbeddedDynamoDB``, a moto server that
+applies DynamoDB calls one at a time as DynamoDB applies the writes to an item), creates its
+tables (``mlmoat local bootstrap``),
 creates many keys with small budgets and rate limits (``mlmoat keys create``), starts several
 ``mlmoat local start-api``
 processes standing in for Lambda instances, all sharing that one table, and drives concurrent
@@ -45,6 +46,8 @@ from typing import Any
 
 import boto3
 
+from mlmoat.local.server import EmbeddedDynamoDB, free_port, serve_until_signalled
+
 _HOST = "127.0.0.1"
 _READY_TIMEOUT_S = 120.0
 _REQUEST_TIMEOUT_S = 30.0
@@ -64,6 +67,7 @@ class LoadConfig:
     seed: int = 7
     model: str = "iris"
     batch_share: float = 0.3
+    jwt_subjects: int = 4
     work_dir: str | None = None
 
 
@@ -101,14 +105,6 @@ def plan_keys(count: int, rng: random.Random) -> list[KeyPlan]:
 
 
 # --------------------------------------------------------------------------- processes
-def free_port() -> int:
-    """A free TCP port on loopback (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def local_env(dynamodb_port: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment every local command gets: the local endpoint and dummy credentials."""
     env = {
@@ -134,7 +130,11 @@ def mlmoat_command(*args: str) -> list[str]:
 
 
 def dynamodb_command(port: int) -> list[str]:
-    """The command that serves a ``SerialDynamoDB`` on ``port`` (see ``serve_dynamodb``)."""
+    """The command that serves an ``EmbeddedDynamoDB`` on ``port`` until SIGTERM/SIGINT.
+
+    SIGUSR1 stops its listener and SIGUSR2 starts it again, state intact
+    (``mlmoat.local.server.serve_until_signalled``).
+    """
     return [sys.executable, "-m", "mlmoat.loadtest", "--serve-dynamodb", str(port)]
 
 
@@ -176,6 +176,7 @@ class LocalStack:
     work_dir: Path
     instances: int
     env_extra: Mapping[str, str] = field(default_factory=dict)
+    env_vars_file: Path | None = None
     dynamodb_port: int = 0
     api_ports: list[int] = field(default_factory=list)
     _processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -220,8 +221,10 @@ class LocalStack:
             port = free_port()
             self.api_ports.append(port)
             log = self.work_dir / f"instance-{index}.log"
+            extra = ["--env-vars", str(self.env_vars_file)] if self.env_vars_file else []
             self._spawn(
-                mlmoat_command("local", "start-api", "--port", str(port), "--no-build"), log
+                mlmoat_command("local", "start-api", "--port", str(port), "--no-build", *extra),
+                log,
             )
         for port, process in zip(self.api_ports, self._processes[1:], strict=True):
             wait_for_port(port, process=process, timeout_s=_READY_TIMEOUT_S)
@@ -244,94 +247,6 @@ class LocalStack:
         handle.close()
         self._processes.append(process)
         self._logs.append(log)
-
-
-class SerialDynamoDB:
-    """A moto server (DynamoDB, SSM, SQS) on loopback that handles one DynamoDB call at a time.
-
-    Real DynamoDB applies the writes to one item one after another; moto's ``ThreadedMotoServer``
-    runs requests on concurrent threads and its DynamoDB backend has no lock, so concurrent
-    conditional ADDs can be lost (measured by the core suite: a 240-row budget counted 242-263).
-    A load test of exactness needs the faithful behaviour, so DynamoDB requests are serialised
-    here (connections are still accepted concurrently; SQS and SSM requests are not held).
-    ``stop_listening``/``start_listening`` close and reopen the port with every table and item
-    intact (the state lives in this process).
-    """
-
-    def __init__(self, port: int) -> None:
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-
-        self.port = port
-        self._app = DomainDispatcherApplication(create_backend_app)
-        self._lock = threading.Lock()
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-
-    def _serial_app(self, environ: Any, start_response: Any) -> list[bytes]:
-        # Only DynamoDB is serialised: SQS long polls (the extraction poller) must not hold it.
-        if not str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB"):
-            return list(self._app(environ, start_response))
-        with self._lock:
-            return list(self._app(environ, start_response))
-
-    def start_listening(self) -> None:
-        """Serve on the port (again) in a background thread."""
-        from moto.moto_server.werkzeug_app import MotoRequestHandler
-        from werkzeug.serving import make_server
-
-        if self._server is not None:
-            return
-        self._server = make_server(
-            _HOST, self.port, self._serial_app, threaded=True, request_handler=MotoRequestHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop_listening(self) -> None:
-        """Stop serving and close the port: connections are refused until started again."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-
-def serve_dynamodb(port: int) -> int:
-    """Run a ``SerialDynamoDB`` until SIGTERM/SIGINT; SIGUSR1 stops and SIGUSR2 restarts it."""
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = SerialDynamoDB(port)
-    done = threading.Event()
-    control: list[str] = []
-    wake = threading.Event()
-
-    def request(action: str) -> None:
-        control.append(action)
-        wake.set()
-
-    signal.signal(signal.SIGUSR1, lambda *_: request("stop"))
-    signal.signal(signal.SIGUSR2, lambda *_: request("start"))
-    signal.signal(signal.SIGTERM, lambda *_: request("exit"))
-    signal.signal(signal.SIGINT, lambda *_: request("exit"))
-    server.start_listening()
-    print(f"serial moto server on {_HOST}:{port}", flush=True)
-    while not done.is_set():
-        wake.wait(0.5)
-        wake.clear()
-        while control:
-            action = control.pop(0)
-            if action == "stop":
-                server.stop_listening()
-                print("stopped listening", flush=True)
-            elif action == "start":
-                server.start_listening()
-                print("listening again", flush=True)
-            else:
-                done.set()
-    server.stop_listening()
-    return 0
 
 
 SECURITY_TABLE = "SecurityTable"
@@ -420,11 +335,22 @@ class Sample:
 
 @dataclass(frozen=True, slots=True)
 class LoadKey:
-    """A created key and its plan."""
+    """A principal under load: an API key, or a JWT subject (``token`` set), and its plan.
+
+    ``key_id`` names it in samples and messages (the key id, or the token's subject); ``pk`` is
+    its item in the security table (``key#<id>`` or ``sub#<issuer-hash>#<subject>``).
+    """
 
     key_id: str
     api_key: str
     plan: KeyPlan
+    token: str | None = None
+    subject_pk: str | None = None
+
+    @property
+    def pk(self) -> str:
+        """The principal's item in the security table."""
+        return self.subject_pk or f"key#{self.key_id}"
 
 
 def feature_envelope(model: str) -> list[tuple[float, float]]:
@@ -475,7 +401,11 @@ def _one_request(
 ) -> Sample:
     # The default model answers on both routes; both count against the same key.
     path = "/predict" if model == "iris" and default_route else f"/models/{model}/predict"
-    headers = {"Content-Type": "application/json", "X-API-Key": key.api_key}
+    headers = {"Content-Type": "application/json"}
+    if key.token is not None:
+        headers["Authorization"] = f"Bearer {key.token}"
+    else:
+        headers["X-API-Key"] = key.api_key
     sent = time.time()
     try:
         status, response_headers, payload = send(port, path=path, body=body, headers=headers)
@@ -495,6 +425,73 @@ def _one_request(
     return Sample(key.key_id, instance, rows, sent, received, status,
                   response_headers.get("x-request-id"), error_code, returned,
                   route=path)  # fmt: skip
+
+
+JWT_ISSUER = "https://issuer.load.mlmoat.test"
+JWT_AUDIENCE = "mlmoat-load"
+JWT_PARAMETER = "/mlmoat/load/jwt-public-key"
+
+
+def jwt_subjects(
+    env: Mapping[str, str], count: int, rng: random.Random, *, seed: int, work: Path, valid_s: float
+) -> tuple[list[LoadKey], Path]:
+    """JWT subjects with small limits, and the ``--env-vars`` file that turns JWT on.
+
+    A fresh RSA key signs the tokens; its public half goes to SSM on the local endpoint, where
+    the function fetches it. Each token narrows its subject's limits with the policy claims
+    (``mlmoat:rate_limit``, ``mlmoat:budget``), which may not exceed the defaults (60/minute,
+    10 000 rows). The subject's counters live on ``sub#<issuer-hash>#<subject>``, created by its
+    first counted request, whichever instance serves it.
+    """
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from security.tokens import issuer_hash
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    ssm = boto3.client(
+        "ssm",
+        endpoint_url=env["AWS_ENDPOINT_URL_DYNAMODB"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    ssm.put_parameter(Name=JWT_PARAMETER, Value=pem, Type="String", Overwrite=True)
+    env_file = work / "jwt-env-vars.json"
+    settings = {
+        "SECURITY_JWT_ISSUER": JWT_ISSUER,
+        "SECURITY_JWT_AUDIENCE": JWT_AUDIENCE,
+        "SECURITY_JWT_PUBLIC_KEY_PARAMETER": JWT_PARAMETER,
+    }
+    env_file.write_text(json.dumps({"PredictFunction": settings}))
+    now = int(time.time())
+    subjects: list[LoadKey] = []
+    for index in range(count):
+        if index % 2 == 0:
+            plan = KeyPlan("jwt-budget", rate=60, window_s=60, budget=rng.randint(8, 30))
+        else:
+            plan = KeyPlan("jwt-minute", rate=rng.randint(5, 14), window_s=60, budget=10000)
+        subject = f"load-{seed}-subject-{index}"
+        claims = {
+            "iss": JWT_ISSUER,
+            "aud": JWT_AUDIENCE,
+            "sub": subject,
+            "iat": now,
+            "exp": now + int(valid_s) + 900,
+            "scope": "predict:iris",
+            "mlmoat:rate_limit": plan.rate_text,
+            "mlmoat:budget": plan.budget,
+        }
+        token = jwt.encode(claims, private, algorithm="RS256")
+        pk = f"sub#{issuer_hash(JWT_ISSUER)}#{subject}"
+        subjects.append(LoadKey(subject, "", plan, token=token, subject_pk=pk))
+    return subjects, env_file
 
 
 def warm_up(key: LoadKey, ports: Sequence[int], model: str) -> tuple[list[Sample], int]:
@@ -576,6 +573,20 @@ def read_audit(logs: Sequence[Path]) -> list[dict[str, Any]]:
     return records
 
 
+def read_items(env: Mapping[str, str], pks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The DynamoDB item of every principal (by partition key), read after the run."""
+    client = dynamodb_client(env)
+    table = table_name()
+    items: dict[str, dict[str, Any]] = {}
+    for pk in pks:
+        raw = client.get_item(TableName=table, Key={"pk": {"S": pk}}, ConsistentRead=True).get(
+            "Item"
+        )
+        if raw:
+            items[pk] = {name: _plain(value) for name, value in raw.items()}
+    return items
+
+
 def read_key_items(env: Mapping[str, str], key_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The DynamoDB item of every key, read straight from the table after the run."""
     client = dynamodb_client(env)
@@ -609,6 +620,7 @@ class Report:
     clients: int
     keys: int
     duration_s: float
+    jwt_subjects: int = 0
     requests: int = 0
     allowed_requests: int = 0
     allowed_rows: int = 0
@@ -692,6 +704,7 @@ def check_run(
         fail(f"{len(duplicated)} requests have more than one audit record")
     if orphans:
         fail(f"{len(orphans)} audit records match no request")
+    pk_of = {key.key_id: key.pk for key in keys}
     for sample in samples:
         records = by_id.get(sample.request_id or "", [])
         if len(records) != 1:
@@ -699,8 +712,8 @@ def check_run(
         record = records[0]
         if int(record.get("status", -1)) != sample.status:
             fail(f"audit status {record.get('status')} != response {sample.status}")
-        elif record.get("key_id") != sample.key_id:
-            fail("an audit record names another key than the request's")
+        elif _principal(record) != pk_of.get(sample.key_id):
+            fail("an audit record names another principal than the request's")
         elif sample.status == 200 and (
             record.get("decision") != "allow" or int(record.get("rows", -1)) != sample.rows
         ):
@@ -716,7 +729,14 @@ def check_run(
     report.allowed_rows = sum(s.rows for s in allowed)
 
     for key in keys:
-        _check_key(key, samples, by_id, audit, items.get(key.key_id), report)
+        _check_key(key, samples, by_id, audit, items.get(key.pk), report)
+
+
+def _principal(record: Mapping[str, Any]) -> str | None:
+    """The principal an audit record names: ``principal_id``, or ``key#<key_id>``."""
+    if record.get("principal_id"):
+        return str(record["principal_id"])
+    return f"key#{record['key_id']}" if record.get("key_id") else None
 
 
 def _refusal_reason(sample: Sample, by_id: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
@@ -743,7 +763,7 @@ def _check_key(
     allowed = [s for s in mine if s.status == 200]
     refusals = [(s, _refusal_reason(s, by_id)) for s in mine if s.status == 429]
     served_rows = sum(s.rows for s in allowed)
-    audited = [r for r in audit if r.get("key_id") == key.key_id and r.get("decision") == "allow"]
+    audited = [r for r in audit if _principal(r) == key.pk and r.get("decision") == "allow"]
     audit_rows = sum(int(r.get("rows", 0)) for r in audited)
     if item is None:
         fail(f"key {key.key_id}: no DynamoDB item after the run")
@@ -828,6 +848,7 @@ def run(config: LoadConfig) -> Report:
     """
     rng = random.Random(config.seed)  # noqa: S311 - load shape, not security
     report = Report(config.instances, config.clients, config.keys, config.duration_s)
+    report.jwt_subjects = config.jwt_subjects
     with _work_dir(config.work_dir) as work:
         stack = LocalStack(work_dir=work, instances=config.instances)
         try:
@@ -837,6 +858,12 @@ def run(config: LoadConfig) -> Report:
                 LoadKey(*create_key(stack.env, owner=f"load-{config.seed}-{i}", plan=plan), plan)
                 for i, plan in enumerate(plans)
             ]
+            if config.jwt_subjects:
+                subjects, stack.env_vars_file = jwt_subjects(
+                    stack.env, config.jwt_subjects, rng, seed=config.seed, work=work,
+                    valid_s=config.duration_s,
+                )  # fmt: skip
+                keys += subjects
             warm_plan = KeyPlan("warmup", rate=1000, window_s=60, budget=1000)
             warm = LoadKey(
                 *create_key(stack.env, owner=f"load-{config.seed}-warmup", plan=warm_plan),
@@ -850,7 +877,7 @@ def run(config: LoadConfig) -> Report:
             keys = [warm, *keys]
             stack.stop_apis()
             audit = read_audit(stack.api_logs)
-            items = read_key_items(stack.env, [k.key_id for k in keys])
+            items = read_items(stack.env, [k.pk for k in keys])
         finally:
             stack.stop()
         report.duration_s = round(elapsed, 2)
@@ -878,7 +905,8 @@ def format_summary(report: Report) -> str:
     """The human summary printed at the end of a run."""
     lines = [
         f"load: {report.requests} requests, {report.instances} instances, "
-        f"{report.clients} clients, {report.keys} keys, {report.duration_s:.1f} s "
+        f"{report.clients} clients, {report.keys} keys + {report.jwt_subjects} JWT subjects, "
+        f"{report.duration_s:.1f} s "
         f"({report.requests_per_second} req/s, p50 {report.latency_p50_ms} ms, "
         f"p99 {report.latency_p99_ms} ms)",
         f"  statuses: {report.statuses}; routes: {report.routes}",
@@ -909,6 +937,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=defaults.max_requests)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--model", default=defaults.model)
+    parser.add_argument(
+        "--jwt-subjects", type=int, default=defaults.jwt_subjects, help="JWT subjects besides keys"
+    )
     parser.add_argument("--work-dir", default=None, help="keep logs here (default: a temp dir)")
     parser.add_argument("--report", default=None, help="also write the report as JSON here")
     parser.add_argument(
@@ -916,7 +947,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.serve_dynamodb is not None:
-        return serve_dynamodb(args.serve_dynamodb)
+        return serve_until_signalled(EmbeddedDynamoDB(host=_HOST, port=args.serve_dynamodb))
+    if not 0 <= args.jwt_subjects <= 1000:
+        parser.error("--jwt-subjects must be between 0 and 1000")
     for name, high in (
         ("instances", 16),
         ("clients", 256),
@@ -937,6 +970,7 @@ def main(argv: list[str] | None = None) -> int:
         max_requests=args.max_requests,
         seed=args.seed,
         model=args.model,
+        jwt_subjects=args.jwt_subjects,
         work_dir=args.work_dir,
     )
     report = run(config)

@@ -46,7 +46,7 @@ def _audit(sample: Sample, *, reason: str | None = None) -> dict:
 
 def _run(samples, audit, item) -> Report:
     report = Report(instances=2, clients=1, keys=1, duration_s=1.0)
-    check_run([KEY], samples, audit, {KEY.key_id: item}, report)
+    check_run([KEY], samples, audit, {KEY.pk: item}, report)
     return report
 
 
@@ -126,7 +126,7 @@ def test_a_rate_window_over_its_limit_is_caught() -> None:
     samples = [dataclasses.replace(_sample(n), key_id=key.key_id) for n in range(3)]
     audit = [{**_audit(s), "key_id": key.key_id} for s in samples]
     report = Report(instances=1, clients=1, keys=1, duration_s=1.0)
-    check_run([key], samples, audit, {key.key_id: {"rows_used": 3, "requests": 3}}, report)
+    check_run([key], samples, audit, {key.pk: {"rows_used": 3, "requests": 3}}, report)
     assert any("3 rows in a window of 2" in f for f in report.failures), report.failures
 
 
@@ -141,5 +141,5 @@ def test_a_rate_refusal_with_room_left_in_the_window_is_caught() -> None:
         {**_audit(samples[1], reason="rate_limited"), "key_id": key.key_id},
     ]
     report = Report(instances=1, clients=1, keys=1, duration_s=1.0)
-    check_run([key], samples, audit, {key.key_id: {"rows_used": 1, "requests": 1}}, report)
+    check_run([key], samples, audit, {key.pk: {"rows_used": 1, "requests": 1}}, report)
     assert any("refused 1 rows for the rate" in f for f in report.failures), report.failures

@@ -1,8 +1,9 @@
 """Smoke run of the multi-instance load test (the long run is ``make load``).
 
 Runs ``python -m mlmoat.loadtest`` exactly as ``make load`` does, only shorter: three
-``mlmoat local start-api`` processes (Lambda instances) sharing one local DynamoDB, sixteen keys
-with small budgets and rate limits, eight concurrent clients for 25 s, on loopback. The runner
+``mlmoat local start-api`` processes (Lambda instances) sharing one local DynamoDB, sixteen API
+keys and four JWT subjects with small budgets and rate limits, eight concurrent clients for
+25 s, on loopback. The runner
 checks every limit and budget to the row, one audit record per request and counters equal to
 the audit trail; this test asserts it found all of that, with enough traffic to mean something.
 """
@@ -21,11 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.timeout(600)
 def test_limits_budgets_and_audit_are_exact_across_three_instances(tmp_path: Path) -> None:
-    # given three instances, sixteen keys with small limits and eight clients for 25 s
+    # given three instances, 16 keys and 4 JWT subjects with small limits, 8 clients for 25 s
     report_path = tmp_path / "load.json"
     command = [
         sys.executable, "-m", "mlmoat.loadtest",
-        "--instances", "3", "--clients", "8", "--keys", "16", "--duration", "25",
+        "--instances", "3", "--clients", "8", "--keys", "16", "--jwt-subjects", "4",
+        "--duration", "25",
         "--max-requests", "5000", "--seed", "11",
         "--work-dir", str(tmp_path / "work"), "--report", str(report_path),
     ]  # fmt: skip
@@ -41,7 +43,7 @@ def test_limits_budgets_and_audit_are_exact_across_three_instances(tmp_path: Pat
     assert report["ok"] is True and result.returncode == 0
     assert set(report["statuses"]) <= {"200", "429"}, report["statuses"]
     # and the run was big enough to exercise what it claims
-    assert report["instances"] == 3
+    assert (report["instances"], report["keys"], report["jwt_subjects"]) == (3, 16, 4)
     assert report["requests"] >= 100
     assert report["audit_records"] == report["requests"]
     assert report["allowed_rows"] > 0
