@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import IO, Any
 
 import numpy as np
@@ -122,11 +123,22 @@ class AuditEvent:
 
     def fields(self) -> dict[str, Any]:
         """The record's fields as they are logged (``None`` fields left out)."""
-        values = asdict(self)
-        values.pop("started")
-        if not values["flags"]:
-            values.pop("flags")
-        return {key: value for key, value in values.items() if value is not None}
+        # Read the slots directly: ``asdict`` deep-copies recursively, a measurable share of the
+        # record's cost; the two list fields are copied so the record is a snapshot.
+        values: dict[str, Any] = {}
+        for name in _LOGGED_FIELDS:
+            value = getattr(self, name)
+            if value is None or (name == "flags" and not value):
+                continue
+            if name == "features":
+                value = [list(row) for row in value]
+            elif name == "flags":
+                value = list(value)
+            values[name] = value
+        return values
+
+
+_LOGGED_FIELDS = tuple(f.name for f in dataclass_fields(AuditEvent) if f.name != "started")
 
 
 class AuditLog:

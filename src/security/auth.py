@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from security.errors import AuthenticationError
 from security.keys import MalformedKeyError, fingerprint, hash_secret, parse_key
 from security.settings import RateSpec, Settings, is_output_policy
 from security.store import key_pk
-from security.tokens import TokenClaims, TokenVerifier
+
+if TYPE_CHECKING:
+    # PyJWT and cryptography cost ~80 ms of cold start: only ``integration.build_app`` imports
+    # ``security.tokens``, and only when JWT is enabled.
+    from security.tokens import TokenClaims, TokenVerifier
 
 ADMIN_SCOPE = "admin"
 PREDICT_ALL_SCOPE = "predict:*"

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from security.extraction import QuerySink
     from security.limits import Gatekeeper
     from security.settings import Settings
+    from security.tokens import TokenVerifier
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -77,9 +78,7 @@ class ErrorResponse:
 #: Every ``SecurityError`` class, mapped to its response. A test pins that none is missing.
 ERROR_RESPONSES: dict[type[SecurityError], ErrorResponse] = {
     SecurityError: ErrorResponse(500, "internal_error", "The request failed."),
-    AuthenticationError: ErrorResponse(
-        401, "unauthenticated", "Missing or invalid credentials."
-    ),
+    AuthenticationError: ErrorResponse(401, "unauthenticated", "Missing or invalid credentials."),
     ForbiddenError: ErrorResponse(
         403, "forbidden", "These credentials are not allowed to use this model."
     ),
@@ -659,7 +658,7 @@ def openapi_document(
         }
     component_schemas["PredictRequest"] = {
         "title": "PredictRequest",
-        "description": "One row ({\"features\": [...]}) or a batch ({\"instances\": [[...]]}) "
+        "description": 'One row ({"features": [...]}) or a batch ({"instances": [[...]]}) '
         f"of at most {settings.max_rows} rows; the row length is the model's feature count.",
         "oneOf": [{"$ref": f"#/components/schemas/PredictRequest_{name}"} for name in schemas],
     }
@@ -719,13 +718,15 @@ def build_app(
     from security.limits import Gatekeeper
     from security.model import ModelRegistry
     from security.store import PrincipalStore
-    from security.tokens import TokenVerifier
 
     install_log_redaction()
     registry = ModelRegistry.load(settings.model_dir)
-    verifier = (
-        TokenVerifier(settings=settings, ssm_client=ssm_client) if settings.jwt_enabled else None
-    )
+    verifier: TokenVerifier | None = None
+    if settings.jwt_enabled:
+        # Imported only when configured: PyJWT and cryptography cost ~80 ms of cold start.
+        from security.tokens import TokenVerifier
+
+        verifier = TokenVerifier(settings=settings, ssm_client=ssm_client)
     sink = (
         QuerySink(client=sqs_client, queue_url=settings.extraction_queue_url)
         if settings.extraction_queue_url and sqs_client is not None

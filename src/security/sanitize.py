@@ -18,6 +18,7 @@ field whose name says it holds a secret.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,10 +36,13 @@ _POLICY_RE = re.compile(
 MASK = "***"
 _SECRET_PATTERNS = (
     # Our API keys, also truncated ones: the prefix followed by anything key-shaped.
-    re.compile(re.escape(KEY_PREFIX) + r"[0-9A-Za-z_]{4,}"),
-    re.compile(r"(?i)\bbearer\s+[^\s\"',;]+"),
-    re.compile(r"\beyJ[0-9A-Za-z_-]{2,}\.[0-9A-Za-z_-]{2,}\.[0-9A-Za-z_-]*"),
+    re.escape(KEY_PREFIX) + r"[0-9A-Za-z_]{4,}",
+    r"(?i:\bbearer\s+[^\s\"',;]+)",
+    r"\beyJ[0-9A-Za-z_-]{2,}\.[0-9A-Za-z_-]{2,}\.[0-9A-Za-z_-]*",
 )
+# One alternation, one scan per string: where matches would overlap (a key or a JWT after
+# "Bearer"), the leftmost, the bearer credential, is masked whole, as applying them in turn did.
+_SECRET_RE = re.compile("|".join(_SECRET_PATTERNS))
 _SECRET_FIELD_RE = re.compile(
     r"(?i)(api[-_]?key|authorization|token|secret|password|credential|cookie)"
 )
@@ -125,9 +129,16 @@ def apply_output_policy(
 
 def redact_text(text: str) -> str:
     """Mask anything in ``text`` that looks like key material."""
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(MASK, text)
-    return text
+    return _SECRET_RE.sub(MASK, text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_field(name: str) -> bool:
+    # Field names of log records are few and repeat on every line: match each name once.
+    return name not in _SAFE_FIELDS and _SECRET_FIELD_RE.search(name) is not None
+
+
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 
 def redact(value: Any, *, field: str | None = None) -> Any:
@@ -135,17 +146,34 @@ def redact(value: Any, *, field: str | None = None) -> Any:
 
     Strings are scanned for key shapes; a mapping entry whose name says it holds a secret
     (``api_key``, ``authorization``, ``token``, ...) is masked whole, whatever its value.
+    Numbers, booleans and None carry no key material and are returned as they are.
     """
-    if field is not None and field not in _SAFE_FIELDS and _SECRET_FIELD_RE.search(field):
+    if field is not None and _is_secret_field(field):
         return MASK if value not in (None, "") else value
-    if isinstance(value, str):
-        return redact_text(value)
+    return _redact(value)
+
+
+def _redact(value: Any) -> Any:
+    kind = type(value)
+    if kind is str:
+        return _SECRET_RE.sub(MASK, value)
+    if kind in _PLAIN:
+        return value
     if isinstance(value, Mapping):
-        return {str(key): redact(item, field=str(key)) for key, item in value.items()}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = str(key)
+            if _is_secret_field(name):
+                out[name] = MASK if item not in (None, "") else item
+            else:
+                out[name] = _redact(item)
+        return out
     if isinstance(value, list | tuple | set | frozenset):
-        return [redact(item) for item in value]
-    if value is None or isinstance(value, bool | int | float):
+        return [_redact(item) for item in value]
+    if isinstance(value, str):  # a str subclass (a str enum member, ...)
+        return _SECRET_RE.sub(MASK, value)
+    if isinstance(value, bool | int | float):
         return value
     # Anything else (an exception object in a stack trace, a Decimal, ...) would be rendered
     # with str() by the JSON serialiser: render it here, where it can still be redacted.
-    return redact_text(str(value))
+    return _SECRET_RE.sub(MASK, str(value))

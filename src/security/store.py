@@ -80,10 +80,21 @@ def _to_python(value: Any) -> Any:
     return value
 
 
-def _load(raw: Mapping[str, Any] | None) -> Item | None:
+def _load(raw: Mapping[str, Any] | None, *, names_only: str | None = None) -> Item | None:
+    """Deserialise an item; attributes starting with ``names_only`` keep their name, value None.
+
+    A charge's ``ALL_NEW`` carries every request-id digest of the live idempotency buckets (a
+    set that grows with the key's request rate): after a successful write only the attribute
+    names are needed (stale buckets are removed by name), so their values are not converted.
+    """
     if not raw:
         return None
-    return {name: _to_python(_deserializer.deserialize(value)) for name, value in raw.items()}
+    if names_only is None:
+        return {name: _to_python(_deserializer.deserialize(value)) for name, value in raw.items()}
+    return {
+        name: None if name.startswith(names_only) else _to_python(_deserializer.deserialize(value))
+        for name, value in raw.items()
+    }
 
 
 def _dump(value: Any) -> Any:
@@ -117,7 +128,11 @@ class ChargeRequest:
 
 @dataclass(frozen=True, slots=True)
 class ChargeOutcome:
-    """The result of a charge: ``item`` is ALL_NEW when ``ok``, else ALL_OLD (None if absent)."""
+    """The result of a charge: ``item`` is ALL_NEW when ``ok``, else ALL_OLD (None if absent).
+
+    When ``ok``, the ``rq_*`` request-id digest sets are present by name only (value None): they
+    are needed only to tell a retry on a failed condition, and then ALL_OLD has them in full.
+    """
 
     ok: bool
     item: Item | None
@@ -397,7 +412,9 @@ class PrincipalStore:
             raise StoreUnavailableError(detail=type(exc).__name__) from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(detail=type(exc).__name__) from exc
-        return ChargeOutcome(ok=True, item=_load(response.get("Attributes")))
+        return ChargeOutcome(
+            ok=True, item=_load(response.get("Attributes"), names_only=REQUEST_ATTR_PREFIX)
+        )
 
     def record_auth_failure(self, source_ip: str, *, window_start: int, window_seconds: int) -> int:
         """Count a failed authentication from ``source_ip``; returns the count in its window.

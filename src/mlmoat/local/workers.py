@@ -1,6 +1,6 @@
 """Functions run as Lambda runs them: one subprocess per warm instance, built from the host build.
 
-``Worker`` is one warm instance: a ``python -I -S`` subprocess (see ``lambda_runtime``) whose
+``Worker`` is one warm instance: a ``python -I -B -S`` subprocess (see ``lambda_runtime``) whose
 path holds only the function's code dir, its layers' ``python/`` dirs (template order) and the
 runtime's boto3; the environment is the template's (Globals + function, resolved locally, with
 ``/opt/...`` values remapped into the built layers) plus ``--env-vars`` overrides as SAM applies
@@ -220,6 +220,8 @@ class Worker:
             [
                 sys.executable,
                 "-I",
+                # -I ignores PYTHONDONTWRITEBYTECODE: without -B the build output gets __pycache__.
+                "-B",
                 "-S",
                 str(_RUNTIME_SCRIPT),
                 json.dumps(self.layout.worker_config()),
