@@ -1,12 +1,12 @@
 """Fixtures for the security-core integration tests: real DynamoDB servers over HTTP.
 
-- ``core_endpoint`` (session): a moto server on a free loopback port that serialises requests
-  (see ``coresupport.SerialMotoServer`` for why), started here, stopped at the end of the session.
+- ``core_endpoint`` (session): the URL of the session's ``moto_server`` (tests/conftest.py), an
+  ``mlmoat.local.server.EmbeddedDynamoDB`` that applies DynamoDB calls one at a time as DynamoDB
+  applies the writes to an item (moto's own threaded server loses concurrent ``ADD``s, see that
+  module's docstring), so the exactness tests are meaningful.
 - ``core_table`` (function): a fresh table with the key schema read from ``template.yaml``'s
   ``SecurityTable`` (unique name per test, so tests never share counters).
 - ``make_client(endpoint)``: a boto3 DynamoDB client configured as the handlers configure it.
-The shared ``moto_server`` fixture (tests/conftest.py) is a plain ``ThreadedMotoServer``, whose
-DynamoDB backend does not serialise concurrent writes; the exactness tests need the serialised one.
 Dummy AWS credentials come from tests/conftest.py's autouse ``aws_dummy_credentials``.
 
 - ``dynalite_endpoint`` (session): dynalite from npm (``npx dynalite``), skipped with a reason when
@@ -15,25 +15,21 @@ Dummy AWS credentials come from tests/conftest.py's autouse ``aws_dummy_credenti
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from coresupport import REPO, SerialMotoServer, create_table, free_port, make_client
+from coresupport import REPO, create_table, make_client
+
+from mlmoat.local.server import free_port, wait_for_port
 
 
 @pytest.fixture(scope="session")
-def core_endpoint() -> Iterator[str]:
-    server = SerialMotoServer(free_port()).start()
-    try:
-        yield server.endpoint
-    finally:
-        server.stop()
+def core_endpoint(moto_server: Any) -> str:
+    return str(moto_server.endpoint)
 
 
 @pytest.fixture()
@@ -55,13 +51,7 @@ def dynalite_endpoint() -> Iterator[str]:
         cwd=REPO,
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("dynalite did not start")
-            time.sleep(0.1)
+        wait_for_port("127.0.0.1", port, timeout=15)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()

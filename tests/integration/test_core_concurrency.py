@@ -9,15 +9,21 @@ SDK's retry is counted once).
 from __future__ import annotations
 
 import multiprocessing
+import signal
+import subprocess
+import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import urllib3
 from botocore.exceptions import ReadTimeoutError
-from coresupport import SerialMotoServer, free_port, make_client, settings_for
+from coresupport import REPO, make_client, settings_for
 from coreworkers import hammer
 
+from mlmoat.local.server import EmbeddedDynamoDB, free_port, wait_for_port
 from security.admin import KeyAdmin
 from security.auth import Authenticator
 from security.errors import AuthenticationError, RateLimitedError, StoreUnavailableError
@@ -72,6 +78,48 @@ def test_budget_is_exact_across_processes_and_threads(core_endpoint: str, core_t
     assert usage["rows_used"] == budget and usage["requests"] == budget
 
 
+@pytest.fixture()
+def local_dynamodb_cli(tmp_path: Any) -> Iterator[str]:
+    """``mlmoat local dynamodb`` in its own process, as a developer runs it; yields its URL."""
+    port = free_port()
+    log = (tmp_path / "dynamodb.log").open("wb")
+    process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+        [sys.executable, "-m", "mlmoat.cli", "local", "dynamodb", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+
+
+def test_budget_is_exact_through_mlmoat_local_dynamodb(local_dynamodb_cli: str) -> None:
+    # given the server `mlmoat local dynamodb` runs, with the table its bootstrap created, and a
+    # key whose budget is the one moto's own threaded server overshot (242-263 rows of 240)
+    budget = 240
+    table = "mlmoat-local-SecurityTable"
+    client = make_client(local_dynamodb_cli)
+    client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 0.2})
+    admin = _admin(local_dynamodb_cli, table)
+    created = admin.create(owner="cli-crowd", rate_limit="100000/hour", budget=budget)
+    # when 3 processes x 8 threads admit 1-row requests until refused
+    allowed, refused, _ = _run_instances(local_dynamodb_cli, table, created["api_key"], rows=1)
+    # then exactly the budget was allowed, and no ADD was lost on the item
+    assert allowed == budget
+    assert refused == {"budget_exhausted": PROCESSES * THREADS}
+    usage = admin.usage(created["key_id"])["usage"]
+    assert usage["rows_used"] == budget and usage["requests"] == budget
+
+
 def test_rate_limit_is_exact_across_processes_and_threads(
     core_endpoint: str, core_table: str
 ) -> None:
@@ -91,7 +139,7 @@ def test_server_stopped_mid_run_fails_closed_with_nothing_served_uncounted(
     core_endpoint: str, core_table: str
 ) -> None:
     # given a second moto server front (same in-process backend) that we will stop mid-run
-    doomed = SerialMotoServer(free_port()).start()
+    doomed = EmbeddedDynamoDB().start()
     endpoint = doomed.endpoint
     admin = _admin(core_endpoint, core_table)
     created = admin.create(owner="outage", rate_limit="100000/hour", budget=10**6)

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from coresupport import REPO, SerialMotoServer, free_port, make_client, settings_for
+from coresupport import REPO, make_client, settings_for
 from mangum import Mangum
 
+from mlmoat.local.server import EmbeddedDynamoDB
 from security.admin import KeyAdmin
 from security.audit import AuditLog
 from security.integration import build_app
@@ -75,7 +76,7 @@ def test_dynamodb_gone_mid_run_answers_503_and_serves_nothing_uncounted(
 ) -> None:
     if not (MODELS / "iris" / "manifest.json").is_file():
         pytest.skip("models/ not trained yet (mlmoat train)")
-    doomed = SerialMotoServer(free_port()).start()
+    doomed = EmbeddedDynamoDB().start()
     settings = settings_for(core_table, squeeze_policy="off", model_dir=str(MODELS))
     app = build_app(
         settings,

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
-from coresupport import free_port, make_client
+from coresupport import make_client
 
+from mlmoat.local.server import free_port
 from security.errors import NotFoundError, StoreUnavailableError
 from security.store import PrincipalStore
 
