@@ -11,10 +11,12 @@ Environment (autouse):
 
 Local DynamoDB over real HTTP:
 
-- ``moto_server`` (session): a moto server (``ThreadedMotoServer``; DynamoDB, SQS, SSM, ...) on a
-  free loopback port, started once and stopped at the end of the session. Yields a
-  ``MotoServer`` with ``.endpoint`` (``http://127.0.0.1:PORT``) and ``.env`` (the variables a
-  subprocess needs to use it).
+- ``moto_server`` (session): the embedded DynamoDB ``mlmoat local dynamodb`` serves
+  (``mlmoat.local.server.EmbeddedDynamoDB``: a moto server for DynamoDB, SQS, SSM, ... that
+  applies DynamoDB calls one at a time as DynamoDB applies the writes to an item, so limits are
+  exact under concurrency) on a free loopback port, started once and stopped at the end of the
+  session. Yields a ``MotoServer`` with ``.endpoint`` (``http://127.0.0.1:PORT``) and ``.env``
+  (the variables a subprocess needs to use it).
 - ``dynamodb_endpoint`` (function): the session server's URL, with ``AWS_ENDPOINT_URL_DYNAMODB``,
   ``AWS_ENDPOINT_URL_SQS`` and ``AWS_ENDPOINT_URL_SSM`` set for this test only.
 - ``dynamodb_client`` (function): a low-level boto3 DynamoDB client for that server.
@@ -24,6 +26,14 @@ Local DynamoDB over real HTTP:
 - ``security_table_definition`` (session): that key schema, attribute definitions and TTL
   attribute, as read from the template.
 
+Logs (autouse):
+
+- ``log_sink`` (session): a ``logcapture.LineSink`` on the root logger (at INFO, as in Lambda) for
+  the whole session, every suite. Suites attach it to loggers that do not propagate (the audit
+  logger) and register the keys they create with ``logcapture.remember_key``. At the end of the
+  session every captured line is scanned: any key the suite created (whole, or its secret
+  alone) or any well-formed ``mlmoat_`` key (valid checksum) fails the session.
+
 Paths:
 
 - ``repo_root`` (session): the repository root (where ``template.yaml`` is).
@@ -31,6 +41,7 @@ Paths:
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -41,6 +52,7 @@ from typing import Any
 import boto3
 import pytest
 
+from logcapture import LineSink, leaked_key_material
 from mlmoat.local.server import EmbeddedDynamoDB
 from mlmoat.local.template import Template
 
@@ -82,6 +94,24 @@ def aws_dummy_credentials() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def log_sink() -> Iterator[LineSink]:
+    """Every log line of the session; fails the session if one holds key material."""
+    sink = LineSink()
+    root = logging.getLogger()
+    root.addHandler(sink)
+    previous_level = root.level
+    # INFO, as in Lambda (POWERTOOLS_LOG_LEVEL); DEBUG would slow every suite's botocore.
+    root.setLevel(logging.INFO)
+    logging.getLogger("tests.logcapture").info("log capture on")
+    assert sink.lines, "the log capture saw nothing: it is not wired"
+    yield sink
+    root.removeHandler(sink)
+    root.setLevel(previous_level)
+    leaked = leaked_key_material("\n".join(sink.lines))
+    assert not leaked, f"key material reached the logs: {leaked}"
 
 
 @pytest.fixture(autouse=True)

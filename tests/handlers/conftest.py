@@ -4,8 +4,8 @@
   deployed function has, against the session's ``moto_server`` (tests/conftest.py), the table
   created from template.yaml's key schema, as a cold start does.
 - ``keys`` (session): API keys created through ``KeyAdmin`` for each outcome the events need.
-- ``log_sink`` (session): every log line the handler tests produce (root logger and the audit
-  logger). At the end of the session every line is scanned for every key the suite created.
+- ``log_sink`` (session, tests/conftest.py): the suite-wide log capture; ``predict_module``
+  attaches it to the audit logger too (which does not propagate to the root logger).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -22,43 +21,12 @@ from typing import Any
 
 import boto3
 import pytest
-from handlersupport import CREATED_SECRETS, LineSink, new_key
+from handlersupport import new_key
+
+from logcapture import LineSink, remember_key
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
-
-
-@pytest.fixture(scope="session")
-def log_sink() -> Iterator[LineSink]:
-    sink = LineSink()
-    root = logging.getLogger()
-    root.addHandler(sink)
-    previous_level = root.level
-    # INFO, as in Lambda (POWERTOOLS_LOG_LEVEL); DEBUG would slow every later suite's botocore.
-    root.setLevel(logging.INFO)
-    yield sink
-    root.removeHandler(sink)
-    root.setLevel(previous_level)
-    # Session-level scan over every line captured from here to the end of the session: no key
-    # the suite created, and no well-formed mlmoat key at all (valid checksum), may appear.
-    text = "\n".join(sink.lines)
-    leaked = [secret[:14] + "..." for secret in CREATED_SECRETS if secret in text]
-    leaked += [found[:14] + "..." for found in _KEY_SHAPE.findall(text) if _is_key(found)]
-    assert sink.lines, "the log capture saw nothing: it is not wired"
-    assert not leaked, f"key material reached the logs: {leaked}"
-
-
-_KEY_SHAPE = re.compile(r"mlmoat_[0-9A-Za-z]{12}_[0-9A-Za-z]{49}")
-
-
-def _is_key(text: str) -> bool:
-    from security.keys import MalformedKeyError, parse_key
-
-    try:
-        parse_key(text)
-    except MalformedKeyError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="session")
@@ -134,8 +102,7 @@ def keys(admin: Any) -> dict[str, str]:
     """Placeholder values for the events: one key per outcome they exercise."""
     from security.keys import format_key, new_key_id, new_secret
 
-    unknown = format_key(new_key_id(), new_secret())
-    CREATED_SECRETS.append(unknown)
+    unknown = remember_key(format_key(new_key_id(), new_secret()))
     return {
         "API_KEY": new_key(admin, budget=100000, rate_limit="100000/minute")["api_key"],
         "LABEL_API_KEY": new_key(admin, output_policy="label")["api_key"],

@@ -1,20 +1,18 @@
-"""Helpers for the handler tests: events from events/, a fake LambdaContext, log capture."""
+"""Helpers for the handler tests: events from events/, a fake LambdaContext, new keys."""
 
 from __future__ import annotations
 
 import base64
 import json
-import logging
-import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from logcapture import remember_key
+
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = REPO / "events"
-# Every secret the handler tests created: the session-level log scan looks for each of them.
-CREATED_SECRETS: list[str] = []
 
 
 @dataclass
@@ -34,44 +32,6 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return 29_000
-
-
-class LineSink(logging.Handler):
-    """Collects every formatted log line it is given (thread-safe)."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-        self._guard = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        # Powertools adds a SuppressFilter for its service to every root handler: a capture
-        # sink must see everything, so filters others attach are ignored.
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:  # a record that cannot be formatted is kept raw, for the scan
-            line = f"{record.getMessage()} {record.exc_text or ''}"
-        with self._guard:
-            self.lines.append(line)
-
-    def records(self) -> list[dict[str, Any]]:
-        with self._guard:
-            lines = list(self.lines)
-        parsed = []
-        for line in lines:
-            try:
-                parsed.append(json.loads(line))
-            except ValueError:
-                continue
-        return parsed
-
-    def audit_records(self) -> list[dict[str, Any]]:
-        return [
-            r for r in self.records() if r.get("message") == "audit" and r.get("event") == "request"
-        ]
 
 
 def load_event(relative: str, substitutions: dict[str, str]) -> dict[str, Any]:
@@ -130,7 +90,7 @@ def rest_event(
 def new_key(admin: Any, **options: Any) -> dict[str, Any]:
     """Create a key and remember its secret for the session-level log scan."""
     created: dict[str, Any] = admin.create(owner=f"t-{uuid.uuid4().hex[:8]}", **options)
-    CREATED_SECRETS.append(created["api_key"])
+    remember_key(created["api_key"])
     return created
 
 
