@@ -561,11 +561,14 @@ def read_audit(logs: Sequence[Path]) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for log in logs:
         for line in log.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if not line.startswith("{"):
+            # The function's JSON line is written whole, but start-api's own lines (REPORT) share
+            # the file and can land in front of it without their newline: parse from the first
+            # brace, wherever it is.
+            start = line.find("{")
+            if start < 0:
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line[start:])
             except ValueError:
                 continue
             if isinstance(record, dict) and record.get("message") == "audit":

@@ -9,8 +9,9 @@ the same records without the defect pass.
 from __future__ import annotations
 
 import dataclasses
+import json
 
-from mlmoat.loadtest import KeyPlan, LoadKey, Report, Sample, check_run
+from mlmoat.loadtest import KeyPlan, LoadKey, Report, Sample, check_run, read_audit
 
 KEY = LoadKey("K" * 12, "mlmoat_unused", KeyPlan("budget", rate=100, window_s=60, budget=3))
 T0 = 1_800_000_000.0  # inside one minute window: 1_799_999_980 .. 1_800_000_040
@@ -143,3 +144,18 @@ def test_a_rate_refusal_with_room_left_in_the_window_is_caught() -> None:
     report = Report(instances=1, clients=1, keys=1, duration_s=1.0)
     check_run([key], samples, audit, {key.pk: {"rows_used": 1, "requests": 1}}, report)
     assert any("refused 1 rows for the rate" in f for f in report.failures), report.failures
+
+
+def test_an_audit_line_glued_behind_another_processes_text_is_still_read(tmp_path) -> None:
+    # given a log where start-api's REPORT text landed in front of the function's JSON line
+    record = {"message": "audit", "event": "request", "request_id": "req-9", "status": 200}
+    log = tmp_path / "instance.log"
+    log.write_text(
+        "REPORT RequestId: x\tDuration: 1.00 ms\tMax Memory Used: 140 MB"
+        + json.dumps(record)
+        + "\n\n"
+        + json.dumps({**record, "request_id": "req-10"})
+        + "\nnot json {\n"
+    )
+    # when the audit trail is read / then both records are found, nothing else
+    assert [r["request_id"] for r in read_audit([log])] == ["req-9", "req-10"]

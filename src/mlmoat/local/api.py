@@ -234,7 +234,10 @@ def _stage(template: Template) -> str:
 
 
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    # One write per line: print() writes the text and the newline separately, and the workers
+    # share this stderr, so a function's log line could land between them (seen by the load test).
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def _handler_class(api: LocalApi) -> type[BaseHTTPRequestHandler]:
