@@ -148,16 +148,17 @@ def test_env_vars_file_overrides_declared_variables_as_sam_does(tmp_path: Path) 
 
 
 def test_a_function_that_overruns_its_timeout_is_stopped(tmp_path: Path) -> None:
-    # Given SlowFunction (Timeout: 1) that sleeps 5 s
+    # Given SlowFunction (Timeout: 1) that sleeps 120 s
     template = lay_out_echo_app(tmp_path)
     started = time.monotonic()
     # When it is invoked
     result = _invoke(template, "SlowFunction", _event(tmp_path))
-    # Then it fails with Lambda's timeout error well before the sleep ends
+    # Then it fails with Lambda's timeout error, the sleep cut short (the bound is loose on
+    # purpose: it proves the kill, not a speed, on a loaded machine)
     assert result.returncode == 1
     assert json.loads(result.stdout)["errorType"] == "Sandbox.Timedout"
     assert "Task timed out after 1.00 seconds" in result.stdout
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60
 
 
 def test_an_unknown_function_is_refused(tmp_path: Path) -> None:
