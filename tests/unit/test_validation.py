@@ -343,7 +343,9 @@ def test_a_pathological_body_at_the_cap_parses_quickly() -> None:
     started = time.perf_counter()
     with pytest.raises(InvalidPayloadError):
         parse(body)
-    assert time.perf_counter() - started < 0.5
+    # A guard against a super-linear stall (seconds to minutes), not a speed goal: the bound
+    # is loose so a loaded machine cannot fail it. Speed lives in `mlmoat bench`.
+    assert time.perf_counter() - started < 5.0
 
 
 # --- properties --------------------------------------------------------------------------
