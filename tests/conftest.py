@@ -25,6 +25,9 @@ Local DynamoDB over real HTTP:
   a unique name per test (``sec-<hex>``): tests never share counters. Returns the table name.
 - ``security_table_definition`` (session): that key schema, attribute definitions and TTL
   attribute, as read from the template.
+- ``create_security_table`` (session): ``create(client, name, *, ttl=True)``, the function
+  ``security_table`` uses, for suites with their own server or table names (integration,
+  dynalite, handlers).
 
 Logs (autouse):
 
@@ -44,7 +47,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,23 +166,37 @@ def security_table_definition() -> dict[str, Any]:
     }
 
 
-@pytest.fixture()
-def security_table(dynamodb_client: Any, security_table_definition: dict[str, Any]) -> str:
-    """A fresh table shaped like SecurityTable under a unique name; returns the name."""
-    name = f"sec-{uuid.uuid4().hex[:16]}"
-    dynamodb_client.create_table(
-        TableName=name,
-        KeySchema=security_table_definition["KeySchema"],
-        AttributeDefinitions=security_table_definition["AttributeDefinitions"],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    dynamodb_client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1})
-    if security_table_definition["ttl_attribute"]:
-        dynamodb_client.update_time_to_live(
+@pytest.fixture(scope="session")
+def create_security_table(
+    security_table_definition: dict[str, Any],
+) -> Callable[..., str]:
+    """``create(client, name, *, ttl=True)``: a table shaped like SecurityTable; returns the name.
+
+    ``ttl=False`` leaves out the TTL setting, for servers that do not implement it (dynalite).
+    """
+
+    def create(client: Any, name: str, *, ttl: bool = True) -> str:
+        client.create_table(
             TableName=name,
-            TimeToLiveSpecification={
-                "AttributeName": security_table_definition["ttl_attribute"],
-                "Enabled": True,
-            },
+            KeySchema=security_table_definition["KeySchema"],
+            AttributeDefinitions=security_table_definition["AttributeDefinitions"],
+            BillingMode="PAY_PER_REQUEST",
         )
-    return name
+        client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1})
+        if ttl and security_table_definition["ttl_attribute"]:
+            client.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={
+                    "AttributeName": security_table_definition["ttl_attribute"],
+                    "Enabled": True,
+                },
+            )
+        return name
+
+    return create
+
+
+@pytest.fixture()
+def security_table(dynamodb_client: Any, create_security_table: Callable[..., str]) -> str:
+    """A fresh table shaped like SecurityTable under a unique name; returns the name."""
+    return create_security_table(dynamodb_client, f"sec-{uuid.uuid4().hex[:16]}")

@@ -3,6 +3,7 @@
 - ``predict_module`` (session): ``handlers.predict`` imported once with the environment a
   deployed function has, against the session's ``moto_server`` (tests/conftest.py), the table
   created from template.yaml's key schema, as a cold start does.
+- ``admin_module`` (session): ``handlers.admin`` imported the same way (AdminFunction).
 - ``keys`` (session): API keys created through ``KeyAdmin`` for each outcome the events need.
 - ``log_sink`` (session, tests/conftest.py): the suite-wide log capture; ``predict_module``
   attaches it to the audit logger too (which does not propagate to the root logger).
@@ -10,18 +11,16 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import logging
-import os
-import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from handlersupport import new_key
+from handlersupport import import_handler, new_key
 
 from logcapture import LineSink, remember_key
 
@@ -30,16 +29,10 @@ MODELS = REPO / "models"
 
 
 @pytest.fixture(scope="session")
-def handler_env(moto_server: Any, security_table_definition: dict[str, Any]) -> dict[str, str]:
+def handler_env(moto_server: Any, create_security_table: Callable[..., str]) -> dict[str, str]:
     dynamodb_endpoint = moto_server.endpoint
-    table = f"handlers-{uuid.uuid4().hex[:10]}"
     client = boto3.client("dynamodb", endpoint_url=dynamodb_endpoint, region_name="us-east-1")
-    client.create_table(
-        TableName=table,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=security_table_definition["KeySchema"],
-        AttributeDefinitions=security_table_definition["AttributeDefinitions"],
-    )
+    table = create_security_table(client, f"handlers-{uuid.uuid4().hex[:10]}")
     sqs = boto3.client("sqs", endpoint_url=dynamodb_endpoint, region_name="us-east-1")
     queue_url = sqs.create_queue(QueueName=f"extraction-{uuid.uuid4().hex[:10]}")["QueueUrl"]
     calibrated = all((d / "defences.json").is_file() for d in MODELS.iterdir() if d.is_dir())
@@ -62,23 +55,20 @@ def handler_env(moto_server: Any, security_table_definition: dict[str, Any]) -> 
 
 @pytest.fixture(scope="session")
 def predict_module(handler_env: dict[str, str], log_sink: LineSink) -> Iterator[Any]:
-    saved = {name: os.environ.get(name) for name in handler_env}
-    os.environ.update(handler_env)
-    try:
-        sys.modules.pop("handlers.predict", None)
-        module = importlib.import_module("handlers.predict")
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    module = import_handler("handlers.predict", handler_env)
     audit_logger = logging.getLogger(module.settings.service_name)
     # The audit logger does not propagate: capture its lines with its own (redacting) format.
     log_sink.setFormatter(audit_logger.handlers[0].formatter)
     audit_logger.addHandler(log_sink)
     yield module
     audit_logger.removeHandler(log_sink)
+
+
+@pytest.fixture(scope="session")
+def admin_module(handler_env: dict[str, str]) -> Any:
+    if importlib.util.find_spec("handlers.admin") is None:
+        pytest.skip("handlers/admin.py (AdminFunction) is not in the tree yet")
+    return import_handler("handlers.admin", handler_env)
 
 
 @pytest.fixture(scope="session")

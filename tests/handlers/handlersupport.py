@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import importlib
 import json
+import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from logcapture import remember_key
 
@@ -98,3 +103,15 @@ def invoke(module: Any, event: dict[str, Any]) -> dict[str, Any]:
     """Call the Lambda handler as the runtime does: a JSON-round-tripped event and a context."""
     response: dict[str, Any] = module.handler(json.loads(json.dumps(event)), LambdaContext())
     return response
+
+
+def import_handler(name: str, env: Mapping[str, str]) -> Any:
+    """Import handler module ``name`` afresh with ``env`` set, as a cold start does.
+
+    The module reads its settings at import time; the environment is restored afterwards.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        sys.modules.pop(name, None)
+        return importlib.import_module(name)

@@ -9,7 +9,6 @@ shape (prediction or the one error envelope), the headers, and exactly one audit
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from typing import Any
 
@@ -87,27 +86,11 @@ def test_predict_event(name: str, predict_module: Any, keys: dict[str, str], log
 
 
 @pytest.mark.parametrize("name", ADMIN)
-def test_admin_event(
-    name: str, keys: dict[str, str], admin: Any, handler_env: dict[str, str]
-) -> None:
-    if importlib.util.find_spec("handlers.admin") is None:
-        pytest.skip("handlers/admin.py (AdminFunction) is not in the tree yet")
-    import os
-
-    saved = {k: os.environ.get(k) for k in handler_env}
-    os.environ.update(handler_env)
-    try:
-        module = importlib.import_module("handlers.admin")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def test_admin_event(name: str, keys: dict[str, str], admin: Any, admin_module: Any) -> None:
     target = new_key(admin)
     if "reinstate" in name:
         admin.suspend(target["key_id"])  # only a suspended key can be reinstated
     event = load_event(name, {**keys, "KEY_ID": target["key_id"]})
-    response = invoke(module, event)
+    response = invoke(admin_module, event)
     assert response["statusCode"] == EXPECTED[name], response_body(response)
     assert header(response, "X-Request-Id") == event["requestContext"]["requestId"]

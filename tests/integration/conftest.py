@@ -4,8 +4,9 @@
   ``mlmoat.local.server.EmbeddedDynamoDB`` that applies DynamoDB calls one at a time as DynamoDB
   applies the writes to an item (moto's own threaded server loses concurrent ``ADD``s, see that
   module's docstring), so the exactness tests are meaningful.
-- ``core_table`` (function): a fresh table with the key schema read from ``template.yaml``'s
-  ``SecurityTable`` (unique name per test, so tests never share counters).
+- ``core_table`` (function): a fresh table shaped like ``template.yaml``'s ``SecurityTable``
+  (tests/conftest.py's ``create_security_table``; unique name per test, so tests never share
+  counters).
 - ``make_client(endpoint)``: a boto3 DynamoDB client configured as the handlers configure it.
 Dummy AWS credentials come from tests/conftest.py's autouse ``aws_dummy_credentials``.
 
@@ -18,11 +19,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from coresupport import REPO, create_table, make_client
+from coresupport import REPO, make_client
 
 from mlmoat.local.server import free_port, wait_for_port
 
@@ -33,8 +34,8 @@ def core_endpoint(moto_server: Any) -> str:
 
 
 @pytest.fixture()
-def core_table(core_endpoint: str) -> str:
-    return create_table(make_client(core_endpoint), f"sec-{uuid.uuid4().hex[:12]}")
+def core_table(core_endpoint: str, create_security_table: Callable[..., str]) -> str:
+    return create_security_table(make_client(core_endpoint), f"sec-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,7 @@
-"""Helpers shared by the security-core integration tests, importable by spawned worker processes."""
+"""Helpers shared by the security-core integration tests and their spawned worker processes.
+
+It imports only what a Lambda instance would (boto3 and the security layer).
+"""
 
 from __future__ import annotations
 
@@ -8,26 +11,9 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from mlmoat.local.template import Template
 from security.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def table_definition() -> dict[str, Any]:
-    """KeySchema and AttributeDefinitions of SecurityTable, read from template.yaml."""
-    definition = Template(REPO / "template.yaml").table_definitions()["SecurityTable"]
-    return {
-        "KeySchema": definition["KeySchema"],
-        "AttributeDefinitions": definition["AttributeDefinitions"],
-    }
-
-
-def create_table(client: Any, name: str) -> str:
-    """Create the security table under ``name`` and wait for it."""
-    client.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **table_definition())
-    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.1})
-    return name
 
 
 def make_client(endpoint: str, *, max_attempts: int = 3, read_timeout: float = 5.0) -> Any:

@@ -1,5 +1,6 @@
 """The worker of the concurrency tests, run in spawned processes: it imports only what a Lambda
-instance would (boto3 and the security layer), so each process starts fast."""
+instance would (boto3 and the security layer, through ``coresupport``), so each process starts
+fast."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import threading
 import uuid
 from collections import Counter
 
-import boto3
-from botocore.config import Config
+from coresupport import make_client
 
 from security.auth import Authenticator
 from security.errors import RateLimitedError, SecurityError
@@ -31,14 +31,7 @@ def hammer(
     ``rows`` rows per request until refused (or ``max_requests`` each). Returns rows allowed,
     refusals by reason and DynamoDB calls by operation."""
     settings = Settings(table_name=table, model_dir="/nonexistent")
-    client = boto3.session.Session().client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"mode": "standard", "max_attempts": 3}, max_pool_connections=64),
-    )
+    client = make_client(endpoint, read_timeout=60)
     calls = Counter[str]()
     client.meta.events.register(
         "before-call.dynamodb", lambda model, **_: calls.update([model.name])

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import pytest
-from coresupport import create_table, make_client
+from coresupport import make_client
 
 from security.keys import generate_key, hash_secret
 from security.store import ChargeRequest, PrincipalStore, key_pk, rate_attr, request_attr
@@ -24,9 +25,11 @@ BUCKET = NOW // 30
 
 
 @pytest.fixture()
-def dyn(dynalite_endpoint: str) -> tuple[PrincipalStore, Any]:
+def dyn(
+    dynalite_endpoint: str, create_security_table: Callable[..., str]
+) -> tuple[PrincipalStore, Any]:
     client = make_client(dynalite_endpoint)
-    table = create_table(client, f"dyn-{uuid.uuid4().hex[:12]}")
+    table = create_security_table(client, f"dyn-{uuid.uuid4().hex[:12]}", ttl=False)
     return PrincipalStore(client=client, table_name=table), client
 
 
