@@ -3,9 +3,9 @@
 The function under test is the real ``PredictFunction`` served by ``mlmoat local start-api`` in
 its own process, exactly as in ``make local``; only its DynamoDB endpoint is the fault proxy
 (``tests/faults/faultproxy.py``) in front of a moto server that can stop and restart with its
-state intact (``mlmoat.loadtest.SerialDynamoDB``). SQS and SSM go straight to the moto server. Keys
-are created and counters read directly on the moto server, never through the proxy, so the
-evidence does not depend on the fault being injected.
+state intact (``mlmoat.local.server.EmbeddedDynamoDB``). SQS and SSM go straight to the moto
+server. Keys are created and counters read directly on the moto server, never through the proxy,
+so the evidence does not depend on the fault being injected.
 """
 
 from __future__ import annotations
