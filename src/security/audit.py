@@ -4,7 +4,8 @@ Exactly one audit record is written per request, allowed or refused. The record 
 JSON line (Powertools Logger, ``message == "audit"``) carrying the request id both as
 ``request_id`` and as Powertools' ``correlation_id``. The same line is also a CloudWatch
 Embedded Metric Format document (Powertools Metrics, EMF): ``Requests`` by ``decision`` and
-``reason``, ``RowsPredicted`` and ``Latency``, so metrics and audit can never disagree.
+``reason``, ``RowsPredicted``, ``Latency`` and ``MonitorQueueFailures`` (a served query that did
+not reach the extraction queue), so metrics and audit can never disagree.
 
 Every record goes through ``sanitize.redact`` in the formatter: no field, message or stack
 trace written by this logger can carry key material, whatever a caller put in it. Features are
@@ -30,6 +31,9 @@ from security.sanitize import redact, redact_text
 from security.validation import canonical_rows
 
 AUDIT_MESSAGE = "audit"
+#: The flag on an allowed request whose query did not reach the extraction queue (also counted
+#: in the ``MonitorQueueFailures`` metric).
+MONITOR_QUEUE_FAILED = "monitor_queue_failed"
 METRICS_NAMESPACE = "mlmoat"
 _FINGERPRINT_DOMAIN = b"mlmoat-input-v1:"
 
@@ -173,6 +177,8 @@ class AuditLog:
         metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=event.latency_ms)
         if event.decision == "allow":
             metrics.add_metric(name="RowsPredicted", unit=MetricUnit.Count, value=event.rows)
+        if MONITOR_QUEUE_FAILED in event.flags:
+            metrics.add_metric(name="MonitorQueueFailures", unit=MetricUnit.Count, value=1)
         return dict(metrics.serialize_metric_set())
 
     def emit(self, event: AuditEvent) -> dict[str, Any]:

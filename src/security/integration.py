@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from security.audit import AuditEvent, AuditLog, install_log_redaction
+from security.audit import MONITOR_QUEUE_FAILED, AuditEvent, AuditLog, install_log_redaction
 from security.errors import (
     AdversarialInputError,
     AuthenticationError,
@@ -403,7 +403,7 @@ class _PredictService:
         policy = self._policy(principal)
         event.output_policy = str(policy)
         predictions = apply_output_policy(policy, model.classes, probabilities)
-        self._send_to_monitor(principal, model, parsed.rows, probabilities, request_id)
+        self._send_to_monitor(principal, model, parsed.rows, probabilities, request_id, event)
 
         body_out = {
             "model": model.name,
@@ -443,12 +443,14 @@ class _PredictService:
         rows: np.ndarray,
         probabilities: np.ndarray,
         request_id: str,
+        event: AuditEvent,
     ) -> None:
-        # The extraction queue's single call site: off the hot path, never raises.
+        # The extraction queue's single call site: never raises. A query that did not reach the
+        # queue is a gap in the monitor's view: the audit record says so and a metric counts it.
         if self.query_sink is None:
             return
         best = np.argmax(probabilities, axis=1)
-        self.query_sink.send(
+        sent = self.query_sink.send(
             principal_id=principal.principal_id,
             model=model.name,
             request_id=request_id,
@@ -456,6 +458,8 @@ class _PredictService:
             labels=[str(model.classes[int(i)]) for i in best],
             confidences=probabilities[np.arange(len(best)), best],
         )
+        if not sent:
+            event.flags.append(MONITOR_QUEUE_FAILED)
 
 
 def _www_authenticate(settings: Settings) -> str:

@@ -1,0 +1,95 @@
+"""Exactness of the extraction queue on the serving path: every served query reaches the queue,
+or the request's audit record is flagged and the ``MonitorQueueFailures`` metric counts it."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import boto3
+from handlersupport import LambdaContext, header, load_event, response_body
+from mangum import Mangum
+
+from security.audit import MONITOR_QUEUE_FAILED, AuditLog
+from security.extraction import QueryMessage, sink_client_config
+from security.integration import build_app
+
+
+def _app(predict_module: Any, handler_env: dict[str, str], sqs_endpoint: str) -> Mangum:
+    sqs = boto3.client(
+        "sqs", endpoint_url=sqs_endpoint, region_name="us-east-1", config=sink_client_config()
+    )
+    dynamodb = boto3.client(
+        "dynamodb", endpoint_url=handler_env["AWS_ENDPOINT_URL_DYNAMODB"], region_name="us-east-1"
+    )
+    app = build_app(
+        predict_module.settings,
+        dynamodb_client=dynamodb,
+        sqs_client=sqs,
+        audit=AuditLog(service=predict_module.settings.service_name),
+    )
+    return Mangum(app, lifespan="off")
+
+
+def test_an_unreachable_queue_is_audited_and_counted_and_the_prediction_served(
+    predict_module: Any, keys: dict[str, str], handler_env: dict[str, str], log_sink: Any
+) -> None:
+    # given the function wired to an SQS endpoint that refuses connections
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    handler = _app(predict_module, handler_env, dead)
+    # when a valid, counted request is served
+    response = handler(load_event("rest/predict-ok-batch.json", keys), LambdaContext())
+    assert response["statusCode"] == 200, response_body(response)
+    # then its one audit record says the monitor did not get it, and the EMF metric counts it
+    request_id = header(response, "X-Request-Id")
+    (record,) = [r for r in log_sink.audit_records() if r["request_id"] == request_id]
+    assert MONITOR_QUEUE_FAILED in record["flags"]
+    assert record["MonitorQueueFailures"] == [1.0]
+    metrics = {m["Name"] for m in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert "MonitorQueueFailures" in metrics
+
+
+def test_a_delivered_query_is_exact_and_not_flagged(
+    predict_module: Any, keys: dict[str, str], handler_env: dict[str, str], log_sink: Any
+) -> None:
+    # given the function wired to the session's queue
+    handler = _app(predict_module, handler_env, handler_env["AWS_ENDPOINT_URL_SQS"])
+    event = load_event("rest/predict-ok-batch.json", keys)
+    # when a batch is served
+    response = handler(json.loads(json.dumps(event)), LambdaContext())
+    assert response["statusCode"] == 200
+    request_id = header(response, "X-Request-Id")
+    # then no failure is recorded
+    (record,) = [r for r in log_sink.audit_records() if r["request_id"] == request_id]
+    assert MONITOR_QUEUE_FAILED not in record.get("flags", [])
+    assert "MonitorQueueFailures" not in record
+    # and the queued message (packed) carries the served rows bit for bit
+    sqs = boto3.client(
+        "sqs", endpoint_url=handler_env["AWS_ENDPOINT_URL_SQS"], region_name="us-east-1"
+    )
+    url = handler_env["SECURITY_EXTRACTION_QUEUE_URL"]
+    found = []
+    for _ in range(20):
+        batch = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        if not batch:
+            break
+        for message in batch:
+            body = json.loads(message["Body"])
+            if body["request_id"] == request_id:
+                found.append((body, QueryMessage.from_json(message["Body"])))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    ((raw, parsed),) = found
+    assert raw["v"] == 2 and isinstance(raw["rows"], str)
+    body_in = json.loads(_sent_body(event))
+    assert [list(row) for row in parsed.rows] == body_in["instances"]
+    assert len(parsed.confidences) == len(parsed.labels) == len(body_in["instances"])
+
+
+def _sent_body(event: dict[str, Any]) -> str:
+    import base64
+
+    raw = event["body"]
+    return base64.b64decode(raw).decode() if event.get("isBase64Encoded") else raw

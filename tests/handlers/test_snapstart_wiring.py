@@ -1,0 +1,46 @@
+"""PredictFunction's SnapStart wiring: after a restore every client is rebuilt and serving goes on.
+
+The Lambda service (which calls the hooks) cannot run here; the hooks are the ones the handler
+registered with ``snapshot_restore_py``, called as the runtime calls them after a restore.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import snapshot_restore_py
+from handlersupport import invoke, load_event, response_body
+
+
+def test_the_handler_registers_its_hooks_with_the_runtime(predict_module: Any) -> None:
+    # given the handler module imported as a cold start does
+    hooks = predict_module.hooks
+    # then its hooks are registered with the runtime's registry (once)
+    registered = [entry[0] for entry in snapshot_restore_py._after_restore_registry]
+    assert registered.count(hooks.run_after_restore) == 1
+    before = [entry[0] for entry in snapshot_restore_py._before_snapshot_registry]
+    assert before.count(hooks.run_before_snapshot) == 1
+
+
+def test_a_restore_rebuilds_every_client_and_the_next_request_is_served(
+    predict_module: Any, keys: dict[str, str], handler_env: dict[str, str], monkeypatch: Any
+) -> None:
+    # given the clients built at init (the extraction queue is configured in these tests)
+    clients = [c for c in (predict_module.dynamodb, predict_module.sqs, predict_module.ssm) if c]
+    assert len(clients) == 2
+    old = [client._client for client in clients]
+    restores = predict_module.hooks.restores
+    # when the runtime runs the after-restore hooks (in the function's environment, as in
+    # Lambda: the fixture sets it only around the import, and new clients read their endpoints)
+    with monkeypatch.context() as env:
+        for name, value in handler_env.items():
+            env.setenv(name, value)
+        predict_module.hooks.run_after_restore()
+    # then every client is a new one and the hooks ran once
+    assert all(
+        client._client is not previous for client, previous in zip(clients, old, strict=True)
+    )
+    assert predict_module.hooks.restores == restores + 1
+    # and the app, holding the same RefreshableClient objects, serves through the new clients
+    response = invoke(predict_module, load_event("rest/predict-ok-single.json", keys))
+    assert response["statusCode"] == 200, response_body(response)
