@@ -12,6 +12,8 @@ Dummy AWS credentials come from tests/conftest.py's autouse ``aws_dummy_credenti
 
 - ``dynalite_endpoint`` (session): dynalite from npm (``npx dynalite``), skipped with a reason when
   node or the package is missing.
+- ``local_dynamodb_cli`` (function): ``mlmoat local dynamodb`` in its own process on a free port
+  (its bootstrap creates ``mlmoat-local-SecurityTable``); yields its URL.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import pytest
 from coresupport import REPO, make_client
 
-from mlmoat.local.server import free_port, wait_for_port
+from mlmoat.loadtest import free_port, mlmoat_command, stop_process, wait_for_port
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +40,18 @@ def core_table(core_endpoint: str, create_security_table: Callable[..., str]) ->
     return create_security_table(make_client(core_endpoint), f"sec-{uuid.uuid4().hex[:12]}")
 
 
+def _serve(command: list[str], port: int, *, ready_s: float) -> Iterator[str]:
+    """Run a DynamoDB server process that listens on ``port``; yield its URL; stop it."""
+    process = subprocess.Popen(  # noqa: S603 - fixed commands of our own choosing
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
+    )
+    try:
+        wait_for_port(port, process=process, timeout_s=ready_s)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(process)
+
+
 @pytest.fixture(scope="session")
 def dynalite_endpoint() -> Iterator[str]:
     npx = shutil.which("npx")
@@ -45,15 +59,15 @@ def dynalite_endpoint() -> Iterator[str]:
     if npx is None or not local_bin.exists():
         pytest.skip("dynalite not installed: run `npm ci` (package-lock.json pins it)")
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603
+    yield from _serve(
         [str(local_bin), "--port", str(port), "--host", "127.0.0.1", "--createTableMs", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
+        port,
+        ready_s=15,
     )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=15)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+
+
+@pytest.fixture()
+def local_dynamodb_cli() -> Iterator[str]:
+    """``mlmoat local dynamodb`` in its own process, as a developer runs it; yields its URL."""
+    port = free_port()
+    yield from _serve(mlmoat_command("local", "dynamodb", "--port", str(port)), port, ready_s=60)

@@ -33,6 +33,13 @@ def make_client(endpoint: str, *, max_attempts: int = 3, read_timeout: float = 5
     )
 
 
+def record_calls(client: Any) -> list[str]:
+    """The DynamoDB operations ``client`` makes from now on, in order (a live list)."""
+    calls: list[str] = []
+    client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    return calls
+
+
 def settings_for(table: str, **overrides: Any) -> Settings:
     """Settings for tests (model dir unused here)."""
     overrides.setdefault("model_dir", "/nonexistent")

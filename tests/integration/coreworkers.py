@@ -8,7 +8,7 @@ import threading
 import uuid
 from collections import Counter
 
-from coresupport import make_client
+from coresupport import make_client, record_calls
 
 from security.auth import Authenticator
 from security.errors import RateLimitedError, SecurityError
@@ -32,10 +32,7 @@ def hammer(
     refusals by reason and DynamoDB calls by operation."""
     settings = Settings(table_name=table, model_dir="/nonexistent")
     client = make_client(endpoint, read_timeout=60)
-    calls = Counter[str]()
-    client.meta.events.register(
-        "before-call.dynamodb", lambda model, **_: calls.update([model.name])
-    )
+    calls = record_calls(client)
     store = PrincipalStore(client=client, table_name=table)
     gatekeeper = Gatekeeper(store=store, settings=settings, clock=lambda: fixed_now)
     credentials = Authenticator(settings=settings, token_verifier=None).read_credentials(
@@ -71,4 +68,4 @@ def hammer(
         thread.start()
     for thread in pool:
         thread.join()
-    return allowed["rows"], dict(refused), dict(calls)
+    return allowed["rows"], dict(refused), dict(Counter(calls))

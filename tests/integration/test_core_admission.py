@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
-from coresupport import make_client, settings_for
+from coresupport import make_client, record_calls, settings_for
 
 from security.admin import KeyAdmin
 from security.auth import Authenticator, Credentials
@@ -29,17 +29,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class CallCounter:
-    """Counts DynamoDB API calls made by one client (botocore event hook)."""
-
-    def __init__(self, client: Any) -> None:
-        self.calls: list[str] = []
-        client.meta.events.register("before-call.dynamodb", self._on_call)
-
-    def _on_call(self, model: Any, **_: Any) -> None:
-        self.calls.append(model.name)
 
 
 def _setup(endpoint: str, table: str, clock: Clock, **settings_kw: Any) -> tuple[Any, ...]:
@@ -78,16 +67,16 @@ def test_steady_path_is_one_dynamodb_request_per_admission(
     client, store, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)
     created = admin.create(owner="alice", rate_limit="1000/minute", budget=5000)
     creds = _creds(authenticator, created["api_key"])
-    counter = CallCounter(client)
+    made = record_calls(client)
     # when the first request arrives on the cold instance, then 50 more
     _admit(gatekeeper, creds, rows=2)
-    cold_calls = list(counter.calls)
-    counter.calls.clear()
+    cold_calls = list(made)
+    made.clear()
     for _ in range(50):
         _admit(gatekeeper, creds, rows=2)
     # then the cold request read once and wrote once; every steady request is one UpdateItem
     assert cold_calls == ["GetItem", "UpdateItem"]
-    assert counter.calls == ["UpdateItem"] * 50
+    assert made == ["UpdateItem"] * 50
     usage = admin.usage(created["key_id"])["usage"]
     assert usage["rows_used"] == 102 and usage["requests"] == 51
 
@@ -227,18 +216,18 @@ def test_stale_cached_config_is_refreshed_by_the_failed_write(
     created = admin.create(owner="heidi", rate_limit="50/minute", budget=100)
     creds = _creds(authenticator, created["api_key"])
     _admit(gatekeeper, creds)
-    counter = CallCounter(client)
+    made = record_calls(client)
     # when an admin change bumps the config version (a suspend and reinstate)
     admin.suspend(created["key_id"])
     admin.reinstate(created["key_id"])
-    counter.calls.clear()
+    made.clear()
     admission = _admit(gatekeeper, creds)
     # then the write failed on the version, ALL_OLD refreshed the cache, and one retry counted it
-    assert counter.calls == ["UpdateItem", "UpdateItem"]
+    assert made == ["UpdateItem", "UpdateItem"]
     assert admission.principal.config_version == 3
-    counter.calls.clear()
+    made.clear()
     _admit(gatekeeper, creds)
-    assert counter.calls == ["UpdateItem"]
+    assert made == ["UpdateItem"]
     assert admin.usage(created["key_id"])["usage"]["rows_used"] == 3
 
 
@@ -265,11 +254,11 @@ def test_authenticate_is_one_read_and_charges_nothing(core_endpoint: str, core_t
     clock = Clock()
     client, _, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)
     created = admin.create(owner="ken", output_policy="label")
-    counter = CallCounter(client)
+    made = record_calls(client)
     principal = gatekeeper.authenticate(
         _creds(authenticator, created["api_key"]), model="iris", source_ip="10.0.0.1"
     )
-    assert counter.calls == ["GetItem"]
+    assert made == ["GetItem"]
     assert principal.output_policy == "label" and principal.owner == "ken"
     assert admin.usage(created["key_id"])["usage"]["rows_used"] == 0
 
@@ -298,16 +287,16 @@ def test_unknown_key_and_bad_secret_look_alike_and_guessing_is_throttled(
     real = parse_key(created["api_key"])
     wrong_secret = _creds(authenticator, format_key(real.key_id, new_secret()))
     unknown = _creds(authenticator, format_key("A" * 12, new_secret()))
-    counter = CallCounter(client)
+    made = record_calls(client)
     # when an unknown key and a wrong secret are presented
     errors = []
     calls = []
     for creds in (unknown, wrong_secret):
-        counter.calls.clear()
+        made.clear()
         with pytest.raises(AuthenticationError) as caught:
             _admit(gatekeeper, creds, ip="203.0.113.7")
         errors.append(type(caught.value))
-        calls.append(list(counter.calls))
+        calls.append(list(made))
     # then both take the same path (one read, one failure count) and raise the same class
     assert errors == [AuthenticationError, AuthenticationError]
     assert calls[0] == calls[1] == ["GetItem", "UpdateItem"]
@@ -318,10 +307,10 @@ def test_unknown_key_and_bad_secret_look_alike_and_guessing_is_throttled(
         _admit(gatekeeper, wrong_secret, ip="203.0.113.7")
     assert throttled.value.reason == "auth_throttled" and throttled.value.retry_after == 10
     # then even the right key from that address is refused, without any DynamoDB call
-    counter.calls.clear()
+    made.clear()
     with pytest.raises(RateLimitedError):
         _admit(gatekeeper, _creds(authenticator, created["api_key"]), ip="203.0.113.7")
-    assert counter.calls == []
+    assert made == []
     # while other addresses are unaffected, and a cold instance learns it from the shared counter
     _admit(gatekeeper, _creds(authenticator, created["api_key"]), ip="198.51.100.1")
     other = Gatekeeper(
@@ -347,9 +336,9 @@ def test_a_wrong_guess_does_not_make_the_owners_next_request_dearer(
     guess = _creds(authenticator, format_key(owner.key_id or "", new_secret()))
     with pytest.raises(AuthenticationError):
         _admit(gatekeeper, guess, ip="192.0.2.50")
-    counter = CallCounter(client)
+    made = record_calls(client)
     _admit(gatekeeper, owner)
-    assert counter.calls == ["UpdateItem"]
+    assert made == ["UpdateItem"]
 
 
 def test_only_older_windows_and_buckets_are_removed(core_endpoint: str, core_table: str) -> None:

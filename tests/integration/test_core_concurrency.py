@@ -9,21 +9,16 @@ SDK's retry is counted once).
 from __future__ import annotations
 
 import multiprocessing
-import signal
-import subprocess
-import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import urllib3
 from botocore.exceptions import ReadTimeoutError
-from coresupport import REPO, make_client, settings_for
+from coresupport import make_client, settings_for
 from coreworkers import hammer
 
-from mlmoat.local.server import EmbeddedDynamoDB, free_port, wait_for_port
+from mlmoat.local.server import EmbeddedDynamoDB
 from security.admin import KeyAdmin
 from security.auth import Authenticator
 from security.errors import AuthenticationError, RateLimitedError, StoreUnavailableError
@@ -76,30 +71,6 @@ def test_budget_is_exact_across_processes_and_threads(core_endpoint: str, core_t
     assert calls.get("GetItem", 0) <= 2 * PROCESSES * THREADS
     usage = admin.usage(created["key_id"])["usage"]
     assert usage["rows_used"] == budget and usage["requests"] == budget
-
-
-@pytest.fixture()
-def local_dynamodb_cli(tmp_path: Any) -> Iterator[str]:
-    """``mlmoat local dynamodb`` in its own process, as a developer runs it; yields its URL."""
-    port = free_port()
-    log = (tmp_path / "dynamodb.log").open("wb")
-    process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
-        [sys.executable, "-m", "mlmoat.cli", "local", "dynamodb", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        log.close()
 
 
 def test_budget_is_exact_through_mlmoat_local_dynamodb(local_dynamodb_cli: str) -> None:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from coresupport import REPO, make_client, settings_for
+from coresupport import REPO, make_client, record_calls, settings_for
 from mangum import Mangum
 
 from mlmoat.local.server import EmbeddedDynamoDB
@@ -29,8 +29,7 @@ def predict(core_endpoint: str, core_table: str) -> dict[str, Any]:
         pytest.skip("models/ not trained yet (mlmoat train)")
     settings = settings_for(core_table, squeeze_policy="off", model_dir=str(MODELS))
     client = make_client(core_endpoint)
-    calls: list[str] = []
-    client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    calls = record_calls(client)
     app = build_app(
         settings,
         dynamodb_client=client,

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import jwt
 import pytest
-from coresupport import make_client, settings_for
+from coresupport import make_client, record_calls, settings_for
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -46,8 +46,7 @@ def stack(core_endpoint: str, core_table: str) -> dict[str, Any]:
         core_table, jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_public_key_parameter=param
     )
     client = make_client(core_endpoint)
-    calls: list[str] = []
-    client.meta.events.register("before-call.dynamodb", lambda model, **_: calls.append(model.name))
+    calls = record_calls(client)
     store = PrincipalStore(client=client, table_name=core_table)
     return {
         "store": store,
