@@ -114,3 +114,30 @@ test: $(VENV)/.stamp $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp node lint scan bu
 # Starts an embedded DynamoDB, bootstraps it, seeds a demo key and serves the API until Ctrl-C.
 local: $(VENV)/.stamp
 	$(BIN)/mlmoat local up
+
+# ---- Long runs: not part of `make test`, which runs a smoke of each. ----
+
+# Benchmark against the seed's recipe, side by side (docs/performance.md).
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(VENV)/.stamp $(SAM_VENV)/.stamp build build-host
+	mkdir -p build
+	$(BIN)/mlmoat bench --no-build --json build/bench.json $(BENCH_ARGS)
+
+# Multi-instance load test: start-api instances sharing one local DynamoDB, API keys and JWT
+# subjects with small budgets/rate limits; non-zero exit unless every limit, budget, audit
+# record and counter is exact and there is no 5xx (docs/faults.md). Report: reports/load.json.
+LOAD_ARGS ?= --instances 4 --clients 16 --keys 48 --jwt-subjects 8 --duration 300
+.PHONY: load
+load: $(VENV)/.stamp build-host
+	mkdir -p reports
+	$(BIN)/python -m mlmoat.loadtest $(LOAD_ARGS) --report reports/load.json
+
+# Longer fuzzing: Schemathesis from `mlmoat openapi` against start-api, and the Hypothesis
+# parser properties. Report: reports/schemathesis.json.
+FUZZ_EXAMPLES ?= 300
+.PHONY: fuzz
+fuzz: $(VENV)/.stamp build-host
+	mkdir -p reports
+	MLMOAT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MLMOAT_FUZZ_PROPERTY_EXAMPLES=3000 \
+	MLMOAT_FUZZ_REPORT=$(CURDIR)/reports/schemathesis.json $(BIN)/pytest -s tests/fuzz
