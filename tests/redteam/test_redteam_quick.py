@@ -1,4 +1,9 @@
-"""``mlmoat redteam --quick``: the attacks run end to end and the defences meet their targets."""
+"""``mlmoat redteam --quick``: the attacks run end to end and the defences meet their targets.
+
+One quick run per test session (iris and the overfit forest, seed 11) through the real handlers
+on one embedded moto server; every test reads its results. The default run measures the same
+targets with more seeded runs, keys, rows and models (docs/ml-defences.md, "Measured").
+"""
 
 from __future__ import annotations
 
@@ -8,50 +13,80 @@ from typing import Any
 
 import pytest
 
-from mlmoat.redteam.cli import main
+from mlmoat.redteam.cli import QUICK_MODELS, main
+from mlmoat.redteam.run import QUICK, targets
 
-MODELS = ("iris", "breast-cancer", "breast-cancer-forest")
+MODELS = QUICK_MODELS
+FILES = ("report.md", "results.json", "extraction_fidelity.png", "detection.png", "mia_roc.png")
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     out = tmp_path_factory.mktemp("redteam-quick")
     model_dir = Path(__file__).resolve().parents[2] / "models"
-    main(["--quick", "--out", str(out), "--model-dir", str(model_dir), "--seed", "11"])
-    for name in (
-        "report.md",
-        "results.json",
-        "extraction_fidelity.png",
-        "detection.png",
-        "mia_roc.png",
-    ):
-        assert (out / name).stat().st_size > 0
+    status = main(["--quick", "--out", str(out), "--model-dir", str(model_dir), "--seed", "11"])
+    return out, status
+
+
+@pytest.fixture(scope="session")
+def results(quick_run: tuple[Path, int]) -> dict[str, Any]:
+    out, _ = quick_run
     data: dict[str, Any] = json.loads((out / "results.json").read_text())
     return data
+
+
+def test_the_quick_run_writes_the_report_with_every_target(
+    quick_run: tuple[Path, int], results: dict[str, Any]
+) -> None:
+    # given the quick run, when it finishes, then the report states each target per model and
+    # the exit status says whether any was missed (the tests below assert the targets one by one)
+    out, status = quick_run
+    assert sorted(results["models"]) == sorted(MODELS)
+    for name in FILES:
+        assert (out / name).stat().st_size > 0
+    rows = targets(results)
+    assert status == (1 if any(row["met"] is False for row in rows) else 0)
+    report = (out / "report.md").read_text()
+    for row in rows:
+        assert f"| {row['model']} | {row['target']} | {row['measured']} |" in report
+    assert len(rows) == 6 * len(MODELS)
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_uniform_extraction_is_flagged_within_100_rows(results: dict[str, Any], model: str) -> None:
     for kind in ("uniform", "uniform_batches_of_10"):
         rows = results["models"][model]["detection"][kind]
-        assert sum(1 for r in rows if r is not None and r <= 100) >= 9
+        assert len(rows) == QUICK.detection_seeds
+        # the target is >= 9 of 10 runs; of 3 runs that is every run
+        assert sum(1 for r in rows if r is not None and r <= 100) >= 0.9 * len(rows)
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_flag_reached_the_key_item(results: dict[str, Any], model: str) -> None:
+    detection = results["models"][model]["detection"]
+    detected = sum(1 for rows in detection.values() for r in rows if r is not None)
     written = results["models"][model]["flags_written"]
-    assert written["flagged"] >= 27 and written["on_key"] == written["flagged"]
+    assert written["flagged"] == detected == 3 * QUICK.detection_seeds
+    assert written["on_key"] == written["flagged"]
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_boundary_probing_is_flagged_within_300_rows(results: dict[str, Any], model: str) -> None:
     rows = results["models"][model]["detection"]["boundary"]
+    assert len(rows) == QUICK.detection_seeds
     assert all(r is not None and r <= 300 for r in rows)
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_benign_keys_are_never_flagged(results: dict[str, Any], model: str) -> None:
-    assert results["models"][model]["benign_false_flags"] == [None] * 4
+    out = results["models"][model]
+    assert out["benign_false_flags"] == [None] * QUICK.benign_keys
+    # "never flagged" means something only if the monitor saw the stream: at least 4 of the 5
+    # windows of 200 rows per key (the predict path drops a queue message, by design, when the
+    # local queue does not answer within the sink's 0.5 s read timeout on a loaded machine)
+    monitored = out["benign_rows_monitored"]
+    assert len(monitored) == QUICK.benign_keys
+    assert all(0.8 * QUICK.benign_rows <= rows <= QUICK.benign_rows for rows in monitored)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -62,11 +97,15 @@ def test_default_configuration_keeps_membership_inference_near_chance(
     assert results["models"][model]["membership"]["rounded2"]["auc"] <= 0.55
 
 
-def test_the_overfit_forest_leaks_membership_without_defences(results: dict[str, Any]) -> None:
+def test_the_overfit_forest_leaks_membership_unless_squeezed_or_label_only(
+    results: dict[str, Any],
+) -> None:
     membership = results["models"]["breast-cancer-forest"]["membership"]
     assert membership["raw"]["auc"] >= 0.65
     # rounding alone does not remove it; squeezing (the default) does
     assert membership["rounded2_nosqueeze"]["auc"] >= 0.65
+    # the operator's setting for this model (label-only keys) removes it without squeezing
+    assert membership["label_nosqueeze"]["auc"] <= 0.55
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -74,10 +113,29 @@ def test_squeezing_false_detections_at_most_5_percent(results: dict[str, Any], m
     assert results["models"][model]["hopskipjump"]["false_detections"]["held_out"] <= 0.05
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_a_label_surrogate_needs_queries_the_report_states(
-    results: dict[str, Any], model: str
+def test_squeezing_halves_hopskipjump_success_on_the_overfit_forest(
+    results: dict[str, Any],
 ) -> None:
-    extraction = results["models"][model]["extraction"]["results"]
-    for key in ("raw/uniform", "label/uniform", "rounded2/boundary"):
-        assert set(extraction[key]["queries_for_95"]) == {"label", "probabilities"}
+    # The forest is attackable undefended; refusing disagreeing rows at least halves success.
+    # (On iris HopSkipJump succeeds on 1-3 of 30 rows undefended: too few to decide a halving
+    # at every seed, so iris is held to the false-detection bound above only.)
+    hsj = results["models"]["breast-cancer-forest"]["hopskipjump"]
+    assert hsj["off"]["rows"] == QUICK.hsj_rows
+    base = hsj["off"]["success_rate"]
+    assert base > 0
+    assert min(hsj["flag"]["success_rate"], hsj["refuse"]["success_rate"]) <= base / 2
+
+
+def test_iris_is_extracted_whatever_the_output_policy(results: dict[str, Any]) -> None:
+    # 4 features, 3 separable classes: a label surrogate agrees on 95% within 200 uniform queries
+    extraction = results["models"]["iris"]["extraction"]["results"]
+    for key in ("raw/uniform", "label/uniform"):
+        reached = extraction[key]["queries_for_95"]["label"]
+        assert reached is not None and reached <= 200
+
+
+def test_uniform_queries_do_not_extract_the_forest(results: dict[str, Any]) -> None:
+    # uniform rows in the 30-feature envelope are all answered with one class
+    extraction = results["models"]["breast-cancer-forest"]["extraction"]["results"]
+    for key in ("raw/uniform", "label/uniform"):
+        assert extraction[key]["queries_for_95"] == {"label": None, "probabilities": None}

@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 DEFAULT_MODELS = ("iris", "breast-cancer", "breast-cancer-forest")
+# --quick (make test): the smallest and the overfit model, the two with the most to show.
+QUICK_MODELS = ("iris", "breast-cancer-forest")
 DP_EPSILON = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlmoat redteam", description=__doc__)
-    parser.add_argument("action", nargs="?", default="run", choices=("run", "calibrate"))
+    parser.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "calibrate", "docs"),
+        help="run the red team (default); calibrate the defences; docs: copy the headline "
+        "table and detection plot of the run in --out to --docs-dir",
+    )
     parser.add_argument("--quick", action="store_true", help="the short run used by make test")
     parser.add_argument("--out", type=Path, default=Path("reports/redteam"))
     parser.add_argument("--model-dir", type=Path, default=Path("models"))
     parser.add_argument("--seed", type=int, default=20251125)
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    parser.add_argument("--docs-dir", type=Path, default=Path("docs/redteam"))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        help=f"default: {' '.join(DEFAULT_MODELS)} ({' '.join(QUICK_MODELS)} with --quick)",
+    )
     return parser
 
 
@@ -46,6 +61,8 @@ def _served_dir(
 def main(argv: list[str]) -> int:
     """Run ``mlmoat redteam``."""
     args = _parser().parse_args(argv)
+    if args.models is None:
+        args.models = list(QUICK_MODELS if args.quick else DEFAULT_MODELS)
     from mlmoat.redteam.cases import load_cases
 
     if args.action == "calibrate":
@@ -55,7 +72,12 @@ def main(argv: list[str]) -> int:
             path = write_defences(calibrate_case(case), args.model_dir)
             print(f"wrote {path}")
         return 0
-    from mlmoat.redteam.report import headline, write_report
+    from mlmoat.redteam.report import headline, write_docs, write_report
+
+    if args.action == "docs":
+        results = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+        print(f"wrote {write_docs(results, args.out, args.docs_dir)}")
+        return 0
     from mlmoat.redteam.run import FULL, QUICK, run, targets, write_json
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,10 @@ def plot_detection(results: dict[str, Any], out: Path) -> Path:
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=6)
     ax.axhline(100, color="grey", linestyle=":")
     ax.set_ylabel("rows until flagged")
-    ax.set_title("queries until detection (10 seeded runs each)")
+    runs = results["plan"]["detection_seeds"]
+    ax.set_title(
+        f"rows until the monitor flags (seeded runs: {runs} per attack, seed {results['seed']})"
+    )
     fig.tight_layout()
     path = out / "detection.png"
     fig.savefig(path, dpi=90)
@@ -111,6 +114,9 @@ def markdown(results: dict[str, Any]) -> str:
         for config in configs:
             cells = []
             for kind in ("uniform", "boundary"):
+                if f"{config}/{kind}" not in ext:
+                    cells.append("not run")
+                    continue
                 q = ext[f"{config}/{kind}"]["queries_for_95"]
                 cells.append(" / ".join(_q(q[k]) for k in ("label", "probabilities")))
             parts.append(f"| {config} | {cells[0]} | {cells[1]} |")
@@ -145,6 +151,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"{fd['held_out_noisy']:.3f} of noisy held-out rows."
         )
         parts += ["", "### Model inversion (MIFace on an extracted surrogate)", ""]
+        if not model["inversion"]:
+            parts.append("Not run in this mode (`--quick`).")
+            continue
         parts += [
             "| defence | class | RMS distance to true class mean | centre baseline |",
             "|---|---|---|---|",
@@ -162,6 +171,36 @@ def markdown(results: dict[str, Any]) -> str:
 
 def _q(value: int | None) -> str:
     return ">max" if value is None else str(value)
+
+
+# The plot docs/redteam/ carries beside the headline table (the one the README links).
+DOCS_PLOT = "detection.png"
+
+
+def write_docs(results: dict[str, Any], report_dir: Path, docs_dir: Path) -> Path:
+    """Write docs/redteam/: the headline table of a finished run and its detection plot."""
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    (docs_dir / DOCS_PLOT).write_bytes((report_dir / DOCS_PLOT).read_bytes())
+    plan = results["plan"]
+    text = "\n".join(
+        [
+            "# mlmoat red team: headline",
+            "",
+            f"Seed {results['seed']}: {plan['detection_seeds']} seeded detection runs per attack, "
+            f"{plan['benign_keys']} benign keys x {plan['benign_rows']} rows, "
+            f"HopSkipJump on {plan['hsj_rows']} rows per model and policy; "
+            f"{results['elapsed_seconds']} s. "
+            "Every figure and how it is measured: docs/ml-defences.md.",
+            "",
+            headline(results),
+            "",
+            f"![rows until the monitor flags each attack run]({DOCS_PLOT})",
+            "",
+        ]
+    )
+    path = docs_dir / "headline.md"
+    path.write_text(text)
+    return path
 
 
 def write_report(results: dict[str, Any], out: Path) -> Path:

@@ -65,6 +65,7 @@ class LocalStack:
         self._saved: dict[str, str | None] = {}
         self._predict: dict[str, Any] = {}
         self._audit: IO[str] | None = None
+        self._unmonitored = False
 
     def __enter__(self) -> LocalStack:
         from mlmoat.local.bootstrap import bootstrap
@@ -140,12 +141,17 @@ class LocalStack:
         return str(created["api_key"]), f"key#{created['key_id']}"
 
     def drain(self) -> int:
-        """Feed every queued message to the monitor handler; return how many were processed."""
+        """Feed every queued message to the monitor handler; return how many were processed.
+
+        Messages left by unmonitored attackers are dropped first (``purge``). The queue is only
+        fed by this process's synchronous handler calls, so the embedded server hands out every
+        visible message up to 10 per receive: a short batch means the queue is empty, and the
+        loop stops without another round trip.
+        """
+        self._drop_unmonitored()
         processed = 0
         while True:
-            received = self.sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-            ).get("Messages", [])
+            received = self._receive()
             if not received:
                 return processed
             event = {"Records": [_sqs_record(m) for m in received]}
@@ -154,26 +160,43 @@ class LocalStack:
             with contextlib.redirect_stdout(self._audit):
                 result = self.monitor.handler(event, context)
             failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
-            for message in received:
-                if message["MessageId"] not in failed:
-                    self.sqs.delete_message(
-                        QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"]
-                    )
-                    processed += 1
+            done = [m for m in received if m["MessageId"] not in failed]
+            self._delete(done)
+            processed += len(done)
+            if len(received) < 10 and not failed:
+                return processed
 
     def purge(self) -> None:
-        """Drop queued messages nobody will monitor (attacks measured for something else)."""
+        """Mark queued messages as nobody's to monitor (attacks measured for something else).
+
+        They are dropped in one pass before the next drain (SQS allows one PurgeQueue a minute),
+        so an unmonitored attacker costs no queue round trips per request.
+        """
+        self._unmonitored = True
+
+    def _drop_unmonitored(self) -> None:
+        if not self._unmonitored:
+            return
+        self._unmonitored = False
         while True:
-            received = self.sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-            ).get("Messages", [])
-            if not received:
+            received = self._receive()
+            self._delete(received)
+            if len(received) < 10:
                 return
+
+    def _receive(self) -> list[dict[str, Any]]:
+        received = self.sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+        )
+        return [dict(m) for m in received.get("Messages", [])]
+
+    def _delete(self, messages: list[dict[str, Any]]) -> None:
+        if messages:
             self.sqs.delete_message_batch(
                 QueueUrl=self.queue_url,
                 Entries=[
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                    for i, m in enumerate(received)
+                    for i, m in enumerate(messages)
                 ],
             )
 
