@@ -224,10 +224,11 @@ class QuerySink:
     """Sends one served request to the extraction queue; never raises.
 
     Give it an SQS client built with ``sink_client_config`` (short timeouts, one retry, TCP
-    keepalive), so a slow or failing queue costs serving at most about a second. A retried send
-    that had in fact arrived is harmless: the monitor drops a repeated request id. A failed send
-    is logged (reason only, no payload), counted in ``failures``, and reported by ``send``'s
-    result so the caller can put it in the request's audit record and metrics.
+    keepalive), so a failing queue costs serving at most two attempts (0.3 s connect, 0.5 s read)
+    and one back-off, inside the function's timeout. A retried send that had in fact arrived is
+    harmless: the monitor drops a repeated request id. A failed send is logged (reason only, no
+    payload), counted in ``failures``, and reported by ``send``'s result so the caller can put
+    it in the request's audit record and metrics.
     """
 
     def __init__(
