@@ -39,15 +39,17 @@ def plot_extraction(results: dict[str, Any], out: Path) -> Path:
 
 def plot_detection(results: dict[str, Any], out: Path) -> Path:
     """Rows until the monitor flags each attack run, per model and attack."""
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     labels, data = [], []
     for name, model in results["models"].items():
         for kind, rows in model["detection"].items():
-            labels.append(f"{name}\n{kind}")
+            labels.append(f"{name}\n{kind.replace('_', ' ')}")
             data.append([r if r is not None else 0 for r in rows])
     ax.boxplot(data)
-    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=6)
-    ax.axhline(100, color="grey", linestyle=":")
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=6, rotation=30, ha="right")
+    ax.axhline(100, color="grey", linestyle=":", label="uniform target (100 rows)")
+    ax.axhline(300, color="grey", linestyle="--", label="boundary target (300 rows)")
+    ax.legend(fontsize=7)
     ax.set_ylabel("rows until flagged")
     runs = results["plan"]["detection_seeds"]
     ax.set_title(
