@@ -141,3 +141,12 @@ fuzz: $(VENV)/.stamp build-host
 	mkdir -p reports
 	MLMOAT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MLMOAT_FUZZ_PROPERTY_EXAMPLES=3000 \
 	MLMOAT_FUZZ_REPORT=$(CURDIR)/reports/schemathesis.json $(BIN)/pytest -s tests/fuzz
+
+# The red team's default run (about 8 min of one core): every attack against every model and
+# defence configuration through the real handlers; report, plots and JSON in reports/redteam/,
+# then its headline table and detection plot copied to docs/redteam/. `mlmoat redteam` exits 1
+# when a target is missed, so a failing run is not copied.
+.PHONY: redteam
+redteam: $(VENV)/.stamp build-host
+	$(BIN)/mlmoat redteam --out reports/redteam
+	$(BIN)/mlmoat redteam docs --out reports/redteam --docs-dir docs/redteam
