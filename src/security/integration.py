@@ -237,15 +237,6 @@ def source_ip_for(scope: Scope) -> str | None:
     return None
 
 
-def rate_limit_policy(principal: Principal) -> dict[str, str]:
-    """``RateLimit-Policy`` alone, for refusals authenticated with a read (nothing counted)."""
-    rate = principal.rate_limit
-    policy = f'"rows";q={rate.count};w={rate.window_seconds}'
-    if principal.budget is not None:
-        policy += f', "budget";q={principal.budget}'
-    return {"RateLimit-Policy": policy}
-
-
 def _envelope(
     error: ErrorResponse, request_id: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
@@ -359,12 +350,12 @@ class _PredictService:
         schema = self.schemas.get(model_name)
         if schema is None:
             # Only authenticated callers learn that a model does not exist.
-            principal = self.gatekeeper.authenticate(
+            principal, rate_headers = self.gatekeeper.authenticate_with_headers(
                 credentials, model=model_name, source_ip=source_ip
             )
             _identify(event, principal)
             missing = NotFoundError("unknown_model")
-            missing.headers.update(rate_limit_policy(principal))
+            missing.headers.update(rate_headers)
             raise missing
         model = self.registry.get(model_name)
         event.model_version = model.version
@@ -380,11 +371,11 @@ class _PredictService:
             )
         except InvalidPayloadError as exc:
             # A refused body is never charged, and only real callers learn why it was refused.
-            principal = self.gatekeeper.authenticate(
+            principal, rate_headers = self.gatekeeper.authenticate_with_headers(
                 credentials, model=model_name, source_ip=source_ip
             )
             _identify(event, principal)
-            exc.headers.update(rate_limit_policy(principal))
+            exc.headers.update(rate_headers)
             raise
         event.record_input(parsed.rows, raw=self.settings.audit_raw_features)
 

@@ -187,17 +187,34 @@ class Gatekeeper:
             RateLimitedError: ``auth_throttled`` only.
             StoreUnavailableError: DynamoDB failed.
         """
+        principal, _ = self.authenticate_with_headers(
+            credentials, model=model, source_ip=source_ip
+        )
+        return principal
+
+    def authenticate_with_headers(
+        self, credentials: Credentials, *, model: str | None, source_ip: str
+    ) -> tuple[Principal, dict[str, str]]:
+        """``authenticate``, plus the ``RateLimit`` headers read from the same item (no write).
+
+        Raises:
+            AuthenticationError: as ``admit``.
+            ForbiddenError: the principal lacks the model's scope.
+            RateLimitedError: ``auth_throttled`` only.
+            StoreUnavailableError: DynamoDB failed.
+        """
         now = int(self._clock())
         self._check_throttle(source_ip, now)
         if credentials.kind == "jwt":
             principal, item = self._read_subject(credentials)
         else:
             principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+        headers = self._headers_from_item(principal, item, now)
         if model is not None and not principal.allows(model):
             error = ForbiddenError("forbidden_scope")
-            error.headers.update(self._headers_from_item(principal, item, now))
+            error.headers.update(headers)
             raise error
-        return principal
+        return principal, headers
 
     # ---------------------------------------------------------------- API keys
     def _admit_key(

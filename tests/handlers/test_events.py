@@ -63,8 +63,8 @@ def test_predict_event(name: str, predict_module: Any, keys: dict[str, str], log
     # authenticated responses carry the rate-limit headers; 401 the challenge; 429 Retry-After
     authenticated = status not in (401,) and "missing-key" not in name
     assert (header(response, "RateLimit-Policy") is not None) == authenticated, response["headers"]
-    if status in (200, 403, 429):
-        assert header(response, "RateLimit") is not None
+    # every authenticated response, refusals read without a write included, carries both
+    assert (header(response, "RateLimit") is not None) == authenticated, response["headers"]
     if status == 401:
         assert header(
             response,
