@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -83,8 +83,6 @@ def create_admin_router(
     *, admin: KeyAdmin, authenticator: Authenticator, gatekeeper: Gatekeeper
 ) -> APIRouter:
     """Routes under ``/admin/keys`` behind the ``admin`` scope."""
-    router = APIRouter(prefix="/admin/keys")
-
     def require_admin(request: Request) -> Principal:
         credentials = authenticator.read_credentials(request.headers)
         event = getattr(request.state, "audit", None)
@@ -99,9 +97,11 @@ def create_admin_router(
             raise ForbiddenError("forbidden_scope", detail="admin scope required")
         return principal
 
+    # One router-level dependency: no route under /admin/keys can forget the admin check.
+    router = APIRouter(prefix="/admin/keys", dependencies=[Depends(require_admin)])
+
     @router.post("", status_code=201, summary="Create an API key (the secret is shown once)")
     async def create_key(request: Request) -> JSONResponse:
-        require_admin(request)
         body = await _parse_body(request, CreateKeyBody)
         created = admin.create(
             owner=body.owner,
@@ -115,37 +115,30 @@ def create_admin_router(
 
     @router.get("", summary="List API keys")
     async def list_keys(request: Request, owner: str | None = None) -> dict[str, Any]:
-        require_admin(request)
         return {"keys": admin.list(owner=owner)}
 
     @router.get("/{key_id}", summary="Show one API key")
     async def show_key(request: Request, key_id: str) -> dict[str, Any]:
-        require_admin(request)
         return admin.show(key_id)
 
     @router.get("/{key_id}/usage", summary="Usage counters of one API key")
     async def key_usage(request: Request, key_id: str) -> dict[str, Any]:
-        require_admin(request)
         return admin.usage(key_id)
 
     @router.post("/{key_id}/revoke", summary="Revoke an API key for good")
     async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
-        require_admin(request)
         return admin.revoke(key_id)
 
     @router.post("/{key_id}/suspend", summary="Suspend an API key")
     async def suspend_key(request: Request, key_id: str) -> dict[str, Any]:
-        require_admin(request)
         return admin.suspend(key_id)
 
     @router.post("/{key_id}/reinstate", summary="Reinstate a suspended API key")
     async def reinstate_key(request: Request, key_id: str) -> dict[str, Any]:
-        require_admin(request)
         return admin.reinstate(key_id)
 
     @router.post("/{key_id}/rotate", summary="Rotate an API key's secret (shown once)")
     async def rotate_key(request: Request, key_id: str) -> JSONResponse:
-        require_admin(request)
         body = await _parse_body(request, RotateKeyBody)
         rotated = admin.rotate(key_id, grace=body.grace)
         return JSONResponse(rotated, headers=_NO_STORE)
