@@ -87,11 +87,7 @@ def create_admin_router(
         credentials = authenticator.read_credentials(request.headers)
         event = getattr(request.state, "audit", None)
         if isinstance(event, AuditEvent):
-            event.credential_type = credentials.kind
-            event.principal_id = credentials.principal_id
-            event.key_id = credentials.key_id
-            event.subject = credentials.subject
-            event.principal_fingerprint = credentials.fingerprint
+            event.identify(credentials)
         principal = gatekeeper.authenticate(credentials, model=None, source_ip=_source_ip(request))
         if not principal.is_admin:
             raise ForbiddenError("forbidden_scope", detail="admin scope required")

@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from aws_lambda_powertools import Logger
@@ -29,6 +29,9 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from security.sanitize import redact, redact_text
 from security.validation import canonical_rows
+
+if TYPE_CHECKING:
+    from security.auth import Credentials, Principal
 
 AUDIT_MESSAGE = "audit"
 #: The flag on an allowed request whose query did not reach the extraction queue (also counted
@@ -124,6 +127,16 @@ class AuditEvent:
         elif self.decision == "allow":
             self.reason = "ok"
         self.latency_ms = round((time.perf_counter() - self.started) * 1000.0, 3)
+
+    def identify(self, who: Credentials | Principal) -> None:
+        """Record who made the request: ids and a fingerprint, never the secret."""
+        self.credential_type = who.kind
+        self.principal_id = who.principal_id
+        self.key_id = who.key_id
+        self.subject = who.subject
+        fingerprint = getattr(who, "fingerprint", None)
+        if isinstance(fingerprint, str):
+            self.principal_fingerprint = fingerprint
 
     def fields(self) -> dict[str, Any]:
         """The record's fields as they are logged (``None`` fields left out)."""

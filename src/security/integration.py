@@ -54,7 +54,7 @@ from security.validation import RULE_MESSAGES, FeatureSchema, parse_prediction_r
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from security.auth import Authenticator, Credentials, Principal
+    from security.auth import Authenticator, Principal
     from security.defences import Squeezer
     from security.extraction import QuerySink
     from security.limits import Gatekeeper
@@ -251,16 +251,6 @@ def _audit_event(request: Request) -> AuditEvent:
     return event
 
 
-def _identify(event: AuditEvent, who: Credentials | Principal) -> None:
-    event.credential_type = who.kind
-    event.principal_id = who.principal_id
-    event.key_id = who.key_id
-    event.subject = who.subject
-    fingerprint = getattr(who, "fingerprint", None)
-    if isinstance(fingerprint, str):
-        event.principal_fingerprint = fingerprint
-
-
 # --------------------------------------------------------------------------- middleware
 
 
@@ -345,7 +335,7 @@ class _PredictService:
         source_ip = event.source_ip or "unknown"
 
         credentials = self.authenticator.read_credentials(request.headers)
-        _identify(event, credentials)
+        event.identify(credentials)
 
         schema = self.schemas.get(model_name)
         if schema is None:
@@ -353,7 +343,7 @@ class _PredictService:
             principal, rate_headers = self.gatekeeper.authenticate_with_headers(
                 credentials, model=model_name, source_ip=source_ip
             )
-            _identify(event, principal)
+            event.identify(principal)
             missing = NotFoundError("unknown_model")
             missing.headers.update(rate_headers)
             raise missing
@@ -374,7 +364,7 @@ class _PredictService:
             principal, rate_headers = self.gatekeeper.authenticate_with_headers(
                 credentials, model=model_name, source_ip=source_ip
             )
-            _identify(event, principal)
+            event.identify(principal)
             exc.headers.update(rate_headers)
             raise
         event.record_input(parsed.rows, raw=self.settings.audit_raw_features)
@@ -387,7 +377,7 @@ class _PredictService:
             source_ip=source_ip,
         )
         principal = admission.principal
-        _identify(event, principal)
+        event.identify(principal)
         rate_headers = admission.headers()
 
         probabilities = self._predict(model, parsed.rows, event, rate_headers)
