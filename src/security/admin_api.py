@@ -110,27 +110,27 @@ def create_admin_router(
         return JSONResponse(created, status_code=201, headers=_NO_STORE)
 
     @router.get("", summary="List API keys")
-    async def list_keys(request: Request, owner: str | None = None) -> dict[str, Any]:
+    async def list_keys(owner: str | None = None) -> dict[str, Any]:
         return {"keys": admin.list(owner=owner)}
 
     @router.get("/{key_id}", summary="Show one API key")
-    async def show_key(request: Request, key_id: str) -> dict[str, Any]:
+    async def show_key(key_id: str) -> dict[str, Any]:
         return admin.show(key_id)
 
     @router.get("/{key_id}/usage", summary="Usage counters of one API key")
-    async def key_usage(request: Request, key_id: str) -> dict[str, Any]:
+    async def key_usage(key_id: str) -> dict[str, Any]:
         return admin.usage(key_id)
 
     @router.post("/{key_id}/revoke", summary="Revoke an API key for good")
-    async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
+    async def revoke_key(key_id: str) -> dict[str, Any]:
         return admin.revoke(key_id)
 
     @router.post("/{key_id}/suspend", summary="Suspend an API key")
-    async def suspend_key(request: Request, key_id: str) -> dict[str, Any]:
+    async def suspend_key(key_id: str) -> dict[str, Any]:
         return admin.suspend(key_id)
 
     @router.post("/{key_id}/reinstate", summary="Reinstate a suspended API key")
-    async def reinstate_key(request: Request, key_id: str) -> dict[str, Any]:
+    async def reinstate_key(key_id: str) -> dict[str, Any]:
         return admin.reinstate(key_id)
 
     @router.post("/{key_id}/rotate", summary="Rotate an API key's secret (shown once)")
