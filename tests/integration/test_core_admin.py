@@ -217,3 +217,27 @@ def test_keys_command_as_a_process(core_endpoint: str, core_table: str, tmp_path
     )
     created = json.loads(done.stdout)
     assert set(created) >= {"key_id", "api_key"} and created["key"]["scopes"] == ["predict:*"]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        "admin-keys-create",
+        "admin-keys-list",
+        "admin-key-show",
+        "admin-key-usage",
+        "admin-key-revoke",
+        "admin-key-suspend",
+        "admin-key-reinstate",
+        "admin-key-rotate",
+    ],
+)
+def test_every_admin_route_refuses_a_key_without_the_admin_scope(api: AdminApi, event: str) -> None:
+    # given a predict-only key and a target key
+    predictor = api.admin.create(owner="app")
+    target = api.admin.create(owner="target")
+    # when the predict-only key calls the admin route
+    status, _, body = api.invoke(event, ADMIN_API_KEY=predictor["api_key"], KEY_ID=target["key_id"])
+    # then it is refused and the target is untouched
+    assert status == 403 and set(body) == {"error"}
+    assert api.admin.show(target["key_id"])["status"] == "active"
