@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from security.auth import Authenticator, Credentials, Principal
     from security.integration import ERROR_RESPONSES, create_app, schemas_for
     from security.limits import Admission, Gatekeeper
-    from security.sanitize import OutputPolicy, apply_output_policy, redact
+    from security.policy import OutputPolicy
+    from security.sanitize import apply_output_policy, redact
     from security.store import PrincipalStore
     from security.validation import FeatureSchema, PredictionInput, parse_prediction_request
 
@@ -48,7 +49,7 @@ _LAZY: dict[str, str] = {
     "schemas_for": "security.integration",
     "Admission": "security.limits",
     "Gatekeeper": "security.limits",
-    "OutputPolicy": "security.sanitize",
+    "OutputPolicy": "security.policy",
     "apply_output_policy": "security.sanitize",
     "redact": "security.sanitize",
     "PrincipalStore": "security.store",

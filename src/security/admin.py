@@ -16,7 +16,8 @@ from typing import Any
 from security.errors import InvalidPayloadError
 from security.keys import generate_key, hash_secret, is_key_id
 from security.limits import window_start
-from security.settings import RateSpec, Settings, is_output_policy
+from security.policy import is_output_policy
+from security.settings import RateSpec, Settings
 from security.store import (
     RATE_ATTR_PREFIX,
     Item,

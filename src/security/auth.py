@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from security.errors import AuthenticationError
 from security.keys import MalformedKeyError, fingerprint, hash_secret, parse_key
-from security.settings import RateSpec, Settings, is_output_policy
+from security.policy import is_output_policy
+from security.settings import RateSpec, Settings
 from security.store import key_pk
 
 if TYPE_CHECKING:

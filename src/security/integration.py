@@ -48,7 +48,8 @@ from security.errors import (
     StoreUnavailableError,
     UnsupportedMediaTypeError,
 )
-from security.sanitize import OutputPolicy, apply_output_policy
+from security.policy import OutputPolicy
+from security.sanitize import apply_output_policy
 from security.validation import RULE_MESSAGES, FeatureSchema, parse_prediction_request
 
 if TYPE_CHECKING:

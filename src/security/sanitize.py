@@ -1,15 +1,7 @@
 """Output policies applied after prediction, and the redaction choke point for logs.
 
-Output policy grammar (set per key, or from a token's claims; the default is
-``settings.default_output_policy``, ``probabilities:2``, the seed's rounding)::
-
-    label                         the label alone
-    probabilities:N               every class, probabilities rounded to N decimals (0-6)
-    probabilities:N:topK          only the K most probable classes
-    probabilities:N[:topK]:minT   below a top probability of T, the label alone
-
-Every policy returns the label. Rounding, top-k and the confidence threshold each remove
-information an attacker would use for model extraction, inversion or membership inference.
+The policy grammar and its order live in ``security.policy``; ``apply_output_policy`` turns raw
+probabilities into what a policy lets a caller see.
 
 ``redact`` is the single choke point every audit and log field goes through: it masks our API
 keys (``mlmoat_`` prefix), ``Bearer`` credentials, JWT-shaped strings, and the whole value of any
@@ -21,18 +13,13 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from security.keys import KEY_PREFIX
-from security.settings import is_output_policy
+from security.policy import OutputPolicy
 
-_POLICY_RE = re.compile(
-    r"^(?:(?P<label>label)|probabilities:(?P<decimals>[0-6])"
-    r"(?::top(?P<top>[1-9][0-9]?))?(?::min(?P<min>0\.[0-9]{1,4}))?)$"
-)
 MASK = "***"
 _SECRET_PATTERNS = (
     # Our API keys, also truncated ones: the prefix followed by anything key-shaped.
@@ -48,49 +35,6 @@ _SECRET_FIELD_RE = re.compile(
 )
 # Audit fields that are known-safe identifiers even though their names match the pattern above.
 _SAFE_FIELDS = frozenset({"principal_fingerprint", "credential_type"})
-
-
-class OutputPolicyError(ValueError):
-    """The text is not a well-formed output policy."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutputPolicy:
-    """How much of a prediction a caller may see."""
-
-    probabilities: bool
-    decimals: int = 2
-    top_k: int | None = None
-    min_confidence: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> OutputPolicy:
-        """Parse ``label`` / ``probabilities:N[:topK][:minT]``.
-
-        Raises:
-            OutputPolicyError: the text does not follow the grammar.
-        """
-        match = _POLICY_RE.match(text.strip())
-        if match is None or not is_output_policy(text.strip()):
-            raise OutputPolicyError("not an output policy")
-        if match["label"]:
-            return cls(probabilities=False)
-        return cls(
-            probabilities=True,
-            decimals=int(match["decimals"]),
-            top_k=int(match["top"]) if match["top"] else None,
-            min_confidence=float(match["min"]) if match["min"] else None,
-        )
-
-    def __str__(self) -> str:
-        if not self.probabilities:
-            return "label"
-        text = f"probabilities:{self.decimals}"
-        if self.top_k is not None:
-            text += f":top{self.top_k}"
-        if self.min_confidence is not None:
-            text += f":min{self.min_confidence:g}"
-        return text
 
 
 def _label(value: Any) -> str | int:

@@ -11,12 +11,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from security.policy import is_output_policy
+
 _PREFIX = "SECURITY_"
 _RATE_RE = re.compile(r"^(?P<count>[1-9][0-9]{0,8})/(?P<unit>second|minute|hour|day)$")
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-_OUTPUT_RE = re.compile(r"^(label|probabilities:[0-6](:top[1-9][0-9]?)?(:min0\.[0-9]{1,4})?)$")
-
-
 class SettingsError(ValueError):
     """A configuration variable is missing or malformed (raised at cold start)."""
 
@@ -43,11 +42,6 @@ class RateSpec:
     def __str__(self) -> str:
         unit = {v: k for k, v in _UNIT_SECONDS.items()}.get(self.window_seconds)
         return f"{self.count}/{unit}" if unit else f"{self.count}/{self.window_seconds}s"
-
-
-def is_output_policy(text: str) -> bool:
-    """Whether ``text`` is a well-formed output policy (see ``sanitize.OutputPolicy``)."""
-    return _OUTPUT_RE.match(text) is not None
 
 
 @dataclass(frozen=True, slots=True)

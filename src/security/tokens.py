@@ -9,10 +9,11 @@ versa); ``exp``, ``iss``, ``aud`` and ``sub`` are required; ``nbf`` and ``exp`` 
 or a space separated string); a token with neither is refused.
 
 Optional policy claims let the issuer narrow a subject's limits, never widen them beyond
-settings: ``mlmoat:rate_limit`` (``"30/minute"``; a rate above ``settings.default_rate_limit`` is
-clamped to it), ``mlmoat:budget`` (rows; clamped to ``settings.default_budget``) and
-``mlmoat:output`` (an output policy; one more revealing than the default is replaced by the
-default).
+settings: ``mlmoat:rate_limit`` (``"30/minute"``; replaced by ``settings.default_rate_limit``
+unless its window is no longer than the default's, divides it, and allows no more rows in any
+default window), ``mlmoat:budget`` (rows; clamped to ``settings.default_budget``) and
+``mlmoat:output`` (an output policy; replaced by the default unless it reveals no more than the
+default in the order of ``security.policy``: decimals, top-k, threshold, label).
 
 The PEM public key is read through Powertools Parameters (``SSMProvider`` on the client we are
 given), cached for ``settings.jwt_secret_max_age_seconds``; when it cannot be fetched the request
@@ -35,7 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from security.errors import AuthenticationError, SecretUnavailableError
-from security.settings import RateSpec, Settings, is_output_policy
+from security.policy import narrower_policy
+from security.settings import RateSpec, Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
@@ -75,28 +77,28 @@ def issuer_hash(issuer: str) -> str:
     return hashlib.sha256(issuer.encode("utf-8")).hexdigest()[:16]
 
 
-def _decimals(policy: str) -> int:
-    return -1 if policy == "label" else int(policy.split(":")[1])
-
-
 def bound_output_policy(claimed: str | None, default: str) -> str:
     """The claimed output policy if it reveals no more than the default, else the default."""
-    if claimed is None or not is_output_policy(claimed):
-        return default
-    if _decimals(claimed) > _decimals(default):
-        return default
-    return claimed
+    return narrower_policy(claimed, default)
 
 
 def bound_rate(claimed: str | None, default: RateSpec) -> RateSpec:
-    """The claimed rate limit if no faster than the default, else the default."""
+    """The claimed rate limit if it allows no more rows in any default window, else the default."""
     if claimed is None:
         return default
     try:
         spec = RateSpec.parse(claimed)
     except ValueError:
         return default
-    if spec.count * default.window_seconds > default.count * spec.window_seconds:
+    # Windows are aligned to the epoch, so a shorter window that divides the default's fits a
+    # whole number of times into every default window: the claim may allow no more rows there.
+    # A longer window, or one that does not divide the default's, could allow a burst the
+    # default never would (86400/day under 60/minute: 86,400 rows in one minute).
+    if (
+        spec.window_seconds > default.window_seconds
+        or default.window_seconds % spec.window_seconds
+        or spec.count * (default.window_seconds // spec.window_seconds) > default.count
+    ):
         return default
     return spec
 

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from security.keys import generate_key
-from security.sanitize import MASK, OutputPolicy, OutputPolicyError, apply_output_policy, redact
+from security.policy import OutputPolicy, OutputPolicyError
+from security.sanitize import MASK, apply_output_policy, redact
 
 CLASSES = ["setosa", "versicolor", "virginica"]
 PROBS = np.array([[0.012345, 0.654321, 0.333334], [0.9, 0.06, 0.04]])

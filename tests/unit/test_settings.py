@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from security.sanitize import OutputPolicy
-from security.settings import RateSpec, Settings, SettingsError, is_output_policy
+from security.policy import OutputPolicy, is_output_policy
+from security.settings import RateSpec, Settings, SettingsError
 
 BASE = {"SECURITY_TABLE_NAME": "SecurityTable-dev", "SECURITY_MODEL_DIR": "/opt/models"}
 

@@ -20,7 +20,8 @@ from mlmoat.redteam.cases import ModelCase
 from security.defences import SqueezeConfig, Squeezer
 from security.errors import AdversarialInputError
 from security.extraction import DetectorState, ExtractionDetector, MonitorReference
-from security.sanitize import OutputPolicy, apply_output_policy
+from security.policy import OutputPolicy
+from security.sanitize import apply_output_policy
 
 
 @dataclass
