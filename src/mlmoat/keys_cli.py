@@ -1,8 +1,10 @@
 """``mlmoat keys``: create, list, show, revoke, suspend, reinstate, rotate API keys; usage.
 
 Talks to the security table directly (no API needed): boto3 reads ``AWS_ENDPOINT_URL_DYNAMODB``,
-``AWS_DEFAULT_REGION`` and credentials from the environment as usual; the table is
-``SECURITY_TABLE_NAME`` (default ``mlmoat-security``, the local table). Defaults for the rate
+``AWS_DEFAULT_REGION`` and credentials from the environment as usual; the table is ``--table``,
+else ``SECURITY_TABLE_NAME``, else, when ``AWS_ENDPOINT_URL_DYNAMODB`` is a loopback address, the
+local name every ``mlmoat local`` command uses (``mlmoat-local-SecurityTable``). A table that
+does not exist is named in the error (``table_not_found``). Defaults for the rate
 limit, budget and output policy come from the same ``SECURITY_*`` variables the functions read.
 Every command prints JSON on stdout; errors print ``{"error": reason}`` on stderr and exit 1.
 ``create`` and ``rotate`` are the only times a secret is ever shown.
@@ -15,22 +17,26 @@ import json
 import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
-from botocore.exceptions import NoCredentialsError, NoRegionError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
+from mlmoat.local.template import LOCAL_STACK_NAME
 from security.admin import KeyAdmin
 from security.errors import SecurityError
 from security.settings import Settings, SettingsError
 from security.store import PrincipalStore
 
-DEFAULT_TABLE = "mlmoat-security"
+LOCAL_TABLE = f"{LOCAL_STACK_NAME}-SecurityTable"
+_LOOPBACK = frozenset({"localhost", "::1"})
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlmoat keys", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--table", help=f"table name (default: $SECURITY_TABLE_NAME or {DEFAULT_TABLE})"
+        "--table",
+        help=f"table name (default: $SECURITY_TABLE_NAME, or {LOCAL_TABLE} on a local endpoint)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -68,11 +74,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(table: str | None) -> Settings:
+def is_local_endpoint(endpoint: str | None) -> bool:
+    """Whether ``endpoint`` is a loopback URL (an ``mlmoat local`` DynamoDB or another)."""
+    if not endpoint:
+        return False
+    host = urlsplit(endpoint.strip()).hostname or ""
+    return host in _LOOPBACK or host.startswith("127.")
+
+
+def _table_name(table: str | None, environ: dict[str, str]) -> str | None:
+    if table or environ.get("SECURITY_TABLE_NAME"):
+        return table or environ["SECURITY_TABLE_NAME"]
+    return LOCAL_TABLE if is_local_endpoint(environ.get("AWS_ENDPOINT_URL_DYNAMODB")) else None
+
+
+def _settings(table: str) -> Settings:
     environ = dict(os.environ)
-    environ["SECURITY_TABLE_NAME"] = table or environ.get("SECURITY_TABLE_NAME") or DEFAULT_TABLE
+    environ["SECURITY_TABLE_NAME"] = table
     environ.setdefault("SECURITY_MODEL_DIR", "models")
     return Settings.from_env(environ)
+
+
+def _missing_table(client: Any, table: str) -> bool:
+    # Asked only after the store failed, to tell a missing table from an unreachable endpoint.
+    try:
+        client.describe_table(TableName=table)
+    except ClientError as exc:
+        return bool(exc.response["Error"]["Code"] == "ResourceNotFoundException")
+    except BotoCoreError:
+        return False
+    return False
 
 
 def _run(admin: KeyAdmin, args: argparse.Namespace) -> Any:
@@ -103,15 +134,26 @@ def _run(admin: KeyAdmin, args: argparse.Namespace) -> Any:
 def main(argv: list[str]) -> int:
     """Run ``mlmoat keys ...``; returns the exit status."""
     args = _parser().parse_args(argv)
+    table = _table_name(args.table, dict(os.environ))
+    if table is None:
+        hint = "name the table: --table or SECURITY_TABLE_NAME (the stack's TableName output)"
+        print(json.dumps({"error": "settings", "detail": hint}), file=sys.stderr)
+        return 2
     try:
-        settings = _settings(args.table)
+        settings = _settings(table)
     except SettingsError as exc:
         print(json.dumps({"error": "settings", "detail": str(exc)}), file=sys.stderr)
         return 2
+    client = None
     try:
-        store = PrincipalStore(client=boto3.client("dynamodb"), table_name=settings.table_name)
+        client = boto3.client("dynamodb")
+        store = PrincipalStore(client=client, table_name=settings.table_name)
         result = _run(KeyAdmin(store=store, settings=settings), args)
     except SecurityError as exc:
+        if client is not None and _missing_table(client, table):
+            where = client.meta.endpoint_url
+            print(json.dumps({"error": f"table_not_found: {table} at {where}"}), file=sys.stderr)
+            return 1
         print(json.dumps({"error": exc.reason}), file=sys.stderr)
         return 1
     except (NoRegionError, NoCredentialsError) as exc:

@@ -19,14 +19,17 @@ class BootstrapReport:
     queues: dict[str, str] = field(default_factory=dict)
 
 
-def bootstrap(template: Template) -> BootstrapReport:
-    """Create every table and queue of ``template`` at its endpoint; existing ones are kept.
+def bootstrap(template: Template, *, dynamodb_endpoint: str | None = None) -> BootstrapReport:
+    """Create every table and queue of ``template``; existing ones are kept.
+
+    Queues go to the template's endpoint (the one its queue URLs name), tables to
+    ``dynamodb_endpoint`` when given (DynamoDB Local beside ElasticMQ), else to the same one.
 
     Raises:
         botocore.exceptions.ClientError: the endpoint refused a definition.
     """
     report = BootstrapReport()
-    dynamodb = dynamodb_client(template.endpoint, template.region)
+    dynamodb = dynamodb_client(dynamodb_endpoint or template.endpoint, template.region)
     for definition in template.table_definitions().values():
         name = definition["TableName"]
         try:

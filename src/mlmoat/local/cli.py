@@ -141,12 +141,14 @@ def cmd_dynamodb(args: argparse.Namespace) -> int:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     """Create the template's tables and queues at the configured endpoint (idempotent)."""
     endpoint = endpoint_from(os.environ)
-    template = _template(args, endpoint=os.environ.get("AWS_ENDPOINT_URL_SQS") or endpoint)
-    report = bootstrap(template)
+    sqs_endpoint = (os.environ.get("AWS_ENDPOINT_URL_SQS") or endpoint).rstrip("/")
+    template = _template(args, endpoint=sqs_endpoint)
+    report = bootstrap(template, dynamodb_endpoint=endpoint)
     print(
         json.dumps(
             {
                 "endpoint": endpoint,
+                "sqs_endpoint": sqs_endpoint,
                 "created": report.created_tables,
                 "existing": report.existing_tables,
                 "queues": report.queues,
