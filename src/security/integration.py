@@ -280,7 +280,10 @@ class AuditMiddleware:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                # Predictions, refusals and admin views are per caller: no cache may keep them.
+                headers["Cache-Control"] = "no-store"
                 started.append(int(message["status"]))
             await send(message)
 
@@ -581,6 +584,9 @@ def create_app(
         docs_url="/docs" if docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        # No redirects: a 307 for a trailing slash built its Location from Host and
+        # X-Forwarded-Proto (caller-controlled); an unknown path is a 404 in the envelope.
+        redirect_slashes=False,
     )
     service = _PredictService(
         settings=settings,
@@ -748,6 +754,7 @@ def create_admin_app(*, settings: Settings, router: APIRouter, audit: AuditLog) 
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        redirect_slashes=False,
     )
     app.include_router(router)
     _install_error_handlers(app, settings)

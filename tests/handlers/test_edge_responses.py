@@ -1,0 +1,59 @@
+"""Edge cases of the HTTP surface found by an outside test: no redirects, nothing cacheable."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from handlersupport import header, invoke, response_body, rest_event
+
+_ROW = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]}).encode()
+
+
+@pytest.mark.parametrize("path", ["/predict/", "/models/iris/predict/"])
+def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_redirect(
+    path: str, predict_module: Any, keys: dict[str, str], log_sink: Any
+) -> None:
+    # Given a valid key and a Host/X-Forwarded-Proto an attacker chose
+    event = rest_event(
+        path=path,
+        body=_ROW,
+        headers={
+            "Content-Type": "application/json",
+            "X-API-Key": keys["API_KEY"],
+            "Host": "evil.example",
+            "X-Forwarded-Proto": "javascript",
+        },
+    )
+    # When the path has a trailing slash
+    response = invoke(predict_module, event)
+    # Then it is the envelope's 404, with no Location anywhere
+    assert response["statusCode"] == 404
+    assert response_body(response)["error"]["code"] == "not_found"
+    assert header(response, "Location") is None
+    request_id = header(response, "X-Request-Id")
+    assert [r["status"] for r in log_sink.audit_records() if r["request_id"] == request_id] == [404]
+
+
+@pytest.mark.parametrize(
+    ("key", "status"), [("API_KEY", 200), ("UNKNOWN_API_KEY", 401), (None, 401)]
+)
+def test_every_prediction_response_forbids_caching(
+    key: str | None, status: int, predict_module: Any, keys: dict[str, str]
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["X-API-Key"] = keys[key]
+    response = invoke(predict_module, rest_event(path="/predict", body=_ROW, headers=headers))
+    assert response["statusCode"] == status
+    assert header(response, "Cache-Control") == "no-store"
+
+
+def test_admin_views_forbid_caching(admin_module: Any, keys: dict[str, str]) -> None:
+    event = rest_event(
+        path="/admin/keys", body=None, method="GET", headers={"X-API-Key": keys["ADMIN_API_KEY"]}
+    )
+    response = invoke(admin_module, event)
+    assert response["statusCode"] == 200
+    assert header(response, "Cache-Control") == "no-store"
