@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from security.errors import (
     AdversarialInputError,
     AuthenticationError,
+    ConflictError,
     DependencyUnavailableError,
     ForbiddenError,
     InvalidPayloadError,
@@ -66,6 +67,7 @@ __all__ = [
     "AuditLog",
     "AuthenticationError",
     "Authenticator",
+    "ConflictError",
     "Credentials",
     "DependencyUnavailableError",
     "FeatureSchema",

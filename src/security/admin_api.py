@@ -90,7 +90,7 @@ def create_admin_router(
             event.identify(credentials)
         principal = gatekeeper.authenticate(credentials, model=None, source_ip=_source_ip(request))
         if not principal.is_admin:
-            raise ForbiddenError("forbidden_scope", detail="admin scope required")
+            raise ForbiddenError("admin_scope_required")
         return principal
 
     # One router-level dependency: no route under /admin/keys can forget the admin check.

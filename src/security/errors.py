@@ -6,6 +6,8 @@
     ├── AuthenticationError        missing/malformed/unknown/expired/revoked credentials   401
     ├── ForbiddenError             valid credentials without the model's scope             403
     ├── NotFoundError              unknown model or route                                  404
+    ├── ConflictError              an admin change the target's state forbids (key_exists,
+    │                              invalid_transition)                                     409
     ├── RateLimitedError           rate window or budget exhausted; carries retry_after    429
     ├── InvalidPayloadError        the request body broke a rule                           422
     │   ├── MalformedBodyError     not JSON, duplicate keys, wrong root type                400
@@ -55,6 +57,12 @@ class NotFoundError(SecurityError):
     """The route or model does not exist."""
 
     default_reason = "not_found"
+
+
+class ConflictError(SecurityError):
+    """An admin change conflicts with the target's state (e.g. reinstating a revoked key)."""
+
+    default_reason = "conflict"
 
 
 class RateLimitedError(SecurityError):

@@ -35,6 +35,7 @@ from security.audit import MONITOR_QUEUE_FAILED, AuditEvent, AuditLog, install_l
 from security.errors import (
     AdversarialInputError,
     AuthenticationError,
+    ConflictError,
     DependencyUnavailableError,
     ForbiddenError,
     InvalidPayloadError,
@@ -84,6 +85,9 @@ ERROR_RESPONSES: dict[type[SecurityError], ErrorResponse] = {
         403, "forbidden", "These credentials are not allowed to use this model."
     ),
     NotFoundError: ErrorResponse(404, "not_found", "No such model or route."),
+    ConflictError: ErrorResponse(
+        409, "conflict", "The change conflicts with the key's current state."
+    ),
     RateLimitedError: ErrorResponse(
         429, "rate_limited", "The rate limit or query budget is exhausted."
     ),
@@ -114,6 +118,30 @@ ERROR_RESPONSES: dict[type[SecurityError], ErrorResponse] = {
     ),
 }
 _INTERNAL = ErrorResponse(500, "internal_error", "The request failed.")
+#: The admin API's refusals in its own words (reason -> response); the reason stays in the log.
+ADMIN_RESPONSES: dict[str, ErrorResponse] = {
+    "admin_scope_required": ErrorResponse(
+        403, "forbidden", "These credentials may not administer keys."
+    ),
+    "unknown_key": ErrorResponse(404, "not_found", "No such key."),
+    "key_exists": ErrorResponse(409, "conflict", "A key with this id already exists."),
+    "invalid_transition": ErrorResponse(
+        409, "conflict", "The key's current status does not allow this change."
+    ),
+    **{
+        reason: ErrorResponse(422, "invalid_request", message)
+        for reason, message in {
+            "invalid_admin_request": "The request body broke a rule of the admin API.",
+            "invalid_owner": "The owner is not valid.",
+            "invalid_scope": "A scope is not valid.",
+            "invalid_rate_limit": "The rate limit is not valid.",
+            "invalid_budget": "The budget is not valid.",
+            "invalid_output_policy": "The output policy is not valid.",
+            "invalid_duration": "The duration is not valid.",
+            "invalid_key_id": "The key id is not valid.",
+        }.items()
+    },
+}
 _HTTP_RESPONSES = {
     404: ("route_not_found", ErrorResponse(404, "not_found", "No such model or route.")),
     405: (
@@ -131,6 +159,9 @@ def error_response_for(exc: SecurityError) -> ErrorResponse:
             break
     else:  # pragma: no cover - SecurityError itself is in the table
         entry = _INTERNAL
+    admin = ADMIN_RESPONSES.get(exc.reason)
+    if admin is not None and admin.status == entry.status:
+        return admin
     if isinstance(exc, InvalidPayloadError) and exc.reason in RULE_MESSAGES:
         return ErrorResponse(entry.status, entry.code, RULE_MESSAGES[exc.reason])
     return entry

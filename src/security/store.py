@@ -30,7 +30,7 @@ from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
-from security.errors import InvalidPayloadError, NotFoundError, StoreUnavailableError
+from security.errors import ConflictError, NotFoundError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -221,7 +221,7 @@ class PrincipalStore:
             )
         except ClientError as exc:
             if _is_condition_failure(exc):
-                raise InvalidPayloadError("key_exists") from exc
+                raise ConflictError("key_exists") from exc
             raise StoreUnavailableError(detail=type(exc).__name__) from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(detail=type(exc).__name__) from exc
@@ -467,7 +467,7 @@ class PrincipalStore:
             if _is_condition_failure(exc):
                 if not exc.response.get("Item"):
                     raise NotFoundError("unknown_key") from exc
-                raise InvalidPayloadError("invalid_transition") from exc
+                raise ConflictError("invalid_transition") from exc
             raise StoreUnavailableError(detail=type(exc).__name__) from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(detail=type(exc).__name__) from exc

@@ -105,8 +105,12 @@ def test_admin_api_manages_keys_end_to_end(api: AdminApi) -> None:
         api.invoke("admin-key-revoke", ADMIN_API_KEY=admin_key, KEY_ID=key_id)[2]["status"]
         == "revoked"
     )
-    # a revoked key cannot be reinstated (422), and its credentials are refused at once
-    assert api.invoke("admin-key-reinstate", ADMIN_API_KEY=admin_key, KEY_ID=key_id)[0] == 422
+    # a revoked key cannot be reinstated (409 in the admin API's words), and its credentials
+    # are refused at once
+    status, _, body = api.invoke("admin-key-reinstate", ADMIN_API_KEY=admin_key, KEY_ID=key_id)
+    assert status == 409
+    assert body["error"]["code"] == "conflict"
+    assert body["error"]["message"] == "The key's current status does not allow this change."
     # the audit log names the operator's key id and never any secret
     audit = api.audit_stream.getvalue()
     assert operator["key_id"] in audit
@@ -129,10 +133,15 @@ def test_admin_api_unknown_key_is_404_and_bad_body_is_refused_after_auth(api: Ad
     operator = api.admin.create(owner="ops2", scopes=["admin"])
     status, _, _ = api.invoke("admin-key-show", ADMIN_API_KEY=operator["api_key"], KEY_ID="A" * 12)
     assert status == 404
-    status, _, _ = api.invoke(
+    status, _, body = api.invoke(
         "admin-key-show", ADMIN_API_KEY=operator["api_key"], KEY_ID="not-a-key-id"
     )
     assert status == 422
+    assert body["error"] == {
+        "code": "invalid_request",
+        "message": "The key id is not valid.",
+        "request_id": body["error"]["request_id"],
+    }
 
 
 def _keys(
@@ -238,6 +247,7 @@ def test_every_admin_route_refuses_a_key_without_the_admin_scope(api: AdminApi, 
     target = api.admin.create(owner="target")
     # when the predict-only key calls the admin route
     status, _, body = api.invoke(event, ADMIN_API_KEY=predictor["api_key"], KEY_ID=target["key_id"])
-    # then it is refused and the target is untouched
+    # then it is refused in the admin API's words (not "use this model") and the target is untouched
     assert status == 403 and set(body) == {"error"}
+    assert body["error"]["message"] == "These credentials may not administer keys."
     assert api.admin.show(target["key_id"])["status"] == "active"

@@ -12,6 +12,7 @@ PINNED = {
     "AuditLog",
     "AuthenticationError",
     "Authenticator",
+    "ConflictError",
     "Credentials",
     "DependencyUnavailableError",
     "FeatureSchema",
