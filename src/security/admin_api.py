@@ -84,7 +84,9 @@ def create_admin_router(
 ) -> APIRouter:
     """Routes under ``/admin/keys`` behind the ``admin`` scope."""
     def require_admin(request: Request) -> Principal:
-        credentials = authenticator.read_credentials(request.headers)
+        credentials = authenticator.read_credentials(
+            request.headers, event=request.scope.get("aws.event")
+        )
         event = getattr(request.state, "audit", None)
         if isinstance(event, AuditEvent):
             event.identify(credentials)

@@ -30,6 +30,24 @@ MAX_API_KEY_HEADER = 256
 PrincipalKind = Literal["api_key", "jwt"]
 
 
+_CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization"})
+
+
+def _refuse_repeated_credentials(event: Mapping[str, Any]) -> None:
+    # API Gateway hands over header names as the client sent them; Mangum folds names that
+    # differ only in case into one (the last wins) before the app sees them. So the raw event's
+    # ``headers`` / ``multiValueHeaders`` are checked here: a credential header named twice, or
+    # with two values, is ambiguous.
+    for section in ("headers", "multiValueHeaders"):
+        names = [str(name).lower() for name in (event.get(section) or {})]
+        if any(names.count(name) > 1 for name in _CREDENTIAL_HEADERS):
+            raise AuthenticationError("ambiguous_credentials")
+    for name, values in (event.get("multiValueHeaders") or {}).items():
+        repeated = isinstance(values, list) and len(values) > 1
+        if repeated and str(name).lower() in _CREDENTIAL_HEADERS:
+            raise AuthenticationError("ambiguous_credentials")
+
+
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """Presented and syntactically valid credentials; nothing looked up yet."""
@@ -117,17 +135,29 @@ class Authenticator:
         self._settings = settings
         self._verifier = token_verifier
 
-    def read_credentials(self, headers: Mapping[str, str]) -> Credentials:
+    def read_credentials(
+        self, headers: Mapping[str, str], *, event: Mapping[str, Any] | None = None
+    ) -> Credentials:
         """Parse ``X-API-Key`` or ``Authorization: Bearer`` into ``Credentials``.
 
         Raises:
             AuthenticationError: no credentials (``missing_credentials``), both kinds at once
-                (``ambiguous_credentials``), a malformed key (``malformed_key``), an unsupported
-                scheme (``unsupported_scheme``), bearer tokens not enabled (``jwt_disabled``) or an
+                or one header twice in any case (``ambiguous_credentials``), a malformed key
+                (``malformed_key``), an unsupported scheme (``unsupported_scheme``), bearer
+                tokens not enabled (``jwt_disabled``) or an
                 invalid token (see ``TokenVerifier.verify``).
             SecretUnavailableError: the JWT verification key could not be fetched.
         """
-        lowered = {name.lower(): value for name, value in headers.items()}
+        if isinstance(event, Mapping):
+            _refuse_repeated_credentials(event)
+        lowered: dict[str, str] = {}
+        for name, value in headers.items():
+            name = name.lower()
+            # Two credential headers of one name (in any case) are ambiguous: refusing them is
+            # safer than letting whichever came last silently win.
+            if name in _CREDENTIAL_HEADERS and name in lowered:
+                raise AuthenticationError("ambiguous_credentials")
+            lowered[name] = value
         api_key = lowered.get("x-api-key")
         authorization = lowered.get("authorization")
         if api_key is not None and authorization is not None:

@@ -369,7 +369,9 @@ class _PredictService:
         request_id = event.request_id
         source_ip = event.source_ip or "unknown"
 
-        credentials = self.authenticator.read_credentials(request.headers)
+        credentials = self.authenticator.read_credentials(
+            request.headers, event=_aws_event(request.scope)
+        )
         event.identify(credentials)
 
         schema = self.schemas.get(model_name)

@@ -57,3 +57,24 @@ def test_admin_views_forbid_caching(admin_module: Any, keys: dict[str, str]) -> 
     response = invoke(admin_module, event)
     assert response["statusCode"] == 200
     assert header(response, "Cache-Control") == "no-store"
+
+
+@pytest.mark.parametrize("second", ["x-api-key", "X-API-KEY"])
+def test_two_key_headers_differing_only_in_case_are_refused(
+    second: str, predict_module: Any, keys: dict[str, str], log_sink: Any
+) -> None:
+    # Given a valid key and another key in a header of the same name in another case
+    event = rest_event(
+        path="/predict",
+        body=_ROW,
+        headers={"Content-Type": "application/json", "X-API-Key": keys["UNKNOWN_API_KEY"]},
+    )
+    event["headers"][second] = keys["API_KEY"]
+    event["multiValueHeaders"][second] = [keys["API_KEY"]]
+    # When both arrive
+    response = invoke(predict_module, event)
+    # Then neither silently wins: 401, audited as ambiguous
+    assert response["statusCode"] == 401
+    request_id = header(response, "X-Request-Id")
+    (record,) = [r for r in log_sink.audit_records() if r["request_id"] == request_id]
+    assert record["reason"] == "ambiguous_credentials"
