@@ -134,3 +134,23 @@ def test_sqs_poller_delivers_batches_and_keeps_failed_records(
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     assert int(attributes["ApproximateNumberOfMessagesNotVisible"]) == 1
     assert int(attributes["ApproximateNumberOfMessages"]) == 0
+
+
+def test_the_access_log_drops_query_strings_and_escapes_control_characters(
+    echo_api: LocalApi, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    secret = "mlmoat_querystringkey_" + "Z" * 20
+    # Given a request whose query carries a key, and a raw request line with an escape sequence
+    _request(echo_api, "GET", f"/nowhere?api_key={secret}")
+    host, port = echo_api.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /x\x1b[2J\x07 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.recv(4096)
+    # Then the access log names neither the key nor a raw control character
+    err = capfd.readouterr().err
+    assert "/nowhere?[query omitted]" in err
+    assert secret not in err and "api_key" not in err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "\\x1b[2J\\x07" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import sys
 import threading
 import time
@@ -233,10 +234,25 @@ def _stage(template: Template) -> str:
     return "Prod"
 
 
+_QUERY_RE = re.compile(r"\?[^\s\"']*")
+
+
+def log_safe(message: str) -> str:
+    """``message`` with query strings dropped and control characters escaped, for the access log.
+
+    A query string can carry a credential (``?api_key=...``), and a raw control character in a
+    request line could forge or hide log lines.
+    """
+    message = _QUERY_RE.sub("?[query omitted]", message)
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in message
+    )
+
+
 def _log(message: str) -> None:
     # One write per line: print() writes the text and the newline separately, and the workers
     # share this stderr, so a function's log line could land between them (seen by the load test).
-    sys.stderr.write(message + "\n")
+    sys.stderr.write(log_safe(message) + "\n")
     sys.stderr.flush()
 
 
