@@ -8,7 +8,7 @@
     ├── NotFoundError              unknown model or route                                  404
     ├── ConflictError              an admin change the target's state forbids (key_exists,
     │                              invalid_transition)                                     409
-    ├── RateLimitedError           rate window or budget exhausted; carries retry_after    429
+    ├── RateLimitedError           rate window or budget exhausted; retry_after or None    429
     ├── InvalidPayloadError        the request body broke a rule                           422
     │   ├── MalformedBodyError     not JSON, duplicate keys, wrong root type                400
     │   ├── PayloadTooLargeError   body or batch over its cap                              413
@@ -71,10 +71,11 @@ class RateLimitedError(SecurityError):
     default_reason = "rate_limited"
 
     def __init__(
-        self, reason: str | None = None, *, retry_after: int, detail: str | None = None
+        self, reason: str | None = None, *, retry_after: int | None, detail: str | None = None
     ) -> None:
         super().__init__(reason, detail=detail)
-        self.retry_after = max(1, int(retry_after))
+        # None: the limit never resets (a budget is the rows a key may ever predict).
+        self.retry_after = None if retry_after is None else max(1, int(retry_after))
 
 
 class InvalidPayloadError(SecurityError):

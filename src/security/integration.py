@@ -118,8 +118,12 @@ ERROR_RESPONSES: dict[type[SecurityError], ErrorResponse] = {
     ),
 }
 _INTERNAL = ErrorResponse(500, "internal_error", "The request failed.")
-#: The admin API's refusals in its own words (reason -> response); the reason stays in the log.
-ADMIN_RESPONSES: dict[str, ErrorResponse] = {
+#: Refusals answered in words of their own (reason -> response; used when the status agrees):
+#: the spent budget, and the admin API's refusals. The reason itself stays in the log.
+REASON_RESPONSES: dict[str, ErrorResponse] = {
+    "budget_exhausted": ErrorResponse(
+        429, "budget_exhausted", "The query budget of these credentials is used up."
+    ),
     "admin_scope_required": ErrorResponse(
         403, "forbidden", "These credentials may not administer keys."
     ),
@@ -159,9 +163,9 @@ def error_response_for(exc: SecurityError) -> ErrorResponse:
             break
     else:  # pragma: no cover - SecurityError itself is in the table
         entry = _INTERNAL
-    admin = ADMIN_RESPONSES.get(exc.reason)
-    if admin is not None and admin.status == entry.status:
-        return admin
+    own = REASON_RESPONSES.get(exc.reason)
+    if own is not None and own.status == entry.status:
+        return own
     if isinstance(exc, InvalidPayloadError) and exc.reason in RULE_MESSAGES:
         return ErrorResponse(entry.status, entry.code, RULE_MESSAGES[exc.reason])
     return entry
@@ -539,7 +543,7 @@ _ERROR_STATUSES = {
     "413": "Body or batch too large",
     "415": "Content-Type is not application/json",
     "422": "A feature rule failed (the message names the rule, never a value)",
-    "429": "Rate limit or query budget exhausted (with Retry-After)",
+    "429": "Rate window (Retry-After) or query budget (budget_exhausted, no Retry-After) used up",
     "503": "A dependency failed; fail closed (with Retry-After)",
 }
 

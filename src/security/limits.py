@@ -59,7 +59,6 @@ from security.store import (
 )
 
 IDEMPOTENCY_BUCKET_SECONDS = 30
-BUDGET_RETRY_AFTER_SECONDS = 3600
 _CACHE_SIZE = 4096
 _GUESSING_REASONS = frozenset({"unknown_key", "bad_secret"})
 
@@ -475,9 +474,8 @@ class Gatekeeper:
     ) -> SecurityError:
         rate_left, reset, budget_left = self._remaining(principal, item, now)
         if budget_left is not None and rows > budget_left:
-            error: SecurityError = RateLimitedError(
-                "budget_exhausted", retry_after=BUDGET_RETRY_AFTER_SECONDS
-            )
+            # A budget never refills: no Retry-After would be true.
+            error: SecurityError = RateLimitedError("budget_exhausted", retry_after=None)
         elif rows > rate_left:
             error = RateLimitedError("rate_limited", retry_after=reset)
         else:

@@ -78,3 +78,31 @@ def test_two_key_headers_differing_only_in_case_are_refused(
     request_id = header(response, "X-Request-Id")
     (record,) = [r for r in log_sink.audit_records() if r["request_id"] == request_id]
     assert record["reason"] == "ambiguous_credentials"
+
+
+def test_a_spent_budget_says_so_and_promises_no_retry(
+    predict_module: Any, admin: Any, keys: dict[str, str]
+) -> None:
+    from handlersupport import new_key
+
+    # Given a key whose budget is one row, and a key whose rate window is one row
+    budgeted = new_key(admin, budget=1)["api_key"]
+    windowed = keys["LIMITED_API_KEY"]
+    responses = {}
+    for name, key in (("budget", budgeted), ("rate", windowed)):
+        headers = {"Content-Type": "application/json", "X-API-Key": key}
+        first = invoke(predict_module, rest_event(path="/predict", body=_ROW, headers=headers))
+        assert first["statusCode"] in (200, 429)
+        responses[name] = invoke(
+            predict_module, rest_event(path="/predict", body=_ROW, headers=headers)
+        )
+    # Then the budget's 429 names the budget and sends no Retry-After (it never refills) ...
+    spent = responses["budget"]
+    assert spent["statusCode"] == 429
+    assert response_body(spent)["error"]["code"] == "budget_exhausted"
+    assert header(spent, "Retry-After") is None
+    # ... while the rate window's 429 keeps its window's Retry-After
+    limited = responses["rate"]
+    assert limited["statusCode"] == 429
+    assert response_body(limited)["error"]["code"] == "rate_limited"
+    assert 1 <= int(header(limited, "Retry-After") or 0) <= 60
