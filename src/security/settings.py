@@ -65,6 +65,7 @@ class Settings:
     jwt_public_key_parameter: str | None = None
     jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")
     jwt_leeway_seconds: int = 30
+    jwt_max_lifetime_seconds: int = 86400
     jwt_secret_max_age_seconds: int = 300
     extraction_queue_url: str | None = None
     service_name: str = "mlmoat"
@@ -104,6 +105,9 @@ class Settings:
             jwt_public_key_parameter=reader.optional("JWT_PUBLIC_KEY_PARAMETER"),
             jwt_algorithms=reader.algorithms("JWT_ALGORITHMS", ("RS256", "ES256")),
             jwt_leeway_seconds=reader.integer("JWT_LEEWAY_SECONDS", 30, low=0, high=300),
+            jwt_max_lifetime_seconds=reader.integer(
+                "JWT_MAX_LIFETIME_SECONDS", 86400, low=60, high=30 * 86400
+            ),
             jwt_secret_max_age_seconds=reader.integer(
                 "JWT_KEY_MAX_AGE_SECONDS", 300, low=0, high=86400
             ),

@@ -23,6 +23,7 @@ fails closed with ``SecretUnavailableError`` (503).
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,19 @@ class TokenClaims:
     def principal_id(self) -> str:
         """``sub#<issuer-hash>#<subject>``: the subject's item in the security table."""
         return f"sub#{issuer_hash(self.issuer)}#{self.subject}"
+
+
+def _lifetime_exceeded(claims: dict[str, Any], *, now: float, max_lifetime: int) -> bool:
+    # A token good for ten years (or until 1e300) is a credential nobody can take back; the cap
+    # holds from now (no iat needed) and, when iat is given, over the token's whole life.
+    expires = claims["exp"]
+    if isinstance(expires, bool) or not isinstance(expires, int | float):
+        return True
+    issued = claims.get("iat")
+    span = 0.0
+    if isinstance(issued, int | float) and not isinstance(issued, bool):
+        span = expires - issued
+    return bool(expires - now > max_lifetime or span > max_lifetime)
 
 
 def issuer_hash(issuer: str) -> str:
@@ -165,6 +179,12 @@ class TokenVerifier:
         self._key_cache = (pem, key, allowed)
         return key, allowed
 
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        settings = self._settings
+        limit = settings.jwt_max_lifetime_seconds + settings.jwt_leeway_seconds
+        if _lifetime_exceeded(claims, now=time.time(), max_lifetime=limit):
+            raise AuthenticationError("token_lifetime_exceeded")
+
     def verify(self, token: str) -> TokenClaims:
         """Verify a compact JWS and return its bounded claims.
 
@@ -213,6 +233,7 @@ class TokenVerifier:
             raise AuthenticationError("bad_signature") from exc
         except jwt.PyJWTError as exc:
             raise AuthenticationError("invalid_token", detail=type(exc).__name__) from exc
+        self._check_lifetime(claims)
         subject = claims["sub"]
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT_LENGTH:
             raise AuthenticationError("invalid_token", detail="bad subject")

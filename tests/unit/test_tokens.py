@@ -236,3 +236,14 @@ def test_bearer_header_through_the_authenticator(ssm: Any) -> None:
     assert creds.fingerprint not in token and creds.claims is not None
     with pytest.raises(AuthenticationError):
         authenticator.read_credentials({"Authorization": "Bearer not-a-token"})
+
+
+def test_a_token_living_longer_than_the_cap_is_refused(ssm: Any) -> None:
+    verifier = _verifier(ssm, jwt_max_lifetime_seconds=3600)
+    now = int(time.time())
+    # Ten years out, 1e300 (a float PyJWT accepts), and an hour's cap exceeded by a day's iat span
+    assert _reason(verifier, _token(exp=now + 10 * 365 * 86400)) == "token_lifetime_exceeded"
+    assert _reason(verifier, _token(exp=1e300)) == "token_lifetime_exceeded"
+    assert _reason(verifier, _token(iat=now - 86400, exp=now + 60)) == "token_lifetime_exceeded"
+    # Within the cap it is accepted
+    assert verifier.verify(_token(iat=now, exp=now + 3000)).subject == "svc-42"
