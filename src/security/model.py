@@ -7,7 +7,7 @@ then builds the ``InferenceSession`` from those same bytes, so what runs is exac
 hashed. Any mismatch raises ``ModelIntegrityError`` and the function refuses to start.
 
 This module imports numpy and onnxruntime only (never scikit-learn: ~0.9 s of cold start and
-too large for a Lambda package, see DESIGN.md).
+too large for a Lambda package: docs/models.md, "Why ONNX").
 """
 
 from __future__ import annotations
