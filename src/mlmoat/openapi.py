@@ -1,7 +1,8 @@
 """``mlmoat openapi``: print the prediction API's OpenAPI document.
 
-The document is generated from the same ``create_app`` the Lambda function runs, with every
-served model's request schema (from its manifest), the response and error envelopes, and the
+The document is generated from the wiring the Lambda function runs
+(``security.wiring.build_predict_app``), with every served model's request schema (from its
+manifest), the response and error envelopes, and the
 security schemes (``X-API-Key`` header, bearer JWT). The training envelope is not published.
 """
 
@@ -15,19 +16,17 @@ from typing import Any
 
 import boto3
 
-from security.audit import AuditLog
-from security.auth import Authenticator
-from security.integration import create_app, schemas_for
-from security.limits import Gatekeeper
-from security.model import ModelRegistry
 from security.settings import Settings
-from security.store import PrincipalStore
+from security.wiring import Clients, build_predict_app
 
 _REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def openapi_document(*, model_dir: str, default_model: str, max_rows: int) -> dict[str, Any]:
-    """Build the app offline (no AWS call is made) and return its OpenAPI document.
+    """Build the app offline with the function's own wiring and return its OpenAPI document.
+
+    No AWS call is made: building the app needs a client object, not a connection, and the
+    placeholder credentials below are never sent anywhere.
 
     Raises:
         ModelIntegrityError: an artifact under ``model_dir`` does not match its manifest.
@@ -38,27 +37,13 @@ def openapi_document(*, model_dir: str, default_model: str, max_rows: int) -> di
         default_model=default_model,
         max_rows=max_rows,
     )
-    registry = ModelRegistry.load(model_dir)
-    # The client is never called: building the app needs a store object, not a connection,
-    # and these placeholder credentials are never sent anywhere.
     client = boto3.client(
         "dynamodb",
         region_name="us-east-1",
         aws_access_key_id="offline",
         aws_secret_access_key="offline",  # noqa: S106  # nosec B106
     )
-    app = create_app(
-        settings=settings,
-        registry=registry,
-        schemas=schemas_for(registry, registry.names, margin=settings.envelope_margin),
-        authenticator=Authenticator(settings=settings, token_verifier=None),
-        gatekeeper=Gatekeeper(
-            store=PrincipalStore(client=client, table_name=settings.table_name),
-            settings=settings,
-        ),
-        audit=AuditLog(service="mlmoat-openapi"),
-        docs=True,
-    )
+    app = build_predict_app(settings, Clients(dynamodb=client), docs=True)
     return app.openapi()
 
 

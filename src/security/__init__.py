@@ -30,9 +30,11 @@ from security.errors import (
 from security.settings import RateSpec, Settings, SettingsError
 
 if TYPE_CHECKING:
+    from security.api import create_app
+    from security.api.errors import ERROR_RESPONSES
+    from security.api.predict import schemas_for
     from security.audit import AuditEvent, AuditLog
     from security.auth import Authenticator, Credentials, Principal
-    from security.integration import ERROR_RESPONSES, create_app, schemas_for
     from security.limits import Admission, Gatekeeper
     from security.policy import OutputPolicy
     from security.sanitize import apply_output_policy, redact
@@ -45,9 +47,9 @@ _LAZY: dict[str, str] = {
     "Authenticator": "security.auth",
     "Credentials": "security.auth",
     "Principal": "security.auth",
-    "ERROR_RESPONSES": "security.integration",
-    "create_app": "security.integration",
-    "schemas_for": "security.integration",
+    "ERROR_RESPONSES": "security.api.errors",
+    "create_app": "security.api",
+    "schemas_for": "security.api.predict",
     "Admission": "security.limits",
     "Gatekeeper": "security.limits",
     "OutputPolicy": "security.policy",

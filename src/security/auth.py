@@ -19,7 +19,7 @@ from security.settings import RateSpec, Settings
 from security.store import key_pk
 
 if TYPE_CHECKING:
-    # PyJWT and cryptography cost ~80 ms of cold start: only ``integration.build_app`` imports
+    # PyJWT and cryptography cost ~80 ms of cold start: only ``security.wiring`` imports
     # ``security.tokens``, and only when JWT is enabled.
     from security.tokens import TokenClaims, TokenVerifier
 

@@ -89,9 +89,10 @@ def test_an_unexpected_failure_is_a_generic_500_with_one_record_and_the_detail_i
 ) -> None:
     import boto3
 
+    from security.api import create_app
+    from security.api.predict import schemas_for
     from security.audit import AuditLog
     from security.auth import Authenticator
-    from security.integration import create_app, schemas_for
     from security.limits import Gatekeeper
     from security.model import ModelRegistry
     from security.store import PrincipalStore
@@ -176,7 +177,7 @@ def test_a_dynamodb_outage_fails_closed_with_503_retry_after_and_one_record(
     from botocore.config import Config
 
     from security.audit import AuditLog
-    from security.integration import build_app
+    from security.wiring import Clients, build_predict_app
 
     # given the same function wired to a DynamoDB endpoint that refuses connections
     with socket.socket() as sock:
@@ -188,9 +189,9 @@ def test_a_dynamodb_outage_fails_closed_with_503_retry_after_and_one_record(
         region_name="us-east-1",
         config=Config(connect_timeout=0.2, read_timeout=0.2, retries={"total_max_attempts": 1}),
     )
-    app = build_app(
+    app = build_predict_app(
         predict_module.settings,
-        dynamodb_client=client,
+        Clients(dynamodb=client),
         audit=AuditLog(service=predict_module.settings.service_name),
     )
     handler = Mangum(app, lifespan="off")

@@ -12,8 +12,8 @@ from handlersupport import LambdaContext, header, load_event, response_body
 from mangum import Mangum
 
 from security.audit import MONITOR_QUEUE_FAILED, AuditLog
-from security.extraction import QueryMessage, sink_client_config
-from security.integration import build_app
+from security.extraction import QueryMessage
+from security.wiring import Clients, build_predict_app, sink_client_config
 
 
 def _app(predict_module: Any, handler_env: dict[str, str], sqs_endpoint: str) -> Mangum:
@@ -23,10 +23,9 @@ def _app(predict_module: Any, handler_env: dict[str, str], sqs_endpoint: str) ->
     dynamodb = boto3.client(
         "dynamodb", endpoint_url=handler_env["AWS_ENDPOINT_URL_DYNAMODB"], region_name="us-east-1"
     )
-    app = build_app(
+    app = build_predict_app(
         predict_module.settings,
-        dynamodb_client=dynamodb,
-        sqs_client=sqs,
+        Clients(dynamodb=dynamodb, sqs=sqs),
         audit=AuditLog(service=predict_module.settings.service_name),
     )
     return Mangum(app, lifespan="off")

@@ -26,7 +26,7 @@ def test_a_restore_rebuilds_every_client_and_the_next_request_is_served(
     predict_module: Any, keys: dict[str, str], handler_env: dict[str, str], monkeypatch: Any
 ) -> None:
     # given the clients built at init (the extraction queue is configured in these tests)
-    clients = [c for c in (predict_module.dynamodb, predict_module.sqs, predict_module.ssm) if c]
+    clients = predict_module.function.clients.all()
     assert len(clients) == 2
     old = [client._client for client in clients]
     restores = predict_module.hooks.restores

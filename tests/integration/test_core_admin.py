@@ -18,10 +18,9 @@ from mangum import Mangum
 
 from mlmoat.cli import main as mlmoat_main
 from security.admin import KeyAdmin
-from security.admin_api import create_admin_router
+from security.api import create_admin_app
 from security.audit import AuditLog
 from security.auth import Authenticator
-from security.integration import create_admin_app
 from security.keys import KEY_PREFIX, parse_key
 from security.limits import Gatekeeper
 from security.store import PrincipalStore
@@ -39,9 +38,9 @@ class AdminApi:
         self.audit_stream = io.StringIO()
         app = create_admin_app(
             settings=settings,
-            router=create_admin_router(
-                admin=self.admin, authenticator=self.authenticator, gatekeeper=self.gatekeeper
-            ),
+            admin=self.admin,
+            authenticator=self.authenticator,
+            gatekeeper=self.gatekeeper,
             audit=AuditLog(service="mlmoat-admin-test", stream=self.audit_stream),
         )
         self.handler = Mangum(app, lifespan="off")

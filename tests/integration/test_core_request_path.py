@@ -16,8 +16,8 @@ from mangum import Mangum
 from mlmoat.local.server import EmbeddedDynamoDB
 from security.admin import KeyAdmin
 from security.audit import AuditLog
-from security.integration import build_app
 from security.store import PrincipalStore
+from security.wiring import Clients, build_predict_app
 
 EVENTS = REPO / "events" / "rest"
 MODELS = REPO / "models"
@@ -30,9 +30,9 @@ def predict(core_endpoint: str, core_table: str) -> dict[str, Any]:
     settings = settings_for(core_table, squeeze_policy="off", model_dir=str(MODELS))
     client = make_client(core_endpoint)
     calls = record_calls(client)
-    app = build_app(
+    app = build_predict_app(
         settings,
-        dynamodb_client=client,
+        Clients(dynamodb=client),
         audit=AuditLog(service="mlmoat-core-test", stream=io.StringIO()),
     )
     admin = KeyAdmin(
@@ -77,9 +77,9 @@ def test_dynamodb_gone_mid_run_answers_503_and_serves_nothing_uncounted(
         pytest.skip("models/ not trained yet (mlmoat train)")
     doomed = EmbeddedDynamoDB().start()
     settings = settings_for(core_table, squeeze_policy="off", model_dir=str(MODELS))
-    app = build_app(
+    app = build_predict_app(
         settings,
-        dynamodb_client=make_client(doomed.endpoint, max_attempts=2),
+        Clients(dynamodb=make_client(doomed.endpoint, max_attempts=2)),
         audit=AuditLog(service="mlmoat-core-test", stream=io.StringIO()),
     )
     handler = Mangum(app, lifespan="off")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from security import errors
-from security.integration import ERROR_RESPONSES, error_response_for
+from security.api.errors import ERROR_RESPONSES, error_response_for
 from security.validation import RULE_MESSAGES
 
 
@@ -24,7 +24,8 @@ def test_every_security_error_subclass_is_in_the_response_table() -> None:
         if isinstance(obj, type) and issubclass(obj, errors.SecurityError)
     }
     missing = (defined | all_subclasses(errors.SecurityError)) - set(ERROR_RESPONSES)
-    assert not missing, f"add to integration.ERROR_RESPONSES: {sorted(c.__name__ for c in missing)}"
+    names = sorted(c.__name__ for c in missing)
+    assert not missing, f"add to security.api.errors.ERROR_RESPONSES: {names}"
 
 
 @pytest.mark.parametrize(

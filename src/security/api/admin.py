@@ -1,9 +1,9 @@
-"""The admin API's routes, as a FastAPI ``APIRouter`` (mounted by ``integration.create_admin_app``).
+"""The admin API's routes (``/admin/keys``), as a FastAPI ``APIRouter``.
 
-Every route requires credentials carrying the ``admin`` scope, authenticated with one consistent
-read (``Gatekeeper.authenticate``; nothing is charged). The routes are thin: every rule lives in
-``admin.KeyAdmin``. Responses that contain a secret (create, rotate) are marked ``no-store``.
-Errors are ``SecurityError`` subclasses, answered by the app's error table.
+Every route requires credentials carrying the ``admin`` scope (``RequirePrincipal``, one
+consistent read; nothing is charged). The routes are thin: every rule lives in
+``security.admin.KeyAdmin``. Errors are ``SecurityError`` subclasses, answered by the error
+table in admin wording (``security.api.errors.ADMIN_REASON_RESPONSES``).
 """
 
 from __future__ import annotations
@@ -14,20 +14,15 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from security.audit import AuditEvent
-from security.errors import (
-    ForbiddenError,
-    InvalidPayloadError,
-    MalformedBodyError,
-    PayloadTooLargeError,
-)
+from security.api.deps import RequirePrincipal
+from security.errors import InvalidPayloadError, MalformedBodyError, PayloadTooLargeError
 
 if TYPE_CHECKING:
     from security.admin import KeyAdmin
-    from security.auth import Authenticator, Principal
-    from security.limits import Gatekeeper
 
-_NO_STORE = {"Cache-Control": "no-store"}
+ADMIN_PREFIX = "/admin/keys"
+_MAX_BODY_BYTES = 4096
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class CreateKeyBody(BaseModel):
@@ -51,10 +46,6 @@ class RotateKeyBody(BaseModel):
     grace: str = Field(default="1h", max_length=16)
 
 
-_MAX_BODY_BYTES = 4096
-_M = TypeVar("_M", bound=BaseModel)
-
-
 async def _parse_body(request: Request, model: type[_M]) -> _M:
     # Parsed here, after authentication, so an anonymous caller learns nothing about the schema.
     raw = await request.body()
@@ -69,34 +60,11 @@ async def _parse_body(request: Request, model: type[_M]) -> _M:
         raise InvalidPayloadError("invalid_admin_request") from exc
 
 
-def _source_ip(request: Request) -> str:
-    event = request.scope.get("aws.event") or {}
-    identity = (event.get("requestContext") or {}).get("identity") or {}
-    http = (event.get("requestContext") or {}).get("http") or {}
-    ip = identity.get("sourceIp") or http.get("sourceIp")
-    if isinstance(ip, str) and ip:
-        return ip
-    return request.client.host if request.client else "unknown"
-
-
-def create_admin_router(
-    *, admin: KeyAdmin, authenticator: Authenticator, gatekeeper: Gatekeeper
-) -> APIRouter:
+def admin_router(admin: KeyAdmin) -> APIRouter:
     """Routes under ``/admin/keys`` behind the ``admin`` scope."""
-    def require_admin(request: Request) -> Principal:
-        credentials = authenticator.read_credentials(
-            request.headers, event=request.scope.get("aws.event")
-        )
-        event = getattr(request.state, "audit", None)
-        if isinstance(event, AuditEvent):
-            event.identify(credentials)
-        principal = gatekeeper.authenticate(credentials, model=None, source_ip=_source_ip(request))
-        if not principal.is_admin:
-            raise ForbiddenError("admin_scope_required")
-        return principal
-
+    require_admin = RequirePrincipal(scope="admin", refusal="admin_scope_required")
     # One router-level dependency: no route under /admin/keys can forget the admin check.
-    router = APIRouter(prefix="/admin/keys", dependencies=[Depends(require_admin)])
+    router = APIRouter(prefix=ADMIN_PREFIX, dependencies=[Depends(require_admin)])
 
     @router.post("", status_code=201, summary="Create an API key (the secret is shown once)")
     async def create_key(request: Request) -> JSONResponse:
@@ -109,7 +77,7 @@ def create_admin_router(
             output_policy=body.output_policy,
             expires_in=body.expires_in,
         )
-        return JSONResponse(created, status_code=201, headers=_NO_STORE)
+        return JSONResponse(created, status_code=201)
 
     @router.get("", summary="List API keys")
     async def list_keys(owner: str | None = None) -> dict[str, Any]:
@@ -138,7 +106,6 @@ def create_admin_router(
     @router.post("/{key_id}/rotate", summary="Rotate an API key's secret (shown once)")
     async def rotate_key(request: Request, key_id: str) -> JSONResponse:
         body = await _parse_body(request, RotateKeyBody)
-        rotated = admin.rotate(key_id, grace=body.grace)
-        return JSONResponse(rotated, headers=_NO_STORE)
+        return JSONResponse(admin.rotate(key_id, grace=body.grace))
 
     return router

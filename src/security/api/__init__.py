@@ -1,0 +1,117 @@
+"""The HTTP package: the only part of the security layer that imports FastAPI.
+
+* ``errors``: the error table (class and reason -> status, public code, generic message);
+* ``shell``: what every API function shares (request id, source IP, one audit record per
+  request, the envelope, the error handlers): ``new_app``;
+* ``deps``: ``RequirePrincipal(scope=...)``, the authentication dependency for routers;
+* ``predict`` and ``admin``: the routers of PredictFunction and AdminFunction;
+* ``openapi``: the OpenAPI document, its status tables generated from the error table.
+
+``create_app`` and ``create_admin_app`` assemble an app from already-built collaborators;
+``security.wiring`` builds those collaborators from settings and is what the handlers call.
+A new API function on the same layer is one router, one factory call in ``wiring`` and one
+handler file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from security.api.deps import Gate
+from security.api.predict import PredictService, RegistryLike, predict_router
+from security.api.shell import new_app
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from security.admin import KeyAdmin
+    from security.audit import AuditLog
+    from security.auth import Authenticator
+    from security.defences import Squeezer
+    from security.extraction import QuerySink
+    from security.limits import Gatekeeper
+    from security.settings import Settings
+    from security.validation import FeatureSchema
+
+_DESCRIPTION = (
+    "A moat around a machine-learning model: authenticated, counted, validated and audited "
+    "predictions."
+)
+
+
+def create_app(
+    *,
+    settings: Settings,
+    registry: RegistryLike,
+    schemas: Mapping[str, FeatureSchema],
+    authenticator: Authenticator,
+    gatekeeper: Gatekeeper,
+    audit: AuditLog,
+    squeezer: Squeezer | None = None,
+    query_sink: QuerySink | None = None,
+    docs: bool = False,
+) -> FastAPI:
+    """Build the prediction API around the security layer.
+
+    ``schemas`` maps each served model's name to its ``FeatureSchema`` (``schemas_for``).
+    ``docs`` enables FastAPI's ``/docs`` and ``/openapi.json`` and the response models of the
+    OpenAPI document: off in Lambda (cold start).
+
+    Raises:
+        ValueError: the default model is not among ``schemas``.
+    """
+    if settings.default_model not in schemas:
+        raise ValueError("the default model is not served")
+    app = new_app(
+        settings=settings,
+        audit=audit,
+        title="mlmoat",
+        description=_DESCRIPTION,
+        docs=docs,
+        state={"gate": Gate(authenticator=authenticator, gatekeeper=gatekeeper)},
+    )
+    service = PredictService(
+        settings=settings,
+        registry=registry,
+        schemas=schemas,
+        authenticator=authenticator,
+        gatekeeper=gatekeeper,
+        squeezer=squeezer,
+        query_sink=query_sink,
+    )
+    app.include_router(predict_router(service, docs=docs))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from security.api.openapi import openapi_document
+
+            app.openapi_schema = openapi_document(app, schemas, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def create_admin_app(
+    *,
+    settings: Settings,
+    admin: KeyAdmin,
+    authenticator: Authenticator,
+    gatekeeper: Gatekeeper,
+    audit: AuditLog,
+) -> FastAPI:
+    """The admin API (AdminFunction): ``/admin/keys`` behind the same shell. Docs are off."""
+    from security.api.admin import admin_router
+
+    app = new_app(
+        settings=settings,
+        audit=audit,
+        title="mlmoat admin",
+        state={"gate": Gate(authenticator=authenticator, gatekeeper=gatekeeper)},
+    )
+    app.include_router(admin_router(admin))
+    return app
+
+
+__all__ = ["create_admin_app", "create_app"]

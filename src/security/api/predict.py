@@ -1,0 +1,265 @@
+"""The prediction API: ``POST /predict`` and ``POST /models/{model}/predict``.
+
+One request goes through the layer (``docs/architecture.md``, "Request path")::
+
+    credentials (auth, no I/O) -> model lookup -> body validation (no I/O)
+      -> admission (one conditional DynamoDB write) -> squeezing defence -> predict
+      -> output policy -> extraction queue -> response; one audit record whatever happened
+
+Refusals after authentication carry the ``RateLimit-Policy``/``RateLimit`` headers. The real
+reason of a refusal goes to the audit record, never to the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from security.api.shell import audit_event, aws_event
+from security.audit import MONITOR_QUEUE_FAILED, AuditEvent
+from security.errors import AdversarialInputError, InvalidPayloadError, NotFoundError
+from security.policy import OutputPolicy
+from security.sanitize import apply_output_policy
+from security.validation import FeatureSchema, parse_prediction_request
+
+if TYPE_CHECKING:
+    from security.auth import Authenticator, Principal
+    from security.defences import Squeezer
+    from security.extraction import QuerySink
+    from security.limits import Gatekeeper
+    from security.settings import Settings
+
+
+class ServedModelLike(Protocol):
+    """What the request path needs of a loaded model (``security.model.ServedModel``)."""
+
+    @property
+    def name(self) -> str:
+        """The model's name (its directory under ``models/``)."""
+
+    @property
+    def version(self) -> str:
+        """The artifact's version, from the manifest."""
+
+    @property
+    def classes(self) -> Sequence[Any]:
+        """Class labels, in the order of the probability columns."""
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        """Class probabilities for each row."""
+
+
+class RegistryLike(Protocol):
+    """What the request path needs of the model registry (``security.model.ModelRegistry``)."""
+
+    def get(self, name: str) -> ServedModelLike:
+        """The loaded model called ``name``.
+
+        Raises:
+            NotFoundError: no such model.
+        """
+
+
+def schemas_for(
+    registry: RegistryLike, names: Sequence[str], *, margin: float
+) -> dict[str, FeatureSchema]:
+    """Build each served model's request schema from its manifest.
+
+    Raises:
+        NotFoundError: a name is not in the registry.
+    """
+    result: dict[str, FeatureSchema] = {}
+    for name in names:
+        manifest = getattr(registry.get(name), "manifest", None)
+        feature_names = _manifest_value(manifest, "feature_names")
+        envelope = _manifest_value(manifest, "envelope")
+        result[name] = FeatureSchema.from_manifest(name, feature_names, envelope, margin=margin)
+    return result
+
+
+def _manifest_value(manifest: Any, key: str) -> Any:
+    if isinstance(manifest, Mapping):
+        return manifest[key]
+    return getattr(manifest, key)
+
+
+class PredictService:
+    """The predict request path, with its collaborators bound once at cold start."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: RegistryLike,
+        schemas: Mapping[str, FeatureSchema],
+        authenticator: Authenticator,
+        gatekeeper: Gatekeeper,
+        squeezer: Squeezer | None,
+        query_sink: QuerySink | None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.schemas = schemas
+        self.authenticator = authenticator
+        self.gatekeeper = gatekeeper
+        self.squeezer = squeezer
+        self.query_sink = query_sink
+
+    async def predict(self, request: Request, model_name: str, route: str) -> Response:
+        """Serve one prediction request, or raise the ``SecurityError`` that refuses it.
+
+        Raises:
+            SecurityError: any refusal; the exception handlers turn it into the envelope.
+        """
+        event = audit_event(request)
+        event.route = route
+        event.model = model_name[:64]
+        request_id = event.request_id
+        source_ip = event.source_ip or "unknown"
+
+        credentials = self.authenticator.read_credentials(
+            request.headers, event=aws_event(request.scope)
+        )
+        event.identify(credentials)
+
+        schema = self.schemas.get(model_name)
+        if schema is None:
+            # Only authenticated callers learn that a model does not exist.
+            principal, rate_headers = self.gatekeeper.authenticate_with_headers(
+                credentials, model=model_name, source_ip=source_ip
+            )
+            event.identify(principal)
+            missing = NotFoundError("unknown_model")
+            missing.headers.update(rate_headers)
+            raise missing
+        model = self.registry.get(model_name)
+        event.model_version = model.version
+
+        body = await request.body()
+        try:
+            parsed = parse_prediction_request(
+                body,
+                request.headers.get("content-type"),
+                schema,
+                max_body_bytes=self.settings.max_body_bytes,
+                max_rows=self.settings.max_rows,
+            )
+        except InvalidPayloadError as exc:
+            # A refused body is never charged, and only real callers learn why it was refused.
+            principal, rate_headers = self.gatekeeper.authenticate_with_headers(
+                credentials, model=model_name, source_ip=source_ip
+            )
+            event.identify(principal)
+            exc.headers.update(rate_headers)
+            raise
+        event.record_input(parsed.rows, raw=self.settings.audit_raw_features)
+
+        admission = self.gatekeeper.admit(
+            credentials,
+            model=model_name,
+            rows=parsed.n_rows,
+            request_id=request_id,
+            source_ip=source_ip,
+        )
+        principal = admission.principal
+        event.identify(principal)
+        rate_headers = admission.headers()
+
+        probabilities = self._predict(model, parsed.rows, event, rate_headers)
+        policy = OutputPolicy.parse(principal.output_policy or self.settings.default_output_policy)
+        event.output_policy = str(policy)
+        predictions = apply_output_policy(policy, model.classes, probabilities)
+        self._send_to_monitor(principal, model, parsed.rows, probabilities, request_id, event)
+
+        body_out = {
+            "model": model.name,
+            "model_version": model.version,
+            "predictions": predictions,
+            "request_id": request_id,
+        }
+        return JSONResponse(body_out, status_code=200, headers=rate_headers)
+
+    def _predict(
+        self,
+        model: ServedModelLike,
+        rows: np.ndarray,
+        event: AuditEvent,
+        rate_headers: Mapping[str, str],
+    ) -> np.ndarray:
+        # The defences' single call site: squeeze and score between validation and prediction.
+        if self.squeezer is None:
+            return np.asarray(model.predict_proba(rows), dtype=np.float64)
+        try:
+            result = self.squeezer.check(model, rows)
+        except AdversarialInputError as exc:
+            exc.headers.update(rate_headers)
+            raise
+        if result.flagged:
+            event.flags.append(f"squeeze_flagged:{result.flagged}")
+        return result.probabilities
+
+    def _send_to_monitor(
+        self,
+        principal: Principal,
+        model: ServedModelLike,
+        rows: np.ndarray,
+        probabilities: np.ndarray,
+        request_id: str,
+        event: AuditEvent,
+    ) -> None:
+        # The extraction queue's single call site: never raises. A query that did not reach the
+        # queue is a gap in the monitor's view: the audit record says so and a metric counts it.
+        if self.query_sink is None:
+            return
+        best = np.argmax(probabilities, axis=1)
+        sent = self.query_sink.send(
+            principal_id=principal.principal_id,
+            model=model.name,
+            request_id=request_id,
+            rows=rows,
+            labels=[str(model.classes[int(i)]) for i in best],
+            confidences=probabilities[np.arange(len(best)), best],
+        )
+        if not sent:
+            event.flags.append(MONITOR_QUEUE_FAILED)
+
+
+def predict_router(service: PredictService, *, docs: bool = False) -> APIRouter:
+    """The two predict routes over ``service``; ``docs`` adds their OpenAPI response tables."""
+    settings = service.settings
+    router = APIRouter()
+    default_docs: dict[str, Any] = {}
+    named_docs: dict[str, Any] = {}
+    if docs:
+        from security.api.openapi import predict_route_docs
+
+        default_docs = predict_route_docs(
+            f"#/components/schemas/PredictRequest_{settings.default_model}"
+        )
+        named_docs = predict_route_docs(
+            "#/components/schemas/PredictRequest", models=list(service.schemas)
+        )
+
+    @router.post(
+        "/predict", summary="Predict with the default model", operation_id="predict", **default_docs
+    )
+    async def predict_default(request: Request) -> Response:
+        return await service.predict(request, settings.default_model, "/predict")
+
+    @router.post(
+        "/models/{model}/predict",
+        summary="Predict with a named model",
+        operation_id="predict_model",
+        **named_docs,
+    )
+    async def predict_model(request: Request) -> Response:
+        # Read from the path rather than as a typed parameter: FastAPI would build a pydantic
+        # field for it at cold start, and the value is checked against the served models anyway.
+        model = str(request.path_params["model"])
+        return await service.predict(request, model, "/models/{model}/predict")
+
+    return router

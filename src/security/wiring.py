@@ -1,0 +1,254 @@
+"""The composition root: the one place that builds clients and assembles each function.
+
+Each handler reads its settings and calls one function here (``predict_function``,
+``admin_function``, ``monitor_function``); everything a function needs is built once at init
+(cold start) the same way for all three: named client configurations, the audit log, the
+root-logger leg of log redaction, the token verifier (PyJWT and cryptography imported only when
+JWT is on: ~80 ms of cold start), and the SnapStart hooks (each client is a
+``RefreshableClient`` rebuilt after a restore; without SnapStart the hooks are never called).
+``mlmoat openapi`` builds its document from the same ``build_predict_app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from security.audit import AuditLog, install_log_redaction
+from security.snapstart import RefreshableClient, SnapStartHooks
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from security.auth import Authenticator
+    from security.extraction import ExtractionMonitor
+    from security.limits import Gatekeeper
+    from security.settings import Settings
+    from security.store import PrincipalStore
+
+#: Request path: a slow DynamoDB fails the request closed (503) quickly.
+DYNAMODB_FAST = Config(
+    connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 3}
+)
+#: Request path: with the SDK defaults (60 s timeouts, 5 attempts) a hanging SSM ran the
+#: function into its 10 s timeout, a 502 with no audit record (tests/faults).
+SSM_FAST = Config(
+    connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 2}
+)
+#: The extraction queue's producer: short timeouts, one retry (a lost packet becomes a
+#: delivered message rather than a monitor gap), TCP keepalive for the warm pool.
+SQS_SINK = Config(
+    connect_timeout=0.3,
+    read_timeout=0.5,
+    retries={"mode": "standard", "total_max_attempts": 2},
+    tcp_keepalive=True,
+)
+#: The monitor works off a queue (a failed record is redelivered): patient, standard retries.
+DYNAMODB_MONITOR = Config(
+    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 5}
+)
+
+ClientFactory = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Clients:
+    """The AWS clients of one function (``None`` where the function does not use the service)."""
+
+    dynamodb: Any
+    sqs: Any | None = None
+    ssm: Any | None = None
+
+    def all(self) -> list[Any]:
+        """The clients that exist."""
+        return [client for client in (self.dynamodb, self.sqs, self.ssm) if client is not None]
+
+
+def sink_client_config() -> Config:
+    """The botocore ``Config`` of the extraction queue's SQS client (``SQS_SINK``)."""
+    return SQS_SINK
+
+
+def clients_for(
+    settings: Settings,
+    *,
+    sqs: bool,
+    ssm: bool,
+    dynamodb_config: Config = DYNAMODB_FAST,
+    factory: ClientFactory = boto3.client,
+) -> Clients:
+    """Build a function's clients, each behind a ``RefreshableClient`` (SnapStart)."""
+
+    def refreshable(service: str, config: Config) -> RefreshableClient:
+        return RefreshableClient(lambda: factory(service, config=config))
+
+    return Clients(
+        dynamodb=refreshable("dynamodb", dynamodb_config),
+        sqs=refreshable("sqs", SQS_SINK) if sqs else None,
+        ssm=refreshable("ssm", SSM_FAST) if ssm else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiFunction:
+    """An assembled API function: the app its handler serves, and what a restore refreshes."""
+
+    settings: Settings
+    clients: Clients
+    hooks: SnapStartHooks
+    audit: AuditLog
+    app: FastAPI
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorFunction:
+    """The assembled monitor: the detectors its handler feeds, and what a restore refreshes."""
+
+    settings: Settings
+    clients: Clients
+    hooks: SnapStartHooks
+    audit: AuditLog
+    monitor: ExtractionMonitor
+
+
+def _hooks_for(clients: Clients) -> SnapStartHooks:
+    hooks = SnapStartHooks()
+    for client in clients.all():
+        hooks.after_restore(client.refresh)
+    hooks.install()
+    return hooks
+
+
+def _store(settings: Settings, client: Any) -> PrincipalStore:
+    from security.store import PrincipalStore
+
+    return PrincipalStore(client=client, table_name=settings.table_name)
+
+
+def _authenticator(settings: Settings, ssm_client: Any | None) -> Authenticator:
+    from security.auth import Authenticator
+
+    verifier = None
+    if settings.jwt_enabled:
+        # Imported only when configured: PyJWT and cryptography cost ~80 ms of cold start.
+        from security.tokens import TokenVerifier
+
+        verifier = TokenVerifier(settings=settings, ssm_client=ssm_client)
+    return Authenticator(settings=settings, token_verifier=verifier)
+
+
+def _gatekeeper(settings: Settings, store: PrincipalStore) -> Gatekeeper:
+    from security.limits import Gatekeeper
+
+    return Gatekeeper(store=store, settings=settings)
+
+
+def build_predict_app(
+    settings: Settings, clients: Clients, *, audit: AuditLog | None = None, docs: bool = False
+) -> FastAPI:
+    """The prediction app from settings and clients.
+
+    Loads and verifies every model under ``settings.model_dir``, builds their request schemas,
+    the squeezing defence, the authenticator, the gatekeeper over ``PrincipalStore`` and the
+    extraction queue sink when a queue is configured.
+
+    Raises:
+        ModelIntegrityError: an artifact or its defences file does not match its manifest.
+    """
+    from security.api import create_app
+    from security.api.predict import schemas_for
+    from security.defences import Squeezer
+    from security.extraction import QuerySink
+    from security.model import ModelRegistry
+
+    install_log_redaction()
+    registry = ModelRegistry.load(settings.model_dir)
+    sink = (
+        QuerySink(client=clients.sqs, queue_url=settings.extraction_queue_url)
+        if settings.extraction_queue_url and clients.sqs is not None
+        else None
+    )
+    squeezer = (
+        None
+        if settings.squeeze_policy == "off"
+        else Squeezer.from_manifest(
+            settings.model_dir,
+            [(model.name, model.version) for model in registry],
+            policy=settings.squeeze_policy,
+        )
+    )
+    return create_app(
+        settings=settings,
+        registry=registry,
+        schemas=schemas_for(registry, registry.names, margin=settings.envelope_margin),
+        authenticator=_authenticator(settings, clients.ssm),
+        gatekeeper=_gatekeeper(settings, _store(settings, clients.dynamodb)),
+        audit=audit or AuditLog(service=settings.service_name),
+        squeezer=squeezer,
+        query_sink=sink,
+        docs=docs,
+    )
+
+
+def build_admin_app(
+    settings: Settings, clients: Clients, *, audit: AuditLog | None = None
+) -> FastAPI:
+    """The admin app (``/admin/keys``) from settings and clients."""
+    from security.admin import KeyAdmin
+    from security.api import create_admin_app
+
+    install_log_redaction()
+    store = _store(settings, clients.dynamodb)
+    return create_admin_app(
+        settings=settings,
+        admin=KeyAdmin(store=store, settings=settings),
+        authenticator=_authenticator(settings, clients.ssm),
+        gatekeeper=_gatekeeper(settings, store),
+        audit=audit or AuditLog(service=settings.service_name),
+    )
+
+
+def predict_function(settings: Settings, *, factory: ClientFactory = boto3.client) -> ApiFunction:
+    """PredictFunction, assembled."""
+    clients = clients_for(
+        settings, sqs=bool(settings.extraction_queue_url), ssm=settings.jwt_enabled, factory=factory
+    )
+    audit = AuditLog(service=settings.service_name)
+    app = build_predict_app(settings, clients, audit=audit)
+    return ApiFunction(settings, clients, _hooks_for(clients), audit, app)
+
+
+def admin_function(settings: Settings, *, factory: ClientFactory = boto3.client) -> ApiFunction:
+    """AdminFunction, assembled."""
+    clients = clients_for(settings, sqs=False, ssm=settings.jwt_enabled, factory=factory)
+    audit = AuditLog(service=settings.service_name)
+    app = build_admin_app(settings, clients, audit=audit)
+    return ApiFunction(settings, clients, _hooks_for(clients), audit, app)
+
+
+def monitor_function(
+    settings: Settings, *, factory: ClientFactory = boto3.client
+) -> MonitorFunction:
+    """MonitorFunction (the extraction queue's consumer), assembled."""
+    from security.extraction import (
+        ExtractionMonitor,
+        flag_audit_sink,
+        load_monitor_references,
+    )
+
+    install_log_redaction()
+    clients = clients_for(
+        settings, sqs=False, ssm=False, dynamodb_config=DYNAMODB_MONITOR, factory=factory
+    )
+    audit = AuditLog(service=settings.service_name)
+    monitor = ExtractionMonitor(
+        store=_store(settings, clients.dynamodb),
+        references=load_monitor_references(settings.model_dir),
+        action=settings.extraction_action,
+        audit=flag_audit_sink(audit, service=settings.service_name),
+    )
+    return MonitorFunction(settings, clients, _hooks_for(clients), audit, monitor)
