@@ -84,8 +84,11 @@ def test_the_build_is_pruned_and_carries_no_caches() -> None:
 
 def test_layers_carry_the_security_package_and_every_model() -> None:
     security = BUILD / "SecurityLayer" / "python" / "security"
-    shipped = {p.name for p in security.glob("*.py")}
-    assert shipped == {p.name for p in (REPO / "src" / "security").glob("*.py")}
+    source = REPO / "src" / "security"
+    # rglob: subpackages (security/extraction/) ship too
+    shipped = {p.relative_to(security).as_posix() for p in security.rglob("*.py")}
+    assert shipped == {p.relative_to(source).as_posix() for p in source.rglob("*.py")}
+    assert "extraction/__init__.py" in shipped
     models = BUILD / "ModelLayer" / "models"
     trained = {p.parent.name for p in (REPO / "models").glob("*/manifest.json")}
     assert trained, "mlmoat train has produced models/<name>/"

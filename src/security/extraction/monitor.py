@@ -1,0 +1,152 @@
+"""The monitor: ``ExtractionMonitor.process`` applies one queued message to a principal's state.
+
+It keeps a bounded ``DetectorState`` per principal and model in DynamoDB (item
+``mon#<principal>#<model>``) and flags or suspends the principal when a detector fires
+(``Settings.extraction_action``), writing an audit record (``flag_audit_sink``) and a metric.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+from security.audit import AUDIT_MESSAGE, METRICS_NAMESPACE, AuditLog
+from security.extraction.detectors import DetectorState, ExtractionDetector, Verdict, _push
+from security.extraction.message import QueryMessage
+from security.extraction.reference import MonitorReference
+
+EXTRACTION_ACTIONS = ("flag", "suspend")
+
+
+class MonitorStateStore(Protocol):
+    """The DynamoDB operations the monitor needs (implemented by ``store.PrincipalStore``)."""
+
+    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
+        """The serialised state and its version (0 when there is none)."""
+        ...
+
+    def save_monitor_state(
+        self, principal_id: str, model: str, blob: bytes, *, expected_version: int, now: int
+    ) -> None:
+        """Write the state if its version is still ``expected_version``."""
+        ...
+
+    def flag_principal(self, principal_id: str, *, reason: str, suspend: bool, now: int) -> Any:
+        """Mark the principal flagged (and suspended when asked)."""
+        ...
+
+
+class AuditSink(Protocol):
+    """Where the monitor writes its audit record and metric for a flag."""
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        """Emit one flag record."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorOutcome:
+    """The result of processing one message."""
+
+    principal_id: str
+    model: str
+    rows_seen: int
+    duplicate: bool
+    verdict: Verdict | None
+
+
+class ExtractionMonitor:
+    """Processes query messages: update a principal's state, flag or suspend when it fires."""
+
+    def __init__(
+        self,
+        *,
+        store: MonitorStateStore,
+        references: Mapping[str, MonitorReference],
+        action: str,
+        audit: AuditSink,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """Wire the store, the per-model references, the action and the audit sink.
+
+        Raises:
+            ValueError: the action is not ``flag`` or ``suspend``.
+        """
+        if action not in EXTRACTION_ACTIONS:
+            raise ValueError("extraction action must be flag or suspend")
+        self._store = store
+        self._detectors = {name: ExtractionDetector(ref) for name, ref in references.items()}
+        self._action = action
+        self._audit = audit
+        self._clock = clock
+
+    def process(self, message: QueryMessage) -> MonitorOutcome:
+        """Apply one message; raise (so the record is retried) if the state write conflicts.
+
+        Raises:
+            StoreUnavailableError: the store failed (the record is retried).
+            ValueError: the message names a model with no reference (a poison message).
+        """
+        detector = self._detectors.get(message.model)
+        if detector is None:
+            raise ValueError("no monitor reference for the message's model")
+        blob, version = self._store.load_monitor_state(message.principal_id, message.model)
+        state = DetectorState.from_bytes(blob) if blob else DetectorState()
+        token = f"{message.request_id}/{message.part}"
+        if token in state.recent_requests:
+            return MonitorOutcome(message.principal_id, message.model, state.rows_seen, True, None)
+        _push(state.recent_requests, token, 64)
+        verdict = detector.observe(
+            state, message.rows, labels=message.labels, confidences=message.confidences
+        )
+        if verdict.newly_flagged:
+            suspend = self._action == "suspend"
+            self._store.flag_principal(
+                message.principal_id,
+                reason=f"extraction:{verdict.reason}",
+                suspend=suspend,
+                now=int(self._clock()),
+            )
+            self._audit(
+                {
+                    "event": "extraction_flag",
+                    "principal_id": message.principal_id,
+                    "model": message.model,
+                    "request_id": message.request_id,
+                    "decision": "suspend" if suspend else "flag",
+                    "reason": f"extraction:{verdict.reason}",
+                    "rows_seen": state.rows_seen,
+                    "flagged_at_row": verdict.flagged_at_row,
+                    "scores": dict(verdict.scores),
+                }
+            )
+        # Saved after the flag: if the save fails, redelivery flags again (idempotent) rather
+        # than losing the flag behind a state that already says flagged.
+        self._store.save_monitor_state(
+            message.principal_id,
+            message.model,
+            state.to_bytes(),
+            expected_version=version,
+            now=int(self._clock()),
+        )
+        return MonitorOutcome(message.principal_id, message.model, state.rows_seen, False, verdict)
+
+
+def flag_audit_sink(audit_log: AuditLog, *, service: str) -> AuditSink:
+    """An audit sink writing each flag as one audit record with an ``ExtractionFlags`` metric."""
+
+    def emit(record: Mapping[str, Any]) -> None:
+        metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=service)
+        metrics.add_dimension(name="decision", value=str(record["decision"]))
+        metrics.add_dimension(name="model", value=str(record["model"]))
+        metrics.add_metric(name="ExtractionFlags", unit=MetricUnit.Count, value=1)
+        audit_log.logger.set_correlation_id(str(record["request_id"]))
+        audit_log.logger.info(
+            AUDIT_MESSAGE, extra={**dict(metrics.serialize_metric_set()), **record}
+        )
+
+    return emit
