@@ -31,7 +31,7 @@ The package, by concern:
 
 - ``message``: the wire format, ``QueryMessage`` (versions ``MESSAGE_VERSION`` and
   ``PACKED_VERSION``) and its packed floats.
-- ``sink``: ``QuerySink``, the predict path's producer, and ``sink_client_config``.
+- ``sink``: ``QuerySink``, the predict path's producer (its client: ``security.wiring``).
 - ``stats``: Shapiro-Wilk's W (``shapiro_w``) and the binomial critical counts.
 - ``reference``: ``MonitorReference`` and ``load_monitor_references`` (defences.json).
 - ``detectors``: ``DetectorState``, ``ExtractionDetector`` and its ``Verdict``.
@@ -49,7 +49,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from security.extraction.message import MESSAGE_VERSION, PACKED_VERSION, FloatArray, QueryMessage
-from security.extraction.sink import QuerySink, sink_client_config
+from security.extraction.sink import QuerySink
 
 if TYPE_CHECKING:
     from security.extraction.detectors import DetectorState, ExtractionDetector, Verdict
@@ -97,7 +97,6 @@ __all__ = [
     "flag_audit_sink",
     "load_monitor_references",
     "shapiro_w",
-    "sink_client_config",
 ]
 
 

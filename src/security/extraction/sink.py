@@ -30,7 +30,7 @@ _MAX_MESSAGE_BYTES = 200_000
 class QuerySink:
     """Sends one served request to the extraction queue; never raises.
 
-    Give it an SQS client built with ``sink_client_config`` (short timeouts, one retry, TCP
+    Give it an SQS client built with ``security.wiring.SQS_SINK`` (short timeouts, one retry, TCP
     keepalive), so a failing queue costs serving at most two attempts (0.3 s connect, 0.5 s read)
     and one back-off, inside the function's timeout. A retried send that had in fact arrived is
     harmless: the monitor drops a repeated request id. A failed send is logged (reason only, no
@@ -101,19 +101,3 @@ class QuerySink:
                 )
         return ok
 
-
-def sink_client_config() -> Any:
-    """A botocore ``Config`` for the sink's SQS client: short timeouts, one retry, keepalive.
-
-    One retry (standard mode: timeouts, throttling and 5xx only, within the retry quota) turns
-    a single lost packet or slow response into a delivered message instead of a monitor gap;
-    TCP keepalive keeps the pooled connection usable between requests of a warm instance.
-    """
-    from botocore.config import Config
-
-    return Config(
-        connect_timeout=0.3,
-        read_timeout=0.5,
-        retries={"mode": "standard", "total_max_attempts": 2},
-        tcp_keepalive=True,
-    )
