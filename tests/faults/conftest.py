@@ -9,14 +9,8 @@ import pytest
 from faultproxy import FaultProxy
 from faultstack import READY_S, FaultStack
 
-from mlmoat.loadtest import (
-    build_host,
-    dynamodb_command,
-    free_port,
-    mlmoat_command,
-    stop_process,
-    wait_for_port,
-)
+from mlmoat.local.processes import free_port, stop_process, wait_for_port
+from mlmoat.local.stack import build_host, dynamodb_command, mlmoat_command
 
 
 @pytest.fixture(scope="package")

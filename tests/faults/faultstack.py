@@ -22,16 +22,15 @@ from typing import Any
 import boto3
 from faultproxy import FaultProxy
 
-from mlmoat.loadtest import (
+from mlmoat.local.processes import free_port, wait_closed, wait_for_port
+from mlmoat.local.stack import (
     KeyPlan,
     create_key,
-    free_port,
     local_env,
     mlmoat_command,
     read_audit,
     read_key_items,
     send,
-    wait_for_port,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,22 +185,9 @@ class FaultStack:
     def stop_moto_listener(self) -> None:
         """Stop the moto server's listener (connections refused; state kept)."""
         self.moto.send_signal(signal.SIGUSR1)
-        _wait_closed(self.moto_port)
+        wait_closed(self.moto_port)
 
     def start_moto_listener(self) -> None:
         """Start the moto server's listener again on the same port."""
         self.moto.send_signal(signal.SIGUSR2)
         wait_for_port(self.moto_port, process=self.moto, timeout_s=READY_S)
-
-
-def _wait_closed(port: int, timeout_s: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"port {port} still accepts connections")

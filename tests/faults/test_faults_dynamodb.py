@@ -20,7 +20,7 @@ import uuid
 import pytest
 from faultstack import Api, FaultStack, Response
 
-from mlmoat.loadtest import table_name
+from mlmoat.local.stack import table_name
 from security.store import PrincipalStore
 
 ROW = {"features": [5.1, 3.5, 1.4, 0.2]}

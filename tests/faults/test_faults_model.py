@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from faultstack import REPO, FaultStack
 
-from mlmoat.loadtest import mlmoat_command
+from mlmoat.local.stack import mlmoat_command
 
 EVENT = REPO / "events" / "rest" / "predict-ok-single.json"
 

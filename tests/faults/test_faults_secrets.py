@@ -89,7 +89,7 @@ def healthy(fault_stack: FaultStack, ssm_proxy: FaultProxy) -> Iterator[None]:
 def _subject_rows(stack: FaultStack, subject: str) -> int:
     """rows_used of the token subject's item (0 when it was never charged)."""
     client = stack.client("dynamodb")
-    from mlmoat.loadtest import table_name
+    from mlmoat.local.stack import table_name
 
     items = client.scan(
         TableName=table_name(),

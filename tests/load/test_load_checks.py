@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from mlmoat.loadtest import KeyPlan, LoadKey, Report, Sample, check_run, read_audit
+from mlmoat.load.checks import Report, check_run
+from mlmoat.load.plan import KeyPlan, LoadKey
+from mlmoat.load.traffic import Sample
+from mlmoat.local.stack import read_audit
 
 KEY = LoadKey("K" * 12, "mlmoat_unused", KeyPlan("budget", rate=100, window_s=60, budget=3))
 T0 = 1_800_000_000.0  # inside one minute window: 1_799_999_980 .. 1_800_000_040

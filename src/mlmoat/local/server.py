@@ -12,14 +12,14 @@ never block a write). Its state lives in this process (moto's backends), so ``st
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
-import socket
 import threading
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from mlmoat.local import processes
+from mlmoat.local.processes import free_port
 
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
@@ -28,27 +28,16 @@ if TYPE_CHECKING:
 # ``DynamoDB_20120810.UpdateItem``; SQS and SSM use their own prefixes.
 _SERIALISED_TARGET_PREFIX = "DynamoDB"
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["EmbeddedDynamoDB", "free_port", "serve_until_signalled", "wait_for_port"]
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
-    """Block until something accepts connections on ``host:port``.
+    """Block until something accepts connections on ``host:port`` (``processes.wait_for_port``).
 
     Raises:
         TimeoutError: nothing accepted within ``timeout`` seconds.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f}s")
+    processes.wait_for_port(port, host=host, timeout_s=timeout)
 
 
 class EmbeddedDynamoDB:
