@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +44,7 @@ from security.errors import (
     SecurityError,
     StoreUnavailableError,
 )
+from security.keycache import KeyCache
 from security.keys import secret_matches
 from security.settings import Settings
 from security.store import (
@@ -57,15 +56,11 @@ from security.store import (
     rate_attr,
     request_attr,
 )
+from security.throttle import GuessingThrottle
+from security.throttle import window_start as window_start  # re-exported (admin, tests)
 
 IDEMPOTENCY_BUCKET_SECONDS = 30
 _CACHE_SIZE = 4096
-_GUESSING_REASONS = frozenset({"unknown_key", "bad_secret"})
-
-
-def window_start(now: int, window_seconds: int) -> int:
-    """The start of the fixed, epoch-aligned window containing ``now``."""
-    return now - now % window_seconds
 
 
 def request_digest(principal_id: str, request_id: str) -> str:
@@ -122,14 +117,6 @@ def _rate_headers(
     return {"RateLimit-Policy": policy, "RateLimit": state}
 
 
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    principal: Principal
-    secret_hash: str
-    prev_secret_hash: str | None
-    prev_secret_until: int
-
-
 class Gatekeeper:
     """Authenticates principals against DynamoDB and admits requests with one conditional write."""
 
@@ -143,10 +130,8 @@ class Gatekeeper:
         self._store = store
         self._settings = settings
         self._clock = clock
-        self._lock = threading.Lock()
-        self._keys: OrderedDict[str, _Cached] = OrderedDict()
-        self._seen: OrderedDict[str, tuple[str, ...]] = OrderedDict()
-        self._throttled: dict[str, int] = {}
+        self._cache = KeyCache(settings=settings)
+        self._throttle = GuessingThrottle(store=store, settings=settings)
 
     # ------------------------------------------------------------------ public
     def admit(
@@ -164,7 +149,7 @@ class Gatekeeper:
         if rows < 1:
             raise ValueError("rows must be positive")
         now = int(self._clock())
-        self._check_throttle(source_ip, now)
+        self._throttle.check(source_ip, now)
         if credentials.kind == "jwt":
             return self._admit_subject(
                 credentials, model=model, rows=rows, request_id=request_id, now=now
@@ -186,9 +171,7 @@ class Gatekeeper:
             RateLimitedError: ``auth_throttled`` only.
             StoreUnavailableError: DynamoDB failed.
         """
-        principal, _ = self.authenticate_with_headers(
-            credentials, model=model, source_ip=source_ip
-        )
+        principal, _ = self.authenticate_with_headers(credentials, model=model, source_ip=source_ip)
         return principal
 
     def authenticate_with_headers(
@@ -203,7 +186,7 @@ class Gatekeeper:
             StoreUnavailableError: DynamoDB failed.
         """
         now = int(self._clock())
-        self._check_throttle(source_ip, now)
+        self._throttle.check(source_ip, now)
         if credentials.kind == "jwt":
             principal, item = self._read_subject(credentials)
         else:
@@ -227,7 +210,7 @@ class Gatekeeper:
         now: int,
     ) -> Admission:
         assert credentials.key_id is not None and credentials.secret_hash is not None
-        cached = self._cached_key(credentials, now)
+        cached = self._cache.match(credentials, now)
         if cached is None:
             principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
         else:
@@ -251,15 +234,15 @@ class Gatekeeper:
                 raise self._over_limit(principal, item, rows=rows, now=now)
             outcome = self._store.charge(request)
             if outcome.ok and outcome.item is not None:
-                self._remember_key(outcome.item)
+                self._cache.remember(outcome.item)
                 return self._admission(principal, outcome.item, rows=rows, now=now)
             old = outcome.item
             if old is None:
-                self._forget(credentials.principal_id)
-                raise self._auth_failure("unknown_key", source_ip, now)
+                self._cache.forget(credentials.principal_id)
+                raise self._throttle.failure("unknown_key", source_ip, now)
             if self._already_counted(old, request):
                 return self._admission(principal, old, rows=rows, now=now)
-            self._remember_key(old)  # ALL_OLD is the current item: refresh what we cache
+            self._cache.remember(old)  # ALL_OLD is the current item: refresh what we cache
             fresh = self._verify_key_item(credentials, old, source_ip=source_ip, now=now)
             if fresh.config_version != principal.config_version:
                 # Our cached configuration was stale: ALL_OLD is the current item; retry once.
@@ -268,28 +251,14 @@ class Gatekeeper:
             raise self._over_limit(principal, old, rows=rows, now=now)
         raise StoreUnavailableError("config_contention", detail="config changed twice")
 
-    def _cached_key(self, credentials: Credentials, now: int) -> _Cached | None:
-        with self._lock:
-            cached = self._keys.get(credentials.principal_id)
-        if cached is None or credentials.secret_hash is None:
-            return None
-        if secret_matches(cached.secret_hash, credentials.secret_hash):
-            return cached
-        if cached.prev_secret_until > now and secret_matches(
-            cached.prev_secret_hash, credentials.secret_hash
-        ):
-            return cached
-        # A wrong secret takes the same path as an unknown key (a fresh read).
-        return None
-
     def _read_key(
         self, credentials: Credentials, *, source_ip: str, now: int
     ) -> tuple[Principal, Item]:
         item = self._store.get(credentials.principal_id)
         if item is None:
-            raise self._auth_failure("unknown_key", source_ip, now)
+            raise self._throttle.failure("unknown_key", source_ip, now)
         principal = self._verify_key_item(credentials, item, source_ip=source_ip, now=now)
-        self._remember_key(item)
+        self._cache.remember(item)
         return principal, item
 
     def _verify_key_item(
@@ -302,41 +271,17 @@ class Gatekeeper:
         )
         if not (current_ok or previous_ok):
             # The cached entry stays: a wrong guess must not make the owner's next request dearer.
-            raise self._auth_failure("bad_secret", source_ip, now)
+            raise self._throttle.failure("bad_secret", source_ip, now)
         status = item.get("status")
         if status != "active":
-            self._forget(credentials.principal_id)
+            self._cache.forget(credentials.principal_id)
             reason = status if status in ("revoked", "suspended") else "inactive"
             raise AuthenticationError(reason)
         expires = item.get("expires_at")
         if expires is not None and int(expires) <= now:
-            self._forget(credentials.principal_id)
+            self._cache.forget(credentials.principal_id)
             raise AuthenticationError("expired")
         return principal_from_item(item, settings=self._settings)
-
-    def _remember_key(self, item: Item) -> None:
-        pk = str(item["pk"])
-        cached = _Cached(
-            principal=principal_from_item(item, settings=self._settings),
-            secret_hash=str(item.get("secret_hash", "")),
-            prev_secret_hash=item.get("prev_secret_hash"),
-            prev_secret_until=int(item.get("prev_secret_until", 0)),
-        )
-        with self._lock:
-            previous = self._keys.get(pk)
-            if (
-                previous is None
-                or previous.principal.config_version != cached.principal.config_version
-            ):
-                self._keys[pk] = cached
-            self._keys.move_to_end(pk)
-            while len(self._keys) > _CACHE_SIZE:
-                self._keys.popitem(last=False)
-        self._note_attrs(item)
-
-    def _forget(self, pk: str) -> None:
-        with self._lock:
-            self._keys.pop(pk, None)
 
     # ------------------------------------------------------------ token subjects
     def _admit_subject(
@@ -357,7 +302,7 @@ class Gatekeeper:
             raise self._over_limit(principal, item, rows=rows, now=now)
         outcome = self._store.charge(request)
         if outcome.ok and outcome.item is not None:
-            self._note_attrs(outcome.item)
+            self._cache.note_attrs(outcome.item)
             return self._admission(principal, outcome.item, rows=rows, now=now)
         old = outcome.item or {}
         if self._already_counted(old, request):
@@ -396,8 +341,7 @@ class Gatekeeper:
             request_attr(bucket),
             request_attr(bucket - 1),
         )
-        with self._lock:
-            seen = self._seen.get(principal.principal_id, ())
+        seen = self._cache.seen(principal.principal_id)
         stale = tuple(
             a
             for a in (rate_attr(start - rate.window_seconds), request_attr(bucket - 2), *seen)
@@ -421,17 +365,6 @@ class Gatekeeper:
             subject=claims.subject if claims else None,
             issuer=claims.issuer if claims else None,
         )
-
-    def _note_attrs(self, item: Mapping[str, Any]) -> None:
-        attrs = tuple(
-            name for name in item if name.startswith((RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX))
-        )
-        pk = str(item["pk"])
-        with self._lock:
-            self._seen[pk] = attrs
-            self._seen.move_to_end(pk)
-            while len(self._seen) > _CACHE_SIZE:
-                self._seen.popitem(last=False)
 
     @staticmethod
     def _already_counted(item: Mapping[str, Any], request: ChargeRequest) -> bool:
@@ -483,31 +416,3 @@ class Gatekeeper:
             error = StoreUnavailableError("unexplained_condition_failure")
         error.headers.update(_rate_headers(principal, rate_left, reset, budget_left))
         return error
-
-    # -------------------------------------------------------- guessing throttle
-    def _check_throttle(self, source_ip: str, now: int) -> None:
-        with self._lock:
-            until = self._throttled.get(source_ip)
-            if until is not None and until <= now:
-                del self._throttled[source_ip]
-                until = None
-        if until is not None:
-            raise RateLimitedError("auth_throttled", retry_after=until - now)
-
-    def _auth_failure(self, reason: str, source_ip: str, now: int) -> SecurityError:
-        """Count a failed authentication; past the limit the source IP is throttled."""
-        if reason not in _GUESSING_REASONS:
-            return AuthenticationError(reason)
-        limit = self._settings.auth_failure_limit
-        start = window_start(now, limit.window_seconds)
-        count = self._store.record_auth_failure(
-            source_ip, window_start=start, window_seconds=limit.window_seconds
-        )
-        if count > limit.count:
-            until = start + limit.window_seconds
-            with self._lock:
-                self._throttled[source_ip] = until
-                if len(self._throttled) > _CACHE_SIZE:
-                    self._throttled.pop(next(iter(self._throttled)))
-            return RateLimitedError("auth_throttled", retry_after=until - now)
-        return AuthenticationError(reason)

@@ -21,33 +21,26 @@ Item shapes (partition key ``pk``; ``docs/limits.md`` has the full data model):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotocoreConnectionError
-
+from security.dynamo import ConditionFailed
+from security.dynamo import Item as Item  # re-exported: the item type of every store call
+from security.dynamo import dump as _dump
+from security.dynamo import load as _load
+from security.dynamo import translated as _translated
 from security.errors import ConflictError, NotFoundError, StoreUnavailableError
+from security.monitor_state import MonitorStateMixin
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-Item = dict[str, Any]
-
 KEY_PREFIX = "key#"
-SUBJECT_PREFIX = "sub#"
 AUTHFAIL_PREFIX = "authfail#"
 RATE_ATTR_PREFIX = "rw_"
 REQUEST_ATTR_PREFIX = "rq_"
 AUTHFAIL_ATTR_PREFIX = "fw_"
-STATUSES = ("active", "suspended", "revoked")
-
-_UNAVAILABLE = (ClientError, BotocoreConnectionError, HTTPClientError)
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 def key_pk(key_id: str) -> str:
@@ -63,42 +56,6 @@ def rate_attr(window_start: int) -> str:
 def request_attr(bucket: int) -> str:
     """The string-set attribute holding request-id digests of idempotency bucket ``bucket``."""
     return f"{REQUEST_ATTR_PREFIX}{bucket}"
-
-
-def _to_python(value: Any) -> Any:
-    if isinstance(value, Binary):
-        raw: Any = value  # boto3-stubs types Binary.__bytes__ wrongly; .value holds the bytes
-        return bytes(raw.value)
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, set):
-        return {_to_python(v) for v in value}
-    if isinstance(value, list):
-        return [_to_python(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_python(v) for k, v in value.items()}
-    return value
-
-
-def _load(raw: Mapping[str, Any] | None, *, names_only: str | None = None) -> Item | None:
-    """Deserialise an item; attributes starting with ``names_only`` keep their name, value None.
-
-    A charge's ``ALL_NEW`` carries every request-id digest of the live idempotency buckets (a
-    set that grows with the key's request rate): after a successful write only the attribute
-    names are needed (stale buckets are removed by name), so their values are not converted.
-    """
-    if not raw:
-        return None
-    if names_only is None:
-        return {name: _to_python(_deserializer.deserialize(value)) for name, value in raw.items()}
-    return {
-        name: None if name.startswith(names_only) else _to_python(_deserializer.deserialize(value))
-        for name, value in raw.items()
-    }
-
-
-def _dump(value: Any) -> Any:
-    return _serializer.serialize(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +95,7 @@ class ChargeOutcome:
     item: Item | None
 
 
-class PrincipalStore:
+class PrincipalStore(MonitorStateMixin):
     """Principals, counters and throttles in the security table."""
 
     def __init__(self, *, client: DynamoDBClient, table_name: str) -> None:
@@ -152,12 +109,10 @@ class PrincipalStore:
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        try:
+        with _translated():
             response = self._client.get_item(
                 TableName=self._table, Key={"pk": {"S": pk}}, ConsistentRead=True
             )
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
         return _load(response.get("Item"))
 
     def get_key(self, key_id: str) -> Item:
@@ -193,7 +148,7 @@ class PrincipalStore:
             "ExpressionAttributeValues": values,
             "ConsistentRead": True,
         }
-        try:
+        with _translated():
             while True:
                 response = self._client.scan(**kwargs)
                 items.extend(i for raw in response.get("Items", []) if (i := _load(raw)))
@@ -201,8 +156,6 @@ class PrincipalStore:
                 if not last:
                     break
                 kwargs["ExclusiveStartKey"] = last
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
         return sorted(items, key=lambda i: (i.get("created_at", 0), i["pk"]))
 
     # ---------------------------------------------------------------- writes
@@ -214,17 +167,14 @@ class PrincipalStore:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
         try:
-            self._client.put_item(
-                TableName=self._table,
-                Item={name: _dump(value) for name, value in item.items()},
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                raise ConflictError("key_exists") from exc
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+            with _translated():
+                self._client.put_item(
+                    TableName=self._table,
+                    Item={name: _dump(value) for name, value in item.items()},
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+        except ConditionFailed as failed:
+            raise ConflictError("key_exists") from failed
 
     def set_status(
         self, key_id: str, status: str, *, allowed_from: Iterable[str], now: int
@@ -316,13 +266,12 @@ class PrincipalStore:
         if condition:
             kwargs["ConditionExpression"] = condition
         try:
-            response = self._client.update_item(**kwargs)
-        except ClientError as exc:
-            if suspend and _is_condition_failure(exc):
-                return self.flag_principal(principal_id, reason=reason, suspend=False, now=now)
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+            with _translated():
+                response = self._client.update_item(**kwargs)
+        except ConditionFailed as failed:
+            if not suspend:
+                raise StoreUnavailableError(detail="ClientError") from failed
+            return self.flag_principal(principal_id, reason=reason, suspend=False, now=now)
         return _load(response.get("Attributes"))
 
     def charge(self, request: ChargeRequest) -> ChargeOutcome:
@@ -395,23 +344,20 @@ class PrincipalStore:
                 removals.append(f"#s{index}")
             update += " REMOVE " + ", ".join(removals)
         try:
-            response = self._client.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": request.pk}},
-                UpdateExpression=update,
-                ConditionExpression=" AND ".join(conditions),
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                old: Any = exc.response.get("Item")
-                return ChargeOutcome(ok=False, item=_load(old))
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+            with _translated():
+                response = self._client.update_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": request.pk}},
+                    UpdateExpression=update,
+                    ConditionExpression=" AND ".join(conditions),
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except ConditionFailed as failed:
+            old: Any = failed.item
+            return ChargeOutcome(ok=False, item=_load(old))
         return ChargeOutcome(
             ok=True, item=_load(response.get("Attributes"), names_only=REQUEST_ATTR_PREFIX)
         )
@@ -426,7 +372,7 @@ class PrincipalStore:
         """
         current = f"{AUTHFAIL_ATTR_PREFIX}{window_start}"
         previous = f"{AUTHFAIL_ATTR_PREFIX}{window_start - window_seconds}"
-        try:
+        with _translated():
             response = self._client.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": AUTHFAIL_PREFIX + source_ip}},
@@ -438,8 +384,6 @@ class PrincipalStore:
                 },
                 ReturnValues="ALL_NEW",
             )
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
         item = _load(response.get("Attributes")) or {}
         return int(item.get(current, 0))
 
@@ -453,94 +397,22 @@ class PrincipalStore:
         values: dict[str, Any],
     ) -> Item:
         try:
-            response = self._client.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": key_pk(key_id)}},
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                if not exc.response.get("Item"):
-                    raise NotFoundError("unknown_key") from exc
-                raise ConflictError("invalid_transition") from exc
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
+            with _translated():
+                response = self._client.update_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": key_pk(key_id)}},
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except ConditionFailed as failed:
+            if not failed.item:
+                raise NotFoundError("unknown_key") from failed
+            raise ConflictError("invalid_transition") from failed
         item = _load(response.get("Attributes"))
         if item is None:  # pragma: no cover - ALL_NEW always returns the item
             raise StoreUnavailableError("empty_update_response")
         return item
-
-    # ----------------------------------------------------------------- extraction monitor
-    # (added by the ML-defence engineer for security.extraction.ExtractionMonitor)
-    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
-        """The monitor's serialised detector state for a principal and model, and its version.
-
-        Raises:
-            StoreUnavailableError: DynamoDB could not be reached or refused the call.
-        """
-        item = self.get(monitor_pk(principal_id, model))
-        if item is None:
-            return None, 0
-        blob = item.get("state")
-        return (bytes(blob) if blob is not None else None), int(item.get("state_version", 0))
-
-    def save_monitor_state(
-        self, principal_id: str, model: str, blob: bytes, *, expected_version: int, now: int
-    ) -> None:
-        """Write the state only if nobody wrote it since ``expected_version`` was read.
-
-        A lost race raises (``monitor_state_conflict``) so the queue redelivers the message and
-        it is applied to the winner's state instead of overwriting it.
-
-        Raises:
-            StoreUnavailableError: DynamoDB failed, or the version moved
-                (``monitor_state_conflict``).
-        """
-        condition = (
-            "attribute_not_exists(pk)" if expected_version == 0 else "state_version = :expected"
-        )
-        values: dict[str, Any] = {
-            ":blob": {"B": blob},
-            ":next": _dump(expected_version + 1),
-            ":now": _dump(now),
-            ":ttl": _dump(now + MONITOR_STATE_TTL_SECONDS),
-        }
-        if expected_version:
-            values[":expected"] = _dump(expected_version)
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": monitor_pk(principal_id, model)}},
-                UpdateExpression=(
-                    "SET #state = :blob, state_version = :next, updated_at = :now, #ttl = :ttl"
-                ),
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#state": "state", "#ttl": "ttl"},
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                raise StoreUnavailableError("monitor_state_conflict") from exc
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(detail=type(exc).__name__) from exc
-
-
-MONITOR_PREFIX = "mon#"
-# Idle monitor state expires (DynamoDB TTL) after 90 days without a query.
-MONITOR_STATE_TTL_SECONDS = 90 * 86400
-
-
-def monitor_pk(principal_id: str, model: str) -> str:
-    """Partition key of the extraction monitor's state for a principal and model."""
-    return f"{MONITOR_PREFIX}{principal_id}#{model}"
-
-
-def _is_condition_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"

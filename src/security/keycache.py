@@ -1,0 +1,101 @@
+"""The per-instance cache of verified API keys and of each item's window attributes.
+
+A warm instance admits a known key with one conditional write and no read: the cached entry
+holds the key's principal and secret hashes; the write's condition re-checks the secret hash,
+status and config version in DynamoDB, so a stale entry can never admit a request on its own.
+Bounded (least recently used first out) and thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from security.auth import Credentials, Principal, principal_from_item
+from security.keys import secret_matches
+from security.store import RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX
+
+if TYPE_CHECKING:
+    from security.settings import Settings
+    from security.store import Item
+
+_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    principal: Principal
+    secret_hash: str
+    prev_secret_hash: str | None
+    prev_secret_until: int
+
+
+class KeyCache:
+    """Verified keys by principal id, and the window attributes last seen on each item."""
+
+    def __init__(self, *, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._keys: OrderedDict[str, _Cached] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+
+    def seen(self, pk: str) -> tuple[str, ...]:
+        """The window and bucket attributes last seen on ``pk``'s item."""
+        with self._lock:
+            return self._seen.get(pk, ())
+
+    def match(self, credentials: Credentials, now: int) -> _Cached | None:
+        """The cached entry if the presented secret matches it (current, or previous in grace)."""
+        with self._lock:
+            cached = self._keys.get(credentials.principal_id)
+        if cached is None or credentials.secret_hash is None:
+            return None
+        if secret_matches(cached.secret_hash, credentials.secret_hash):
+            return cached
+        if cached.prev_secret_until > now and secret_matches(
+            cached.prev_secret_hash, credentials.secret_hash
+        ):
+            return cached
+        # A wrong secret takes the same path as an unknown key (a fresh read).
+        return None
+
+    def remember(self, item: Item) -> None:
+        """Cache a key item (kept while its config version is unchanged)."""
+        pk = str(item["pk"])
+        cached = _Cached(
+            principal=principal_from_item(item, settings=self._settings),
+            secret_hash=str(item.get("secret_hash", "")),
+            prev_secret_hash=item.get("prev_secret_hash"),
+            prev_secret_until=int(item.get("prev_secret_until", 0)),
+        )
+        with self._lock:
+            previous = self._keys.get(pk)
+            if (
+                previous is None
+                or previous.principal.config_version != cached.principal.config_version
+            ):
+                self._keys[pk] = cached
+            self._keys.move_to_end(pk)
+            while len(self._keys) > _CACHE_SIZE:
+                self._keys.popitem(last=False)
+        self.note_attrs(item)
+
+    def forget(self, pk: str) -> None:
+        """Drop a key from the cache (revoked, suspended, expired, gone)."""
+        with self._lock:
+            self._keys.pop(pk, None)
+
+    def note_attrs(self, item: Mapping[str, Any]) -> None:
+        """Remember an item's window and bucket attributes (the stale ones are removed later)."""
+        attrs = tuple(
+            name for name in item if name.startswith((RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX))
+        )
+        pk = str(item["pk"])
+        with self._lock:
+            self._seen[pk] = attrs
+            self._seen.move_to_end(pk)
+            while len(self._seen) > _CACHE_SIZE:
+                self._seen.popitem(last=False)
