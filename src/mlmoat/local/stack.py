@@ -1,15 +1,13 @@
-"""One local stack for the tooling and the tests: DynamoDB, the template's tables, keys, the API.
+"""The local stack of the load test and the fault suite: DynamoDB, tables, keys, the API.
 
-The load test, the benchmark, the red team and the fault suite all run the same thing: one local
-DynamoDB (``mlmoat.local.server.EmbeddedDynamoDB``, the moto server over HTTP on loopback,
-DynamoDB calls applied one at a time), bootstrapped from template.yaml (``mlmoat.local.bootstrap``),
-the function's environment as the template gives it, keys created through ``security.admin``,
-and the function either loaded in this process or served by ``mlmoat local start-api``.
+One local DynamoDB (``mlmoat.local.server.EmbeddedDynamoDB``, the moto server over HTTP on
+loopback), bootstrapped from template.yaml (``mlmoat.local.bootstrap``), the function's
+environment as the template gives it, keys created through ``security.admin``, and the function
+served by ``mlmoat local start-api``. (The benchmark and the red team still start stacks of their
+own: ``mlmoat.bench.stack``, ``mlmoat.redteam.stack``.)
 
 * ``LocalStack``: the DynamoDB server in its own process (restartable: SIGUSR1 stops its
   listener, SIGUSR2 starts it again, state intact) and any number of start-api instances.
-* ``InProcessStack``: the DynamoDB server in this process, the template's environment exported
-  to ``os.environ`` (and restored on exit), for loading handlers in-process.
 * helpers every caller shares: ``local_env``, ``dynamodb_client``, ``table_name``,
   ``create_key``, ``read_audit``, ``read_items``, ``send``, ``mlmoat_command``.
 
