@@ -1,8 +1,5 @@
-"""MonitorFunction: consumes the extraction queue and runs the per-principal detectors.
-
-SQS-triggered, thin: ``security.wiring`` builds the monitor once at init; each batch is
-processed record by record with Powertools batch processing, reporting partial failures so only
-the failed records (a state-write race, a store outage) are redelivered.
+"""MonitorFunction: the extraction queue's consumer, built once by ``security.wiring``. Each batch
+is processed record by record (Powertools batch processing); only failed records are redelivered.
 """
 
 from __future__ import annotations
