@@ -168,11 +168,6 @@ class AuditLog:
         logging.getLogger(service).propagate = False
         self._service = service
 
-    def add_handler(self, handler: logging.Handler) -> None:
-        """Also send records to ``handler`` (formatted and redacted as the audit stream is)."""
-        handler.setFormatter(self.formatter)
-        self.logger.addHandler(handler)
-
     def begin(self, request_id: str) -> None:
         """Start a request: every line logged until the next ``begin`` carries its id."""
         self.logger.set_correlation_id(request_id)
