@@ -188,6 +188,23 @@ def accuracy(target: AnyTarget) -> float:
 # --------------------------------------------------------------------------- HopSkipJump
 
 
+class QueryCapReached(Exception):
+    """The attacker spent its query allowance on one row (``hopskipjump``)."""
+
+
+def hsj_query_cap(*, max_iter: int, max_eval: int, init_size: int) -> int:
+    """Rows HopSkipJump may send for one input: every phase at its most, with room to spare.
+
+    Per iteration: the gradient estimate (at most ``max_eval`` rows), the binary search back to
+    the boundary and the step-size search (each a few dozen single rows); before the first, the
+    random initialisation (``init_size``) and its binary search. ART's step-size search halves
+    the step until the point is adversarial, with no bound: when an answer changes between two
+    queries (a refusal, a key flagged mid-attack) it would query for ever. The cap ends that row
+    as a failed attack instead.
+    """
+    return max_iter * (max_eval + 200) + init_size + 200
+
+
 def hopskipjump(
     target: AnyTarget,
     *,
@@ -207,9 +224,14 @@ def hopskipjump(
     # ART works in envelope units so one L-inf budget means "percent of each feature's range".
     lower = case.lower
 
-    current = {"label": 0}
+    current = {"label": 0, "left": 0}
+    max_eval, init_size = 500, 50
+    cap = hsj_query_cap(max_iter=max_iter, max_eval=max_eval, init_size=init_size)
 
     def predict(z: np.ndarray) -> np.ndarray:
+        current["left"] -= z.shape[0]
+        if current["left"] < 0:
+            raise QueryCapReached
         seen, served = target.query(lower + z * width)
         # A refused request tells the attacker nothing: it looks like the original class.
         seen[~served] = np.eye(len(case.classes))[current["label"]]
@@ -222,9 +244,9 @@ def hopskipjump(
         classifier,
         norm=np.inf,
         max_iter=max_iter,
-        max_eval=500,
+        max_eval=max_eval,
         init_eval=50,
-        init_size=50,
+        init_size=init_size,
         verbose=False,
     )
     z = (x - lower) / width
@@ -234,9 +256,14 @@ def hopskipjump(
     clean_seen, clean_served = target.query(x)
     reference = np.where(clean_served, clean_seen.argmax(axis=1), truth_model[index])
     z_adv = np.empty_like(z)
+    capped = 0
     for i in range(z.shape[0]):
-        current["label"] = int(reference[i])
-        z_adv[i] = attack.generate(z[i : i + 1])[0]
+        current["label"], current["left"] = int(reference[i]), cap
+        try:
+            z_adv[i] = attack.generate(z[i : i + 1])[0]
+        except QueryCapReached:
+            z_adv[i] = z[i]  # the attack on this row failed: the clean row is what is left
+            capped += 1
     spent = target.queries - before
     x_adv = lower + z_adv * width
     distance = np.abs(z_adv - z).max(axis=1)
@@ -249,6 +276,7 @@ def hopskipjump(
         "fooled_any_distance": float(fooled.mean()),
         "median_linf": float(np.median(distance)),
         "queries": int(spent),
+        "capped_rows": capped,
     }
 
 
