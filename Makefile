@@ -44,7 +44,7 @@ node_modules/.stamp: package-lock.json
 
 # ------------------------------------------------------------------ build
 # SAM runs with telemetry off; its makefile builds (layers/*/Makefile) pip-install from the
-# locks with this pip. PYVER/PLATFORMS select the target (default: Lambda, python3.13 manylinux).
+# locks with this pip, for the Lambda target (python3.13, manylinux x86_64).
 export SAM_CLI_TELEMETRY := 0
 export PIP := $(CURDIR)/$(BIN)/python -m pip
 SAM := $(CURDIR)/$(SAM_VENV)/bin/sam
@@ -60,16 +60,48 @@ BUILD_INPUTS := template.yaml requirements/runtime.lock .aws-sam/inputs.txt $(BU
 .PHONY: FORCE
 FORCE:
 
-.PHONY: build build-host
-build: .aws-sam/build/.stamp
-.aws-sam/build/.stamp: $(BUILD_INPUTS) | $(VENV)/.stamp $(SAM_VENV)/.stamp
-	$(SAM) build --template-file template.yaml --build-dir .aws-sam/build --parallel
+# ------------------------------------------------------------------ CPython 3.13
+# The Lambda runtime's Python, from Debian trixie's packages pinned with their checksums in
+# requirements/python3.13.lock (src/mlmoat/python313.py), unpacked beside the system's Python
+# and run through its own loader: it compiles the build's byte-code and runs `mlmoat local`.
+PY313_DIR := .cache/python3.13
+PY313 := $(CURDIR)/$(PY313_DIR)/bin/python3.13
+.PHONY: python313 python313-lock lambda-runtime
+python313: $(PY313_DIR)/.stamp
+$(PY313_DIR)/.stamp: requirements/python3.13.lock | $(VENV)/.stamp
+	$(BIN)/python -m mlmoat.python313 fetch --lock $< --into $(PY313_DIR)
 	touch $@
 
-# The host variant: the same pinned packages for this machine's Python, run by `mlmoat local`.
-build-host: .aws-sam/build-host/.stamp
-.aws-sam/build-host/.stamp: $(BUILD_INPUTS) | $(VENV)/.stamp $(SAM_VENV)/.stamp
-	PYVER=3.11 $(SAM) build --template-file template.yaml --build-dir .aws-sam/build-host --parallel
+# Pins the current trixie versions (Debian drops superseded ones from its archive).
+python313-lock: | $(VENV)/.stamp
+	$(BIN)/python -m mlmoat.python313 lock --lock requirements/python3.13.lock --state .cache/apt
+
+# Byte-code as it ships: cp313, unchecked hash-based pycs (imports never stat the source, which
+# is read-only on Lambda anyway), recorded under the paths the files have on Lambda, and the same
+# bytes on every run (a fixed hash seed orders the frozenset constants).
+# $(call compile313,DIR,LAMBDA_PATH)
+compile313 = PYTHONHASHSEED=0 $(PY313) -I -m compileall -q --invalidation-mode unchecked-hash \
+	-s $(1) -p $(2) $(1)
+
+# What the Lambda runtime provides besides the standard library (boto3), for `mlmoat local`.
+LAMBDA_RUNTIME := .cache/lambda-runtime/python
+lambda-runtime: $(LAMBDA_RUNTIME)/.stamp
+$(LAMBDA_RUNTIME)/.stamp: requirements/lambda-runtime.lock $(PY313_DIR)/.stamp | $(VENV)/.stamp
+	rm -rf $(LAMBDA_RUNTIME)
+	$(PIP) install --quiet --disable-pip-version-check --no-compile --no-deps --require-hashes \
+		--only-binary=:all: --implementation cp --python-version 3.13 \
+		--platform manylinux_2_28_x86_64 --target $(LAMBDA_RUNTIME) -r $<
+	$(call compile313,$(LAMBDA_RUNTIME),/var/lang/lib/python3.13/site-packages)
+	touch $@
+
+.PHONY: build
+# The Lambda build (python3.13, manylinux x86_64), the one that ships and the one `mlmoat local`
+# and the tests run; then its cp313 byte-code: functions as /var/task, layers as /opt/python.
+build: .aws-sam/build/.stamp
+.aws-sam/build/.stamp: $(BUILD_INPUTS) $(PY313_DIR)/.stamp $(LAMBDA_RUNTIME)/.stamp | $(VENV)/.stamp $(SAM_VENV)/.stamp
+	$(SAM) build --template-file template.yaml --build-dir .aws-sam/build --parallel
+	for dir in .aws-sam/build/*Function; do $(call compile313,$$dir,/var/task) || exit 1; done
+	for dir in .aws-sam/build/*Layer/python; do $(call compile313,$$dir,/opt/python) || exit 1; done
 	touch $@
 
 # ------------------------------------------------------------------ checks
@@ -107,9 +139,33 @@ endef
 export PIP_AUDIT_SUMMARY
 
 PYTEST_ARGS ?=
-test: $(VENV)/.stamp $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp node lint scan build build-host
+test: $(VENV)/.stamp $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp node lint scan build
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; exit $$rc
+	$(MAKE) --no-print-directory test-py313
+
+# The security layer's unit tests and the handler suite again, under CPython 3.13 against the
+# Lambda build itself: its function dir (as the `handlers` package), its layers with their cp313
+# byte-code, the runtime's boto3; the test tools (requirements/test313.lock) come last and the
+# sources (for the tooling the fixtures use) after them, so nothing shadows what ships.
+TEST313 := .cache/test313
+PY313_TESTS ?= tests/unit tests/handlers
+$(TEST313)/.stamp: requirements/test313.lock $(PY313_DIR)/.stamp | $(VENV)/.stamp
+	rm -rf $(TEST313)
+	$(PIP) install --quiet --disable-pip-version-check --no-compile --no-deps --require-hashes \
+		--only-binary=:all: --implementation cp --python-version 3.13 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 --target $(TEST313) -r $<
+	PYTHONHASHSEED=0 $(PY313) -I -m compileall -q $(TEST313) > /dev/null
+	touch $@
+
+.PHONY: test-py313
+test-py313: .aws-sam/build/.stamp $(TEST313)/.stamp
+	mkdir -p .cache/py313-path
+	ln -sfn $(CURDIR)/.aws-sam/build/PredictFunction .cache/py313-path/handlers
+	MLMOAT_TEST_BUILD=$(CURDIR)/.aws-sam/build MLMOAT_TEST_PYTHON=$(PY313) PYTHONDONTWRITEBYTECODE=1 \
+	PYTHONPATH=$(CURDIR)/.cache/py313-path:$(CURDIR)/.aws-sam/build/SecurityLayer/python:$(CURDIR)/.aws-sam/build/DepsLayer/python:$(CURDIR)/$(LAMBDA_RUNTIME):$(CURDIR)/$(TEST313):$(CURDIR)/src \
+		$(PY313) -m pytest -p no:cacheprovider $(PY313_TESTS)
 
 # Starts an embedded DynamoDB, bootstraps it, seeds a demo key and serves the API until Ctrl-C.
 local: $(VENV)/.stamp
@@ -120,7 +176,7 @@ local: $(VENV)/.stamp
 # Benchmark against the seed's recipe, side by side (docs/performance.md).
 BENCH_ARGS ?=
 .PHONY: bench
-bench: $(VENV)/.stamp $(SAM_VENV)/.stamp build build-host
+bench: $(VENV)/.stamp $(SAM_VENV)/.stamp build
 	mkdir -p build
 	$(BIN)/mlmoat bench --no-build --json build/bench.json $(BENCH_ARGS)
 
@@ -129,7 +185,7 @@ bench: $(VENV)/.stamp $(SAM_VENV)/.stamp build build-host
 # record and counter is exact and there is no 5xx (docs/faults.md). Report: reports/load.json.
 LOAD_ARGS ?= --instances 4 --clients 16 --keys 48 --jwt-subjects 8 --duration 300
 .PHONY: load
-load: $(VENV)/.stamp build-host
+load: $(VENV)/.stamp build
 	mkdir -p reports
 	$(BIN)/python -m mlmoat.loadtest $(LOAD_ARGS) --report reports/load.json
 
@@ -137,7 +193,7 @@ load: $(VENV)/.stamp build-host
 # parser properties. Report: reports/schemathesis.json.
 FUZZ_EXAMPLES ?= 300
 .PHONY: fuzz
-fuzz: $(VENV)/.stamp build-host
+fuzz: $(VENV)/.stamp build
 	mkdir -p reports
 	MLMOAT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MLMOAT_FUZZ_PROPERTY_EXAMPLES=3000 \
 	MLMOAT_FUZZ_REPORT=$(CURDIR)/reports/schemathesis.json $(BIN)/pytest -s tests/fuzz
@@ -147,6 +203,11 @@ fuzz: $(VENV)/.stamp build-host
 # then its headline table and detection plot copied to docs/redteam/. `mlmoat redteam` exits 1
 # when a target is missed, so a failing run is not copied.
 .PHONY: redteam
-redteam: $(VENV)/.stamp build-host
+redteam: $(VENV)/.stamp build
 	$(BIN)/mlmoat redteam --out reports/redteam
 	$(BIN)/mlmoat redteam docs --out reports/redteam --docs-dir docs/redteam
+
+# The byte-code recipe of `make build` for one dir (tests/packaging/test_bytecode.py runs it).
+.PHONY: print-compile313
+print-compile313:
+	@echo '$(call compile313,$(DIR),$(LAMBDA_PATH))'

@@ -12,7 +12,7 @@ rm -rf "$root/numpy/f2py" "$root/numpy/tests" "$root/numpy/_core/tests" "$root/n
 find "$root/numpy" -type d -name tests -prune -exec rm -rf {} +
 # Binaries installed as console scripts (nothing runs them in Lambda).
 rm -rf "$root/bin"
-# Byte-code caches: the Lambda runtime compiles on import into /tmp-less read-only dirs anyway.
+# Byte-code the installer may have left: `make build` then compiles all of it with CPython 3.13.
 find "$root" -type d -name __pycache__ -prune -exec rm -rf {} +
 find "$root" -name '*.pyc' -delete
 # Type stubs and typing markers are not needed at run time.

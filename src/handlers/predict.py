@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 
-from mangum import Mangum
-
 from security.settings import Settings
 from security.wiring import predict_function
 
 function = predict_function(Settings.from_env(os.environ))
 settings, app, hooks = function.settings, function.app, function.hooks
-handler = Mangum(app, lifespan="off")
+handler = function.lambda_handler()

@@ -24,7 +24,7 @@ from mlmoat.local.processes import free_port, stop_process, wait_for_port
 from mlmoat.local.stack import (
     SECURITY_TABLE,
     LocalStack,
-    build_host,
+    build,
     create_key,
     dynamodb_client,
     dynamodb_command,
@@ -48,7 +48,7 @@ __all__ = [
     "LocalStack",
     "Report",
     "Sample",
-    "build_host",
+    "build",
     "check_run",
     "create_key",
     "drive",

@@ -11,6 +11,8 @@ JWT is on: ~80 ms of cold start), and the SnapStart hooks (each client is a
 
 from __future__ import annotations
 
+import asyncio
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -102,6 +104,29 @@ class ApiFunction:
     hooks: SnapStartHooks
     audit: AuditLog
     app: FastAPI
+
+    def lambda_handler(self) -> Any:
+        """The Lambda entry point: Mangum adapting API Gateway events to ``app``.
+
+        Mangum asks ``asyncio.get_event_loop()`` for the loop it runs the app on; with none set,
+        CPython 3.12 and 3.13 (the Lambda runtime) warn that this is deprecated and 3.14 raises.
+        The loop is therefore set here first, once per thread.
+        """
+        from mangum import Mangum
+
+        _ensure_event_loop()
+        return Mangum(self.app, lifespan="off")
+
+
+def _ensure_event_loop() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            asyncio.get_event_loop()
+            return
+        except (DeprecationWarning, RuntimeError):
+            pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
 
 
 @dataclass(frozen=True, slots=True)

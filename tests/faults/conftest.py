@@ -10,7 +10,7 @@ from faultproxy import FaultProxy
 from faultstack import READY_S, FaultStack
 
 from mlmoat.local.processes import free_port, stop_process, wait_for_port
-from mlmoat.local.stack import build_host, dynamodb_command, mlmoat_command
+from mlmoat.local.stack import build, dynamodb_command, mlmoat_command
 
 
 @pytest.fixture(scope="package")
@@ -35,7 +35,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
             capture_output=True,
             timeout=READY_S,
         )
-        build_host()
+        build()
         yield stack
     finally:
         for api in stack.apis:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+
+from interpreter import PATH_ENV, PYTHON
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,10 +38,11 @@ def _cold_import(extra: dict[str, str]) -> dict[str, object]:
         "SECURITY_SQUEEZE_POLICY": "off",
         "POWERTOOLS_SERVICE_NAME": "mlmoat",
         "POWERTOOLS_METRICS_NAMESPACE": "mlmoat",
+        **PATH_ENV,
         **extra,
     }
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE],
+        [PYTHON, "-c", _PROBE],
         env=env,
         capture_output=True,
         text=True,

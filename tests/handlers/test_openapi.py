@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from typing import Any
 
 from handlersupport import REPO, invoke, rest_event
 from openapi_spec_validator import validate
 
+from interpreter import PATH_ENV, PYTHON
 from mlmoat.openapi import openapi_document
 
 
@@ -52,7 +52,7 @@ def test_request_schemas_follow_each_manifest_and_hide_the_envelope() -> None:
 
 def test_the_cli_prints_the_document() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "mlmoat.cli", "openapi"],
+        [PYTHON, "-m", "mlmoat.cli", "openapi"],
         capture_output=True,
         text=True,
         check=True,
@@ -80,10 +80,11 @@ def test_the_lambda_app_does_not_pay_for_openapi_models_at_cold_start() -> None:
         "AWS_SECRET_ACCESS_KEY": "testing",
         "SECURITY_TABLE_NAME": "cold-start-check",
         "SECURITY_MODEL_DIR": str(REPO / "models"),
+        **PATH_ENV,
     }
     code = "import sys, handlers.predict; print('pydantic.v1' in sys.modules)"
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        [PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"

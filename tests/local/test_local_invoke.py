@@ -1,6 +1,6 @@
 """`mlmoat local invoke` runs a function as Lambda does: isolated path, template env, REPORT line.
 
-Uses the echo fixture application (fixtures/echo), laid out as a host build in a temp dir, so
+Uses the echo fixture application (fixtures/echo), laid out as a SAM build in a temp dir, so
 these tests exercise the local runtime itself whatever state the real handlers are in.
 """
 
@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from echo_app import lay_out_echo_app
+
+from mlmoat import python313
 
 REPORT_RE = re.compile(
     r"^REPORT RequestId: (?P<id>[0-9a-f-]{36})\tDuration: (?P<duration>[0-9.]+) ms\t"
@@ -60,7 +62,7 @@ def _invoke(
 
 
 def test_invoke_prints_the_response_and_a_lambda_report_line(tmp_path: Path) -> None:
-    # Given the echo app laid out as a host build
+    # Given the echo app laid out as a build
     template = lay_out_echo_app(tmp_path)
     # When EchoFunction is invoked with a REST event (base64 body)
     result = _invoke(template, "EchoFunction", _event(tmp_path))
@@ -90,22 +92,25 @@ def test_invoke_path_holds_only_code_layers_stdlib_and_runtime_boto3(tmp_path: P
     result = _invoke(template, "EchoFunction", _event(tmp_path))
     assert result.returncode == 0, result.stderr
     report = json.loads(json.loads(result.stdout)["body"])
-    build = tmp_path / ".aws-sam" / "build-host"
+    build = tmp_path / ".aws-sam" / "build"
     # Then host packages are invisible, the layer and the runtime's boto3 are importable
     assert report["host_packages_visible"] is False
     assert report["layer"] == "EchoLayer"
-    assert report["boto3_from"].startswith(str(tmp_path / ".aws-sam" / "build-host-runtime"))
+    assert report["boto3_from"].startswith(str(python313.runtime_site()))
     # and sys.path is: code dir, layers' python/ dirs in template order, runtime, stdlib
     head = report["sys_path"][:4]
     assert head == [
         str(build / "EchoFunction"),
         str(build / "EchoLayer" / "python"),
         str(build / "DataLayer" / "python"),
-        str(tmp_path / ".aws-sam" / "build-host-runtime" / "python"),
+        str(python313.runtime_site()),
     ]
     rest = report["sys_path"][4:]
     assert rest, "the standard library must follow"
     assert not any("site-packages" in entry for entry in rest)
+    # and the interpreter is the Lambda runtime's: CPython 3.13, the one `make python313` unpacks
+    assert report["python"] == [3, 13]
+    assert report["executable"].startswith(str(python313.REPO / python313.INSTALL_DIR))
 
 
 def test_invoke_resolves_the_template_environment(tmp_path: Path) -> None:
@@ -173,7 +178,7 @@ def test_an_unknown_function_is_refused(tmp_path: Path) -> None:
 def test_an_import_error_is_reported_as_lambda_does(tmp_path: Path, function: str) -> None:
     # Given a build where the layer the handler imports is missing
     template = lay_out_echo_app(tmp_path)
-    (tmp_path / ".aws-sam" / "build-host" / "EchoLayer" / "python" / "echolib.py").unlink()
+    (tmp_path / ".aws-sam" / "build" / "EchoLayer" / "python" / "echolib.py").unlink()
     # When the function is invoked
     result = _invoke(template, function, _event(tmp_path))
     # Then the init error is the response, as Lambda reports Runtime.ImportModuleError

@@ -1,7 +1,8 @@
 """`mlmoat local invoke` leaves the build output as it was: no ``__pycache__`` written into it.
 
 ``-I`` makes Python ignore ``PYTHONDONTWRITEBYTECODE``, so the worker needs ``-B``: otherwise
-every local run compiles the function's code and layers into ``.aws-sam/build-host``.
+every local run compiles the function's code and layers into ``.aws-sam/build``. (The Lambda build
+carries the cp313 byte-code ``make build`` compiles; a local run must not add to it.)
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 from echo_app import lay_out_echo_app
 
 
-def test_a_local_invoke_writes_no_bytecode_into_the_host_build(tmp_path: Path) -> None:
-    # given the echo app laid out as a host build, with no byte-code in it
+def test_a_local_invoke_writes_no_bytecode_into_the_build(tmp_path: Path) -> None:
+    # given the echo app laid out as a build, with no byte-code in it
     template = lay_out_echo_app(tmp_path)
-    build = tmp_path / ".aws-sam" / "build-host"
+    build = tmp_path / ".aws-sam" / "build"
     assert not list(build.rglob("__pycache__"))
     event = tmp_path / "event.json"
     event.write_text(

@@ -1,4 +1,4 @@
-"""The real application locally: PredictFunction from the host build, on a moto server.
+"""The real application locally: PredictFunction from the Lambda build (CPython 3.13) on moto.
 
 `mlmoat local invoke` with an events/ fixture (REST v1, base64 body) as `sam local
 generate-event` makes it, `mlmoat local start-api` and `mlmoat local up` (what `make local`
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from mlmoat.local.bootstrap import bootstrap
-from mlmoat.local.build import ensure_host_build
+from mlmoat.local.build import ensure_build
 from mlmoat.local.demo import create_demo_key
 from mlmoat.local.server import free_port, wait_for_port
 from mlmoat.local.template import Template
@@ -36,13 +36,13 @@ REPORT_RE = re.compile(
 
 
 @pytest.fixture(scope="module")
-def host_build(repo_root: Path) -> Path:
-    """The real host build (made by `make build-host`; a no-op when it is fresh)."""
-    return ensure_host_build(repo_root)
+def lambda_build(repo_root: Path) -> Path:
+    """The real Lambda build (made by `make build`; a no-op when it is fresh)."""
+    return ensure_build(repo_root)
 
 
 @pytest.fixture()
-def local_stack(moto_server: Any, repo_root: Path, host_build: Path) -> dict[str, str]:
+def local_stack(moto_server: Any, repo_root: Path, lambda_build: Path) -> dict[str, str]:
     """The template's tables and queues at the session's moto server, and a fresh demo key."""
     template = Template(repo_root / "template.yaml", endpoint=moto_server.endpoint)
     bootstrap(template)
@@ -65,7 +65,7 @@ def test_invoke_predict_function_with_a_rest_base64_event(
     assert event["isBase64Encoded"] is True
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(event))
-    # When PredictFunction is invoked from the host build
+    # When PredictFunction is invoked from the Lambda build
     result = _mlmoat(
         "local", "invoke", "PredictFunction", "-e", str(event_file), "--no-build",
         env={**os.environ, **moto_server.env},
@@ -149,7 +149,7 @@ def test_start_api_serves_predictions_end_to_end(
     connection.close()
 
 
-def test_local_up_prints_a_curl_command_that_works(repo_root: Path, host_build: Path) -> None:
+def test_local_up_prints_a_curl_command_that_works(repo_root: Path, lambda_build: Path) -> None:
     # Given `mlmoat local up` (what `make local` runs) on free ports
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}

@@ -40,7 +40,7 @@ def _request(
 @pytest.fixture()
 def echo_api(tmp_path: Path) -> Iterator[LocalApi]:
     template = Template(lay_out_echo_app(tmp_path), endpoint="http://127.0.0.1:9")
-    build = tmp_path / ".aws-sam" / "build-host"
+    build = tmp_path / ".aws-sam" / "build"
     layouts = {
         name: FunctionLayout(template, build, name, host_environ=dict(os.environ))
         for name in ("EchoFunction", "SlowFunction")
@@ -105,7 +105,7 @@ def test_sqs_poller_delivers_batches_and_keeps_failed_records(
     template = Template(lay_out_echo_app(tmp_path), endpoint=moto_server.endpoint)
     bootstrap(template)
     layout = FunctionLayout(
-        template, tmp_path / ".aws-sam" / "build-host", "SinkFunction", host_environ=moto_server.env
+        template, tmp_path / ".aws-sam" / "build", "SinkFunction", host_environ=moto_server.env
     )
     pool = WorkerPool(layout)
     sqs = boto3.client("sqs", endpoint_url=moto_server.endpoint, region_name="us-east-1")

@@ -8,7 +8,6 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-import scipy.stats
 from moto import mock_aws
 
 from security.extraction import (
@@ -25,8 +24,11 @@ from security.extraction import (
 @pytest.mark.parametrize("n", [3, 4, 5, 6, 11, 50, 200, 400])
 @pytest.mark.parametrize("dist", ["normal", "exponential", "uniform"])
 def test_shapiro_w_matches_scipy(n: int, dist: str) -> None:
+    # SciPy is the reference only: it needs numpy.f2py, which the deps layer prunes, so under
+    # the Lambda build (`make test-py313`) this comparison is left to the 3.11 run.
+    stats = pytest.importorskip("scipy.stats", exc_type=ImportError)
     sample = getattr(np.random.default_rng(n), dist)(size=n)
-    assert shapiro_w(sample) == pytest.approx(scipy.stats.shapiro(sample).statistic, abs=1e-4)
+    assert shapiro_w(sample) == pytest.approx(stats.shapiro(sample).statistic, abs=1e-4)
 
 
 def _reference(**overrides: Any) -> MonitorReference:

@@ -10,13 +10,13 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from interpreter import PYTHON
 from security.errors import ModelIntegrityError, NotFoundError
 from security.model import Manifest, ModelRegistry, ServedModel
 
@@ -288,6 +288,6 @@ def test_serving_never_imports_scikit_learn() -> None:
         "print(','.join(bad))\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [PYTHON, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == ""

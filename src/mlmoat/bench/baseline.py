@@ -2,10 +2,11 @@
 
 The dependencies come from PyPI through ``requirements/bench-baseline.lock`` (hash-pinned,
 constrained by the dev lock so the libraries both stacks share are the same versions), installed
-into ``build/bench-baseline/python`` the same way the deps layer is built (``pip --target``,
-binary wheels only, no byte-code): the baseline is packaged like mlmoat so only the recipes
-differ. The scikit-learn model is trained and joblib-dumped by the baseline's own scikit-learn.
-A stamp of the inputs' hashes skips the rebuild when nothing changed.
+into ``build/bench-baseline/python`` for the Lambda target as the deps layer is (``pip
+--target``, cp313 manylinux wheels), then byte-compiled by the Lambda runtime's Python (CPython
+3.13, ``make python313``) as ``pip install`` compiles for a user of the recipe. The scikit-learn
+model is trained and joblib-dumped by the baseline's own scikit-learn under that Python. A stamp
+of the inputs' hashes skips the rebuild when nothing changed.
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mlmoat.bench.runner import FunctionSpec
+from mlmoat.bench.runner import FunctionSpec, lambda_python
 
 BASELINE_KEY = "super-secret-key-stored-in-env"
+# The tags the deps layer installs for (layers/deps/Makefile): what Amazon Linux 2023 runs.
+PLATFORMS = (
+    "manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_26_x86_64",
+    "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+)  # fmt: skip
 
 
 class BaselineBuildError(RuntimeError):
@@ -48,6 +54,8 @@ def _build_into(out: Path, source: Path, lock: Path) -> None:
         [
             sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
             "--no-compile", "--no-deps", "--require-hashes", "--only-binary=:all:",
+            "--implementation", "cp", "--python-version", "3.13",
+            *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
             "--target", str(deps), "-r", str(lock),
         ],
         "pip install of the baseline's dependencies",
@@ -57,13 +65,19 @@ def _build_into(out: Path, source: Path, lock: Path) -> None:
     # Train with the baseline's own libraries only, so the pickle matches what loads it.
     _run(
         [
-            sys.executable, "-I", "-S", "-B", "-c",
+            str(lambda_python()), "-I", "-S", "-B", "-c",
             "import sys, runpy; sys.path[:0] = [sys.argv[1]]; sys.argv = sys.argv[2:]; "
             "runpy.run_path(sys.argv[0], run_name='__main__')",
             str(deps), str(source / "train.py"), str(function / "model.joblib"),
         ],
         "training the baseline model",
     )
+    # Byte-code as `pip install` writes it for the recipe's user (timestamp pycs, this Python).
+    for tree in (deps, function):
+        _run(
+            [str(lambda_python()), "-I", "-m", "compileall", "-q", str(tree)],
+            f"byte-compiling {tree.name}",
+        )
 
 
 def build_baseline(root: Path, *, runtime_site: Path, log: bool = True) -> FunctionSpec:
@@ -78,7 +92,8 @@ def build_baseline(root: Path, *, runtime_site: Path, log: bool = True) -> Funct
     out = root / "build" / "bench-baseline"
     deps, function = out / "python", out / "function"
     stamp = out / ".stamp"
-    inputs = _digest([lock, source / "app.py", source / "train.py"])
+    interpreter_lock = root / "requirements" / "python3.13.lock"
+    inputs = _digest([lock, interpreter_lock, source / "app.py", source / "train.py"])
     if not (stamp.is_file() and stamp.read_text(encoding="utf-8") == inputs):
         if log:
             print("bench: building the baseline (seed recipe) from PyPI ...", file=sys.stderr)
@@ -96,6 +111,7 @@ def build_baseline(root: Path, *, runtime_site: Path, log: bool = True) -> Funct
     return FunctionSpec(
         label="baseline",
         paths=(str(function), str(deps), str(runtime_site)),
+        workdir=str(function),
         handler="app.handler",
         env={
             "BASELINE_API_KEY": BASELINE_KEY,

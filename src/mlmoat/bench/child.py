@@ -1,13 +1,13 @@
 """The benchmark's function process: one Lambda execution environment, cold then warm.
 
-``mlmoat bench`` runs this file as a script in a fresh interpreter started with ``-I -S``
-(no site-packages, no environment-driven paths) and either ``-B`` (no byte-code, as in Lambda for
-a package that ships none) or ``-X pycache_prefix`` (byte-code kept outside the build), so only
-what the parent puts on ``sys.path`` is importable: the function's code,
-its layers, and boto3. It is never imported by the ``mlmoat`` package and imports nothing from
+``mlmoat bench`` runs this file as a script in a fresh CPython 3.13 (``mlmoat.python313``, the
+Lambda runtime's Python) started with ``-I -S -B`` (no site-packages, no environment-driven
+paths, no byte-code written: it reads what the trees ship, as Lambda's read-only code does), so
+only what the parent puts on ``sys.path`` is importable: the function's code, its layers, and
+boto3. It is never imported by the ``mlmoat`` package and imports nothing from
 it: it must run with the standard library alone.
 
-Protocol: ``python -I -S -B child.py CONFIG_JSON RESULT_FD`` (or ``-X pycache_prefix=DIR``).
+Protocol: ``python3.13 -I -S -B child.py CONFIG_JSON RESULT_FD``.
 The child imports the handler,
 sends the first event, and writes one JSON line ``{"first": {...}}`` to ``RESULT_FD`` the
 moment the first response is back (the parent timestamps that line: process start to first

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mlmoat import python313
 from mlmoat.bench.baseline import BASELINE_KEY, build_baseline, floor_spec
 from mlmoat.bench.events import rest_event
 from mlmoat.bench.plan import BATCH_SIZES, ROWS, Plan, Samples
@@ -17,11 +18,10 @@ from mlmoat.bench.report import _report
 from mlmoat.bench.runner import FunctionSpec, Phase, RunResult, run_function
 from mlmoat.bench.stack import (
     built_function,
-    compile_into,
     function_spec,
     local_stack,
-    runtime_site,
     tree_bytes,
+    without_bytecode,
 )
 from mlmoat.bench.stats import median, percentile
 
@@ -87,13 +87,13 @@ def _record(samples: Samples, result: RunResult, *, rows_by_phase: dict[str, int
 
 
 def _build(root: Path) -> None:
-    print("bench: make build build-host (no-op when up to date) ...", file=sys.stderr)
+    print("bench: make build (no-op when up to date) ...", file=sys.stderr)
     make = shutil.which("make") or "make"
     done = subprocess.run(  # noqa: S603 - the project's own Makefile
-        [make, "--no-print-directory", "build", "build-host"], cwd=root, check=False
+        [make, "--no-print-directory", "build"], cwd=root, check=False
     )
     if done.returncode != 0:
-        raise SystemExit(f"mlmoat bench: `make build build-host` failed ({done.returncode})")
+        raise SystemExit(f"mlmoat bench: `make build` failed ({done.returncode})")
 
 
 def run(
@@ -123,25 +123,22 @@ def run(
 def _run_in(
     root: Path, work: Path, plan: Plan, *, log: bool, profile: Path | None
 ) -> dict[str, Any]:
-    log_dir, pycache = work / "logs", work / "pycache"
-    # A private copy of the host build: a rebuild running elsewhere cannot change it mid-run.
-    host_dir = work / "build-host"
-    shutil.copytree(
-        root / ".aws-sam" / "build-host",
-        host_dir,
-        symlinks=True,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
-    site = runtime_site(host_dir)
+    log_dir = work / "logs"
+    # A private copy of the Lambda build, with the byte-code it ships: a rebuild running
+    # elsewhere cannot change it mid-run.
+    build_dir = work / "build"
+    shutil.copytree(root / ".aws-sam" / "build", build_dir, symlinks=True)
+    site = python313.runtime_site(root)
     baseline = build_baseline(root, runtime_site=site, log=log)
-    host = built_function(root, host_dir)
-    lambda_build = built_function(root, root / ".aws-sam" / "build")
-    # Lambda's own boto3 comes byte-compiled: the no-byte-code runs read only that.
-    runtime_only = work / "pycache-runtime-only"
-    compile_into(site, runtime_only)
+    lambda_build = built_function(root, build_dir)
 
     with local_stack(root, log_dir=log_dir) as stack:
-        ours = function_spec(root, host_dir, aws_env=stack.aws_env)
+        ours = function_spec(root, build_dir, aws_env=stack.aws_env)
+        # The same trees without byte-code (the runtime's boto3 keeps its own, as on Lambda).
+        bare = {
+            "baseline": without_bytecode(baseline, work / "bare-baseline", keep=(site,)),
+            "mlmoat": without_bytecode(ours, work / "bare-mlmoat", keep=(site,)),
+        }
         cap = int(ours.env.get("SECURITY_MAX_ROWS", "100"))
         sizes = sorted({n for n in (*BATCH_SIZES, cap) if n <= cap})
 
@@ -171,15 +168,13 @@ def _run_in(
         def once(name: str, *, cached: bool, phases: bool) -> RunResult:
             spec, event, phase_list = stacks[name]
             return run_function(
-                spec,
+                spec if cached else bare[name],
                 event,
                 phase_list if phases else [],
                 log_dir=log_dir,
-                pycache=(pycache / name) if cached else runtime_only,
-                write_bytecode=cached,
             )
 
-        # Warm-up, discarded: fills the byte-code cache and the page cache for both stacks.
+        # Warm-up, discarded: fills the page cache for both stacks.
         for name in stacks:
             once(name, cached=True, phases=False)
             samples[name].rows_served += 1
@@ -196,7 +191,6 @@ def _run_in(
                 base_event,
                 [Phase("warm", base_event, plan.warm, vary_source=True)],
                 log_dir=log_dir,
-                pycache=pycache / "floor",
             )
             floor_p50.append(
                 percentile([x["ns"] / 1e6 for x in result.phases["warm"]["samples"]], 50)
@@ -213,7 +207,6 @@ def _run_in(
                 event,
                 phase_list[:1],
                 log_dir=log_dir,
-                pycache=pycache / "mlmoat",
                 profile=profile.resolve(),
             )
             samples["mlmoat"].rows_served += 1 + plan.warm
@@ -229,6 +222,6 @@ def _run_in(
         floor_p50_ms=median(floor_p50),
         baseline_bytes=sum(tree_bytes(Path(p)) for p in baseline.paths),
         lambda_parts={p.name: tree_bytes(p) for p in lambda_build.package_dirs()},
-        template_memory_mb=host.memory_mb,
+        template_memory_mb=lambda_build.memory_mb,
         sizes=sizes,
     )

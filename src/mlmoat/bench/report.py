@@ -97,7 +97,7 @@ def _report(
     alone_p50 = layer_p50 - floor_p50_ms
     figures = [
         pair(
-            "cold start (byte-code cached)",
+            "cold start, CPython 3.13, with byte-code (as shipped)",
             cold_b,
             cold_m,
             f"mlmoat <= {GOAL_COLD_RATIO} x baseline",
@@ -105,7 +105,7 @@ def _report(
             "s",
         ),
         pair(
-            "cold start (no byte-code, as built for Lambda)",
+            "cold start, CPython 3.13, no byte-code",
             median(b.cold_no_bytecode),
             median(m.cold_no_bytecode),
             "",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -19,7 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlmoat import python313
+
 CHILD = Path(__file__).with_name("child.py")
+
+
+def lambda_python() -> Path:
+    """The interpreter functions run under: CPython 3.13 (``make python313``).
+
+    Raises:
+        FunctionRunError: it is not installed.
+    """
+    python = python313.interpreter()
+    if not python.is_file():
+        raise FunctionRunError(f"{python} is missing: run `make python313`")
+    return python
 
 # BLAS tuning is passed through unchanged so that both stacks see the same machine.
 _PASSTHROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -91,19 +104,16 @@ def run_function(
     phases: list[Phase],
     *,
     log_dir: Path,
-    pycache: Path,
-    write_bytecode: bool = True,
     profile: Path | None = None,
     timers: tuple[str, ...] = (),
     timeout_s: float = 300.0,
 ) -> RunResult:
     """Run one cold start and the warm ``phases`` in a fresh process.
 
-    The child reads byte-code only under ``pycache`` (``-X pycache_prefix``), never from
-    ``__pycache__`` dirs beside the sources (which other local runs may have written), and
-    writes it there unless ``write_bytecode`` is false (``-B``): then every module without a
-    cached ``.pyc`` in ``pycache`` is compiled on import, as Lambda does for a package that ships
-    no byte-code.
+    The child is the Lambda runtime's Python (CPython 3.13, ``make python313``) with ``-B``: it
+    reads the byte-code the trees on ``spec.paths`` ship and writes none, so a tree without
+    ``.pyc`` files is compiled on every import, as on Lambda (read-only code) for a package that
+    ships none.
 
     Raises:
         FunctionRunError: the process exited early, timed out, or the first response was not 200.
@@ -128,13 +138,12 @@ def run_function(
         json.dump(config, stream)
     stdout_path = log_dir / f"{spec.label}-{os.path.basename(config_path)[6:-5]}.stdout"
     stderr_path = stdout_path.with_suffix(".stderr")
-    bytecode = ["-X", f"pycache_prefix={pycache}", *([] if write_bytecode else ["-B"])]
     read_fd, write_fd = os.pipe()
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         start = time.perf_counter()
         # Our own argv: this interpreter running child.py with a config file we just wrote.
         proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-I", "-S", *bytecode, str(CHILD), config_path, str(write_fd)],
+            [str(lambda_python()), "-I", "-S", "-B", str(CHILD), config_path, str(write_fd)],
             pass_fds=(write_fd,),
             env=lambda_env(spec),
             cwd=spec.workdir or spec.paths[0],

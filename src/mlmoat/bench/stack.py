@@ -9,11 +9,12 @@ local server.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def built_function(root: Path, build_dir: Path, logical_id: str = FUNCTION) -> B
 
     built_template = build_dir / "template.yaml"
     if not built_template.is_file():
-        raise StackError(f"{build_dir} has no template.yaml: run `make build build-host` first")
+        raise StackError(f"{build_dir} has no template.yaml: run `make build` first")
     spec = Template(root / "template.yaml").function(logical_id)
     code_dir = build_dir / logical_id
     layer_dirs = tuple(build_dir / layer for layer in spec.layers)
@@ -98,42 +99,28 @@ def function_spec(
     )
 
 
-def runtime_site(build_dir: Path) -> Path:
-    """The directory holding the runtime's boto3 (as ``mlmoat local invoke`` provides it)."""
-    from mlmoat.local.workers import runtime_site as local_runtime_site
+def without_bytecode(spec: FunctionSpec, into: Path, *, keep: tuple[Path, ...]) -> FunctionSpec:
+    """``spec`` run from copies of its trees with no byte-code (but ``keep``, copied as they are).
 
-    return local_runtime_site(build_dir)
-
-
-def compile_into(site: Path, prefix: Path) -> None:
-    """Byte-compile every module under ``site`` into the mirror tree ``prefix``.
-
-    Entries of ``site`` may be symlinks (``mlmoat local``'s runtime site links the host's
-    boto3): each is compiled through its link path, the path the function imports it by.
-
-    Raises:
-        StackError: compilation failed.
+    The cold start without byte-code is what a package that ships none costs on Lambda, whose
+    code is read-only: every import compiles. ``keep`` is the runtime's own boto3, which Lambda
+    ships compiled.
     """
-    script = (
-        "import compileall, os, sys\n"
-        "ok = True\n"
-        "for name in sorted(os.listdir(sys.argv[1])):\n"
-        "    path = os.path.join(sys.argv[1], name)\n"
-        "    if os.path.isdir(path):\n"
-        "        ok = compileall.compile_dir(path, quiet=2) and ok\n"
-        "    elif path.endswith('.py'):\n"
-        "        ok = compileall.compile_file(path, quiet=2) and ok\n"
-        "sys.exit(0 if ok else 1)\n"
-    )
-    done = subprocess.run(  # noqa: S603 - our interpreter compiling our build's runtime site
-        [sys.executable, "-I", "-S", "-X", f"pycache_prefix={prefix}", "-c", script, str(site)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        output = done.stdout[-2000:] + done.stderr[-2000:]
-        raise StackError(f"byte-compiling {site} failed:\n{output}")
+    kept = {str(path) for path in keep}
+    paths = []
+    for index, path in enumerate(spec.paths):
+        if path in kept or not Path(path).is_dir():
+            paths.append(path)
+            continue
+        copy = into / f"{index}-{Path(path).name}"
+        shutil.copytree(
+            path, copy, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+        paths.append(str(copy))
+    workdir = spec.workdir
+    if workdir in spec.paths:
+        workdir = paths[spec.paths.index(workdir)]
+    return replace(spec, paths=tuple(paths), workdir=workdir)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from mlmoat.local.awsenv import (
     region_from,
 )
 from mlmoat.local.bootstrap import bootstrap
-from mlmoat.local.build import BuildError, ensure_host_build
+from mlmoat.local.build import BuildError, ensure_build
 from mlmoat.local.template import Template, TemplateError, find_template
 from mlmoat.local.workers import FunctionLayout, FunctionStartError, Worker, load_env_vars_file
 
@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     invoke = sub.add_parser(
-        "invoke", help="invoke a function once from the host build, like `sam local invoke`"
+        "invoke",
+        help="invoke a function once from the Lambda build (CPython 3.13), like `sam local invoke`",
     )
     invoke.add_argument("function", help="the function's logical id, e.g. PredictFunction")
     invoke.add_argument(
@@ -79,7 +80,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="template parameters",
     )
     parser.add_argument(
-        "--no-build", action="store_true", help="use the existing host build as it is"
+        "--no-build", action="store_true", help="use the existing Lambda build as it is"
     )
 
 
@@ -98,7 +99,7 @@ def _template(args: argparse.Namespace, *, endpoint: str | None = None) -> Templ
 def _layouts(
     template: Template, args: argparse.Namespace, functions: list[str]
 ) -> dict[str, FunctionLayout]:
-    build_dir = ensure_host_build(template.root, build=not args.no_build)
+    build_dir = ensure_build(template.root, build=not args.no_build)
     overrides = load_env_vars_file(args.env_vars) if args.env_vars else {}
     return {
         name: FunctionLayout(template, build_dir, name, env_overrides=overrides)

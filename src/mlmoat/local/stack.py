@@ -131,12 +131,12 @@ class LocalStack:
         )
 
     def start_apis(self) -> None:
-        """Build the host variant once, start the instances, wait until each accepts connections.
+        """Build once, start the instances, wait until each accepts connections.
 
         Raises:
             RuntimeError: an instance exited or did not come up in time.
         """
-        build_host()
+        build()
         for index in range(self.instances):
             port = free_port()
             self.api_ports.append(port)
@@ -221,15 +221,15 @@ def create_key(
     return str(created["key_id"]), str(created["api_key"])
 
 
-def build_host() -> None:
-    """Build (or confirm fresh) the host variant once, before instances start with --no-build.
+def build() -> None:
+    """Build (or confirm fresh) the Lambda build once, before instances start with --no-build.
 
     Raises:
         BuildError: the build failed.
     """
-    from mlmoat.local.build import ensure_host_build
+    from mlmoat.local.build import ensure_build
 
-    ensure_host_build(REPO)
+    ensure_build(REPO)
 
 
 def read_audit(logs: Sequence[Path]) -> list[dict[str, Any]]:

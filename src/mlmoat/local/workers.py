@@ -1,23 +1,23 @@
-"""Functions run as Lambda runs them: one subprocess per warm instance, built from the host build.
+"""Functions run as Lambda runs them: one subprocess per warm instance, from the Lambda build.
 
-``Worker`` is one warm instance: a ``python -I -B -S`` subprocess (see ``lambda_runtime``) whose
-path holds only the function's code dir, its layers' ``python/`` dirs (template order) and the
-runtime's boto3; the environment is the template's (Globals + function, resolved locally, with
-``/opt/...`` values remapped into the built layers) plus ``--env-vars`` overrides as SAM applies
-them. ``WorkerPool`` keeps N such instances per function and gives each request to one idle
-instance at a time, as Lambda serialises requests per execution environment.
+``Worker`` is one warm instance: a ``python3.13 -I -B -S`` subprocess (see ``lambda_runtime``) of
+the CPython 3.13 that ``make python313`` installs (``mlmoat.python313``), whose path holds only
+the function's code dir, its layers' ``python/`` dirs (template order) and the runtime's boto3
+(``make lambda-runtime``), all with the build's cp313 byte-code; the environment is the
+template's (Globals + function, resolved locally, with ``/opt/...`` values remapped into the
+built layers) plus ``--env-vars`` overrides as SAM applies them. ``WorkerPool`` keeps N such
+instances per function and gives each request to one idle instance at a time, as Lambda
+serialises requests per execution environment.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import queue
 import selectors
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlmoat import python313
 from mlmoat.local.awsenv import passthrough
 from mlmoat.local.template import FunctionSpec, Template
 
 _RUNTIME_SCRIPT = Path(__file__).with_name("lambda_runtime.py")
-# What the Lambda Python runtime itself provides besides the standard library.
-_RUNTIME_MODULES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3")
 
 
 class FunctionStartError(RuntimeError):
@@ -66,23 +65,22 @@ class Invocation:
         return line
 
 
-def runtime_site(build_dir: Path) -> Path:
-    """A directory of links to the host's boto3 and its dependencies (the runtime's own boto3)."""
-    site = build_dir.parent / f"{build_dir.name}-runtime" / "python"
-    site.mkdir(parents=True, exist_ok=True)
-    for name in _RUNTIME_MODULES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            continue
-        origin = Path(spec.origin)
-        source = origin.parent if spec.submodule_search_locations else origin
-        link = site / source.name
-        if link.is_symlink() and link.resolve() == source.resolve():
-            continue
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(source)
-    return site
+def lambda_python() -> tuple[Path, Path]:
+    """The interpreter and runtime site a python3.13 function runs with: Lambda's Python and boto3.
+
+    Raises:
+        FunctionStartError: ``make python313 lambda-runtime`` has not made them yet.
+    """
+    python, site = python313.interpreter(), python313.runtime_site()
+    for path, target in ((python, "python313"), (site, "lambda-runtime")):
+        if not path.exists():
+            raise FunctionStartError(
+                {
+                    "errorType": "Runtime.Unavailable",
+                    "errorMessage": f"{path} is missing: run `make {target}`",
+                }
+            )
+    return python, site
 
 
 def load_env_vars_file(path: Path) -> dict[str, dict[str, str]]:
@@ -134,7 +132,7 @@ class FunctionLayout:
     def paths(self) -> list[str]:
         """The function's ``sys.path`` entries ahead of the standard library, in Lambda's order."""
         layer_paths = [str(layer / "python") for layer in self.layer_dirs]
-        return [str(self.code_dir), *layer_paths, str(runtime_site(self.build_dir))]
+        return [str(self.code_dir), *layer_paths, str(lambda_python()[1])]
 
     def remap(self, value: str) -> str:
         """Point an ``/opt/...`` value at the built layer that provides it."""
@@ -218,7 +216,7 @@ class Worker:
         self._buffer = b""
         self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and script
             [
-                sys.executable,
+                str(lambda_python()[0]),
                 "-I",
                 # -I ignores PYTHONDONTWRITEBYTECODE: without -B the build output gets __pycache__.
                 "-B",
