@@ -19,7 +19,7 @@ from its factory (so ``store``, ``extraction`` and ``tokens`` need no setter).
 
 ``SnapStartHooks`` collects those actions from the code that owns each object and registers
 them, once, with the runtime's ``snapshot_restore_py`` (provided by the Lambda runtime for
-python3.12+, and on PyPI as ``snapshot-restore-py`` for the host build and the tests). A
+python3.12+, and on PyPI as ``snapshot-restore-py`` for ``mlmoat local`` and the tests). A
 restore hook failing is fatal by design: Lambda reports the restore as failed rather than
 serving from an environment that kept a dead client or a stale secret.
 """

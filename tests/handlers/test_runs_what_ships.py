@@ -43,6 +43,7 @@ def test_the_build_run_drives_the_lambda_build_under_python_3_13(predict_module:
     assert _origin(mangum).is_relative_to(build / "DepsLayer" / "python")
     assert "lambda-runtime" in _origin(boto3).parts[-4:-1] or ".cache" in _origin(boto3).parts
     # and every module it imports from the build has the byte-code the build ships
-    for module in (predict_module, security, mangum):
-        cached = getattr(module, "__spec__").cached
+    modules: list[Any] = [predict_module, security, mangum]
+    for module in modules:
+        cached = module.__spec__.cached
         assert cached is not None and Path(cached).is_file(), module
