@@ -1,14 +1,19 @@
 """DynamoDB's wire format and errors, in one place: the typed-JSON codec and the botocore
-translation every ``PrincipalStore`` call goes through (``with translated(): ...``)."""
+translation every ``PrincipalStore`` call goes through (``with translated(): ...``).
+
+The codec is boto3's ``TypeSerializer``/``TypeDeserializer`` rules for the attribute types, with
+numbers read back as ``int`` (integral) or ``float``, binaries as ``bytes``. It is written here
+so that the functions never import boto3: its package import (with s3transfer) was a third of
+the predict function's imports under CPython 3.13; the clients come from botocore.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from decimal import Decimal
+from decimal import Clamped, Context, Decimal, Inexact, Overflow, Rounded, Underflow
 from typing import Any
 
-from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
@@ -17,23 +22,58 @@ from security.errors import StoreUnavailableError
 Item = dict[str, Any]
 
 _UNAVAILABLE = (BotocoreConnectionError, HTTPClientError)
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
+
+# boto3's context for DynamoDB numbers: 38 digits, and any rounding is an error.
+_CONTEXT = Context(
+    Emin=-128, Emax=126, prec=38, traps=[Clamped, Overflow, Inexact, Rounded, Underflow]
+)
 
 
-def _to_python(value: Any) -> Any:
-    if isinstance(value, Binary):
-        raw: Any = value  # boto3-stubs types Binary.__bytes__ wrongly; .value holds the bytes
-        return bytes(raw.value)
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, set):
-        return {_to_python(v) for v in value}
-    if isinstance(value, list):
-        return [_to_python(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_python(v) for k, v in value.items()}
-    return value
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        value = Decimal(text)
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _number_text(value: int | Decimal) -> str:
+    try:
+        text = str(_CONTEXT.create_decimal(value))
+    except ArithmeticError as exc:
+        raise TypeError(f"{value!r} is not a DynamoDB number ({type(exc).__name__})") from None
+    if text in ("Infinity", "-Infinity", "NaN", "sNaN"):
+        raise TypeError("Infinity and NaN are not DynamoDB numbers")
+    return text
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, Decimal)) and not isinstance(value, bool)
+
+
+def _from_wire(typed: Mapping[str, Any]) -> Any:
+    ((kind, value),) = typed.items()
+    if kind == "S":
+        return value
+    if kind == "N":
+        return _number(value)
+    if kind == "B":
+        return bytes(value)
+    if kind == "BOOL":
+        return bool(value)
+    if kind == "NULL":
+        return None
+    if kind == "M":
+        return {name: _from_wire(v) for name, v in value.items()}
+    if kind == "L":
+        return [_from_wire(v) for v in value]
+    if kind == "SS":
+        return set(value)
+    if kind == "NS":
+        return {_number(v) for v in value}
+    if kind == "BS":
+        return {bytes(v) for v in value}
+    raise TypeError(f"unknown DynamoDB type {kind!r}")
 
 
 def load(raw: Mapping[str, Any] | None, *, names_only: str | None = None) -> Item | None:
@@ -46,16 +86,47 @@ def load(raw: Mapping[str, Any] | None, *, names_only: str | None = None) -> Ite
     if not raw:
         return None
     if names_only is None:
-        return {name: _to_python(_deserializer.deserialize(value)) for name, value in raw.items()}
+        return {name: _from_wire(value) for name, value in raw.items()}
     return {
-        name: None if name.startswith(names_only) else _to_python(_deserializer.deserialize(value))
+        name: None if name.startswith(names_only) else _from_wire(value)
         for name, value in raw.items()
     }
 
 
-def dump(value: Any) -> Any:
-    """Serialise one Python value to DynamoDB's typed JSON."""
-    return _serializer.serialize(value)
+def dump(value: Any) -> dict[str, Any]:
+    """Serialise one Python value to DynamoDB's typed JSON (boto3's ``TypeSerializer`` rules).
+
+    Raises:
+        TypeError: a value DynamoDB cannot store (a ``float``: use ``int`` or ``Decimal``, as
+            boto3 requires; a number boto3 would round; a mixed set; an empty set, which boto3
+            writes and DynamoDB refuses).
+    """
+    if value is None:
+        return {"NULL": True}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if _is_number(value):
+        return {"N": _number_text(value)}
+    if isinstance(value, float):
+        raise TypeError("Float types are not supported. Use Decimal types instead.")
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, (bytes, bytearray)):
+        return {"B": bytes(value)}
+    if isinstance(value, (set, frozenset)):
+        members = list(value)
+        if members and all(isinstance(m, str) for m in members):
+            return {"SS": members}
+        if members and all(_is_number(m) for m in members):
+            return {"NS": [_number_text(m) for m in members]}
+        if members and all(isinstance(m, (bytes, bytearray)) for m in members):
+            return {"BS": [bytes(m) for m in members]}
+        raise TypeError("a set must be non-empty and of one type (strings, numbers or bytes)")
+    if isinstance(value, Mapping):
+        return {"M": {str(k): dump(v) for k, v in value.items()}}
+    if isinstance(value, (list, tuple)):
+        return {"L": [dump(v) for v in value]}
+    raise TypeError(f"Unsupported type {type(value).__name__} for value {value!r}")
 
 
 class ConditionFailed(Exception):  # noqa: N818 - a control-flow signal, not an error

@@ -1,6 +1,8 @@
 """Cold-start imports of PredictFunction: what JWT verification costs only when it is configured.
 
-PyJWT and cryptography cost ~80 ms of a cold start (docs/performance.md). Each case imports
+PyJWT and cryptography cost ~80 ms of a cold start (docs/performance.md). boto3 (with
+s3transfer) is never imported with JWT off: the clients are botocore's
+(``security.wiring``). Each case imports
 ``handlers.predict`` in a fresh interpreter (as a cold start does) and lists which of those
 modules ended up in ``sys.modules``. Building the app makes no AWS call, so no server is needed.
 """
@@ -19,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 _PROBE = """
 import json, sys
 import handlers.predict  # noqa: F401  (builds the app, as a cold start does)
-heavy = sorted({name.split(".")[0] for name in sys.modules} & {"jwt", "cryptography"})
+heavy = sorted({name.split(".")[0] for name in sys.modules} & {"jwt", "cryptography", "boto3",
+                                                               "s3transfer"})
 print(json.dumps({"heavy": heavy, "jwt_enabled": handlers.predict.settings.jwt_enabled}))
 """
 
@@ -54,10 +57,10 @@ def _cold_import(extra: dict[str, str]) -> dict[str, object]:
     return result
 
 
-def test_predict_app_with_jwt_off_imports_neither_pyjwt_nor_cryptography() -> None:
+def test_predict_app_with_jwt_off_imports_neither_pyjwt_cryptography_nor_boto3() -> None:
     # given no JWT configuration, when the predict app is built at a cold start
     result = _cold_import({})
-    # then neither PyJWT nor cryptography was imported
+    # then neither PyJWT, cryptography nor boto3 was imported
     assert result == {"heavy": [], "jwt_enabled": False}
 
 
@@ -71,4 +74,5 @@ def test_predict_app_with_jwt_on_imports_the_verifier() -> None:
             "SECURITY_JWT_PUBLIC_KEY_PARAMETER": "/mlmoat/jwt/public-key",
         }
     )
-    assert result == {"heavy": ["cryptography", "jwt"], "jwt_enabled": True}
+    # (Powertools' SSM provider, which fetches the public key, brings boto3)
+    assert result == {"heavy": ["boto3", "cryptography", "jwt", "s3transfer"], "jwt_enabled": True}

@@ -112,3 +112,9 @@ def test_lock_lines_that_are_not_pins_are_refused(tmp_path: Path) -> None:
     lock.write_text("# comment\npkg 1 short pool/pkg.deb\n")
     with pytest.raises(ValueError, match=":2:"):
         python313.read_lock(lock)
+
+
+def test_a_mirror_that_is_not_http_is_refused(tmp_path: Path) -> None:
+    pin = python313.Pin("pkg", "1", "0" * 64, "pool/pkg_1_amd64.deb")
+    with pytest.raises(python313.FetchError, match="http"):
+        python313.download(pin, tmp_path / "cache", mirror=f"file://{tmp_path}")

@@ -48,12 +48,12 @@ def _calls(path: Path) -> set[str]:
     return names
 
 
-def test_only_the_composition_root_builds_boto3_clients() -> None:
+def test_only_the_composition_root_builds_aws_clients() -> None:
     builders = {
         path.relative_to(SRC).as_posix()
         for path in _modules(SECURITY) + _modules(SRC / "handlers")
         if {"boto3.client", "boto3.resource", "boto3.Session"} & _calls(path)
-        or "botocore.config" in _imports(path)
+        or {"botocore.config", "botocore.session", "boto3"} & set(_imports(path))
     }
     assert builders == {"security/wiring.py"}
 

@@ -15,8 +15,8 @@ response). It then runs each phase and writes one final JSON line with every mea
 The handler's own stdout (audit records, EMF metrics) stays on stdout, which the parent sends
 to a file, as Lambda sends it to CloudWatch.
 
-With ``"hooks": true`` it registers botocore event handlers on boto3's default session before
-the handler creates its clients (botocore copies a session's handlers into each client), to
+With ``"hooks": true`` it registers botocore event handlers on every client the handler creates
+(through botocore's ``Session.create_client``, which boto3 also calls), to
 count AWS requests per invocation and to time each DynamoDB round trip from ``before-send`` to
 the HTTP response (``before-parse``), and each whole SDK call (``provide-client-params`` to
 ``after-call``), so the in-process time can be reported with the wire, or the SDK, subtracted.
@@ -77,12 +77,23 @@ class _Wire:
         self.bytes_by_service: dict[str, int] = {}
 
     def install(self) -> None:
-        import boto3
+        # Every client, boto3's or botocore's, is made by botocore's Session.create_client: each
+        # new client gets the hooks on its own event emitter. Only botocore is imported here
+        # (which the function imports anyway), so the hooks add no import to the cold start.
+        import botocore.session
 
-        boto3.setup_default_session()
-        session = boto3.DEFAULT_SESSION
-        assert session is not None
-        events = session.events
+        original = botocore.session.Session.create_client
+        hooks = self
+
+        def create_client(session: Any, *args: Any, **kwargs: Any) -> Any:
+            client = original(session, *args, **kwargs)
+            hooks.register(client.meta.events)
+            return client
+
+        botocore.session.Session.create_client = create_client  # type: ignore[method-assign,assignment]
+
+    def register(self, events: Any) -> None:
+        """Put the hooks on one client's event emitter."""
         events.register("provide-client-params", self._call_begins, unique_id="mlmoat-bench-begin")
         events.register("after-call", self._call_ends, unique_id="mlmoat-bench-end")
         events.register("after-call-error", self._call_ends, unique_id="mlmoat-bench-end-error")
