@@ -139,3 +139,19 @@ def test_uniform_queries_do_not_extract_the_forest(results: dict[str, Any]) -> N
     extraction = results["models"]["breast-cancer-forest"]["extraction"]["results"]
     for key in ("raw/uniform", "label/uniform"):
         assert extraction[key]["queries_for_95"] == {"label": None, "probabilities": None}
+
+
+def test_the_functions_ran_from_the_lambda_build_and_logged_whole_audit_records(
+    quick_run: tuple[Path, int], results: dict[str, Any]
+) -> None:
+    # given the quick run, whose functions ran from the Lambda build under CPython 3.13, one
+    # process each, all writing the one audit log: then every line is a whole JSON record, the
+    # predict function logged its requests, and the monitor one flag record per flag written
+    out, _ = quick_run
+    records = [json.loads(line) for line in (out / "audit.log").read_text().splitlines()]
+    predicts = [r for r in records if r.get("event") == "request"]
+    flags = [r for r in records if r.get("event") == "extraction_flag"]
+    assert len(predicts) > 100
+    assert {r["route"] for r in predicts} == {"/models/{model}/predict"}
+    written = sum(m["flags_written"]["flagged"] for m in results["models"].values())
+    assert len(flags) == written > 0

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mlmoat import python313
 from mlmoat.local.awsenv import passthrough
@@ -196,8 +196,10 @@ class FunctionLayout:
 class Worker:
     """One warm instance of a function: a subprocess started on first use and then reused."""
 
-    def __init__(self, layout: FunctionLayout) -> None:
+    def __init__(self, layout: FunctionLayout, *, log: IO[str] | None = None) -> None:
+        """``log``: where the function's output (stdout and stderr) goes; default: ours."""
         self.layout = layout
+        self._log = log
         self._process: subprocess.Popen[bytes] | None = None
         self._buffer = b""
         self._init_ms: float | None = None
@@ -226,6 +228,7 @@ class Worker:
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=self._log,
             env=self.layout.environment(),
             cwd=self.layout.code_dir,
         )

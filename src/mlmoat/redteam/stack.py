@@ -1,9 +1,11 @@
 """The real stack for the red team: API Gateway events through the Lambda handlers.
 
 ``LocalStack`` starts an embedded moto server (DynamoDB and SQS over HTTP on loopback), creates
-the template's table and queues (``mlmoat.local.bootstrap``), loads ``handlers.predict`` and
-``handlers.monitor`` with the environment template.yaml gives them (model dir pointed at the
-repository's ``models/``), and creates real API keys with budgets through ``security.admin``.
+the template's table and queues (``mlmoat.local.bootstrap``), runs ``PredictFunction`` and
+``MonitorFunction`` from the Lambda build under CPython 3.13 as ``mlmoat local`` runs them (one
+warm instance each, ``mlmoat.local.workers``) with the environment template.yaml gives them
+(model dir pointed at the red team's models), and creates real API keys with budgets through
+``security.admin``. The functions' output (their audit records) goes to the audit file.
 
 ``StackTarget`` is what an attacker holds: one API key. Each query is a REST (v1) proxy event
 (``events/rest/models-iris-ok-single.json``'s shape) sent to the predict handler; the attacker
@@ -15,15 +17,12 @@ back from the principal's ``mon#`` item and the flag from the key item.
 from __future__ import annotations
 
 import base64
-import contextlib
-import importlib
 import json
 import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import IO, Any
 
 import numpy as np
@@ -39,6 +38,26 @@ _DUMMY_AWS = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
 }
+
+
+class _BuiltFunction:
+    """One function of the Lambda build behind its handler's signature: one warm instance
+    under CPython 3.13 (``mlmoat.local.workers.Worker``), as ``mlmoat local invoke`` runs it."""
+
+    def __init__(self, worker: Any) -> None:
+        self._worker = worker
+
+    def handler(self, event: Mapping[str, Any], context: Any) -> Any:
+        """Invoke the function; its error (an exception in the handler) is raised here."""
+        invocation = self._worker.invoke(event, request_id=context.aws_request_id)
+        if invocation.error is not None:
+            error = invocation.error
+            raise RuntimeError(f"{error.get('errorType')}: {error.get('errorMessage')}")
+        return invocation.response
+
+    def stop(self) -> None:
+        """Stop the instance."""
+        self._worker.stop()
 
 
 @dataclass
@@ -66,6 +85,7 @@ class LocalStack:
         self._predict: dict[str, Any] = {}
         self._audit: IO[str] | None = None
         self._unmonitored = False
+        self._functions: list[_BuiltFunction] = []
 
     def __enter__(self) -> LocalStack:
         from mlmoat.local.bootstrap import bootstrap
@@ -78,7 +98,11 @@ class LocalStack:
         env["AWS_ENDPOINT_URL_DYNAMODB"] = endpoint
         env["AWS_ENDPOINT_URL_SQS"] = endpoint
         self._set_env(env)
+        from mlmoat.local.build import ensure_build
+
+        self._build_dir = ensure_build(REPO)
         template = Template(REPO / "template.yaml", endpoint=endpoint, region="us-east-1")
+        self._template = template
         bootstrap(template)
         self.env = dict(template.function("PredictFunction").environment)
         self.env["SECURITY_MODEL_DIR"] = str(self.model_dir)
@@ -98,11 +122,15 @@ class LocalStack:
         self.admin = KeyAdmin(store=self.store, settings=self.settings)
         self.queue_url = str(self.settings.extraction_queue_url)
         self.audit_path.parent.mkdir(parents=True, exist_ok=True)
-        self._audit = self.audit_path.open("w", encoding="utf-8")
-        self.monitor = self._load("handlers.monitor", self.env)
+        # Appended to by every function process at once: O_APPEND keeps their lines whole.
+        self.audit_path.write_text("", encoding="utf-8")
+        self._audit = self.audit_path.open("a", encoding="utf-8")
+        self.monitor = self._load("MonitorFunction", {})
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        for function in self._functions:
+            function.stop()
         self._server.stop()
         for name, value in self._saved.items():
             if value is None:
@@ -117,20 +145,27 @@ class LocalStack:
             self._saved.setdefault(name, os.environ.get(name))
             os.environ[name] = value
 
-    def _load(self, module_name: str, env: dict[str, str]) -> ModuleType:
-        # Handlers read settings and build clients at import, as on a Lambda cold start; their
-        # audit loggers bind the current stdout, which is the red team's audit file here.
-        self._set_env(env)
+    def _load(self, logical_id: str, overrides: dict[str, str]) -> _BuiltFunction:
+        from mlmoat.local.workers import FunctionLayout, Worker
+
+        declared = {"SECURITY_MODEL_DIR": str(self.model_dir), "SECURITY_MAX_ROWS": "100"}
+        layout = FunctionLayout(
+            self._template,
+            self._build_dir,
+            logical_id,
+            env_overrides={logical_id: {**declared, **overrides}},
+            host_environ=dict(os.environ),
+        )
         assert self._audit is not None
-        with contextlib.redirect_stdout(self._audit):
-            module = importlib.import_module(module_name)
-            return importlib.reload(module)
+        function = _BuiltFunction(Worker(layout, log=self._audit))
+        self._functions.append(function)
+        return function
 
     def predict_handler(self, squeeze_policy: str) -> Any:
         """The predict handler as deployed with ``SECURITY_SQUEEZE_POLICY=squeeze_policy``."""
         if squeeze_policy not in self._predict:
-            env = dict(self.env, SECURITY_SQUEEZE_POLICY=squeeze_policy)
-            self._predict[squeeze_policy] = self._load("handlers.predict", env).handler
+            function = self._load("PredictFunction", {"SECURITY_SQUEEZE_POLICY": squeeze_policy})
+            self._predict[squeeze_policy] = function.handler
         return self._predict[squeeze_policy]
 
     def create_key(self, *, owner: str, output_policy: str, budget: int) -> tuple[str, str]:
@@ -156,9 +191,7 @@ class LocalStack:
                 return processed
             event = {"Records": [_sqs_record(m) for m in received]}
             context = _Context("MonitorFunction", str(uuid.uuid4()))
-            assert self._audit is not None
-            with contextlib.redirect_stdout(self._audit):
-                result = self.monitor.handler(event, context)
+            result = self.monitor.handler(event, context)
             failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
             done = [m for m in received if m["MessageId"] not in failed]
             self._delete(done)
@@ -324,9 +357,7 @@ class StackTarget:
         event["body"] = base64.b64encode(body).decode()
         event["isBase64Encoded"] = True
         context = _Context("PredictFunction", str(uuid.uuid4()))
-        assert self.stack._audit is not None
-        with contextlib.redirect_stdout(self.stack._audit):
-            response = self._handler(event, context)
+        response = self._handler(event, context)
         raw = response.get("body") or "{}"
         if response.get("isBase64Encoded"):
             raw = base64.b64decode(raw).decode()
