@@ -37,6 +37,14 @@ def mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         server.server_close()
 
 
+def _publish(root: Path, name: str, served: bytes, *, pinned: bytes | None = None) -> python313.Pin:
+    """Put ``served`` on the mirror as ``pool/<name>_1_amd64.deb``; pin ``pinned`` (or it)."""
+    path = f"pool/{name}_1_amd64.deb"
+    (root / "pool").mkdir(exist_ok=True)
+    (root / path).write_bytes(served)
+    return python313.Pin(name, "1", hashlib.sha256(pinned or served).hexdigest(), path)
+
+
 def test_the_lock_pins_every_package_once_with_a_checksum() -> None:
     pins = python313.read_lock(LOCK)
     assert sorted(p.name for p in pins) == sorted(python313.PACKAGES)
@@ -62,9 +70,7 @@ def test_a_file_with_the_wrong_checksum_is_refused_and_not_kept(
     mirror: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, root = mirror
-    (root / "pool").mkdir()
-    (root / "pool" / "pkg_1_amd64.deb").write_bytes(b"tampered")
-    pin = python313.Pin("pkg", "1", hashlib.sha256(b"original").hexdigest(), "pool/pkg_1_amd64.deb")
+    pin = _publish(root, "pkg", b"tampered", pinned=b"original")
     cache = tmp_path / "cache"
     with pytest.raises(python313.FetchError, match="SHA-256"):
         python313.download(pin, cache, mirror=url)
@@ -84,9 +90,7 @@ def test_a_cached_file_is_used_only_with_the_pinned_bytes(
     mirror: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, root = mirror
-    (root / "pool").mkdir()
-    (root / "pool" / "pkg_1_amd64.deb").write_bytes(b"original")
-    pin = python313.Pin("pkg", "1", hashlib.sha256(b"original").hexdigest(), "pool/pkg_1_amd64.deb")
+    pin = _publish(root, "pkg", b"original")
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "pkg_1_amd64.deb").write_bytes(b"corrupted in the cache")
@@ -96,10 +100,7 @@ def test_a_cached_file_is_used_only_with_the_pinned_bytes(
 def test_a_broken_install_leaves_nothing_behind(tmp_path: Path, mirror: tuple[str, Path]) -> None:
     # given a lock whose one package is not a Debian archive
     url, root = mirror
-    (root / "pool").mkdir()
-    (root / "pool" / "bad_1_amd64.deb").write_bytes(b"not an ar archive")
-    pin = python313.Pin("bad", "1", hashlib.sha256(b"not an ar archive").hexdigest(),
-                        "pool/bad_1_amd64.deb")  # fmt: skip
+    pin = _publish(root, "bad", b"not an ar archive")
     into = tmp_path / "python3.13"
     # when it is installed, then the install fails and neither it nor a staging dir is left
     with pytest.raises(subprocess.CalledProcessError):
