@@ -22,6 +22,7 @@ from mlmoat.bench.plan import (
     Plan,
     Samples,
 )
+from mlmoat.bench.runner import lambda_python
 from mlmoat.bench.stats import median, percentile, ratio
 
 
@@ -34,10 +35,15 @@ def _machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
     except OSError:
         pass
+    functions = subprocess.run(  # noqa: S603 - the project's CPython 3.13
+        [str(lambda_python()), "-I", "-c", "import platform; print(platform.python_version())"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
     return {
         "cpu_model": model,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
+        "functions_python": functions or "unknown",
         "platform": platform.platform(),
     }
 
@@ -329,7 +335,9 @@ def render(report: dict[str, Any]) -> str:
         f"Key item after the run: {ddb['key_item_bytes_after_run']} bytes, so each counting "
         f"write costs {ddb['write_units_per_charge_after_run']} WCU. Local round trip p50 by "
         f"service (moto, loopback): {json.dumps(ddb['wire_ms_p50_by_service'])} ms.",
-        f"Machine: {machine['cpu_model']}, {machine['cores']} cores, Python {machine['python']}; "
+        f"Machine: {machine['cpu_model']}, {machine['cores']} cores; functions under CPython "
+        f"{machine.get('functions_python', 'unknown')}, the bench itself under Python "
+        f"{machine['python']}; "
         f"plan {json.dumps(report['plan'])}.",
     ]
     return "\n".join(lines)
