@@ -3,8 +3,8 @@ translation every ``PrincipalStore`` call goes through (``with translated(): ...
 
 The codec is boto3's ``TypeSerializer``/``TypeDeserializer`` rules for the attribute types, with
 numbers read back as ``int`` (integral) or ``float``, binaries as ``bytes``. It is written here
-so that the functions never import boto3: its package import (with s3transfer) was a third of
-the predict function's imports under CPython 3.13; the clients come from botocore.
+so that the functions never import boto3 (about 30 ms of a cold start on top of botocore,
+``security.wiring.botocore_client``); the clients come from botocore.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``security.dynamo``'s codec is boto3's TypeSerializer/TypeDeserializer, without boto3.
 
-The functions no longer import boto3 (its package import was a third of the predict function's
-imports under CPython 3.13), so the codec is the store's own: these properties hold it to
-boto3's output for every value the store writes, and to boto3's refusals.
+The functions no longer import boto3 (``security.wiring.botocore_client``), so the codec is the
+store's own: these properties hold it to boto3's output for every value the store writes, and
+to boto3's refusals.
 """
 
 from __future__ import annotations
