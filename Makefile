@@ -120,7 +120,8 @@ scan: $(VENV)/.stamp $(CHECKOV_VENV)/.stamp
 	$(BIN)/bandit --quiet --recursive --severity-level medium src
 	mkdir -p build
 	$(BIN)/pip-audit --progress-spinner off --disable-pip --require-hashes --format json \
-		--output build/pip-audit.json -r requirements/runtime.lock -r requirements/dev.lock
+		--output build/pip-audit.json -r requirements/runtime.lock -r requirements/dev.lock \
+		-r requirements/lambda-runtime.lock -r requirements/test313.lock
 	$(BIN)/python -c "$$PIP_AUDIT_SUMMARY" build/pip-audit.json
 
 # pip-audit exits non-zero on any known vulnerability. Packages it could not look up (here the
