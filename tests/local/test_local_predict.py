@@ -165,13 +165,27 @@ def test_local_up_prints_a_curl_command_that_works(repo_root: Path, lambda_build
         )
         reader.start()
         curl = None
+        printed: list[str] = []
         deadline = time.monotonic() + 120
         while curl is None and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
                 line = lines.get(timeout=1)
+                printed.append(line)
                 if line.startswith("curl "):
                     curl = line.strip()
         assert curl is not None, "mlmoat local up printed no curl command"
+        # and before it, every route of every function (the admin API's included), where the
+        # audit records go and that a function's first request is its cold start
+        text = "".join(printed)
+        for method, resource, function in (
+            ("POST", "/predict", "PredictFunction"),
+            ("POST", "/models/{model}/predict", "PredictFunction"),
+            ("POST", "/admin/keys", "AdminFunction"),
+            ("GET", "/admin/keys", "AdminFunction"),
+        ):
+            assert f"# {method:<5} http://127.0.0.1:{port}{resource} -> {function}\n" in text
+        assert "# audit records: one JSON line per request on stderr" in text
+        assert "cold start" in text
         # When the printed request is sent
         key = re.search(r"X-API-Key: ([^']+)'", curl)
         data = re.search(r"-d '([^']+)'", curl)

@@ -205,16 +205,25 @@ def _start_api(template: Template, args: argparse.Namespace) -> Any:
     return api.start()
 
 
+def _route_lines(api: Any) -> list[str]:
+    return [
+        f"# {route.method:<5} {api.url}{route.resource} -> {route.function}"
+        for route in api.routes
+        if route.function in api.pools
+    ]
+
+
+def _step(message: str) -> None:
+    """Say what ``up`` is doing (stderr: stdout carries the exports and the curl)."""
+    print(f"mlmoat local: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_start_api(args: argparse.Namespace) -> int:
     """Serve the template's routes until interrupted."""
     template = _template(args)
     api = _start_api(template, args)
-    for route in api.routes:
-        if route.function in api.pools:
-            print(
-                f"# {route.method:<5} {api.url}{route.resource} -> {route.function}",
-                file=sys.stderr,
-            )
+    for line in _route_lines(api):
+        print(line, file=sys.stderr)
     print(f"# serving {api.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         _wait_for_interrupt()
@@ -228,20 +237,42 @@ def cmd_up(args: argparse.Namespace) -> int:
     from mlmoat.local.demo import create_demo_key, sample_request
     from mlmoat.local.server import EmbeddedDynamoDB
 
+    _step("starting the embedded DynamoDB (moto server, one DynamoDB call at a time)")
     with EmbeddedDynamoDB(port=args.dynamodb_port or None) as server:
         template = _template(args, endpoint=server.endpoint)
         os.environ.update(exports(server.endpoint, template.region))
+        _step("creating the template's tables and queues")
         bootstrap(template)
+        if not args.no_build:
+            _step(
+                "make build: the Lambda build and CPython 3.13 (the first time: virtualenv, "
+                "interpreter and packages, a minute or two; then a no-op while nothing changed)"
+            )
         api = _start_api(template, args)
         try:
+            _step("creating a demo key")
             api_key = create_demo_key(template)
             body = sample_request(template)
             print(f"# embedded DynamoDB at {server.endpoint}; API at {api.url}")
             _print_exports(exports(server.endpoint, template.region))
+            print("# routes (each function from the Lambda build under CPython 3.13):")
+            for line in _route_lines(api):
+                print(line)
+            print(
+                "# audit records: one JSON line per request on stderr (the functions' output, "
+                "as Lambda sends it to CloudWatch Logs)"
+            )
+            print(
+                "# the first request to each function is its cold start (about a second: "
+                "imports, model load, clients), later ones are warm"
+            )
             print("# a demo key (owner 'demo', scope predict:*) and a request that works:")
             print(
                 f"curl -s -X POST {api.url}/predict -H 'Content-Type: application/json' "
                 f"-H 'X-API-Key: {api_key}' -d '{json.dumps(body)}'"
+            )
+            print(
+                "# admin routes take an admin key: `mlmoat keys create --owner ops --scope admin`"
             )
             print("# Ctrl-C to stop", flush=True)
             _wait_for_interrupt()
