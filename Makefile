@@ -200,8 +200,8 @@ fuzz: $(VENV)/.stamp build
 	MLMOAT_FUZZ_REPORT=$(CURDIR)/reports/schemathesis.json $(BIN)/pytest -s tests/fuzz
 
 # The red team's default run (about 8 min of one core): every attack against every model and
-# defence configuration through the Lambda build under CPython 3.13; report, plots and JSON in reports/redteam/,
-# then its headline table and detection plot copied to docs/redteam/. `mlmoat redteam` exits 1
+# defence configuration through the Lambda build under CPython 3.13; report, plots and JSON in
+# reports/redteam/, then its headline table and detection plot copied to docs/redteam/. `mlmoat redteam` exits 1
 # when a target is missed, so a failing run is not copied.
 .PHONY: redteam
 redteam: $(VENV)/.stamp build
