@@ -1,42 +1,40 @@
 """Admission: authenticate, check scope, and count rows against the rate window and the budget.
 
-The algorithm (``docs/limits.md`` has it in full, with the data model and the cost):
+``docs/limits.md`` has the algorithm in full, with the data model and the cost. In short:
 
-* **Fixed windows aligned to the epoch.** A rate ``N/W`` allows at most ``N`` rows in each window
-  ``[k*W, (k+1)*W)``. Each window has its own attribute ``rw_<k*W>`` on the principal's item;
-  stale window attributes are removed in the same write that counts the current one.
-* **One conditional ``UpdateItem`` per allowed request** (``PrincipalStore.charge``) checks the
-  status, the secret hash (current, or previous within its rotation grace), the expiry, the
-  config version, room in the window and in the budget, and that the request id was not already
-  counted; and, all or nothing, adds the rows to the window and to ``rows_used``. DynamoDB
-  applies conditional updates to one item serially, so any number of Lambda instances together
-  never exceed a limit by one row.
-* **Cached configuration, never cached status.** An instance caches a key's configuration
-  (scopes, limits, output policy) with its ``config_version``; every admin change bumps the
-  version and the write's condition includes it, so a stale cache fails the write, whose ALL_OLD
-  refreshes the cache before one retry. Status, secret and expiry are in every condition, so a
-  revocation or suspension takes effect on the very next request.
-* **Idempotent under retries.** A digest of (principal, request id) is ADDed to a string set per
-  30-second bucket, under the condition that neither the current nor the previous bucket holds it.
-  An SDK retry of a write that already landed fails that condition; ALL_OLD then shows the digest
-  and the request is treated as counted, once.
-* **Refusals are never charged**: a failed condition writes nothing.
-* **Guessing is slow.** Unknown keys and wrong secrets take the same path (one consistent read,
-  then one failure-counter write) and raise the same error class; past
-  ``settings.auth_failure_limit`` failures from one source IP in a window, that IP is refused with
-  429 ``auth_throttled`` (the instance remembers it until the window ends, without I/O).
+* **Fixed windows aligned to the epoch**, one ``rw_<k*W>`` attribute per live window; stale
+  ones are removed by the write that counts the current one.
+* **One conditional ``UpdateItem`` per allowed request** (``PrincipalStore.charge``) checks
+  status, secret hash, expiry, config version, room in the window and the budget, and that the
+  request id was not already counted, and adds the rows, all or nothing. DynamoDB applies
+  conditional updates to one item serially: no number of instances exceeds a limit by a row.
+* **Cached configuration, never cached status**: a stale cached config version fails the
+  write, whose ALL_OLD refreshes the cache before one retry; revocation binds on the next request.
+* **Idempotent under retries**: request-id digests per 30-second bucket; a retried write finds
+  its digest in ALL_OLD and the request is counted once.
+* **Refusals cost a refusal, not rows**: a request refused after authentication (its body, a
+  batch that can never fit, a model it may not use, a squeezing refusal) is counted by one
+  conditional write (``PrincipalStore.charge_refusal``) against ``settings.refusal_limit``;
+  past it, 429 ``refusal_limit``. A rate-limit refusal (a failed charge) writes nothing.
+* **Guessing is slow** (``security.throttle``): failures are counted per source address, key id
+  and in total, after the credential was checked, so a valid credential is never throttled.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from security.admission import (
+    IDEMPOTENCY_BUCKET_SECONDS,
+    Admission,
+    is_older,
+    rate_headers,
+    request_digest,
+)
 from security.auth import Credentials, Principal, principal_from_claims, principal_from_item
+from security.counters import RefusalRequest, refusal_attr
 from security.errors import (
     AuthenticationError,
     ForbiddenError,
@@ -48,8 +46,6 @@ from security.keycache import KeyCache
 from security.keys import secret_matches
 from security.settings import Settings
 from security.store import (
-    RATE_ATTR_PREFIX,
-    REQUEST_ATTR_PREFIX,
     ChargeRequest,
     Item,
     PrincipalStore,
@@ -59,62 +55,7 @@ from security.store import (
 from security.throttle import GuessingThrottle
 from security.throttle import window_start as window_start  # re-exported (admin, tests)
 
-IDEMPOTENCY_BUCKET_SECONDS = 30
-_CACHE_SIZE = 4096
-
-
-def request_digest(principal_id: str, request_id: str) -> str:
-    """A short digest of (principal, request id) for the idempotency sets (72 bits, base64url).
-
-    72 bits keep the sets small (item size is write cost) while a false "already counted" needs
-    a collision among the few thousand digests of one principal's last minute: ~1e-19.
-    """
-    digest = hashlib.sha256(f"{principal_id}\x00{request_id}".encode()).digest()
-    return base64.urlsafe_b64encode(digest[:9]).decode("ascii")
-
-
-def _is_older(attr: str, *, window: int, bucket: int) -> bool:
-    """Whether a window or bucket attribute is strictly older than the live ones.
-
-    Only older ones are removed: an instance whose clock runs a little ahead may already have
-    written the next window or bucket, and removing it would lose its counts.
-    """
-    prefix, threshold = (
-        (RATE_ATTR_PREFIX, window)
-        if attr.startswith(RATE_ATTR_PREFIX)
-        else (REQUEST_ATTR_PREFIX, bucket)
-    )
-    suffix = attr.removeprefix(prefix)
-    return suffix.lstrip("-").isdigit() and int(suffix) < threshold
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """A counted, allowed request and what is left of the principal's limits."""
-
-    principal: Principal
-    rows: int
-    rate_remaining: int
-    reset_seconds: int
-    budget_remaining: int | None
-
-    def headers(self) -> dict[str, str]:
-        """``RateLimit-Policy`` and ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers)."""
-        return _rate_headers(
-            self.principal, self.rate_remaining, self.reset_seconds, self.budget_remaining
-        )
-
-
-def _rate_headers(
-    principal: Principal, rate_remaining: int, reset_seconds: int, budget_remaining: int | None
-) -> dict[str, str]:
-    rate = principal.rate_limit
-    policy = f'"rows";q={rate.count};w={rate.window_seconds}'
-    state = f'"rows";r={max(0, rate_remaining)};t={max(0, reset_seconds)}'
-    if principal.budget is not None and budget_remaining is not None:
-        policy += f', "budget";q={principal.budget}'
-        state += f', "budget";r={max(0, budget_remaining)}'
-    return {"RateLimit-Policy": policy, "RateLimit": state}
+NEVER_FITS = "never_fits"
 
 
 class Gatekeeper:
@@ -149,10 +90,14 @@ class Gatekeeper:
         if rows < 1:
             raise ValueError("rows must be positive")
         now = int(self._clock())
-        self._throttle.check(source_ip, now)
         if credentials.kind == "jwt":
             return self._admit_subject(
-                credentials, model=model, rows=rows, request_id=request_id, now=now
+                credentials,
+                model=model,
+                rows=rows,
+                request_id=request_id,
+                source_ip=source_ip,
+                now=now,
             )
         return self._admit_key(
             credentials, model=model, rows=rows, request_id=request_id, source_ip=source_ip, now=now
@@ -186,7 +131,6 @@ class Gatekeeper:
             StoreUnavailableError: DynamoDB failed.
         """
         now = int(self._clock())
-        self._throttle.check(source_ip, now)
         if credentials.kind == "jwt":
             principal, item = self._read_subject(credentials)
         else:
@@ -197,6 +141,89 @@ class Gatekeeper:
             error.headers.update(headers)
             raise error
         return principal, headers
+
+    def refuse(
+        self, credentials: Credentials, *, model: str | None, request_id: str, source_ip: str
+    ) -> dict[str, str]:
+        """Count a request refused after authentication (its body, its size, its model): one
+        conditional write that authenticates as the admission does and spends one of the
+        principal's ``settings.refusal_limit`` refusals instead of rows. Returns the
+        ``RateLimit`` headers for the refusal.
+
+        Raises:
+            AuthenticationError: as ``admit``.
+            ForbiddenError: the principal lacks the model's scope (the refusal is counted).
+            RateLimitedError: ``refusal_limit`` (the allowance is spent) or ``auth_throttled``.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        now = int(self._clock())
+        principal, item = self._count_refusal(credentials, request_id, source_ip, now)
+        headers = self._headers_from_item(principal, item, now)
+        if model is not None and not principal.allows(model):
+            error = ForbiddenError("forbidden_scope")
+            error.headers.update(headers)
+            raise error
+        return headers
+
+    def credential_failure(self, error: AuthenticationError, *, source_ip: str) -> SecurityError:
+        """What to raise for credentials refused before any lookup (a token's bad signature is
+        a guess and counts against the guessing throttle; a malformed key costs nothing).
+
+        Raises:
+            StoreUnavailableError: the failure could not be counted (fail closed).
+        """
+        counted = self._throttle.failure(error.reason, source_ip, int(self._clock()))
+        return error if isinstance(counted, AuthenticationError) else counted
+
+    def _count_refusal(
+        self, credentials: Credentials, request_id: str, source_ip: str, now: int
+    ) -> tuple[Principal, Item]:
+        limit = self._settings.refusal_limit
+        start = window_start(now, limit.window_seconds)
+        bucket = now // IDEMPOTENCY_BUCKET_SECONDS
+        claims = credentials.claims
+        request = RefusalRequest(
+            pk=credentials.principal_id,
+            kind=credentials.kind,
+            now=now,
+            refusal_attr=refusal_attr(start),
+            previous_refusal_attr=refusal_attr(start - limit.window_seconds),
+            refusal_limit=limit.count,
+            request_attr=request_attr(bucket),
+            previous_request_attr=request_attr(bucket - 1),
+            # Its own digest: a request refused after it was admitted (a squeezing refusal)
+            # is counted as a refusal too, not taken for a retry of its admission.
+            request_digest=request_digest(credentials.principal_id, request_id + "#refused"),
+            secret_hash=credentials.secret_hash if credentials.kind == "api_key" else None,
+            subject=claims.subject if claims else None,
+            issuer=claims.issuer if claims else None,
+        )
+        outcome = self._store.charge_refusal(request)
+        item = outcome.item
+        if claims is not None:
+            principal = principal_from_claims(claims)
+            status = (item or {}).get("status", "active")
+            if not outcome.ok and status != "active":
+                raise AuthenticationError(
+                    status if status in ("revoked", "suspended") else "inactive"
+                )
+            if outcome.ok and item is not None:
+                self._cache.note_attrs(item)
+        elif item is None:
+            raise self._throttle.failure("unknown_key", source_ip, now, key_id=credentials.key_id)
+        elif outcome.ok:
+            principal = principal_from_item(item, settings=self._settings)
+            self._cache.remember(item)
+        else:
+            principal = self._verify_key_item(credentials, item, source_ip=source_ip, now=now)
+        item = item or {}
+        if not outcome.ok and not self._already_counted(item, request):
+            error = RateLimitedError(
+                "refusal_limit", retry_after=start + limit.window_seconds - now
+            )
+            error.headers.update(self._headers_from_item(principal, item, now))
+            raise error
+        return principal, item
 
     # ---------------------------------------------------------------- API keys
     def _admit_key(
@@ -221,9 +248,8 @@ class Gatekeeper:
                     principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
                     if principal.allows(model):
                         continue
-                error = ForbiddenError("forbidden_scope")
-                error.headers.update(self._headers_from_item(principal, item, now))
-                raise error
+                self.refuse(credentials, model=model, request_id=request_id, source_ip=source_ip)
+                raise ForbiddenError("forbidden_scope")  # the scope was granted meanwhile
             request = self._charge_request(
                 credentials, principal, rows=rows, request_id=request_id, now=now
             )
@@ -231,7 +257,8 @@ class Gatekeeper:
                 if item is None:
                     principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
                     continue  # judge again on the fresh configuration
-                raise self._over_limit(principal, item, rows=rows, now=now)
+                principal, item = self._count_refusal(credentials, request_id, source_ip, now)
+                raise self._over_limit(principal, item, rows=rows, now=now, never_fits=True)
             outcome = self._store.charge(request)
             if outcome.ok and outcome.item is not None:
                 self._cache.remember(outcome.item)
@@ -239,7 +266,9 @@ class Gatekeeper:
             old = outcome.item
             if old is None:
                 self._cache.forget(credentials.principal_id)
-                raise self._throttle.failure("unknown_key", source_ip, now)
+                raise self._throttle.failure(
+                    "unknown_key", source_ip, now, key_id=credentials.key_id
+                )
             if self._already_counted(old, request):
                 return self._admission(principal, old, rows=rows, now=now)
             self._cache.remember(old)  # ALL_OLD is the current item: refresh what we cache
@@ -256,7 +285,7 @@ class Gatekeeper:
     ) -> tuple[Principal, Item]:
         item = self._store.get(credentials.principal_id)
         if item is None:
-            raise self._throttle.failure("unknown_key", source_ip, now)
+            raise self._throttle.failure("unknown_key", source_ip, now, key_id=credentials.key_id)
         principal = self._verify_key_item(credentials, item, source_ip=source_ip, now=now)
         self._cache.remember(item)
         return principal, item
@@ -271,7 +300,7 @@ class Gatekeeper:
         )
         if not (current_ok or previous_ok):
             # The cached entry stays: a wrong guess must not make the owner's next request dearer.
-            raise self._throttle.failure("bad_secret", source_ip, now)
+            raise self._throttle.failure("bad_secret", source_ip, now, key_id=credentials.key_id)
         status = item.get("status")
         if status != "active":
             self._cache.forget(credentials.principal_id)
@@ -285,21 +314,25 @@ class Gatekeeper:
 
     # ------------------------------------------------------------ token subjects
     def _admit_subject(
-        self, credentials: Credentials, *, model: str, rows: int, request_id: str, now: int
+        self,
+        credentials: Credentials,
+        *,
+        model: str,
+        rows: int,
+        request_id: str,
+        source_ip: str,
+        now: int,
     ) -> Admission:
         assert credentials.claims is not None
         principal = principal_from_claims(credentials.claims)
         if not principal.allows(model):
-            _, item = self._read_subject(credentials)
-            error = ForbiddenError("forbidden_scope")
-            error.headers.update(self._headers_from_item(principal, item, now))
-            raise error
+            self.refuse(credentials, model=model, request_id=request_id, source_ip=source_ip)
         request = self._charge_request(
             credentials, principal, rows=rows, request_id=request_id, now=now
         )
         if request is None:
-            _, item = self._read_subject(credentials)
-            raise self._over_limit(principal, item, rows=rows, now=now)
+            _, item = self._count_refusal(credentials, request_id, source_ip, now)
+            raise self._over_limit(principal, item, rows=rows, now=now, never_fits=True)
         outcome = self._store.charge(request)
         if outcome.ok and outcome.item is not None:
             self._cache.note_attrs(outcome.item)
@@ -345,7 +378,7 @@ class Gatekeeper:
         stale = tuple(
             a
             for a in (rate_attr(start - rate.window_seconds), request_attr(bucket - 2), *seen)
-            if _is_older(a, window=start, bucket=bucket - 1)
+            if is_older(a, window=start, bucket=bucket - 1)
         )
         claims = credentials.claims
         return ChargeRequest(
@@ -367,7 +400,7 @@ class Gatekeeper:
         )
 
     @staticmethod
-    def _already_counted(item: Mapping[str, Any], request: ChargeRequest) -> bool:
+    def _already_counted(item: Mapping[str, Any], request: ChargeRequest | RefusalRequest) -> bool:
         digest = request.request_digest
         return digest in item.get(request.request_attr, set()) or digest in item.get(
             request.previous_request_attr, set()
@@ -400,10 +433,16 @@ class Gatekeeper:
         self, principal: Principal, item: Mapping[str, Any], now: int
     ) -> dict[str, str]:
         rate_left, reset, budget_left = self._remaining(principal, item, now)
-        return _rate_headers(principal, rate_left, reset, budget_left)
+        return rate_headers(principal, rate_left, reset, budget_left)
 
     def _over_limit(
-        self, principal: Principal, item: Mapping[str, Any], *, rows: int, now: int
+        self,
+        principal: Principal,
+        item: Mapping[str, Any],
+        *,
+        rows: int,
+        now: int,
+        never_fits: bool = False,
     ) -> SecurityError:
         rate_left, reset, budget_left = self._remaining(principal, item, now)
         if budget_left is not None and rows > budget_left:
@@ -414,5 +453,7 @@ class Gatekeeper:
         else:
             # The condition failed for no reason we can see in ALL_OLD: fail closed.
             error = StoreUnavailableError("unexplained_condition_failure")
-        error.headers.update(_rate_headers(principal, rate_left, reset, budget_left))
+        error.headers.update(rate_headers(principal, rate_left, reset, budget_left))
+        if never_fits:
+            error.detail = NEVER_FITS  # a counted refusal: the monitor hears of it
         return error

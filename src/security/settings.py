@@ -16,6 +16,8 @@ from security.policy import is_output_policy
 _PREFIX = "SECURITY_"
 _RATE_RE = re.compile(r"^(?P<count>[1-9][0-9]{0,8})/(?P<unit>second|minute|hour|day)$")
 _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+
 class SettingsError(ValueError):
     """A configuration variable is missing or malformed (raised at cold start)."""
 
@@ -58,6 +60,14 @@ class Settings:
     default_rate_limit: RateSpec = RateSpec(60, 60)
     default_budget: int = 10000
     auth_failure_limit: RateSpec = RateSpec(20, 60)
+    auth_failure_key_limit: RateSpec = RateSpec(20, 60)
+    auth_failure_global_limit: RateSpec = RateSpec(1000, 60)
+    refusal_limit: RateSpec = RateSpec(100, 3600)
+    key_max_rate: RateSpec = RateSpec(6000, 60)
+    key_max_budget: int = 10_000_000
+    key_max_lifetime_seconds: int = 366 * 86400
+    key_max_output_policy: str = "probabilities:4"
+    key_grantable_scopes: tuple[str, ...] = ("predict:*",)
     audit_raw_features: bool = False
     squeeze_policy: str = "flag"
     jwt_issuer: str | None = None
@@ -98,6 +108,16 @@ class Settings:
             default_rate_limit=reader.rate("DEFAULT_RATE_LIMIT", "60/minute"),
             default_budget=reader.integer("DEFAULT_BUDGET", 10000, low=1, high=10**12),
             auth_failure_limit=reader.rate("AUTH_FAILURE_LIMIT", "20/minute"),
+            auth_failure_key_limit=reader.rate("AUTH_FAILURE_KEY_LIMIT", "20/minute"),
+            auth_failure_global_limit=reader.rate("AUTH_FAILURE_GLOBAL_LIMIT", "1000/minute"),
+            refusal_limit=reader.rate("REFUSAL_LIMIT", "100/hour"),
+            key_max_rate=reader.rate("KEY_MAX_RATE", "6000/minute"),
+            key_max_budget=reader.integer("KEY_MAX_BUDGET", 10_000_000, low=1, high=10**12),
+            key_max_lifetime_seconds=reader.integer(
+                "KEY_MAX_LIFETIME_SECONDS", 366 * 86400, low=3600, high=10 * 366 * 86400
+            ),
+            key_max_output_policy=reader.output_policy("KEY_MAX_OUTPUT", "probabilities:4"),
+            key_grantable_scopes=reader.scopes("KEY_GRANTABLE_SCOPES", ("predict:*",)),
             audit_raw_features=reader.boolean("AUDIT_RAW_FEATURES", False),
             squeeze_policy=reader.choice("SQUEEZE_POLICY", "flag", ("off", "flag", "refuse")),
             jwt_issuer=reader.optional("JWT_ISSUER"),
@@ -124,6 +144,7 @@ class Settings:
         return settings
 
 
+_GRANTABLE_SCOPE_RE = re.compile(r"^predict:(\*|[a-z0-9][a-z0-9-]{0,62})$")
 _ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"}
 )
@@ -208,6 +229,16 @@ class _Reader:
         if not is_output_policy(value):
             raise self._fail(name, "is not an output policy")
         return value
+
+    def scopes(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._raw(name)
+        if value is None:
+            return default
+        names = tuple(sorted({part.strip() for part in value.split(",") if part.strip()}))
+        # ``admin`` is never grantable: the admin plane authorises with IAM, not with scopes.
+        if not names or any(_GRANTABLE_SCOPE_RE.match(scope) is None for scope in names):
+            raise self._fail(name, "lists a scope that is not predict:* or predict:<model>")
+        return names
 
     def algorithms(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self._raw(name)

@@ -14,7 +14,10 @@ Item shapes (partition key ``pk``; ``docs/limits.md`` has the full data model):
   ``created_at``, ``last_used_at``, ``flags``; one ``rw_<window_start>`` number per live rate
   window and one ``rq_<bucket>`` string set of recent request-id digests per idempotency bucket.
 * ``sub#<issuer-hash>#<subject>``: a JWT subject: the same counters, created by its first charge.
-* ``authfail#<source-ip>``: failed authentications per window (``fw_<window_start>``), with ``ttl``.
+* ``authfail#ip#<address>``, ``authfail#key#<key_id>``, ``authfail#all``: failed
+  authentications per window (``fw_<window_start>``), with ``ttl``.
+* on principals, ``rf_<window_start>`` and ``refusals``: requests refused after authentication
+  (``security.counters``).
 * ``mon#<principal_id>#<model>``: the extraction monitor's state (``state`` binary,
   ``state_version``, ``ttl``), written by the monitor only.
 """
@@ -25,6 +28,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from security.counters import AUTHFAIL_ATTR_PREFIX as AUTHFAIL_ATTR_PREFIX
+from security.counters import AUTHFAIL_PREFIX as AUTHFAIL_PREFIX
+from security.counters import CounterMixin
 from security.dynamo import ConditionFailed
 from security.dynamo import Item as Item  # re-exported: the item type of every store call
 from security.dynamo import dump as _dump
@@ -37,10 +43,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 KEY_PREFIX = "key#"
-AUTHFAIL_PREFIX = "authfail#"
 RATE_ATTR_PREFIX = "rw_"
 REQUEST_ATTR_PREFIX = "rq_"
-AUTHFAIL_ATTR_PREFIX = "fw_"
 
 
 def key_pk(key_id: str) -> str:
@@ -95,7 +99,7 @@ class ChargeOutcome:
     item: Item | None
 
 
-class PrincipalStore(MonitorStateMixin):
+class PrincipalStore(CounterMixin, MonitorStateMixin):
     """Principals, counters and throttles in the security table."""
 
     def __init__(self, *, client: DynamoDBClient, table_name: str) -> None:
@@ -361,31 +365,6 @@ class PrincipalStore(MonitorStateMixin):
         return ChargeOutcome(
             ok=True, item=_load(response.get("Attributes"), names_only=REQUEST_ATTR_PREFIX)
         )
-
-    def record_auth_failure(self, source_ip: str, *, window_start: int, window_seconds: int) -> int:
-        """Count a failed authentication from ``source_ip``; returns the count in its window.
-
-        The item expires through the table's TTL one window after the window ends.
-
-        Raises:
-            StoreUnavailableError: DynamoDB could not be reached or refused the call.
-        """
-        current = f"{AUTHFAIL_ATTR_PREFIX}{window_start}"
-        previous = f"{AUTHFAIL_ATTR_PREFIX}{window_start - window_seconds}"
-        with _translated():
-            response = self._client.update_item(
-                TableName=self._table,
-                Key={"pk": {"S": AUTHFAIL_PREFIX + source_ip}},
-                UpdateExpression="SET #ttl = :ttl ADD #w :one REMOVE #p",
-                ExpressionAttributeNames={"#ttl": "ttl", "#w": current, "#p": previous},
-                ExpressionAttributeValues={
-                    ":ttl": _dump(window_start + 2 * window_seconds),
-                    ":one": _dump(1),
-                },
-                ReturnValues="ALL_NEW",
-            )
-        item = _load(response.get("Attributes")) or {}
-        return int(item.get(current, 0))
 
     def _update_key(
         self,

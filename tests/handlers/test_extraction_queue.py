@@ -51,11 +51,11 @@ def test_a_served_batch_is_queued_with_its_raw_rows_and_answers(
     assert all(0.0 < c <= 1.0 for c in message.confidences)
 
 
-def test_refused_requests_are_not_queued(
+def test_refusals_of_known_callers_are_queued_without_rows_and_others_not_at_all(
     predict_module: Any, keys: dict[str, str], handler_env: dict[str, str]
 ) -> None:
     _drain(handler_env)
-    ids = []
+    ids = {}
     for name in (
         "rest/predict-outside-envelope.json",
         "rest/predict-bad-key.json",
@@ -63,5 +63,12 @@ def test_refused_requests_are_not_queued(
     ):
         event = load_event(name, keys)
         assert invoke(predict_module, event)["statusCode"] >= 400
-        ids.append(event["requestContext"]["requestId"])
-    assert not [m for m in _drain(handler_env) if m.request_id in ids]
+        ids[event["requestContext"]["requestId"]] = name
+    queued = {m.request_id: m for m in _drain(handler_env) if m.request_id in ids}
+    # a body refused for its values and a batch that can never fit are counted refusals: the
+    # monitor hears that they were refused (never their rows); a bad key is nobody's refusal
+    assert {ids[r] for r in queued} == {
+        "rest/predict-outside-envelope.json",
+        "rest/predict-rate-limited.json",
+    }
+    assert all(m.rows == () and m.refusal for m in queued.values())

@@ -83,8 +83,6 @@ def test_the_lambda_app_does_not_pay_for_openapi_models_at_cold_start() -> None:
         **PATH_ENV,
     }
     code = "import sys, handlers.predict; print('pydantic.v1' in sys.modules)"
-    out = subprocess.run(
-        [PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"

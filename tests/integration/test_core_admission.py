@@ -15,7 +15,7 @@ from security.errors import (
     ForbiddenError,
     RateLimitedError,
 )
-from security.keys import format_key, new_secret, parse_key
+from security.keys import format_key, generate_key, new_secret, parse_key
 from security.limits import Gatekeeper
 from security.settings import RateSpec
 from security.store import PrincipalStore
@@ -29,6 +29,10 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def keys_module_key_id() -> str:
+    return generate_key()[0].key_id
 
 
 def _setup(endpoint: str, table: str, clock: Clock, **settings_kw: Any) -> tuple[Any, ...]:
@@ -278,7 +282,7 @@ def test_expired_key_is_refused(core_endpoint: str, core_table: str) -> None:
 def test_unknown_key_and_bad_secret_look_alike_and_guessing_is_throttled(
     core_endpoint: str, core_table: str
 ) -> None:
-    # given a real key and a failure limit of 3 per minute
+    # given a real key and a failure limit of 3 per minute per address
     clock = Clock()
     client, _, admin, gatekeeper, authenticator = _setup(
         core_endpoint, core_table, clock, auth_failure_limit=RateSpec(3, 60)
@@ -297,22 +301,23 @@ def test_unknown_key_and_bad_secret_look_alike_and_guessing_is_throttled(
             _admit(gatekeeper, creds, ip="203.0.113.7")
         errors.append(type(caught.value))
         calls.append(list(made))
-    # then both take the same path (one read, one failure count) and raise the same class
+    # then both take the same path (one read; the address, key id and total counted)
     assert errors == [AuthenticationError, AuthenticationError]
-    assert calls[0] == calls[1] == ["GetItem", "UpdateItem"]
+    assert calls[0] == calls[1] == ["GetItem", "UpdateItem", "UpdateItem", "UpdateItem"]
     # when the guesses go on past the limit
     with pytest.raises(AuthenticationError):
         _admit(gatekeeper, unknown, ip="203.0.113.7")
     with pytest.raises(RateLimitedError) as throttled:
         _admit(gatekeeper, wrong_secret, ip="203.0.113.7")
     assert throttled.value.reason == "auth_throttled" and throttled.value.retry_after == 10
-    # then even the right key from that address is refused, without any DynamoDB call
+    # then a throttled guess costs its one read and no further count
     made.clear()
     with pytest.raises(RateLimitedError):
-        _admit(gatekeeper, _creds(authenticator, created["api_key"]), ip="203.0.113.7")
-    assert made == []
-    # while other addresses are unaffected, and a cold instance learns it from the shared counter
-    _admit(gatekeeper, _creds(authenticator, created["api_key"]), ip="198.51.100.1")
+        _admit(gatekeeper, unknown, ip="203.0.113.7")
+    assert made == ["GetItem"]
+    # and the right key from that very address is still served (a NAT's other customers)
+    _admit(gatekeeper, _creds(authenticator, created["api_key"]), ip="203.0.113.7")
+    # while a cold instance learns the throttle from the shared counter
     other = Gatekeeper(
         store=PrincipalStore(client=make_client(core_endpoint), table_name=core_table),
         settings=settings_for(core_table, auth_failure_limit=RateSpec(3, 60)),
@@ -320,9 +325,73 @@ def test_unknown_key_and_bad_secret_look_alike_and_guessing_is_throttled(
     )
     with pytest.raises(RateLimitedError):
         _admit(other, unknown, ip="203.0.113.7")
-    # and when the window ends the address may try again
+    # and when the window ends the address's guesses are 401 again
     clock.now += 60
-    _admit(gatekeeper, _creds(authenticator, created["api_key"]), ip="203.0.113.7")
+    with pytest.raises(AuthenticationError) as again:
+        _admit(gatekeeper, unknown, ip="203.0.113.7")
+    assert not isinstance(again.value, RateLimitedError)
+
+
+def test_a_valid_key_is_served_from_an_address_that_just_failed_30_times(
+    core_endpoint: str, core_table: str
+) -> None:
+    # given an address that failed 30 times against the default limit of 20 per minute
+    clock = Clock()
+    _, _, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)
+    created = admin.create(owner="nat-customer")
+    outcomes = []
+    for _ in range(30):
+        guess = _creds(authenticator, format_key(keys_module_key_id(), new_secret()))
+        try:
+            _admit(gatekeeper, guess, ip="198.51.100.30")
+        except RateLimitedError:
+            outcomes.append(429)
+        except AuthenticationError:
+            outcomes.append(401)
+    assert outcomes[:20] == [401] * 20 and set(outcomes[20:]) == {429}
+    # then a valid key from the same address still gets its rows
+    admission = _admit(gatekeeper, _creds(authenticator, created["api_key"]), ip="198.51.100.30")
+    assert admission.rows == 1
+
+
+def test_a_guess_spread_over_many_addresses_is_throttled_by_key_id_and_in_total(
+    core_endpoint: str, core_table: str
+) -> None:
+    # given a key and a guesser with 80 addresses, 8 guesses each (640, as the outside test)
+    clock = Clock()
+    _, _, admin, gatekeeper, authenticator = _setup(
+        core_endpoint,
+        core_table,
+        clock,
+        auth_failure_key_limit=RateSpec(20, 60),
+        auth_failure_global_limit=RateSpec(200, 60),
+    )
+    target = parse_key(admin.create(owner="spread-target")["api_key"])
+    throttled_at = None
+    for n in range(640):
+        guess = _creds(authenticator, format_key(target.key_id, new_secret()))
+        try:
+            _admit(gatekeeper, guess, ip=f"192.0.2.{n % 80}")
+        except RateLimitedError:
+            throttled_at = n
+            break
+        except AuthenticationError:
+            continue
+    # then the key id's counter throttles it after 20, though no address failed more than once
+    assert throttled_at == 20
+    # and guesses at other key ids from fresh addresses meet the total's limit
+    totals = []
+    for n in range(400):
+        guess = _creds(authenticator, format_key(keys_module_key_id(), new_secret()))
+        try:
+            _admit(gatekeeper, guess, ip=f"10.9.{n // 250}.{n % 250}")
+            totals.append(200)
+        except RateLimitedError:
+            totals.append(429)
+            break
+        except AuthenticationError:
+            totals.append(401)
+    assert totals[-1] == 429 and len(totals) <= 200
 
 
 def test_a_wrong_guess_does_not_make_the_owners_next_request_dearer(

@@ -63,11 +63,12 @@ def test_one_dynamodb_request_per_allowed_prediction(predict: dict[str, Any]) ->
         assert response["statusCode"] == 200
         allowed += 1
     assert len(calls) / allowed == 1.0 and set(calls) == {"UpdateItem"}
-    # a body refused for its content costs one read and charges nothing
+    # a body refused for its content costs one write: a refusal counted, no rows charged
     calls.clear()
     assert _invoke(predict, "predict-invalid-features", created["api_key"])["statusCode"] == 422
-    assert calls == ["GetItem"]
-    assert predict["admin"].usage(created["key_id"])["usage"]["requests"] == 21
+    assert calls == ["UpdateItem"]
+    usage = predict["admin"].usage(created["key_id"])["usage"]
+    assert usage["requests"] == 21 and usage["rows_used"] == 21
 
 
 def test_dynamodb_gone_mid_run_answers_503_and_serves_nothing_uncounted(

@@ -47,7 +47,8 @@ def two_servers() -> Iterator[tuple[_Server, _Server]]:
             procs.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )  # fmt: skip
             )
             wait_for_port("127.0.0.1", port, timeout=30)

@@ -24,11 +24,7 @@ numbers = st.integers(min_value=-(10**37), max_value=10**37) | st.decimals(
     allow_nan=False, allow_infinity=False, places=6, min_value=-(10**20), max_value=10**20
 )
 scalars = (
-    st.none()
-    | st.booleans()
-    | numbers
-    | st.text(max_size=20)
-    | st.binary(min_size=1, max_size=20)
+    st.none() | st.booleans() | numbers | st.text(max_size=20) | st.binary(min_size=1, max_size=20)
 )
 sets = (
     st.sets(st.text(max_size=8), min_size=1, max_size=5)

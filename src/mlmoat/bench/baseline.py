@@ -52,11 +52,25 @@ def _build_into(out: Path, source: Path, lock: Path) -> None:
     function.mkdir(parents=True)
     _run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-            "--no-compile", "--no-deps", "--require-hashes", "--only-binary=:all:",
-            "--implementation", "cp", "--python-version", "3.13",
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-compile",
+            "--no-deps",
+            "--require-hashes",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            "3.13",
             *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
-            "--target", str(deps), "-r", str(lock),
+            "--target",
+            str(deps),
+            "-r",
+            str(lock),
         ],
         "pip install of the baseline's dependencies",
     )
@@ -65,10 +79,16 @@ def _build_into(out: Path, source: Path, lock: Path) -> None:
     # Train with the baseline's own libraries only, so the pickle matches what loads it.
     _run(
         [
-            str(lambda_python()), "-I", "-S", "-B", "-c",
+            str(lambda_python()),
+            "-I",
+            "-S",
+            "-B",
+            "-c",
             "import sys, runpy; sys.path[:0] = [sys.argv[1]]; sys.argv = sys.argv[2:]; "
             "runpy.run_path(sys.argv[0], run_name='__main__')",
-            str(deps), str(source / "train.py"), str(function / "model.joblib"),
+            str(deps),
+            str(source / "train.py"),
+            str(function / "model.joblib"),
         ],
         "training the baseline model",
     )

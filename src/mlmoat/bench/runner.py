@@ -34,6 +34,7 @@ def lambda_python() -> Path:
         raise FunctionRunError(f"{python} is missing: run `make python313`")
     return python
 
+
 # BLAS tuning is passed through unchanged so that both stacks see the same machine.
 _PASSTHROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 

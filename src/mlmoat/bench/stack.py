@@ -22,6 +22,7 @@ from mlmoat.bench.runner import FunctionSpec
 
 FUNCTION = "PredictFunction"
 
+
 class StackError(RuntimeError):
     """The build output, the local DynamoDB or the key setup is not usable."""
 
@@ -147,7 +148,7 @@ class LocalStack:
 
 def _value_bytes(value: dict[str, Any]) -> int:
     # DynamoDB item size rules: strings by UTF-8 length, numbers ~ digits/2 + 1, sets summed.
-    (kind, payload), = value.items()
+    ((kind, payload),) = value.items()
     if kind == "S":
         return len(payload.encode())
     if kind == "N":
@@ -211,11 +212,14 @@ def local_stack(root: Path, *, log_dir: Path) -> Iterator[LocalStack]:
             aws_access_key_id=aws_env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=aws_env["AWS_SECRET_ACCESS_KEY"],
         )
-        admin = KeyAdmin(store=PrincipalStore(client=client, table_name=settings.table_name),
-                         settings=settings)
+        admin = KeyAdmin(
+            store=PrincipalStore(client=client, table_name=settings.table_name), settings=settings
+        )
         # Limits far above what the benchmark sends: it measures the cost of counting, not refusals.
         created = admin.create(
-            owner="bench", rate_limit="100000000/minute", budget=10**12,
+            owner="bench",
+            rate_limit="100000000/minute",
+            budget=10**12,
             output_policy=settings.default_output_policy,
         )
         yield LocalStack(

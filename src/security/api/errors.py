@@ -80,6 +80,9 @@ PREDICT_REASON_RESPONSES: dict[str, ErrorResponse] = {
     "budget_exhausted": ErrorResponse(
         429, "budget_exhausted", "The query budget of these credentials is used up."
     ),
+    "refusal_limit": ErrorResponse(
+        429, "rate_limited", "Too many refused requests from these credentials; retry later."
+    ),
 }
 #: The admin API's refusals in admin wording (reason -> response).
 ADMIN_REASON_RESPONSES: dict[str, ErrorResponse] = {

@@ -21,7 +21,14 @@ from fastapi.responses import JSONResponse, Response
 
 from security.api.shell import audit_event, aws_event
 from security.audit import MONITOR_QUEUE_FAILED, AuditEvent
-from security.errors import AdversarialInputError, InvalidPayloadError, NotFoundError
+from security.errors import (
+    AdversarialInputError,
+    AuthenticationError,
+    InvalidPayloadError,
+    NotFoundError,
+    RateLimitedError,
+)
+from security.limits import NEVER_FITS
 from security.policy import OutputPolicy
 from security.sanitize import apply_output_policy
 from security.validation import FeatureSchema, parse_prediction_request
@@ -121,20 +128,25 @@ class PredictService:
         request_id = event.request_id
         source_ip = event.source_ip or "unknown"
 
-        credentials = self.authenticator.read_credentials(
-            request.headers, event=aws_event(request.scope)
-        )
+        try:
+            credentials = self.authenticator.read_credentials(
+                request.headers, event=aws_event(request.scope)
+            )
+        except AuthenticationError as exc:
+            # A token with a bad signature is a guess: the guessing throttle counts it.
+            raise self.gatekeeper.credential_failure(exc, source_ip=source_ip) from exc
         event.identify(credentials)
 
         schema = self.schemas.get(model_name)
         if schema is None:
-            # Only authenticated callers learn that a model does not exist.
-            principal, rate_headers = self.gatekeeper.authenticate_with_headers(
-                credentials, model=model_name, source_ip=source_ip
-            )
-            event.identify(principal)
+            # Only authenticated callers learn that a model does not exist; asking costs one
+            # of the caller's refusals.
             missing = NotFoundError("unknown_model")
-            missing.headers.update(rate_headers)
+            missing.headers.update(
+                self.gatekeeper.refuse(
+                    credentials, model=model_name, request_id=request_id, source_ip=source_ip
+                )
+            )
             raise missing
         model = self.registry.get(model_name)
         event.model_version = model.version
@@ -149,27 +161,43 @@ class PredictService:
                 max_rows=self.settings.max_rows,
             )
         except InvalidPayloadError as exc:
-            # A refused body is never charged, and only real callers learn why it was refused.
-            principal, rate_headers = self.gatekeeper.authenticate_with_headers(
-                credentials, model=model_name, source_ip=source_ip
+            # A refused body costs one of the caller's refusals (no rows), and only real callers
+            # learn why it was refused: probing the schema is not free (docs/limits.md).
+            exc.headers.update(
+                self.gatekeeper.refuse(
+                    credentials, model=model_name, request_id=request_id, source_ip=source_ip
+                )
             )
-            event.identify(principal)
-            exc.headers.update(rate_headers)
+            self._report_refusal(credentials.principal_id, model_name, request_id, exc.reason)
             raise
         event.record_input(parsed.rows, raw=self.settings.audit_raw_features)
 
-        admission = self.gatekeeper.admit(
-            credentials,
-            model=model_name,
-            rows=parsed.n_rows,
-            request_id=request_id,
-            source_ip=source_ip,
-        )
+        try:
+            admission = self.gatekeeper.admit(
+                credentials,
+                model=model_name,
+                rows=parsed.n_rows,
+                request_id=request_id,
+                source_ip=source_ip,
+            )
+        except RateLimitedError as exc:
+            if exc.detail == NEVER_FITS:  # a batch larger than any window: a counted refusal
+                self._report_refusal(credentials.principal_id, model_name, request_id, exc.reason)
+            raise
         principal = admission.principal
         event.identify(principal)
         rate_headers = admission.headers()
 
-        probabilities = self._predict(model, parsed.rows, event, rate_headers)
+        try:
+            probabilities = self._predict(model, parsed.rows, event, rate_headers)
+        except AdversarialInputError as exc:
+            # Its rows were charged by the admission; the refusal is counted too, so squeezing
+            # refusals spend the same allowance as any other.
+            self.gatekeeper.refuse(
+                credentials, model=model_name, request_id=request_id, source_ip=source_ip
+            )
+            self._report_refusal(principal.principal_id, model_name, request_id, exc.reason)
+            raise
         policy = OutputPolicy.parse(principal.output_policy or self.settings.default_output_policy)
         event.output_policy = str(policy)
         predictions = apply_output_policy(policy, model.classes, probabilities)
@@ -201,6 +229,14 @@ class PredictService:
         if result.flagged:
             event.flags.append(f"squeeze_flagged:{result.flagged}")
         return result.probabilities
+
+    def _report_refusal(self, principal_id: str, model: str, request_id: str, reason: str) -> None:
+        # Sustained refusals are a signal of their own to the extraction monitor (probing the
+        # envelope or the decision boundary through refusals); never raises.
+        if self.query_sink is not None:
+            self.query_sink.send_refusal(
+                principal_id=principal_id, model=model, request_id=request_id, reason=reason
+            )
 
     def _send_to_monitor(
         self,

@@ -47,6 +47,8 @@ class DetectorState:
     class_sets: dict[str, FloatArray] = field(default_factory=dict)
     class_stats: dict[str, list[float]] = field(default_factory=dict)
     recent_requests: list[str] = field(default_factory=list)
+    #: The principal's last requests to this model: 1 refused, 0 served (``refusal_bits``).
+    refusal_bits: list[int] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
         """Compressed, versioned serialisation."""
@@ -64,6 +66,7 @@ class DetectorState:
             "class_sets": {k: _pack(v.astype(np.float32)) for k, v in self.class_sets.items()},
             "class_stats": self.class_stats,
             "recent_requests": self.recent_requests,
+            "refusal_bits": _pack(np.asarray(self.refusal_bits, dtype=np.uint8)),
         }
         return zlib.compress(json.dumps(doc, separators=(",", ":")).encode("utf-8"), 6)
 
@@ -93,6 +96,8 @@ class DetectorState:
                 },
                 class_stats={k: [float(x) for x in v] for k, v in doc["class_stats"].items()},
                 recent_requests=[str(v) for v in doc["recent_requests"]],
+                # States written before refusals were sent have none.
+                refusal_bits=[int(v) for v in _unpack(doc.get("refusal_bits", ""), np.uint8)],
             )
         except (zlib.error, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise ValueError(f"malformed detector state: {exc}") from exc
@@ -184,6 +189,21 @@ class ExtractionDetector:
         if len(state.distances) < ref.prada_min_distances:
             return False
         return shapiro_w(state.distances) < ref.prada_delta
+
+
+#: Requests per principal and model over which refusals are judged, and the signal: at least
+#: ``REFUSAL_MIN`` refused among the last ``REFUSAL_WINDOW`` and at least half of them. Probing
+#: an envelope or a boundary through refusals is mostly refusals; a client with a bug that
+#: sends a few bad requests is not (docs/ml-defences.md).
+REFUSAL_WINDOW = 100
+REFUSAL_MIN = 30
+
+
+def observe_request(state: DetectorState, *, refused: bool) -> bool:
+    """Record one request as served or refused; whether refusals now flag the principal."""
+    _push(state.refusal_bits, int(refused), REFUSAL_WINDOW)
+    refusals = sum(state.refusal_bits)
+    return refused and refusals >= REFUSAL_MIN and 2 * refusals >= len(state.refusal_bits)
 
 
 def _push(window: list[Any], value: Any, size: int) -> None:

@@ -21,6 +21,8 @@ MESSAGE_VERSION = 1
 # Version 2 (what QuerySink sends): rows and confidences packed as little-endian float64,
 # base64. The same bits as served (exact), encoded in one call instead of a Python loop per value.
 PACKED_VERSION = 2
+#: A refused request (``"kind": "refusal"``): no rows, only the refusal's reason.
+REFUSAL_KIND = "refusal"
 _FLOAT = np.dtype("<f8")
 
 FloatArray = npt.NDArray[np.float64]
@@ -38,6 +40,7 @@ class QueryMessage:
     labels: tuple[str, ...] = ()
     confidences: tuple[float, ...] = ()
     part: int = 0
+    refusal: str = ""
 
     def to_json(self) -> str:
         """The SQS message body."""
@@ -67,6 +70,15 @@ class QueryMessage:
             data = json.loads(body)
             if not isinstance(data, dict) or data.get("v") not in (MESSAGE_VERSION, PACKED_VERSION):
                 raise ValueError("unknown message version")
+            if data.get("kind") == REFUSAL_KIND:
+                return cls(
+                    principal_id=str(data["principal_id"]),
+                    model=str(data["model"]),
+                    request_id=str(data["request_id"]),
+                    ts=float(data["ts"]),
+                    rows=(),
+                    refusal=str(data["refusal"])[:64] or "refused",
+                )
             if data["v"] == PACKED_VERSION:
                 count, width = (int(v) for v in data["shape"])
                 packed = unpack_floats(data["rows"])

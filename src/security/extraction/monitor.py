@@ -15,7 +15,13 @@ from typing import Any, Protocol
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from security.audit import AUDIT_MESSAGE, METRICS_NAMESPACE, AuditLog
-from security.extraction.detectors import DetectorState, ExtractionDetector, Verdict, _push
+from security.extraction.detectors import (
+    DetectorState,
+    ExtractionDetector,
+    Verdict,
+    _push,
+    observe_request,
+)
 from security.extraction.message import QueryMessage
 from security.extraction.reference import MonitorReference
 
@@ -100,9 +106,14 @@ class ExtractionMonitor:
         if token in state.recent_requests:
             return MonitorOutcome(message.principal_id, message.model, state.rows_seen, True, None)
         _push(state.recent_requests, token, 64)
-        verdict = detector.observe(
-            state, message.rows, labels=message.labels, confidences=message.confidences
-        )
+        if message.refusal:
+            verdict = self._refused(state)
+        else:
+            if message.part == 0:
+                observe_request(state, refused=False)
+            verdict = detector.observe(
+                state, message.rows, labels=message.labels, confidences=message.confidences
+            )
         if verdict.newly_flagged:
             suspend = self._action == "suspend"
             self._store.flag_principal(
@@ -134,6 +145,18 @@ class ExtractionMonitor:
             now=int(self._clock()),
         )
         return MonitorOutcome(message.principal_id, message.model, state.rows_seen, False, verdict)
+
+    @staticmethod
+    def _refused(state: DetectorState) -> Verdict:
+        fires = observe_request(state, refused=True)
+        refusals = sum(state.refusal_bits)
+        scores = {"refusals": float(refusals), "requests": float(len(state.refusal_bits))}
+        if fires and not state.flagged:
+            state.flagged = True
+            state.flagged_at_row = state.rows_seen
+            state.flag_reason = "refusals"
+            return Verdict(True, state.rows_seen, "refusals", scores)
+        return Verdict(False, state.flagged_at_row, "", scores)
 
 
 def flag_audit_sink(audit_log: AuditLog, *, service: str) -> AuditSink:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from botocore.exceptions import BotoCoreError, ClientError
 
-from security.extraction.message import _FLOAT, PACKED_VERSION, pack_floats
+from security.extraction.message import _FLOAT, PACKED_VERSION, REFUSAL_KIND, pack_floats
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -101,3 +101,30 @@ class QuerySink:
                 )
         return ok
 
+    def send_refusal(self, *, principal_id: str, model: str, request_id: str, reason: str) -> bool:
+        """Queue one refused request (no rows: only that it was refused, and why).
+
+        Returns whether it reached the queue.
+        """
+        body = json.dumps(
+            {
+                "v": PACKED_VERSION,
+                "kind": REFUSAL_KIND,
+                "principal_id": principal_id,
+                "model": model,
+                "request_id": request_id,
+                "ts": self._clock(),
+                "refusal": reason[:64],
+            },
+            separators=(",", ":"),
+        )
+        try:
+            self._client.send_message(QueueUrl=self._queue_url, MessageBody=body)
+        except (BotoCoreError, ClientError) as exc:
+            self.failures += 1
+            _LOG.warning(
+                "extraction_queue_send_failed",
+                extra={"request_id": request_id, "error": type(exc).__name__},
+            )
+            return False
+        return True

@@ -1,0 +1,155 @@
+"""Counting writes beside the admission's: refused requests and failed authentications.
+
+``PrincipalStore`` carries these methods. ``charge_refusal`` is the one write of a request
+refused after authentication (a bad body, a batch that can never fit, a model the caller may not
+use): it authenticates exactly as the admission's write does and counts the refusal against the
+principal's refusal allowance instead of its rows. ``record_auth_failure`` counts a failed
+authentication under one throttle scope (a source address, a key id, everything).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from security.dynamo import ConditionFailed
+from security.dynamo import dump as _dump
+from security.dynamo import load as _load
+from security.dynamo import translated as _translated
+
+if TYPE_CHECKING:
+    from security.store import ChargeOutcome
+
+AUTHFAIL_PREFIX = "authfail#"
+AUTHFAIL_ATTR_PREFIX = "fw_"
+REFUSAL_ATTR_PREFIX = "rf_"
+
+
+def refusal_attr(window_start: int) -> str:
+    """The attribute counting refused requests in the refusal window starting there."""
+    return f"{REFUSAL_ATTR_PREFIX}{window_start}"
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalRequest:
+    """One conditional refusal-counting write, as ``limits`` computed it.
+
+    ``secret_hash`` is None for a JWT subject (the token was verified; the item may be created by
+    this write, as by a charge).
+    """
+
+    pk: str
+    kind: str
+    now: int
+    refusal_attr: str
+    previous_refusal_attr: str
+    refusal_limit: int
+    request_attr: str
+    previous_request_attr: str
+    request_digest: str
+    secret_hash: str | None = None
+    subject: str | None = None
+    issuer: str | None = None
+
+
+class CounterMixin:
+    """Refusal and failed-authentication counters of ``PrincipalStore``."""
+
+    _client: Any
+    _table: str
+
+    def charge_refusal(self, request: RefusalRequest) -> ChargeOutcome:
+        """Count one refused request, authenticating as ``charge`` does (no config version: a
+        refusal's cost does not depend on the cached configuration). ALL_NEW when it counted,
+        else ALL_OLD (None when there is no such principal).
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        from security.store import REQUEST_ATTR_PREFIX, ChargeOutcome
+
+        names = {
+            "#status": "status",
+            "#rf": request.refusal_attr,
+            "#rfo": request.previous_refusal_attr,
+            "#rq": request.request_attr,
+            "#rqp": request.previous_request_attr,
+        }
+        values: dict[str, Any] = {
+            ":now": _dump(request.now),
+            ":one": _dump(1),
+            ":active": _dump("active"),
+            ":limit": _dump(request.refusal_limit),
+            ":rid": {"SS": [request.request_digest]},
+            ":ridv": _dump(request.request_digest),
+        }
+        sets = ["last_refused_at = :now"]
+        if request.secret_hash is None:
+            sets += [
+                "kind = if_not_exists(kind, :kind)",
+                "created_at = if_not_exists(created_at, :now)",
+                "#status = if_not_exists(#status, :active)",
+                "subject = :subject",
+                "issuer = :issuer",
+            ]
+            values[":kind"] = _dump(request.kind)
+            values[":subject"] = _dump(request.subject or "")
+            values[":issuer"] = _dump(request.issuer or "")
+            conditions = ["(attribute_not_exists(#status) OR #status = :active)"]
+        else:
+            # Without the secret in the condition anyone who knows a key id could spend its
+            # owner's refusal allowance.
+            values[":hash"] = _dump(request.secret_hash)
+            conditions = [
+                "attribute_exists(pk)",
+                "#status = :active",
+                "(secret_hash = :hash OR (prev_secret_hash = :hash AND prev_secret_until > :now))",
+                "(attribute_not_exists(expires_at) OR expires_at > :now)",
+            ]
+        conditions += [
+            "(attribute_not_exists(#rf) OR #rf < :limit)",
+            "NOT contains(#rq, :ridv) AND NOT contains(#rqp, :ridv)",
+        ]
+        update = "SET " + ", ".join(sets) + " ADD #rf :one, refusals :one, #rq :rid REMOVE #rfo"
+        try:
+            with _translated():
+                response = self._client.update_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": request.pk}},
+                    UpdateExpression=update,
+                    ConditionExpression=" AND ".join(conditions),
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except ConditionFailed as failed:
+            return ChargeOutcome(ok=False, item=_load(failed.item))
+        return ChargeOutcome(
+            ok=True, item=_load(response.get("Attributes"), names_only=REQUEST_ATTR_PREFIX)
+        )
+
+    def record_auth_failure(self, scope: str, *, window_start: int, window_seconds: int) -> int:
+        """Count a failed authentication under ``scope`` (``ip#<address>``, ``key#<id>``,
+        ``all``); returns the count in its window. The item expires through the table's TTL
+        one window after the window ends.
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        current = f"{AUTHFAIL_ATTR_PREFIX}{window_start}"
+        previous = f"{AUTHFAIL_ATTR_PREFIX}{window_start - window_seconds}"
+        with _translated():
+            response = self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": AUTHFAIL_PREFIX + scope}},
+                UpdateExpression="SET #ttl = :ttl ADD #w :one REMOVE #p",
+                ExpressionAttributeNames={"#ttl": "ttl", "#w": current, "#p": previous},
+                ExpressionAttributeValues={
+                    ":ttl": _dump(window_start + 2 * window_seconds),
+                    ":one": _dump(1),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        item = _load(response.get("Attributes")) or {}
+        return int(item.get(current, 0))
