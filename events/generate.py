@@ -28,6 +28,16 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 JSON = "application/json"
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
+# The IAM caller of the signed admin fixtures: the AWS documentation's example access key, an
+# operator in the account SAM's fixtures use.
+IAM_ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
+IAM_USER_ARN = "arn:aws:iam::123456789012:user/ops-alice"
+AMZ_DATE = "20150409T123456Z"
+SIGV4_AUTHORIZATION = (
+    f"AWS4-HMAC-SHA256 Credential={IAM_ACCESS_KEY}/20150409/us-east-1/execute-api/aws4_request, "
+    "SignedHeaders=host;x-amz-date, "
+    "Signature=0000000000000000000000000000000000000000000000000000000000000000"
+)
 IRIS_BATCH = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3]]
 
 
@@ -184,13 +194,17 @@ def _cases() -> list[dict[str, Any]]:
             "status": 429,
         },
     ]
-    admin = {"Content-Type": JSON, "X-API-Key": "${ADMIN_API_KEY}"}
+    # Admin routes are AWS_IAM: API Gateway verified the SigV4 signature and passes the signed
+    # request's Authorization header on, with the caller in requestContext.identity.
+    admin = {"Content-Type": JSON, "Authorization": SIGV4_AUTHORIZATION, "X-Amz-Date": AMZ_DATE}
+    signed = {"Authorization": SIGV4_AUTHORIZATION, "X-Amz-Date": AMZ_DATE}
     cases += [
         {
             "name": "admin-keys-create",
             "path": "/admin/keys",
             "resource": "/admin/keys",
             "headers": admin,
+            "iam": True,
             "status": 201,
             "body": json.dumps(
                 {
@@ -206,59 +220,55 @@ def _cases() -> list[dict[str, Any]]:
             "path": "/admin/keys",
             "resource": "/admin/keys",
             "method": "GET",
-            "headers": {"X-API-Key": "${ADMIN_API_KEY}"},
+            "headers": signed,
+            "iam": True,
             "status": 200,
         },
+    ]
+    for action, method in (
+        ("show", "GET"),
+        ("usage", "GET"),
+        ("suspend", "POST"),
+        ("reinstate", "POST"),
+        ("rotate", "POST"),
+        ("revoke", "POST"),
+    ):
+        suffix = "" if action == "show" else f"/{action}"
+        cases.append(
+            {
+                "name": f"admin-key-{action}",
+                "path": f"/admin/keys/${{KEY_ID}}{suffix}",
+                "resource": f"/admin/keys/{{key_id}}{suffix}",
+                "method": method,
+                "headers": admin if method == "POST" else signed,
+                "iam": True,
+                "body": "{}" if method == "POST" else "",
+                "status": 200,
+            }
+        )
+    for action, method, status in (
+        ("show", "GET", 200),
+        ("suspend", "POST", 200),
+        ("reinstate", "POST", 200),
+    ):
+        suffix = "" if action == "show" else f"/{action}"
+        cases.append(
+            {
+                "name": f"admin-subject-{action}",
+                "path": f"/admin/subjects/${{SUBJECT}}{suffix}",
+                "resource": f"/admin/subjects/{{subject}}{suffix}",
+                "method": method,
+                "headers": signed,
+                "iam": True,
+                "query": {"issuer": "${ISSUER}"},
+                "status": status,
+            }
+        )
+    cases += [
         {
-            "name": "admin-key-show",
-            "path": "/admin/keys/${KEY_ID}",
-            "resource": "/admin/keys/{key_id}",
-            "method": "GET",
-            "headers": {"X-API-Key": "${ADMIN_API_KEY}"},
-            "status": 200,
-        },
-        {
-            "name": "admin-key-usage",
-            "path": "/admin/keys/${KEY_ID}/usage",
-            "resource": "/admin/keys/{key_id}/usage",
-            "method": "GET",
-            "headers": {"X-API-Key": "${ADMIN_API_KEY}"},
-            "status": 200,
-        },
-        {
-            "name": "admin-key-suspend",
-            "path": "/admin/keys/${KEY_ID}/suspend",
-            "resource": "/admin/keys/{key_id}/suspend",
-            "headers": admin,
-            "body": "{}",
-            "status": 200,
-        },
-        {
-            "name": "admin-key-reinstate",
-            "path": "/admin/keys/${KEY_ID}/reinstate",
-            "resource": "/admin/keys/{key_id}/reinstate",
-            "headers": admin,
-            "body": "{}",
-            "status": 200,
-        },
-        {
-            "name": "admin-key-rotate",
-            "path": "/admin/keys/${KEY_ID}/rotate",
-            "resource": "/admin/keys/{key_id}/rotate",
-            "headers": admin,
-            "body": "{}",
-            "status": 200,
-        },
-        {
-            "name": "admin-key-revoke",
-            "path": "/admin/keys/${KEY_ID}/revoke",
-            "resource": "/admin/keys/{key_id}/revoke",
-            "headers": admin,
-            "body": "{}",
-            "status": 200,
-        },
-        {
-            "name": "admin-keys-list-without-admin-scope",
+            # What reaches the function if a route were deployed without AWS_IAM: a prediction
+            # key (or a token with scope admin) is never an admin credential.
+            "name": "admin-keys-list-with-api-key",
             "path": "/admin/keys",
             "resource": "/admin/keys",
             "method": "GET",
@@ -266,12 +276,12 @@ def _cases() -> list[dict[str, Any]]:
             "status": 403,
         },
         {
-            "name": "admin-keys-list-missing-key",
+            "name": "admin-keys-list-unsigned",
             "path": "/admin/keys",
             "resource": "/admin/keys",
             "method": "GET",
             "headers": {},
-            "status": 401,
+            "status": 403,
         },
     ]
     return cases
@@ -314,6 +324,19 @@ def _rest(sam: str, case: dict[str, Any]) -> dict[str, Any]:
         event["headers"][name] = value
         event["multiValueHeaders"][name] = [value]
     event["pathParameters"] = _path_parameters(case["resource"], case["path"])
+    if "query" in case:
+        event["queryStringParameters"] = dict(case["query"])
+        event["multiValueQueryStringParameters"] = {k: [v] for k, v in case["query"].items()}
+    if case.get("iam"):
+        event["requestContext"]["identity"].update(
+            {
+                "accountId": "123456789012",
+                "accessKey": IAM_ACCESS_KEY,
+                "caller": "AIDAEXAMPLEOPSALICE",
+                "user": "AIDAEXAMPLEOPSALICE",
+                "userArn": IAM_USER_ARN,
+            }
+        )
     if case.get("plain"):
         event["body"] = base64.b64decode(event["body"]).decode("utf-8")
         event["isBase64Encoded"] = False
@@ -327,6 +350,21 @@ def _http(sam: str, case: dict[str, Any]) -> dict[str, Any]:
     # HTTP API lower-cases header names in the payload v2 event.
     for name, value in case["headers"].items():
         event["headers"][name.lower()] = value
+    if "query" in case:
+        event["queryStringParameters"] = dict(case["query"])
+        event["rawQueryString"] = "&".join(f"{k}={v}" for k, v in case["query"].items())
+    if case.get("iam"):
+        # An IAM-authorised HTTP API request carries the IAM caller, not SAM's sample JWT.
+        authorizer = event["requestContext"].setdefault("authorizer", {})
+        authorizer.pop("jwt", None)
+        authorizer["iam"] = {
+            "accessKey": IAM_ACCESS_KEY,
+            "accountId": "123456789012",
+            "callerId": "AIDAEXAMPLEOPSALICE",
+            "principalOrgId": None,
+            "userArn": IAM_USER_ARN,
+            "userId": "AIDAEXAMPLEOPSALICE",
+        }
     if not case.get("body"):
         event.pop("body", None)
         event["isBase64Encoded"] = False
@@ -336,12 +374,20 @@ def _http(sam: str, case: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sam", default=str(REPO / ".venv-sam" / "bin" / "sam"))
+    parser.add_argument("--only", default="", help="regenerate the cases whose name starts so")
     args = parser.parse_args()
     sam = args.sam if Path(args.sam).exists() else shutil.which("sam")
     if sam is None:
         parser.error("the SAM CLI is not installed (make venv-sam, or pass --sam)")
-    expected: dict[str, int] = {}
+    expected: dict[str, int] = json.loads((HERE / "expected.json").read_text())
+    names = {case["name"] for case in _cases()}
+    # Fixtures of cases that no longer exist are removed.
+    for stale in [k for k in expected if k.split("/", 1)[1].removesuffix(".json") not in names]:
+        (HERE / stale).unlink(missing_ok=True)
+        del expected[stale]
     for case in _cases():
+        if not case["name"].startswith(args.only):
+            continue
         for api, build in (("rest", _rest), ("http", _http)):
             if api == "http" and case.get("plain"):
                 continue

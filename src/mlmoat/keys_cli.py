@@ -1,4 +1,5 @@
-"""``mlmoat keys``: create, list, show, revoke, suspend, reinstate, rotate API keys; usage.
+"""``mlmoat keys``: create, list, show, revoke, suspend, reinstate, rotate API keys; usage;
+show, suspend and reinstate JWT subjects (``mlmoat keys subject ...``).
 
 Talks to the security table directly (no API needed): boto3 reads ``AWS_ENDPOINT_URL_DYNAMODB``,
 ``AWS_DEFAULT_REGION`` and credentials from the environment as usual; the table is ``--table``,
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         dest="scopes",
-        help="predict:<model>, predict:* or admin; repeatable (default predict:*)",
+        help="predict:<model> or predict:*; repeatable (default predict:*)",
     )
     create.add_argument("--rate-limit", help="rows per window, e.g. 60/minute")
     create.add_argument("--budget", type=int, help="rows the key may ever predict")
@@ -67,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         ("reinstate", "reinstate a suspended key"),
     ):
         commands.add_parser(name, help=help_).add_argument("key_id")
+
+    subject = commands.add_parser("subject", help="a JWT subject: show, suspend, reinstate")
+    subject.add_argument("action", choices=("show", "suspend", "reinstate"))
+    subject.add_argument("subject", help="the token's sub claim")
+    subject.add_argument("--issuer", help="the token's iss (default: $SECURITY_JWT_ISSUER)")
 
     rotate = commands.add_parser("rotate", help="new secret; the old one works for --grace")
     rotate.add_argument("key_id")
@@ -121,6 +127,13 @@ def _run(admin: KeyAdmin, args: argparse.Namespace) -> Any:
         return admin.list(owner=args.owner)
     if command == "rotate":
         return admin.rotate(args.key_id, grace=args.grace)
+    if command == "subject":
+        act = {
+            "show": admin.show_subject,
+            "suspend": admin.suspend_subject,
+            "reinstate": admin.reinstate_subject,
+        }[args.action]
+        return act(args.subject, issuer=args.issuer)
     action = {
         "show": admin.show,
         "usage": admin.usage,

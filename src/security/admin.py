@@ -8,15 +8,16 @@ next counting write (see ``limits``). Views never contain secret hashes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from security.errors import InvalidPayloadError
+from security.errors import InvalidPayloadError, NotFoundError
 from security.keys import generate_key, hash_secret, is_key_id
 from security.limits import window_start
-from security.policy import is_output_policy
+from security.policy import OutputPolicy, is_output_policy, rate_capped
 from security.settings import RateSpec, Settings
 from security.store import (
     RATE_ATTR_PREFIX,
@@ -24,14 +25,28 @@ from security.store import (
     PrincipalStore,
     key_pk,
     rate_attr,
+    subject_pk,
 )
 
 DEFAULT_SCOPES = ("predict:*",)
 _OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
-_SCOPE_RE = re.compile(r"^(admin|predict:\*|predict:[a-z0-9][a-z0-9-]{0,62})$")
+_SCOPE_RE = re.compile(r"^predict:(\*|[a-z0-9][a-z0-9-]{0,62})$")
+# A JWT ``sub`` may be an e-mail, ``auth0|123``, a UUID...: printable, no '#', bounded.
+_SUBJECT_RE = re.compile(r"^[^\x00-\x20\x7f#]{1,256}$")
 _DURATION_RE = re.compile(r"^(?P<n>[1-9][0-9]{0,6})(?P<unit>[smhdw])$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_GRACE_SECONDS = 7 * 86400
+
+
+def uncapped(settings: Settings) -> Settings:
+    """``settings`` with the caps on created keys lifted: for tooling with direct table access
+    that measures the system (load, benchmarks, the red team), never for the admin API."""
+    return dataclasses.replace(
+        settings,
+        key_max_rate=RateSpec(10**9, 1),
+        key_max_budget=10**12,
+        key_max_lifetime_seconds=10 * 366 * 86400,
+    )
 
 
 def parse_duration(text: str) -> int:
@@ -84,16 +99,33 @@ class KeyAdmin:
         scope_set = sorted(set(scopes) or set(DEFAULT_SCOPES))
         if not all(_SCOPE_RE.match(scope) for scope in scope_set):
             raise InvalidPayloadError("invalid_scope")
+        if not all(self._grantable(scope) for scope in scope_set):
+            raise InvalidPayloadError("scope_not_grantable")
         try:
             rate = RateSpec.parse(rate_limit) if rate_limit else self._settings.default_rate_limit
         except ValueError as exc:
             raise InvalidPayloadError("invalid_rate_limit") from exc
+        cap = self._settings.key_max_rate
+        if not rate_capped(rate.count, rate.window_seconds, cap.count, cap.window_seconds):
+            raise InvalidPayloadError("rate_limit_over_cap")
         rows_budget = self._settings.default_budget if budget is None else budget
         if isinstance(rows_budget, bool) or not 1 <= rows_budget <= 10**12:
             raise InvalidPayloadError("invalid_budget")
+        if rows_budget > self._settings.key_max_budget:
+            raise InvalidPayloadError("budget_over_cap")
         policy = output_policy or self._settings.default_output_policy
         if not is_output_policy(policy):
             raise InvalidPayloadError("invalid_output_policy")
+        if not OutputPolicy.parse(policy).reveals_no_more_than(
+            OutputPolicy.parse(self._settings.key_max_output_policy)
+        ):
+            raise InvalidPayloadError("output_policy_over_cap")
+        lifetime = self._settings.key_max_lifetime_seconds
+        if expires_in:
+            lifetime_asked = parse_duration(expires_in)
+            if lifetime_asked > lifetime:
+                raise InvalidPayloadError("lifetime_over_cap")
+            lifetime = lifetime_asked
         now = int(self._clock())
         parsed, api_key = generate_key()
         item: Item = {
@@ -112,11 +144,15 @@ class KeyAdmin:
             "rows_used": 0,
             "requests": 0,
             "created_at": now,
+            # Every key ends: at most SECURITY_KEY_MAX_LIFETIME_SECONDS after its creation.
+            "expires_at": now + lifetime,
         }
-        if expires_in:
-            item["expires_at"] = now + parse_duration(expires_in)
         self._store.create_key(item)
         return {"key_id": parsed.key_id, "api_key": api_key, "key": key_view(item, now=now)}
+
+    def _grantable(self, scope: str) -> bool:
+        grantable = self._settings.key_grantable_scopes
+        return "predict:*" in grantable or scope in grantable
 
     def list(self, *, owner: str | None = None) -> list[dict[str, Any]]:
         """Views of every key (optionally one owner's).
@@ -203,6 +239,72 @@ class KeyAdmin:
         )
         return {"key_id": key_id, "api_key": api_key, "key": key_view(item, now=now)}
 
+    def show_subject(self, subject: str, *, issuer: str | None = None) -> dict[str, Any]:
+        """The view of one JWT subject (its status and counters).
+
+        Raises:
+            InvalidPayloadError: the subject is malformed, or no issuer is configured.
+            NotFoundError: the subject never called and was never suspended.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        pk, _ = self._subject(subject, issuer)
+        item = self._store.get(pk)
+        if item is None:
+            raise NotFoundError("unknown_subject")
+        return subject_view(item, now=int(self._clock()))
+
+    def suspend_subject(self, subject: str, *, issuer: str | None = None) -> dict[str, Any]:
+        """Suspend a JWT subject: every token for it is refused from its next request on (a
+        subject that never called is suspended before its first).
+
+        Raises:
+            InvalidPayloadError: the subject is malformed, or no issuer is configured.
+            ConflictError: the subject is not active.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        return self._move_subject(subject, issuer, "suspended", ("active",), create=True)
+
+    def reinstate_subject(self, subject: str, *, issuer: str | None = None) -> dict[str, Any]:
+        """Make a suspended JWT subject active again.
+
+        Raises:
+            InvalidPayloadError: the subject is malformed, or no issuer is configured.
+            NotFoundError: no such subject.
+            ConflictError: the subject is not suspended.
+            StoreUnavailableError: DynamoDB failed.
+        """
+        return self._move_subject(subject, issuer, "active", ("suspended",), create=False)
+
+    def _subject(self, subject: str, issuer: str | None) -> tuple[str, str]:
+        chosen = issuer or self._settings.jwt_issuer
+        if not chosen:
+            raise InvalidPayloadError("issuer_required")
+        if not _SUBJECT_RE.match(subject):
+            raise InvalidPayloadError("invalid_subject")
+        return subject_pk(chosen, subject), chosen
+
+    def _move_subject(
+        self,
+        subject: str,
+        issuer: str | None,
+        status: str,
+        allowed_from: tuple[str, ...],
+        *,
+        create: bool,
+    ) -> dict[str, Any]:
+        pk, chosen = self._subject(subject, issuer)
+        now = int(self._clock())
+        item = self._store.set_subject_status(
+            pk,
+            status,
+            allowed_from=allowed_from,
+            subject=subject,
+            issuer=chosen,
+            now=now,
+            create=create,
+        )
+        return subject_view(item, now=now)
+
     def _move(self, key_id: str, status: str, allowed_from: tuple[str, ...]) -> dict[str, Any]:
         _check_key_id(key_id)
         now = int(self._clock())
@@ -237,10 +339,31 @@ def key_view(item: Mapping[str, Any], *, now: int) -> dict[str, Any]:
         "usage": {
             "rows_used": rows_used,
             "requests": int(item.get("requests", 0)),
+            "refusals": int(item.get("refusals", 0)),
             "budget_remaining": None if budget is None else max(0, int(budget) - rows_used),
             "window_start": start,
             "window_rows": window_rows,
             "window_remaining": max(0, rate.count - window_rows),
             "live_windows": sorted(n for n in item if n.startswith(RATE_ATTR_PREFIX)),
         },
+    }
+
+
+def subject_view(item: Mapping[str, Any], *, now: int) -> dict[str, Any]:
+    """A JSON-safe view of a JWT subject's item (its limits come from its tokens' claims)."""
+    return {
+        "subject": item.get("subject"),
+        "issuer": item.get("issuer"),
+        "status": item.get("status", "active"),
+        "created_at": item.get("created_at"),
+        "updated_at": item.get("updated_at"),
+        "last_used_at": item.get("last_used_at"),
+        "flags": sorted(item.get("flags") or ()),
+        "usage": {
+            "rows_used": int(item.get("rows_used", 0)),
+            "requests": int(item.get("requests", 0)),
+            "refusals": int(item.get("refusals", 0)),
+            "live_windows": sorted(n for n in item if n.startswith(RATE_ATTR_PREFIX)),
+        },
+        "as_of": now,
     }

@@ -101,3 +101,31 @@ def narrower_policy(claimed: str | None, default: str) -> str:
     if OutputPolicy.parse(claimed).reveals_no_more_than(OutputPolicy.parse(default)):
         return claimed
     return default
+
+
+def rate_within(count: int, window: int, cap_count: int, cap_window: int) -> bool:
+    """Whether ``count`` rows per ``window`` seconds allows no more rows than the cap in any
+    window of the cap's length, and no longer window.
+
+    Windows are aligned to the epoch, so a shorter window that divides the cap's fits a whole
+    number of times into every cap window. A longer window, or one that does not divide the
+    cap's, could allow a burst the cap never would (86400/day under 60/minute: 86,400 rows in
+    one minute).
+    """
+    return (
+        window <= cap_window
+        and cap_window % window == 0
+        and count * (cap_window // window) <= cap_count
+    )
+
+
+def rate_capped(count: int, window: int, cap_count: int, cap_window: int) -> bool:
+    """Whether a key's ``count``/``window`` stays within a cap in every aligned cap window.
+
+    A window no longer than the cap's must satisfy ``rate_within``; a longer one must be a
+    multiple of the cap's (each aligned cap window then lies inside one key window) and allow
+    no more rows than the cap in all of it (100000/hour under 100000/minute, not 10^7/hour).
+    """
+    if window <= cap_window:
+        return rate_within(count, window, cap_count, cap_window)
+    return window % cap_window == 0 and count <= cap_count

@@ -63,8 +63,8 @@ class Settings:
     auth_failure_key_limit: RateSpec = RateSpec(20, 60)
     auth_failure_global_limit: RateSpec = RateSpec(1000, 60)
     refusal_limit: RateSpec = RateSpec(100, 3600)
-    key_max_rate: RateSpec = RateSpec(6000, 60)
-    key_max_budget: int = 10_000_000
+    key_max_rate: RateSpec = RateSpec(100_000, 60)
+    key_max_budget: int = 100_000_000
     key_max_lifetime_seconds: int = 366 * 86400
     key_max_output_policy: str = "probabilities:4"
     key_grantable_scopes: tuple[str, ...] = ("predict:*",)
@@ -111,8 +111,8 @@ class Settings:
             auth_failure_key_limit=reader.rate("AUTH_FAILURE_KEY_LIMIT", "20/minute"),
             auth_failure_global_limit=reader.rate("AUTH_FAILURE_GLOBAL_LIMIT", "1000/minute"),
             refusal_limit=reader.rate("REFUSAL_LIMIT", "100/hour"),
-            key_max_rate=reader.rate("KEY_MAX_RATE", "6000/minute"),
-            key_max_budget=reader.integer("KEY_MAX_BUDGET", 10_000_000, low=1, high=10**12),
+            key_max_rate=reader.rate("KEY_MAX_RATE", "100000/minute"),
+            key_max_budget=reader.integer("KEY_MAX_BUDGET", 100_000_000, low=1, high=10**12),
             key_max_lifetime_seconds=reader.integer(
                 "KEY_MAX_LIFETIME_SECONDS", 366 * 86400, low=3600, high=10 * 366 * 86400
             ),

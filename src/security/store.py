@@ -13,7 +13,8 @@ Item shapes (partition key ``pk``; ``docs/limits.md`` has the full data model):
   ``budget``, ``output_policy``, ``expires_at``, ``config_version``, ``rows_used``, ``requests``,
   ``created_at``, ``last_used_at``, ``flags``; one ``rw_<window_start>`` number per live rate
   window and one ``rq_<bucket>`` string set of recent request-id digests per idempotency bucket.
-* ``sub#<issuer-hash>#<subject>``: a JWT subject: the same counters, created by its first charge.
+* ``sub#<issuer-hash>#<subject>``: a JWT subject: the same counters, created by its first charge
+  (or by an admin's suspension).
 * ``authfail#ip#<address>``, ``authfail#key#<key_id>``, ``authfail#all``: failed
   authentications per window (``fw_<window_start>``), with ``ttl``.
 * on principals, ``rf_<window_start>`` and ``refusals``: requests refused after authentication
@@ -24,10 +25,11 @@ Item shapes (partition key ``pk``; ``docs/limits.md`` has the full data model):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from security.admin_store import AdminStoreMixin
 from security.counters import AUTHFAIL_ATTR_PREFIX as AUTHFAIL_ATTR_PREFIX
 from security.counters import AUTHFAIL_PREFIX as AUTHFAIL_PREFIX
 from security.counters import CounterMixin
@@ -36,15 +38,26 @@ from security.dynamo import Item as Item  # re-exported: the item type of every 
 from security.dynamo import dump as _dump
 from security.dynamo import load as _load
 from security.dynamo import translated as _translated
-from security.errors import ConflictError, NotFoundError, StoreUnavailableError
+from security.errors import NotFoundError, StoreUnavailableError
 from security.monitor_state import MonitorStateMixin
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 KEY_PREFIX = "key#"
+SUBJECT_PREFIX = "sub#"
 RATE_ATTR_PREFIX = "rw_"
 REQUEST_ATTR_PREFIX = "rq_"
+
+
+def issuer_hash(issuer: str) -> str:
+    """A short stable hash of an issuer URL (keeps the partition key short and free of '#')."""
+    return hashlib.sha256(issuer.encode("utf-8")).hexdigest()[:16]
+
+
+def subject_pk(issuer: str, subject: str) -> str:
+    """The partition key of a JWT subject's item: ``sub#<issuer-hash>#<subject>``."""
+    return f"{SUBJECT_PREFIX}{issuer_hash(issuer)}#{subject}"
 
 
 def key_pk(key_id: str) -> str:
@@ -99,7 +112,7 @@ class ChargeOutcome:
     item: Item | None
 
 
-class PrincipalStore(CounterMixin, MonitorStateMixin):
+class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
     """Principals, counters and throttles in the security table."""
 
     def __init__(self, *, client: DynamoDBClient, table_name: str) -> None:
@@ -131,104 +144,7 @@ class PrincipalStore(CounterMixin, MonitorStateMixin):
             raise NotFoundError("unknown_key")
         return item
 
-    def list_keys(self, *, owner: str | None = None) -> list[Item]:
-        """Every API key item (paginated scan; admin use only, never on the request path).
-
-        Raises:
-            StoreUnavailableError: DynamoDB could not be reached or refused the call.
-        """
-        names = {"#pk": "pk"}
-        values: dict[str, Any] = {":prefix": {"S": KEY_PREFIX}}
-        filter_expr = "begins_with(#pk, :prefix)"
-        if owner is not None:
-            names["#owner"] = "owner"
-            values[":owner"] = {"S": owner}
-            filter_expr += " AND #owner = :owner"
-        items: list[Item] = []
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "FilterExpression": filter_expr,
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": values,
-            "ConsistentRead": True,
-        }
-        with _translated():
-            while True:
-                response = self._client.scan(**kwargs)
-                items.extend(i for raw in response.get("Items", []) if (i := _load(raw)))
-                last = response.get("LastEvaluatedKey")
-                if not last:
-                    break
-                kwargs["ExclusiveStartKey"] = last
-        return sorted(items, key=lambda i: (i.get("created_at", 0), i["pk"]))
-
     # ---------------------------------------------------------------- writes
-    def create_key(self, item: Item) -> None:
-        """Write a new key item; refuses to overwrite an existing one.
-
-        Raises:
-            InvalidPayloadError: an item with this key id already exists (``key_exists``).
-            StoreUnavailableError: DynamoDB could not be reached or refused the call.
-        """
-        try:
-            with _translated():
-                self._client.put_item(
-                    TableName=self._table,
-                    Item={name: _dump(value) for name, value in item.items()},
-                    ConditionExpression="attribute_not_exists(pk)",
-                )
-        except ConditionFailed as failed:
-            raise ConflictError("key_exists") from failed
-
-    def set_status(
-        self, key_id: str, status: str, *, allowed_from: Iterable[str], now: int
-    ) -> Item:
-        """Move a key to ``status`` if it is now in one of ``allowed_from``; bumps config_version.
-
-        Raises:
-            NotFoundError: no such key.
-            InvalidPayloadError: the current status forbids the move (``invalid_transition``).
-            StoreUnavailableError: DynamoDB could not be reached or refused the call.
-        """
-        sources = sorted(set(allowed_from))
-        placeholders = [f":from{i}" for i in range(len(sources))]
-        values: dict[str, Any] = {":status": _dump(status), ":now": _dump(now), ":one": _dump(1)}
-        values.update({p: _dump(s) for p, s in zip(placeholders, sources, strict=True)})
-        return self._update_key(
-            key_id,
-            update="SET #status = :status, updated_at = :now ADD config_version :one",
-            condition=f"attribute_exists(pk) AND #status IN ({', '.join(placeholders)})",
-            names={"#status": "status"},
-            values=values,
-        )
-
-    def rotate_secret(self, key_id: str, *, new_hash: str, grace_until: int, now: int) -> Item:
-        """Replace a key's secret hash, keeping the old one valid until ``grace_until``.
-
-        Counters (rows used, windows, budget) are untouched: rotation is no budget reset.
-
-        Raises:
-            NotFoundError: no such key.
-            InvalidPayloadError: the key is revoked (``invalid_transition``).
-            StoreUnavailableError: DynamoDB could not be reached or refused the call.
-        """
-        return self._update_key(
-            key_id,
-            update=(
-                "SET prev_secret_hash = secret_hash, prev_secret_until = :until, "
-                "secret_hash = :new, rotated_at = :now, updated_at = :now ADD config_version :one"
-            ),
-            condition="attribute_exists(pk) AND #status <> :revoked",
-            names={"#status": "status"},
-            values={
-                ":until": _dump(grace_until),
-                ":new": _dump(new_hash),
-                ":now": _dump(now),
-                ":one": _dump(1),
-                ":revoked": _dump("revoked"),
-            },
-        )
-
     def flag_principal(
         self, principal_id: str, *, reason: str, suspend: bool, now: int
     ) -> Item | None:
@@ -365,33 +281,3 @@ class PrincipalStore(CounterMixin, MonitorStateMixin):
         return ChargeOutcome(
             ok=True, item=_load(response.get("Attributes"), names_only=REQUEST_ATTR_PREFIX)
         )
-
-    def _update_key(
-        self,
-        key_id: str,
-        *,
-        update: str,
-        condition: str,
-        names: dict[str, str],
-        values: dict[str, Any],
-    ) -> Item:
-        try:
-            with _translated():
-                response = self._client.update_item(
-                    TableName=self._table,
-                    Key={"pk": {"S": key_pk(key_id)}},
-                    UpdateExpression=update,
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=values,
-                    ReturnValues="ALL_NEW",
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-        except ConditionFailed as failed:
-            if not failed.item:
-                raise NotFoundError("unknown_key") from failed
-            raise ConflictError("invalid_transition") from failed
-        item = _load(response.get("Attributes"))
-        if item is None:  # pragma: no cover - ALL_NEW always returns the item
-            raise StoreUnavailableError("empty_update_response")
-        return item

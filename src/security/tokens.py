@@ -22,7 +22,6 @@ fails closed with ``SecretUnavailableError`` (503).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,8 +36,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from security.errors import AuthenticationError, SecretUnavailableError
-from security.policy import narrower_policy
+from security.policy import narrower_policy, rate_within
 from security.settings import RateSpec, Settings
+from security.store import issuer_hash as issuer_hash  # re-exported
+from security.store import subject_pk
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
@@ -70,7 +71,7 @@ class TokenClaims:
     @property
     def principal_id(self) -> str:
         """``sub#<issuer-hash>#<subject>``: the subject's item in the security table."""
-        return f"sub#{issuer_hash(self.issuer)}#{self.subject}"
+        return subject_pk(self.issuer, self.subject)
 
 
 def _lifetime_exceeded(claims: dict[str, Any], *, now: float, max_lifetime: int) -> bool:
@@ -86,11 +87,6 @@ def _lifetime_exceeded(claims: dict[str, Any], *, now: float, max_lifetime: int)
     return bool(expires - now > max_lifetime or span > max_lifetime)
 
 
-def issuer_hash(issuer: str) -> str:
-    """A short stable hash of an issuer URL (keeps the partition key short and free of '#')."""
-    return hashlib.sha256(issuer.encode("utf-8")).hexdigest()[:16]
-
-
 def bound_output_policy(claimed: str | None, default: str) -> str:
     """The claimed output policy if it reveals no more than the default, else the default."""
     return narrower_policy(claimed, default)
@@ -104,15 +100,7 @@ def bound_rate(claimed: str | None, default: RateSpec) -> RateSpec:
         spec = RateSpec.parse(claimed)
     except ValueError:
         return default
-    # Windows are aligned to the epoch, so a shorter window that divides the default's fits a
-    # whole number of times into every default window: the claim may allow no more rows there.
-    # A longer window, or one that does not divide the default's, could allow a burst the
-    # default never would (86400/day under 60/minute: 86,400 rows in one minute).
-    if (
-        spec.window_seconds > default.window_seconds
-        or default.window_seconds % spec.window_seconds
-        or spec.count * (default.window_seconds // spec.window_seconds) > default.count
-    ):
+    if not rate_within(spec.count, spec.window_seconds, default.count, default.window_seconds):
         return default
     return spec
 

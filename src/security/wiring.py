@@ -238,17 +238,18 @@ def build_predict_app(
 def build_admin_app(
     settings: Settings, clients: Clients, *, audit: AuditLog | None = None
 ) -> FastAPI:
-    """The admin app (``/admin/keys``) from settings and clients."""
+    """The admin app (``/admin/keys``, ``/admin/subjects``) from settings and clients.
+
+    It reads no API key or token (the admin plane authorises with IAM), so it needs no
+    authenticator, gatekeeper or JWT key.
+    """
     from security.admin import KeyAdmin
     from security.api import create_admin_app
 
     install_log_redaction()
-    store = _store(settings, clients.dynamodb)
     return create_admin_app(
         settings=settings,
-        admin=KeyAdmin(store=store, settings=settings),
-        authenticator=_authenticator(settings, clients.ssm),
-        gatekeeper=_gatekeeper(settings, store),
+        admin=KeyAdmin(store=_store(settings, clients.dynamodb), settings=settings),
         audit=audit or AuditLog(service=settings.service_name),
     )
 
@@ -265,7 +266,7 @@ def predict_function(settings: Settings, *, factory: ClientFactory | None = None
 
 def admin_function(settings: Settings, *, factory: ClientFactory | None = None) -> ApiFunction:
     """AdminFunction, assembled."""
-    clients = clients_for(settings, sqs=False, ssm=settings.jwt_enabled, factory=factory)
+    clients = clients_for(settings, sqs=False, ssm=False, factory=factory)
     audit = AuditLog(service=settings.service_name)
     app = build_admin_app(settings, clients, audit=audit)
     return ApiFunction(settings, clients, _hooks_for(clients), audit, app)

@@ -98,6 +98,5 @@ def keys(admin: Any) -> dict[str, str]:
         "LABEL_API_KEY": new_key(admin, output_policy="label")["api_key"],
         "SCOPED_API_KEY": new_key(admin, scopes=["predict:breast-cancer"])["api_key"],
         "LIMITED_API_KEY": new_key(admin, rate_limit="1/minute")["api_key"],
-        "ADMIN_API_KEY": new_key(admin, scopes=["admin"])["api_key"],
         "UNKNOWN_API_KEY": unknown,
     }

@@ -74,8 +74,10 @@ def rest_event(
     headers: dict[str, str],
     method: str = "POST",
     base64_body: bool = True,
+    iam_arn: str | None = None,
 ) -> dict[str, Any]:
-    """A REST (v1) event built from the shape of events/rest/predict-ok-single.json."""
+    """A REST (v1) event built from the shape of events/rest/predict-ok-single.json; with
+    ``iam_arn``, as API Gateway passes a request it authorised with SigV4 (``AWS_IAM``)."""
     event = json.loads((EVENTS / "rest" / "predict-ok-single.json").read_text())
     event["path"] = path
     event["httpMethod"] = method
@@ -83,6 +85,8 @@ def rest_event(
     event["requestContext"]["requestId"] = str(uuid.uuid4())
     event["headers"] = dict(headers)
     event["multiValueHeaders"] = {name: [value] for name, value in headers.items()}
+    if iam_arn is not None:
+        event["requestContext"]["identity"]["userArn"] = iam_arn
     if body is None:
         event["body"], event["isBase64Encoded"] = None, False
     elif base64_body:

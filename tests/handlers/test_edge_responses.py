@@ -10,6 +10,8 @@ from handlersupport import header, invoke, response_body, rest_event
 
 _ROW = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]}).encode()
 
+IAM_ARN = "arn:aws:iam::123456789012:user/ops-alice"
+
 
 @pytest.mark.parametrize("path", ["/predict/", "/models/iris/predict/"])
 def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_redirect(
@@ -51,9 +53,7 @@ def test_every_prediction_response_forbids_caching(
 
 
 def test_admin_views_forbid_caching(admin_module: Any, keys: dict[str, str]) -> None:
-    event = rest_event(
-        path="/admin/keys", body=None, method="GET", headers={"X-API-Key": keys["ADMIN_API_KEY"]}
-    )
+    event = rest_event(path="/admin/keys", body=None, method="GET", headers={}, iam_arn=IAM_ARN)
     response = invoke(admin_module, event)
     assert response["statusCode"] == 200
     assert header(response, "Cache-Control") == "no-store"

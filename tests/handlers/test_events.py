@@ -10,6 +10,7 @@ shape (prediction or the one error envelope), the headers, and exactly one audit
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from handlersupport import EVENTS, header, invoke, load_event, new_key, response
 EXPECTED: dict[str, int] = json.loads((EVENTS / "expected.json").read_text())
 PREDICT = sorted(name for name in EXPECTED if "/admin-" not in name)
 ADMIN = sorted(name for name in EXPECTED if "/admin-" in name)
+ISSUER = "https://issuer.example"
 
 
 def test_every_event_file_has_an_expected_status() -> None:
@@ -86,11 +88,25 @@ def test_predict_event(name: str, predict_module: Any, keys: dict[str, str], log
 
 
 @pytest.mark.parametrize("name", ADMIN)
-def test_admin_event(name: str, keys: dict[str, str], admin: Any, admin_module: Any) -> None:
+def test_admin_event(
+    name: str, keys: dict[str, str], admin: Any, admin_module: Any, log_sink: Any
+) -> None:
     target = new_key(admin)
-    if "reinstate" in name:
+    subject = f"user-{uuid.uuid4().hex[:8]}@example.com"
+    if "key-reinstate" in name:
         admin.suspend(target["key_id"])  # only a suspended key can be reinstated
-    event = load_event(name, {**keys, "KEY_ID": target["key_id"]})
+    if "subject-reinstate" in name or "subject-show" in name:
+        admin.suspend_subject(subject, issuer=ISSUER)  # a subject the table knows
+    substitutions = {**keys, "KEY_ID": target["key_id"], "SUBJECT": subject, "ISSUER": ISSUER}
+    event = load_event(name, substitutions)
     response = invoke(admin_module, event)
     assert response["statusCode"] == EXPECTED[name], response_body(response)
-    assert header(response, "X-Request-Id") == event["requestContext"]["requestId"]
+    request_id = event["requestContext"]["requestId"]
+    assert header(response, "X-Request-Id") == request_id
+    # one audit record, whose principal is the operator's IAM identity (none when unsigned)
+    (record,) = [r for r in log_sink.audit_records() if r["request_id"] == request_id]
+    if EXPECTED[name] < 400:
+        assert record["credential_type"] == "iam"
+        assert record["principal_id"] == "arn:aws:iam::123456789012:user/ops-alice"
+    else:
+        assert record["reason"] == "iam_identity_required" and "principal_id" not in record

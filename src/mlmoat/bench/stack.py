@@ -181,7 +181,7 @@ def local_stack(root: Path, *, log_dir: Path) -> Iterator[LocalStack]:
     from mlmoat.local.bootstrap import bootstrap
     from mlmoat.local.server import free_port, wait_for_port
     from mlmoat.local.template import DEFAULT_REGION, Template
-    from security.admin import KeyAdmin
+    from security.admin import KeyAdmin, uncapped
     from security.settings import Settings
     from security.store import PrincipalStore
 
@@ -213,7 +213,8 @@ def local_stack(root: Path, *, log_dir: Path) -> Iterator[LocalStack]:
             aws_secret_access_key=aws_env["AWS_SECRET_ACCESS_KEY"],
         )
         admin = KeyAdmin(
-            store=PrincipalStore(client=client, table_name=settings.table_name), settings=settings
+            store=PrincipalStore(client=client, table_name=settings.table_name),
+            settings=uncapped(settings),
         )
         # Limits far above what the benchmark sends: it measures the cost of counting, not refusals.
         created = admin.create(

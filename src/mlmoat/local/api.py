@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import sys
 import threading
@@ -24,7 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mlmoat.local.awsenv import sqs_client
+from mlmoat.local.awsenv import DUMMY_CREDENTIALS, region_from, sqs_client
+from mlmoat.local.sigv4 import SignatureError, verify
 from mlmoat.local.template import LOCAL_ACCOUNT_ID, Route, Template
 from mlmoat.local.workers import FunctionLayout, FunctionStartError, Invocation, WorkerPool
 
@@ -141,8 +143,16 @@ class LocalApi:
         host: str = "127.0.0.1",
         port: int = 3000,
         workers: int = 1,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
         self.template = template
+        # What AWS_IAM routes check SigV4 signatures against: the local credentials and region.
+        environ = credentials if credentials is not None else os.environ
+        self.access_key = environ.get("AWS_ACCESS_KEY_ID") or DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"]
+        self._secret_key = (
+            environ.get("AWS_SECRET_ACCESS_KEY") or DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+        )
+        self.region = region_from(environ)
         self.routes = template.routes()
         self.stage = _stage(template)
         self.pools = {name: WorkerPool(layout, workers) for name, layout in layouts.items()}
@@ -206,6 +216,25 @@ class LocalApi:
                 path_parameters=parameters,
                 request_id=request_id,
             )
+            if route.authorizer == "AWS_IAM":
+                # API Gateway checks the signature before any function runs, and tells the
+                # function who signed (requestContext.identity).
+                try:
+                    caller = verify(
+                        method,
+                        raw_path,
+                        headers,
+                        body,
+                        access_key=self.access_key,
+                        secret_key=self._secret_key,
+                        region=self.region,
+                        account_id=LOCAL_ACCOUNT_ID,
+                    )
+                except SignatureError as exc:
+                    _log(f"{route.function}: refused unsigned or badly signed request")
+                    message = {"message": str(exc)}
+                    return 403, [("Content-Type", "application/json")], json.dumps(message).encode()
+                event["requestContext"]["identity"].update(caller.identity())
             try:
                 invocation = self.pools[route.function].invoke(event, request_id)
             except FunctionStartError as exc:

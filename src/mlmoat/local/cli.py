@@ -272,7 +272,12 @@ def cmd_up(args: argparse.Namespace) -> int:
                 f"-H 'X-API-Key: {api_key}' -d '{json.dumps(body)}'"
             )
             print(
-                "# admin routes take an admin key: `mlmoat keys create --owner ops --scope admin`"
+                "# admin routes take no key: they are AWS_IAM, a SigV4 signature made with the "
+                f"local credentials ({api.access_key}/...), as API Gateway requires:"
+            )
+            print(
+                f"curl -s {api.url}/admin/keys --aws-sigv4 'aws:amz:{api.region}:execute-api' "
+                '--user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"'
             )
             print("# Ctrl-C to stop", flush=True)
             _wait_for_interrupt()

@@ -204,13 +204,14 @@ def create_key(
         InvalidPayloadError: the plan is not a valid key configuration.
         StoreUnavailableError: the local DynamoDB failed.
     """
-    from security.admin import KeyAdmin
+    from security.admin import KeyAdmin, uncapped
     from security.settings import Settings
     from security.store import PrincipalStore
 
     table = table_name()
     store = PrincipalStore(client=dynamodb_client(env), table_name=table)
-    admin = KeyAdmin(store=store, settings=Settings(table_name=table, model_dir=str(REPO)))
+    settings = uncapped(Settings(table_name=table, model_dir=str(REPO)))
+    admin = KeyAdmin(store=store, settings=settings)
     created = admin.create(
         owner=owner,
         scopes=scopes,

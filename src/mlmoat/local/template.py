@@ -77,6 +77,8 @@ class Route:
     function: str
     method: str
     resource: str
+    #: The event's ``Auth.Authorizer`` (``AWS_IAM`` for the admin routes), ``NONE`` if unset.
+    authorizer: str = "NONE"
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
         """Path parameters when ``method``/``path`` hit this route, else ``None``."""
@@ -233,6 +235,7 @@ class Template:
                     logical_id,
                     str(event["Properties"]["Method"]).upper(),
                     str(event["Properties"]["Path"]),
+                    str((event["Properties"].get("Auth") or {}).get("Authorizer") or "NONE"),
                 )
                 for event in (props.get("Events") or {}).values()
                 if event.get("Type") == "Api"

@@ -110,7 +110,7 @@ class LocalStack:
         self._set_env(self.env)
         import boto3
 
-        from security.admin import KeyAdmin
+        from security.admin import KeyAdmin, uncapped
         from security.settings import Settings
         from security.store import PrincipalStore
 
@@ -119,7 +119,7 @@ class LocalStack:
         self.store = PrincipalStore(
             client=boto3.client("dynamodb"), table_name=self.settings.table_name
         )
-        self.admin = KeyAdmin(store=self.store, settings=self.settings)
+        self.admin = KeyAdmin(store=self.store, settings=uncapped(self.settings))
         self.queue_url = str(self.settings.extraction_queue_url)
         self.audit_path.parent.mkdir(parents=True, exist_ok=True)
         # Appended to by every function process at once: O_APPEND keeps their lines whole.

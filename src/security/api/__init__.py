@@ -93,23 +93,12 @@ def create_app(
     return app
 
 
-def create_admin_app(
-    *,
-    settings: Settings,
-    admin: KeyAdmin,
-    authenticator: Authenticator,
-    gatekeeper: Gatekeeper,
-    audit: AuditLog,
-) -> FastAPI:
-    """The admin API (AdminFunction): ``/admin/keys`` behind the same shell. Docs are off."""
+def create_admin_app(*, settings: Settings, admin: KeyAdmin, audit: AuditLog) -> FastAPI:
+    """The admin API (AdminFunction): ``/admin/keys`` and ``/admin/subjects`` behind the same
+    shell, authorised by the caller's IAM identity alone. Docs are off."""
     from security.api.admin import admin_router
 
-    app = new_app(
-        settings=settings,
-        audit=audit,
-        title="mlmoat admin",
-        state={"gate": Gate(authenticator=authenticator, gatekeeper=gatekeeper)},
-    )
+    app = new_app(settings=settings, audit=audit, title="mlmoat admin")
     app.include_router(admin_router(admin))
     return app
 

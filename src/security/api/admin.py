@@ -1,9 +1,10 @@
-"""The admin API's routes (``/admin/keys``), as a FastAPI ``APIRouter``.
+"""The admin API's routes (``/admin/keys``, ``/admin/subjects``), as a FastAPI ``APIRouter``.
 
-Every route requires credentials carrying the ``admin`` scope (``RequirePrincipal``, one
-consistent read; nothing is charged). The routes are thin: every rule lives in
-``security.admin.KeyAdmin``. Errors are ``SecurityError`` subclasses, answered by the error
-table in admin wording (``security.api.errors.ADMIN_REASON_RESPONSES``).
+Every route requires the IAM identity API Gateway verified with SigV4 (``RequireIamCaller``;
+``AWS_IAM`` on the routes in template.yaml): no API key or token is ever read here. The routes
+are thin: every rule lives in ``security.admin.KeyAdmin``. Errors are ``SecurityError``
+subclasses, answered by the error table in admin wording
+(``security.api.errors.ADMIN_REASON_RESPONSES``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from security.api.deps import RequirePrincipal
+from security.api.deps import RequireIamCaller
 from security.errors import InvalidPayloadError, MalformedBodyError, PayloadTooLargeError
 
 if TYPE_CHECKING:
     from security.admin import KeyAdmin
 
 ADMIN_PREFIX = "/admin/keys"
+SUBJECTS_PREFIX = "/admin/subjects"
 _MAX_BODY_BYTES = 4096
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -61,12 +63,13 @@ async def _parse_body(request: Request, model: type[_M]) -> _M:
 
 
 def admin_router(admin: KeyAdmin) -> APIRouter:
-    """Routes under ``/admin/keys`` behind the ``admin`` scope."""
-    require_admin = RequirePrincipal(scope="admin", refusal="admin_scope_required")
-    # One router-level dependency: no route under /admin/keys can forget the admin check.
-    router = APIRouter(prefix=ADMIN_PREFIX, dependencies=[Depends(require_admin)])
+    """Routes under ``/admin/keys`` and ``/admin/subjects``, behind the IAM identity."""
+    # One router-level dependency: no admin route can forget the IAM check.
+    router = APIRouter(dependencies=[Depends(RequireIamCaller())])
 
-    @router.post("", status_code=201, summary="Create an API key (the secret is shown once)")
+    @router.post(
+        ADMIN_PREFIX, status_code=201, summary="Create an API key (the secret is shown once)"
+    )
     async def create_key(request: Request) -> JSONResponse:
         body = await _parse_body(request, CreateKeyBody)
         created = admin.create(
@@ -79,33 +82,47 @@ def admin_router(admin: KeyAdmin) -> APIRouter:
         )
         return JSONResponse(created, status_code=201)
 
-    @router.get("", summary="List API keys")
+    @router.get(ADMIN_PREFIX, summary="List API keys")
     async def list_keys(owner: str | None = None) -> dict[str, Any]:
         return {"keys": admin.list(owner=owner)}
 
-    @router.get("/{key_id}", summary="Show one API key")
+    @router.get(ADMIN_PREFIX + "/{key_id}", summary="Show one API key")
     async def show_key(key_id: str) -> dict[str, Any]:
         return admin.show(key_id)
 
-    @router.get("/{key_id}/usage", summary="Usage counters of one API key")
+    @router.get(ADMIN_PREFIX + "/{key_id}/usage", summary="Usage counters of one API key")
     async def key_usage(key_id: str) -> dict[str, Any]:
         return admin.usage(key_id)
 
-    @router.post("/{key_id}/revoke", summary="Revoke an API key for good")
+    @router.post(ADMIN_PREFIX + "/{key_id}/revoke", summary="Revoke an API key for good")
     async def revoke_key(key_id: str) -> dict[str, Any]:
         return admin.revoke(key_id)
 
-    @router.post("/{key_id}/suspend", summary="Suspend an API key")
+    @router.post(ADMIN_PREFIX + "/{key_id}/suspend", summary="Suspend an API key")
     async def suspend_key(key_id: str) -> dict[str, Any]:
         return admin.suspend(key_id)
 
-    @router.post("/{key_id}/reinstate", summary="Reinstate a suspended API key")
+    @router.post(ADMIN_PREFIX + "/{key_id}/reinstate", summary="Reinstate a suspended API key")
     async def reinstate_key(key_id: str) -> dict[str, Any]:
         return admin.reinstate(key_id)
 
-    @router.post("/{key_id}/rotate", summary="Rotate an API key's secret (shown once)")
+    @router.post(
+        ADMIN_PREFIX + "/{key_id}/rotate", summary="Rotate an API key's secret (shown once)"
+    )
     async def rotate_key(request: Request, key_id: str) -> JSONResponse:
         body = await _parse_body(request, RotateKeyBody)
         return JSONResponse(admin.rotate(key_id, grace=body.grace))
+
+    @router.get(SUBJECTS_PREFIX + "/{subject}", summary="Show a JWT subject")
+    async def show_subject(subject: str, issuer: str | None = None) -> dict[str, Any]:
+        return admin.show_subject(subject, issuer=issuer)
+
+    @router.post(SUBJECTS_PREFIX + "/{subject}/suspend", summary="Suspend a JWT subject")
+    async def suspend_subject(subject: str, issuer: str | None = None) -> dict[str, Any]:
+        return admin.suspend_subject(subject, issuer=issuer)
+
+    @router.post(SUBJECTS_PREFIX + "/{subject}/reinstate", summary="Reinstate a JWT subject")
+    async def reinstate_subject(subject: str, issuer: str | None = None) -> dict[str, Any]:
+        return admin.reinstate_subject(subject, issuer=issuer)
 
     return router

@@ -86,10 +86,11 @@ PREDICT_REASON_RESPONSES: dict[str, ErrorResponse] = {
 }
 #: The admin API's refusals in admin wording (reason -> response).
 ADMIN_REASON_RESPONSES: dict[str, ErrorResponse] = {
-    "admin_scope_required": ErrorResponse(
-        403, "forbidden", "These credentials may not administer keys."
+    "iam_identity_required": ErrorResponse(
+        403, "forbidden", "Only a signed IAM identity may administer keys."
     ),
     "unknown_key": ErrorResponse(404, "not_found", "No such key."),
+    "unknown_subject": ErrorResponse(404, "not_found", "No such token subject."),
     "key_exists": ErrorResponse(409, "conflict", "A key with this id already exists."),
     "invalid_transition": ErrorResponse(
         409, "conflict", "The key's current status does not allow this change."
@@ -105,6 +106,13 @@ ADMIN_REASON_RESPONSES: dict[str, ErrorResponse] = {
             "invalid_output_policy": "The output policy is not valid.",
             "invalid_duration": "The duration is not valid.",
             "invalid_key_id": "The key id is not valid.",
+            "invalid_subject": "The token subject is not valid.",
+            "issuer_required": "No token issuer is configured.",
+            "scope_not_grantable": "A scope is not one an admin may grant.",
+            "rate_limit_over_cap": "The rate limit is above the cap for keys.",
+            "budget_over_cap": "The budget is above the cap for keys.",
+            "output_policy_over_cap": "The output policy reveals more than keys may.",
+            "lifetime_over_cap": "The lifetime is above the cap for keys.",
         }.items()
     },
 }

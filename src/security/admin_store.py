@@ -1,0 +1,213 @@
+"""Administration writes of ``PrincipalStore``: create, list, move and rotate keys; suspend and
+reinstate token subjects. Never on the request path (the admin function and ``mlmoat keys``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from security.dynamo import ConditionFailed, Item
+from security.dynamo import dump as _dump
+from security.dynamo import load as _load
+from security.dynamo import translated as _translated
+from security.errors import ConflictError, NotFoundError, StoreUnavailableError
+
+
+class AdminStoreMixin:
+    """Administration methods of ``PrincipalStore`` (it gives ``_client``, ``_table``, ``get``)."""
+
+    _client: Any
+    _table: str
+
+    if TYPE_CHECKING:
+
+        def get(self, pk: str) -> Item | None:
+            """Read one item (consistent): ``PrincipalStore.get``."""
+
+    def list_keys(self, *, owner: str | None = None) -> list[Item]:
+        """Every API key item (paginated scan; admin use only, never on the request path).
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        names = {"#pk": "pk"}
+        from security.store import KEY_PREFIX
+
+        values: dict[str, Any] = {":prefix": {"S": KEY_PREFIX}}
+        filter_expr = "begins_with(#pk, :prefix)"
+        if owner is not None:
+            names["#owner"] = "owner"
+            values[":owner"] = {"S": owner}
+            filter_expr += " AND #owner = :owner"
+        items: list[Item] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": filter_expr,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+            "ConsistentRead": True,
+        }
+        with _translated():
+            while True:
+                response = self._client.scan(**kwargs)
+                items.extend(i for raw in response.get("Items", []) if (i := _load(raw)))
+                last = response.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+        return sorted(items, key=lambda i: (i.get("created_at", 0), i["pk"]))
+
+    def create_key(self, item: Item) -> None:
+        """Write a new key item; refuses to overwrite an existing one.
+
+        Raises:
+            InvalidPayloadError: an item with this key id already exists (``key_exists``).
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        try:
+            with _translated():
+                self._client.put_item(
+                    TableName=self._table,
+                    Item={name: _dump(value) for name, value in item.items()},
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+        except ConditionFailed as failed:
+            raise ConflictError("key_exists") from failed
+
+    def set_status(
+        self, key_id: str, status: str, *, allowed_from: Iterable[str], now: int
+    ) -> Item:
+        """Move a key to ``status`` if it is now in one of ``allowed_from``; bumps config_version.
+
+        Raises:
+            NotFoundError: no such key.
+            InvalidPayloadError: the current status forbids the move (``invalid_transition``).
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        sources = sorted(set(allowed_from))
+        placeholders = [f":from{i}" for i in range(len(sources))]
+        values: dict[str, Any] = {":status": _dump(status), ":now": _dump(now), ":one": _dump(1)}
+        values.update({p: _dump(s) for p, s in zip(placeholders, sources, strict=True)})
+        return self._update_key(
+            key_id,
+            update="SET #status = :status, updated_at = :now ADD config_version :one",
+            condition=f"attribute_exists(pk) AND #status IN ({', '.join(placeholders)})",
+            names={"#status": "status"},
+            values=values,
+        )
+
+    def rotate_secret(self, key_id: str, *, new_hash: str, grace_until: int, now: int) -> Item:
+        """Replace a key's secret hash, keeping the old one valid until ``grace_until``.
+
+        Counters (rows used, windows, budget) are untouched: rotation is no budget reset.
+
+        Raises:
+            NotFoundError: no such key.
+            InvalidPayloadError: the key is revoked (``invalid_transition``).
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        return self._update_key(
+            key_id,
+            update=(
+                "SET prev_secret_hash = secret_hash, prev_secret_until = :until, "
+                "secret_hash = :new, rotated_at = :now, updated_at = :now ADD config_version :one"
+            ),
+            condition="attribute_exists(pk) AND #status <> :revoked",
+            names={"#status": "status"},
+            values={
+                ":until": _dump(grace_until),
+                ":new": _dump(new_hash),
+                ":now": _dump(now),
+                ":one": _dump(1),
+                ":revoked": _dump("revoked"),
+            },
+        )
+
+    def set_subject_status(
+        self,
+        pk: str,
+        status: str,
+        *,
+        allowed_from: Iterable[str],
+        subject: str,
+        issuer: str,
+        now: int,
+        create: bool,
+    ) -> Item:
+        """Move a token subject to ``status`` from one of ``allowed_from``; with ``create``, a
+        subject that never called gets its item (suspended before its first request).
+
+        Raises:
+            NotFoundError: no such subject (``unknown_subject``).
+            ConflictError: the current status forbids the move (``invalid_transition``).
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        sources = sorted(set(allowed_from))
+        placeholders = [f":from{i}" for i in range(len(sources))]
+        condition = f"#status IN ({', '.join(placeholders)})"
+        condition = f"(attribute_not_exists(pk) OR {condition})" if create else condition
+        values: dict[str, Any] = {
+            ":status": _dump(status),
+            ":now": _dump(now),
+            ":kind": _dump("jwt"),
+            ":subject": _dump(subject),
+            ":issuer": _dump(issuer),
+        }
+        values.update({p: _dump(s) for p, s in zip(placeholders, sources, strict=True)})
+        try:
+            with _translated():
+                response = self._client.update_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": pk}},
+                    UpdateExpression=(
+                        "SET #status = :status, updated_at = :now, subject = :subject, "
+                        "issuer = :issuer, kind = if_not_exists(kind, :kind), "
+                        "created_at = if_not_exists(created_at, :now)"
+                    ),
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames={"#status": "status"},
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except ConditionFailed as failed:
+            if not failed.item:
+                raise NotFoundError("unknown_subject") from failed
+            raise ConflictError("invalid_transition") from failed
+        item = _load(response.get("Attributes"))
+        if item is None:  # pragma: no cover - ALL_NEW always returns the item
+            raise StoreUnavailableError("empty_update_response")
+        return item
+
+    def _update_key(
+        self,
+        key_id: str,
+        *,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+    ) -> Item:
+        from security.store import key_pk
+
+        try:
+            with _translated():
+                response = self._client.update_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": key_pk(key_id)}},
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues=values,
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except ConditionFailed as failed:
+            if not failed.item:
+                raise NotFoundError("unknown_key") from failed
+            raise ConflictError("invalid_transition") from failed
+        item = _load(response.get("Attributes"))
+        if item is None:  # pragma: no cover - ALL_NEW always returns the item
+            raise StoreUnavailableError("empty_update_response")
+        return item
