@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from security.auth import Principal
-from security.store import RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX
+from security.store import RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX, rate_attr
 
 IDEMPOTENCY_BUCKET_SECONDS = 30
 
@@ -70,3 +72,16 @@ def rate_headers(
         policy += f', "budget";q={principal.budget}'
         state += f', "budget";r={max(0, budget_remaining)}'
     return {"RateLimit-Policy": policy, "RateLimit": state}
+
+
+def remaining(
+    principal: Principal, item: Mapping[str, Any], now: int
+) -> tuple[int, int, int | None]:
+    """Rows left in the current window, seconds until it ends, and rows left in the budget."""
+    rate = principal.rate_limit
+    start = now - now % rate.window_seconds
+    used = int(item.get(rate_attr(start), 0))
+    budget_left = None
+    if principal.budget is not None:
+        budget_left = principal.budget - int(item.get("rows_used", 0))
+    return rate.count - used, start + rate.window_seconds - now, budget_left

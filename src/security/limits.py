@@ -31,6 +31,7 @@ from security.admission import (
     Admission,
     is_older,
     rate_headers,
+    remaining,
     request_digest,
 )
 from security.auth import Credentials, Principal, principal_from_claims, principal_from_item
@@ -406,21 +407,10 @@ class Gatekeeper:
             request.previous_request_attr, set()
         )
 
-    def _remaining(
-        self, principal: Principal, item: Mapping[str, Any], now: int
-    ) -> tuple[int, int, int | None]:
-        rate = principal.rate_limit
-        start = window_start(now, rate.window_seconds)
-        used = int(item.get(rate_attr(start), 0))
-        budget_left = None
-        if principal.budget is not None:
-            budget_left = principal.budget - int(item.get("rows_used", 0))
-        return rate.count - used, start + rate.window_seconds - now, budget_left
-
     def _admission(
         self, principal: Principal, item: Mapping[str, Any], *, rows: int, now: int
     ) -> Admission:
-        rate_left, reset, budget_left = self._remaining(principal, item, now)
+        rate_left, reset, budget_left = remaining(principal, item, now)
         return Admission(
             principal=principal,
             rows=rows,
@@ -432,7 +422,7 @@ class Gatekeeper:
     def _headers_from_item(
         self, principal: Principal, item: Mapping[str, Any], now: int
     ) -> dict[str, str]:
-        rate_left, reset, budget_left = self._remaining(principal, item, now)
+        rate_left, reset, budget_left = remaining(principal, item, now)
         return rate_headers(principal, rate_left, reset, budget_left)
 
     def _over_limit(
@@ -444,7 +434,7 @@ class Gatekeeper:
         now: int,
         never_fits: bool = False,
     ) -> SecurityError:
-        rate_left, reset, budget_left = self._remaining(principal, item, now)
+        rate_left, reset, budget_left = remaining(principal, item, now)
         if budget_left is not None and rows > budget_left:
             # A budget never refills: no Retry-After would be true.
             error: SecurityError = RateLimitedError("budget_exhausted", retry_after=None)

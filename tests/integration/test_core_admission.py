@@ -235,23 +235,40 @@ def test_stale_cached_config_is_refreshed_by_the_failed_write(
     assert admin.usage(created["key_id"])["usage"]["rows_used"] == 3
 
 
-def test_scope_is_enforced_and_refusal_is_not_charged(core_endpoint: str, core_table: str) -> None:
+def test_scope_is_enforced_and_the_refusal_costs_a_refusal_not_rows(
+    core_endpoint: str, core_table: str
+) -> None:
     clock = Clock()
     _, _, admin, gatekeeper, authenticator = _setup(core_endpoint, core_table, clock)
     iris_only = admin.create(owner="ivan", scopes=["predict:iris"])
-    admin_only = admin.create(owner="judy", scopes=["admin"])
     iris_creds = _creds(authenticator, iris_only["api_key"])
     _admit(gatekeeper, iris_creds, model="iris")
     with pytest.raises(ForbiddenError) as caught:
         _admit(gatekeeper, iris_creds, model="breast-cancer")
     assert "RateLimit" in caught.value.headers
-    with pytest.raises(ForbiddenError):  # admin alone does not predict
-        _admit(gatekeeper, _creds(authenticator, admin_only["api_key"]), model="iris")
-    assert admin.usage(iris_only["key_id"])["usage"]["rows_used"] == 1
-    principal = gatekeeper.authenticate(
-        _creds(authenticator, admin_only["api_key"]), model=None, source_ip="10.0.0.1"
+    usage = admin.usage(iris_only["key_id"])["usage"]
+    assert usage["rows_used"] == 1 and usage["refusals"] == 1
+
+
+def test_refusals_are_capped_per_principal(core_endpoint: str, core_table: str) -> None:
+    # given a refusal allowance of 5 per hour and a 61-row batch on a 60/minute key (the outside
+    # test's envelope probe: it can never fit, so each probe used to be free)
+    clock = Clock()
+    _, _, admin, gatekeeper, authenticator = _setup(
+        core_endpoint, core_table, clock, refusal_limit=RateSpec(5, 3600)
     )
-    assert principal.is_admin and not principal.allows("iris")
+    created = admin.create(owner="prober", rate_limit="60/minute")
+    creds = _creds(authenticator, created["api_key"])
+    reasons = []
+    for _ in range(8):
+        with pytest.raises(RateLimitedError) as caught:
+            _admit(gatekeeper, creds, rows=61)
+        reasons.append(caught.value.reason)
+    # then the first five are answered as before, and counted; then the allowance is spent
+    assert reasons == ["rate_limited"] * 5 + ["refusal_limit"] * 3
+    assert admin.usage(created["key_id"])["usage"]["refusals"] == 5
+    # and the key still predicts (rows are a separate allowance)
+    assert _admit(gatekeeper, creds).rows == 1
 
 
 def test_authenticate_is_one_read_and_charges_nothing(core_endpoint: str, core_table: str) -> None:

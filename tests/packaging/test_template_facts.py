@@ -21,8 +21,8 @@ ALLOWED_ACTIONS = {
         "dynamodb:GetItem", "dynamodb:UpdateItem", "sqs:SendMessage", "ssm:GetParameter",
     },
     "AdminFunction": {
+        # No ssm:GetParameter: the admin plane reads no token (AWS_IAM authorises it).
         "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Scan",
-        "ssm:GetParameter",
     },
     "MonitorFunction": {
         "dynamodb:GetItem", "dynamodb:UpdateItem", "sqs:ReceiveMessage",
@@ -40,6 +40,9 @@ ROUTES = {
     ("AdminFunction", "POST", "/admin/keys/{key_id}/suspend"),
     ("AdminFunction", "POST", "/admin/keys/{key_id}/reinstate"),
     ("AdminFunction", "GET", "/admin/keys/{key_id}/usage"),
+    ("AdminFunction", "GET", "/admin/subjects/{subject}"),
+    ("AdminFunction", "POST", "/admin/subjects/{subject}/suspend"),
+    ("AdminFunction", "POST", "/admin/subjects/{subject}/reinstate"),
 }
 
 
@@ -166,6 +169,10 @@ def test_routes_are_exactly_the_api(doc: dict[str, Any]) -> None:
     template = Template(REPO / "template.yaml")
     routes = {(r.function, r.method, r.resource) for r in template.routes()}
     assert routes == ROUTES
+    # every admin route, and only those, is AWS_IAM: no prediction credential reaches them
+    for route in template.routes():
+        expected = "AWS_IAM" if route.function == "AdminFunction" else "NONE"
+        assert route.authorizer == expected, route
     for name in FUNCTIONS[:2]:
         for event in _resources(doc)[name]["Properties"]["Events"].values():
             assert event["Properties"]["RestApiId"] == {"Ref": "Api"}
