@@ -46,6 +46,7 @@ def uncapped(settings: Settings) -> Settings:
         key_max_rate=RateSpec(10**9, 1),
         key_max_budget=10**12,
         key_max_lifetime_seconds=10 * 366 * 86400,
+        key_max_output_policy="probabilities:6",  # the grammar's most revealing
     )
 
 
