@@ -126,12 +126,22 @@ class ApiFunction:
 
         Mangum asks ``asyncio.get_event_loop()`` for the loop it runs the app on; with none set,
         CPython 3.12 and 3.13 (the Lambda runtime) warn that this is deprecated and 3.14 raises.
-        The loop is therefore set here first, once per thread.
+        The loop is therefore set here first, once per thread. Every event passes
+        ``security.api.edge.screen`` first: one Mangum cannot read (a malformed or repeated
+        ``Host`` or ``X-Forwarded-Port``) reaches the app marked, and is refused there with
+        its audit record instead of raising inside Mangum.
         """
         from mangum import Mangum
 
+        from security.api.edge import screen
+
         _ensure_event_loop()
-        return Mangum(self.app, lifespan="off")
+        adapter = Mangum(self.app, lifespan="off")
+
+        def handler(event: Any, context: Any) -> Any:
+            return adapter(screen(event), context)
+
+        return handler
 
 
 def _ensure_event_loop() -> None:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from handlersupport import header, invoke, response_body, rest_event
+from handlersupport import header, invoke, load_event, response_body, rest_event
 
 _ROW = json.dumps({"features": [5.1, 3.5, 1.4, 0.2]}).encode()
 
@@ -106,3 +106,68 @@ def test_a_spent_budget_says_so_and_promises_no_retry(
     assert limited["statusCode"] == 429
     assert response_body(limited)["error"]["code"] == "rate_limited"
     assert 1 <= int(header(limited, "Retry-After") or 0) <= 60
+
+
+_MALFORMED_HOSTS = [
+    pytest.param({"Host": "a:b:c"}, id="host-two-colons"),
+    pytest.param({"Host": "api.example.com:https"}, id="host-port-not-a-number"),
+    pytest.param({"Host": "api.example.com:99999"}, id="host-port-out-of-range"),
+    pytest.param({"X-Forwarded-Port": "80x"}, id="port-not-a-number"),
+    pytest.param({"X-Forwarded-Port": "443, 80"}, id="port-two-values"),
+]
+
+
+def _audited(log_sink: Any, response: dict[str, Any]) -> list[dict[str, Any]]:
+    request_id = header(response, "X-Request-Id")
+    return [r for r in log_sink.audit_records() if r["request_id"] == request_id]
+
+
+@pytest.mark.parametrize("bad", _MALFORMED_HOSTS)
+def test_a_malformed_host_or_port_is_a_400_with_one_audit_record(
+    bad: dict[str, str], predict_module: Any, keys: dict[str, str], log_sink: Any
+) -> None:
+    # Given a valid request whose Host or X-Forwarded-Port Mangum cannot parse
+    headers = {"Content-Type": "application/json", "X-API-Key": keys["API_KEY"]}
+    event = rest_event(path="/predict", body=_ROW, headers={**headers, **bad})
+    # When it arrives (before: Mangum raised, API Gateway answered 502, nothing was audited)
+    response = invoke(predict_module, event)
+    # Then it is the envelope's 400, generic, audited once, and nothing of the header echoed
+    assert response["statusCode"] == 400
+    assert response_body(response)["error"]["code"] == "malformed_header"
+    assert next(iter(bad.values())) not in response["body"]
+    (record,) = _audited(log_sink, response)
+    assert record["status"] == 400 and record["reason"] == "malformed_header"
+    assert record["rows"] == 0
+
+
+def test_two_host_headers_are_a_400_with_one_audit_record(
+    predict_module: Any, keys: dict[str, str], log_sink: Any
+) -> None:
+    headers = {"Content-Type": "application/json", "X-API-Key": keys["API_KEY"]}
+    event = rest_event(path="/predict", body=_ROW, headers={**headers, "Host": "a.example"})
+    event["multiValueHeaders"]["Host"] = ["a.example", "b.example"]
+    response = invoke(predict_module, event)
+    assert response["statusCode"] == 400
+    (record,) = _audited(log_sink, response)
+    assert record["reason"] == "malformed_header"
+
+
+def test_an_http_api_event_with_a_joined_host_is_a_400(
+    predict_module: Any, keys: dict[str, str], log_sink: Any
+) -> None:
+    # HTTP API (v2) joins a repeated header with a comma
+    event = load_event("http/predict-ok-single.json", {"API_KEY": keys["API_KEY"]})
+    event["headers"]["host"] = "a.example:443,b.example:443"
+    response = invoke(predict_module, event)
+    assert response["statusCode"] == 400
+    (record,) = _audited(log_sink, response)
+    assert record["reason"] == "malformed_header"
+
+
+@pytest.mark.parametrize("host", ["api.example.com", "api.example.com:443", "10.0.0.7:3000"])
+def test_a_well_formed_host_is_served(
+    host: str, predict_module: Any, keys: dict[str, str]
+) -> None:
+    headers = {"Content-Type": "application/json", "X-API-Key": keys["API_KEY"], "Host": host}
+    response = invoke(predict_module, rest_event(path="/predict", body=_ROW, headers=headers))
+    assert response["statusCode"] == 200

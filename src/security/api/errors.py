@@ -130,6 +130,7 @@ HTTP_RESPONSES: dict[int, tuple[str, ErrorResponse]] = {
 #: A request that does not match a route's declared parameters (FastAPI's own 422, which would
 #: echo the input and pydantic's internals).
 REQUEST_MISMATCH = ErrorResponse(422, "invalid_request", "The request does not match the API.")
+MALFORMED_HEADER = ErrorResponse(400, "malformed_header", "The request's headers are malformed.")
 
 
 def error_response_for(exc: SecurityError) -> ErrorResponse:

@@ -21,9 +21,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from security.api.edge import MALFORMED_MARK
 from security.api.errors import (
     HTTP_RESPONSES,
     INTERNAL,
+    MALFORMED_HEADER,
     REQUEST_MISMATCH,
     ErrorResponse,
     error_response_for,
@@ -108,6 +110,7 @@ class AuditMiddleware:
         )
         scope.setdefault("state", {})["audit"] = event
         self.audit.begin(request_id)
+        malformed = aws_event(scope).get(MALFORMED_MARK)
         started: list[int] = []
 
         async def send_with_id(message: Message) -> None:
@@ -120,7 +123,13 @@ class AuditMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if malformed:
+                # Mangum could not have read this event as sent (``security.api.edge``).
+                event.reason = "malformed_header"
+                event.flags.append(f"detail:{malformed}"[:120])
+                await envelope(MALFORMED_HEADER, request_id)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         # The single 500 fallback: log the detail, answer generically.
         except Exception as exc:  # noqa: BLE001
             self.audit.error("unhandled_error", exc=exc)
