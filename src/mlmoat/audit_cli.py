@@ -14,7 +14,12 @@ predicted, refusals by reason, models, first and last seen, and flags principals
 ratio, authentication failures, throttling, adversarial-input refusals, extraction flags or
 row volume stand out. Usage::
 
-    mlmoat audit [FILE|-]... [--principal ID] [--since ISO] [--until ISO] [--json]
+    mlmoat audit [FILE|-]... [--principal ID] [--since ISO] [--until ISO] [--by owner] [--json]
+
+``--by owner`` groups the records of every key of one owner (the ``owner`` field of admitted
+requests; a key's refusals and the monitor's flags join its owner once any of its requests
+names it): budgets and the extraction monitor are per key, so an owner spreading an
+extraction over many keys shows only here, as one owner's rows, models and flags.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class PrincipalSummary:
     first_seen: float | None = None
     last_seen: float | None = None
     anomalies: list[str] = field(default_factory=list)
+    principals: set[str] = field(default_factory=set)
 
     def seen(self, when: float | None) -> None:
         """Widen the first/last-seen interval to include ``when``."""
@@ -85,6 +91,7 @@ class PrincipalSummary:
             "first_seen": _iso(self.first_seen),
             "last_seen": _iso(self.last_seen),
             "anomalies": self.anomalies,
+            "principals": sorted(self.principals),
         }
 
 
@@ -214,14 +221,30 @@ def _matches(record: dict[str, Any], wanted: str) -> bool:
     return wanted in candidates
 
 
+def owners_of(records: Iterable[tuple[dict[str, Any], float | None]]) -> dict[str, str]:
+    """Principal -> owner, from the records that name one (admitted API-key requests)."""
+    owners: dict[str, str] = {}
+    for record, _ in records:
+        owner = record.get("owner")
+        if isinstance(owner, str) and owner:
+            owners.setdefault(principal_of(record), owner)
+    return owners
+
+
 def summarise(
     records: Iterable[tuple[dict[str, Any], float | None]],
     *,
     principal: str | None = None,
     since: float | None = None,
     until: float | None = None,
+    by: str = "principal",
 ) -> list[PrincipalSummary]:
-    """Aggregate records per principal (filtered), then flag the anomalous principals."""
+    """Aggregate records per principal, or per owner with ``by="owner"`` (filtered), then flag
+    the anomalous ones."""
+    owners: dict[str, str] = {}
+    if by == "owner":
+        records = list(records)
+        owners = owners_of(records)
     summaries: dict[str, PrincipalSummary] = {}
     for record, when in records:
         if principal is not None and not _matches(record, principal):
@@ -230,8 +253,10 @@ def summarise(
             continue
         if until is not None and (when is None or when > until):
             continue
-        name = principal_of(record)
+        who = principal_of(record)
+        name = f"owner:{owners[who]}" if who in owners else who
         summary = summaries.setdefault(name, PrincipalSummary(principal=name))
+        summary.principals.add(who)
         summary.seen(when)
         if record.get("event") == "extraction_flag":
             summary.extraction_flags.append(str(record.get("reason", "extraction")))
@@ -282,6 +307,8 @@ def flag_anomalies(summaries: list[PrincipalSummary]) -> None:
             )
         if summary.extraction_flags:
             notes.append("extraction:" + ",".join(sorted(set(summary.extraction_flags))))
+        if len(summary.principals) > 1 and (summary.extraction_flags or summary.squeeze_flagged):
+            notes.append(f"flagged_across_keys:{len(summary.principals)}")
         others = list(volumes)
         if summary.rows in others:
             others.remove(summary.rows)
@@ -335,6 +362,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--principal", help="only this key id, subject, principal id or ip:ADDR")
     parser.add_argument("--since", help="only records at or after this ISO 8601 time")
     parser.add_argument("--until", help="only records at or before this ISO 8601 time")
+    parser.add_argument(
+        "--by",
+        choices=("principal", "owner"),
+        default="principal",
+        help="group by principal (default) or by the owner of the keys",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     try:
@@ -345,7 +378,11 @@ def main(argv: list[str]) -> int:
     reader = AuditReader()
     try:
         summaries = summarise(
-            reader.read(_open(args.files)), principal=args.principal, since=since, until=until
+            reader.read(_open(args.files)),
+            principal=args.principal,
+            since=since,
+            until=until,
+            by=args.by,
         )
     except OSError as exc:
         print(f"mlmoat audit: {exc}", file=sys.stderr)

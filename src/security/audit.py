@@ -99,6 +99,7 @@ class AuditEvent:
     principal_id: str | None = None
     key_id: str | None = None
     subject: str | None = None
+    owner: str | None = None
     principal_fingerprint: str | None = None
     rows: int = 0
     decision: str = "deny"
@@ -137,6 +138,11 @@ class AuditEvent:
         fingerprint = getattr(who, "fingerprint", None)
         if isinstance(fingerprint, str):
             self.principal_fingerprint = fingerprint
+        owner = getattr(who, "owner", None)
+        if isinstance(owner, str) and owner:
+            # The key's owner (an admission's principal): `mlmoat audit --by owner` adds up
+            # an owner's keys, which each have their own budget and monitor state.
+            self.owner = owner
 
     def fields(self) -> dict[str, Any]:
         """The record's fields as they are logged (``None`` fields left out)."""

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,75 @@ def test_a_bad_time_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         audit_cli.main(["--since", "yesterday"])
     assert info.value.code == 2
+
+
+def _owner_records() -> io.StringIO:
+    """Real records: owner acme spreads 900 rows over three keys, three owners use ~50 each."""
+    stream = io.StringIO()
+    audit = AuditLog(service=f"audit-owner-{uuid.uuid4().hex[:8]}", stream=stream)
+
+    class Admitted:  # what AuditEvent.identify reads from an admission's principal
+        def __init__(self, key_id: str, owner: str) -> None:
+            self.kind, self.principal_id = "api_key", f"key#{key_id}"
+            self.key_id, self.subject, self.owner = key_id, None, owner
+
+    def request(key_id: str, owner: str, rows: int) -> None:
+        event = AuditEvent(request_id=str(uuid.uuid4()), route="/predict", model="iris")
+        event.identify(Admitted(key_id, owner))
+        event.record_input(np.zeros((rows, 4)), raw=False)
+        event.finish(status=200)
+        audit.emit(event)
+
+    for key in ("acmeKey00001", "acmeKey00002", "acmeKey00003"):
+        for _ in range(3):
+            request(key, "acme", 100)
+    for key, owner in (("bKey00000001", "b"), ("cKey00000001", "c"), ("dKey00000001", "d")):
+        request(key, owner, 50)
+    audit.logger.info(
+        "audit",
+        extra={
+            "event": "extraction_flag",
+            "principal_id": "key#acmeKey00002",
+            "model": "iris",
+            "request_id": "r",
+            "decision": "flag",
+            "reason": "extraction:prada",
+        },
+    )
+    stream.seek(0)
+    return stream
+
+
+def _summaries(by: str) -> dict[str, audit_cli.PrincipalSummary]:
+    reader = audit_cli.AuditReader()
+    raw = io.BytesIO(_owner_records().getvalue().encode())
+    return {s.principal: s for s in audit_cli.summarise(reader.read([raw]), by=by)}
+
+
+def test_per_owner_view_adds_up_an_extraction_spread_over_many_keys() -> None:
+    # Per key, none of acme's keys stands out by volume (300 rows each)
+    per_key = _summaries("principal")
+    assert not any(a.startswith("rows_outlier") for a in per_key["acmeKey00001"].anomalies)
+    # Per owner, acme is 900 rows over three keys, flagged, with the monitor's flag joined
+    per_owner = _summaries("owner")
+    acme = per_owner["owner:acme"]
+    assert acme.rows == 900 and acme.requests == 9
+    assert acme.principals == {"acmeKey00001", "acmeKey00002", "acmeKey00003"}
+    assert acme.extraction_flags == ["extraction:prada"]
+    assert any(a.startswith("rows_outlier:900") for a in acme.anomalies)
+    assert "flagged_across_keys:3" in acme.anomalies
+    assert per_owner["owner:b"].rows == 50 and not per_owner["owner:b"].anomalies
+
+
+def test_the_owner_is_in_the_record_and_the_cli_groups_by_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _owner_records().getvalue()
+    records = [json.loads(line) for line in text.splitlines()]
+    assert {r.get("owner") for r in records if r.get("event") == "request"} == {"acme", "b", "c", "d"}
+    log = tmp_path / "audit.log"
+    log.write_text(text)
+    assert audit_cli.main([str(log), "--by", "owner", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["anomalous"] == ["owner:acme"]
+    assert document["principals"][0]["principals"] == ["acmeKey00001", "acmeKey00002", "acmeKey00003"]
