@@ -208,6 +208,12 @@ redteam: $(VENV)/.stamp build
 	$(BIN)/mlmoat redteam --out reports/redteam
 	$(BIN)/mlmoat redteam docs --out reports/redteam --docs-dir docs/redteam
 
+# The outside security test's regression suite (tests/findings.py): the tests of every finding,
+# each failing on the code the test ran against and passing now; `make test` runs them too.
+.PHONY: regression
+regression: $(VENV)/.stamp build
+	$(BIN)/pytest $$($(BIN)/python tests/findings.py)
+
 # The byte-code recipe of `make build` for one dir (tests/packaging/test_bytecode.py runs it).
 .PHONY: print-compile313
 print-compile313:

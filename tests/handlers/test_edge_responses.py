@@ -165,9 +165,7 @@ def test_an_http_api_event_with_a_joined_host_is_a_400(
 
 
 @pytest.mark.parametrize("host", ["api.example.com", "api.example.com:443", "10.0.0.7:3000"])
-def test_a_well_formed_host_is_served(
-    host: str, predict_module: Any, keys: dict[str, str]
-) -> None:
+def test_a_well_formed_host_is_served(host: str, predict_module: Any, keys: dict[str, str]) -> None:
     headers = {"Content-Type": "application/json", "X-API-Key": keys["API_KEY"], "Host": host}
     response = invoke(predict_module, rest_event(path="/predict", body=_ROW, headers=headers))
     assert response["statusCode"] == 200

@@ -116,3 +116,24 @@ def test_subject_scope_and_suspension(stack: dict[str, Any]) -> None:
     with pytest.raises(AuthenticationError):
         stack["gatekeeper"].authenticate(creds, model="iris", source_ip="10.9.9.9")
     assert stack["store"].get(creds.principal_id)["rows_used"] == 1
+
+
+def test_bad_signature_tokens_are_guesses_the_throttle_counts(stack: dict[str, Any]) -> None:
+    # Given tokens signed by a key that is not the issuer's (30 of them, from one address:
+    # the outside test found none of them counted)
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "svc-x", "exp": int(time.time()) + 300}
+    token = jwt.encode({**claims, "scope": "predict:iris"}, forger, algorithm="RS256")
+    answers = []
+    for _ in range(30):
+        try:
+            stack["authenticator"].read_credentials({"Authorization": f"Bearer {token}"})
+        except AuthenticationError as exc:
+            assert exc.reason == "bad_signature"
+            answers.append(
+                type(stack["gatekeeper"].credential_failure(exc, source_ip="10.7.7.7")).__name__
+            )
+    # Then the first 20 are 401s and from the 21st on the address is throttled (429)
+    assert answers == ["AuthenticationError"] * 20 + ["RateLimitedError"] * 10
+    # and a well-signed token from another address is still served
+    _admit(stack, _bearer(stack, f"svc-{uuid.uuid4().hex[:8]}"))

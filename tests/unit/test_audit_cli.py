@@ -238,10 +238,19 @@ def test_the_owner_is_in_the_record_and_the_cli_groups_by_it(
 ) -> None:
     text = _owner_records().getvalue()
     records = [json.loads(line) for line in text.splitlines()]
-    assert {r.get("owner") for r in records if r.get("event") == "request"} == {"acme", "b", "c", "d"}
+    assert {r.get("owner") for r in records if r.get("event") == "request"} == {
+        "acme",
+        "b",
+        "c",
+        "d",
+    }
     log = tmp_path / "audit.log"
     log.write_text(text)
     assert audit_cli.main([str(log), "--by", "owner", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["anomalous"] == ["owner:acme"]
-    assert document["principals"][0]["principals"] == ["acmeKey00001", "acmeKey00002", "acmeKey00003"]
+    assert document["principals"][0]["principals"] == [
+        "acmeKey00001",
+        "acmeKey00002",
+        "acmeKey00003",
+    ]
