@@ -1,9 +1,10 @@
 """The regression suite of the outside security test (issue #12): one entry per finding.
 
 Each finding the test reproduced names the tests that fail on the code it was run against
-(commit 128e203) and pass now. `make regression` runs exactly these; the suite runs them too,
-and `tests/unit/test_findings.py` holds every entry to a test that exists. docs/threat-model.md
-has the table with the before/after figures.
+(commit 128e203) and pass now (5.4 and 5.5 are measurements; docs/threat-model.md says why).
+`make regression` runs exactly these; the suite runs them too, and `tests/unit/test_findings.py`
+holds every entry to a test that exists. docs/threat-model.md has the table with the
+before/after figures.
 
 Run: ``python tests/findings.py`` prints the node ids (the Makefile passes them to pytest).
 """
@@ -100,6 +101,13 @@ FINDINGS: dict[str, tuple[str, list[str]]] = {
         "unknown key ids answer faster than wrong secrets",
         [
             "tests/handlers/test_timing_parity.py::test_unknown_ids_and_wrong_secrets_take_the_same_time"
+        ],
+    ),
+    "5.5": (
+        "with refuse, a label-only key learns which inputs the model is unsure of (measured)",
+        [
+            "tests/redteam/test_squeeze_leak.py::test_the_refusal_bit_is_what_refuse_answers_for_each_row_asked_alone",
+            "tests/redteam/test_squeeze_leak.py::test_the_quick_leak_report_prints_the_table",
         ],
     ),
     "5.6": (

@@ -21,9 +21,10 @@ def _parser() -> argparse.ArgumentParser:
         "action",
         nargs="?",
         default="run",
-        choices=("run", "calibrate", "docs"),
+        choices=("run", "calibrate", "docs", "leak"),
         help="run the red team (default); calibrate the defences; docs: copy the headline "
-        "table and detection plot of the run in --out to --docs-dir",
+        "table and detection plot of the run in --out to --docs-dir; leak: what squeezing "
+        "refusals tell a label-only key (SqueezePolicy=refuse)",
     )
     parser.add_argument("--quick", action="store_true", help="the short run used by make test")
     parser.add_argument("--out", type=Path, default=Path("reports/redteam"))
@@ -71,6 +72,17 @@ def main(argv: list[str]) -> int:
         for case in load_cases(args.model_dir, list(args.models)):
             path = write_defences(calibrate_case(case), args.model_dir)
             print(f"wrote {path}")
+        return 0
+    if args.action == "leak":
+        from mlmoat.redteam.squeeze_leak import measure, render
+
+        leaks = [
+            measure(args.model_dir, name, uniform_rows=300 if args.quick else 2000, seed=args.seed)
+            for name in args.models
+        ]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "squeeze_leak.json").write_text(json.dumps(leaks, indent=1) + "\n")
+        print(render(leaks))
         return 0
     from mlmoat.redteam.report import headline, write_docs, write_report
 
