@@ -9,6 +9,12 @@ twice gives identical files, which ``tests/training`` checks against the committ
 ``--dp-epsilon E`` trains the logistic-regression models with diffprivlib's differentially private
 ``LogisticRegression`` instead and writes them as ``<name>-dp``, with epsilon and the row-norm
 bound recorded in the manifest.
+
+``--adversarial`` trains each recipe adversarially instead (``mlmoat.adversarial``: PGD for the
+logistic pipelines, HopSkipJump for the forest, re-fit on the augmented rows) and writes it as
+``<name>-adv`` into ``models-adv/`` by default, beside rather than inside the served ``models/``;
+the manifest's ``adversarial_training`` records the attack, epsilon and rounds, and its metrics
+the undefended recipe's accuracy beside the adversarially trained one's.
 """
 
 from __future__ import annotations
@@ -169,7 +175,7 @@ class TrainedModel:
 
 
 def _base_spec(name: str) -> ModelSpec:
-    base = name.removesuffix("-dp")
+    base = name.removesuffix("-dp").removesuffix("-adv")
     if base not in MODEL_SPECS:
         known = ", ".join(sorted(MODEL_SPECS))
         raise KeyError(f"unknown model {name!r} (known: {known})")
@@ -181,7 +187,7 @@ def load_split(name: str) -> Arrays:
 
     ``X`` are float64 arrays in the manifest's feature order, ``y`` the class labels as strings.
     The training rows are the members and the test rows the non-members for membership
-    inference. ``<name>-dp`` gives the split of its base model.
+    inference. ``<name>-dp`` and ``<name>-adv`` give the split of their base model.
 
     Raises:
         KeyError: ``name`` is not a known model.
@@ -350,23 +356,50 @@ def _dp_cost(
     }
 
 
+def _undefended_cost(spec: ModelSpec, accuracy: float, split: Arrays) -> dict[str, float]:
+    """For an adversarially trained model, the plain recipe's accuracy and the difference."""
+    x_train, y_train, x_test, y_test = split
+    baseline = spec.make_estimator(spec.seed)
+    _fit(baseline, x_train, y_train)
+    baseline_accuracy = float(accuracy_score(y_test, baseline.predict(x_test)))
+    return {
+        "undefended_accuracy": _round(baseline_accuracy),
+        "adversarial_accuracy_cost": _round(baseline_accuracy - accuracy),
+    }
+
+
 def train_model(
-    name: str, *, dp_epsilon: float | None = None, dp_data_norm: float | None = None
+    name: str,
+    *,
+    dp_epsilon: float | None = None,
+    dp_data_norm: float | None = None,
+    adversarial: bool = False,
 ) -> TrainedModel:
     """Fit model ``name`` on its fixed split and export it; return estimator, bytes and manifest.
 
     Raises:
         KeyError: ``name`` is not a known model.
-        ValueError: DP was requested for a model that has no private variant, or epsilon <= 0.
+        ValueError: DP was requested for a model that has no private variant, or epsilon <= 0,
+            or together with adversarial training.
     """
     spec = _base_spec(name)
     split = load_split(spec.name)
     x_train, y_train, x_test, y_test = split
     n_features = len(spec.feature_names)
-    if dp_epsilon is None:
+    adversarial_doc: dict[str, Any] | None = None
+    data_norm: float | None = None
+    if adversarial:
+        if dp_epsilon is not None:
+            raise ValueError("--adversarial and --dp-epsilon are separate recipes")
+        from mlmoat.adversarial import adversarial_fit
+
+        served_name = f"{spec.name}-adv"
+        estimator, recipe, added = adversarial_fit(spec.make_estimator, spec.seed, x_train, y_train)
+        estimator_desc = f"{spec.estimator}, adversarially trained"
+        adversarial_doc = {**recipe.to_dict(), "adversarial_rows": added}
+    elif dp_epsilon is None:
         served_name = spec.name
         estimator = spec.make_estimator(spec.seed)
-        data_norm: float | None = None
         estimator_desc = spec.estimator
     else:
         if not spec.supports_dp:
@@ -380,17 +413,21 @@ def train_model(
         estimator = _dp_pipeline(spec.seed, dp_epsilon, data_norm)
         estimator_desc = f"Pipeline(StandardScaler, diffprivlib.LogisticRegression(C={_DP_C}))"
         _register_dp_converter()
-    _fit(estimator, x_train, y_train)
+    if not adversarial:
+        _fit(estimator, x_train, y_train)
 
     classes = [str(c) for c in _classifier_of(estimator).classes_]
     proba = estimator.predict_proba(x_test)
     accuracy = float(accuracy_score(y_test, estimator.predict(x_test)))
     loss = float(log_loss(y_test, proba, labels=classes))
-    description = (
-        spec.description
-        if dp_epsilon is None
-        else (f"{spec.description} Trained with differential privacy (epsilon={dp_epsilon}).")
-    )
+    description = spec.description
+    if dp_epsilon is not None:
+        description = f"{description} Trained with differential privacy (epsilon={dp_epsilon})."
+    if adversarial_doc is not None:
+        description = (
+            f"{description} Adversarially trained ({adversarial_doc['attack']}, "
+            f"epsilon={adversarial_doc['epsilon']}, {adversarial_doc['rounds']} rounds)."
+        )
     onnx_bytes = _to_onnx(
         served_name,
         estimator,
@@ -426,6 +463,7 @@ def train_model(
             **_dp_cost(
                 spec, accuracy, x_train, y_train, x_test, y_test, private=dp_epsilon is not None
             ),
+            **(_undefended_cost(spec, accuracy, split) if adversarial else {}),
         },
         "train_split": {
             "dataset": spec.dataset,
@@ -444,6 +482,8 @@ def train_model(
             "outputs": {"label": LABEL_OUTPUT, "probabilities": PROBA_OUTPUT},
         },
     }
+    if adversarial_doc is not None:
+        manifest["adversarial_training"] = adversarial_doc
     return TrainedModel(
         spec=spec,
         name=served_name,
@@ -481,7 +521,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(MODEL_SPECS),
         help="a model to train (repeatable; default: all)",
     )
-    parser.add_argument("--out", type=Path, default=Path("models"), help="output directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: models, or models-adv with --adversarial)",
+    )
     parser.add_argument(
         "--dp-epsilon",
         type=float,
@@ -493,6 +538,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="L2 bound on a standardised training row for DP mode (default sqrt(n_features)/2)",
+    )
+    parser.add_argument(
+        "--adversarial",
+        action="store_true",
+        help="train adversarially (PGD for the logistic models, HopSkipJump for the forest); "
+        "writes <name>-adv",
     )
     return parser
 
@@ -506,13 +557,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [n for n, spec in MODEL_SPECS.items() if spec.supports_dp]
     else:
         names = list(DEFAULT_MODELS)
+    out = args.out or Path("models-adv" if args.adversarial else "models")
     for name in names:
         try:
-            trained = train_model(name, dp_epsilon=args.dp_epsilon, dp_data_norm=args.dp_data_norm)
+            trained = train_model(
+                name,
+                dp_epsilon=args.dp_epsilon,
+                dp_data_norm=args.dp_data_norm,
+                adversarial=args.adversarial,
+            )
         except ValueError as exc:
             print(f"mlmoat train: {exc}", file=sys.stderr)
             return 2
-        target = write_model(trained, args.out)
+        target = write_model(trained, out)
         summary = {
             "model": trained.name,
             "version": trained.manifest["version"],
@@ -520,6 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "accuracy": trained.manifest["metrics"]["accuracy"],
             "log_loss": trained.manifest["metrics"]["log_loss"],
             "dp_epsilon": trained.manifest["dp_epsilon"],
+            "adversarial": trained.manifest.get("adversarial_training"),
             "size_bytes": len(trained.onnx_bytes),
         }
         print(json.dumps(summary, sort_keys=True))

@@ -12,7 +12,8 @@ calibrate`` and shipped beside the artifact as ``models/<name>/defences.json``. 
 model version it was calibrated for; a file for another version is refused at cold start
 (``ModelIntegrityError``), so a retrained model cannot be served with a stale calibration.
 
-Policy (``Settings.squeeze_policy``):
+Policy (``Settings.squeeze_policy``, overridden per request by the runtime document of
+``security.runtime_config`` through ``Squeezer.with_policy``):
 
 - ``off``: rows are predicted as sent, nothing is scored.
 - ``flag``: squeezed rows are predicted; flagged rows are reported (the caller audits them).
@@ -173,6 +174,7 @@ class Squeezer:
             raise ValueError(f"squeeze policy must be one of {', '.join(SQUEEZE_POLICIES)}")
         self._configs = dict(configs)
         self.policy = policy
+        self._views: dict[str, Squeezer] = {}
 
     @classmethod
     def from_manifest(
@@ -199,6 +201,19 @@ class Squeezer:
                 raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
             configs[name] = config
         return cls(configs, policy=policy)
+
+    def with_policy(self, policy: str) -> Squeezer:
+        """This squeezer (same calibrations) under ``policy``: the runtime policy of a request.
+
+        Raises:
+            ValueError: the policy is not one of ``off``, ``flag``, ``refuse``.
+        """
+        if policy == self.policy:
+            return self
+        view = self._views.get(policy)
+        if view is None:
+            view = self._views[policy] = Squeezer(self._configs, policy=policy)
+        return view
 
     def config(self, model: str) -> SqueezeConfig | None:
         """The squeezing configuration of ``model``, if it has one."""

@@ -47,17 +47,22 @@ def _label(value: Any) -> str | int:
 
 
 def apply_output_policy(
-    policy: OutputPolicy, classes: Sequence[Any], probabilities: np.ndarray
+    policy: OutputPolicy,
+    classes: Sequence[Any],
+    probabilities: np.ndarray,
+    labels: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Turn raw class probabilities (rows x classes) into the predictions a caller may see.
 
-    The label is always the arg-max of the raw probabilities, so rounding cannot change it.
+    The label is the arg-max of the raw probabilities, so rounding cannot change it, unless
+    ``labels`` gives each row's class index (input smoothing serves its majority vote, which
+    can differ from the arg-max of the averaged probabilities near a boundary).
     """
     if probabilities.ndim != 2 or probabilities.shape[1] != len(classes):
         raise ValueError("probabilities do not match the model's classes")
     predictions: list[dict[str, Any]] = []
-    for row in probabilities:
-        best = int(np.argmax(row))
+    for index, row in enumerate(probabilities):
+        best = int(np.argmax(row)) if labels is None else int(labels[index])
         prediction: dict[str, Any] = {"label": _label(classes[best])}
         confident = policy.min_confidence is None or float(row[best]) >= policy.min_confidence
         if policy.probabilities and confident:

@@ -23,8 +23,20 @@ FILES = ("report.md", "results.json", "extraction_fidelity.png", "detection.png"
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     out = tmp_path_factory.mktemp("redteam-quick")
-    model_dir = Path(__file__).resolve().parents[2] / "models"
-    status = main(["--quick", "--out", str(out), "--model-dir", str(model_dir), "--seed", "11"])
+    repo = Path(__file__).resolve().parents[2]
+    status = main(
+        [
+            "--quick",
+            "--out",
+            str(out),
+            "--model-dir",
+            str(repo / "models"),
+            "--adv-model-dir",
+            str(repo / "models-adv"),
+            "--seed",
+            "11",
+        ]
+    )
     return out, status
 
 
@@ -49,7 +61,37 @@ def test_the_quick_run_writes_the_report_with_every_target(
     report = (out / "report.md").read_text()
     for row in rows:
         assert f"| {row['model']} | {row['target']} | {row['measured']} |" in report
-    assert len(rows) == 6 * len(MODELS)
+    # six targets per model, and the robustness target on the breast-cancer model (the forest)
+    assert len(rows) == 6 * len(MODELS) + 1
+
+
+def test_the_quick_report_has_the_robustness_table_with_intervals(
+    quick_run: tuple[Path, int], results: dict[str, Any]
+) -> None:
+    # given the quick run, then every model has a robustness row per quick configuration, with
+    # the adversarially trained variant, and the report prints each with its Wilson interval
+    out, _ = quick_run
+    report = (out / "report.md").read_text()
+    assert "## Robustness to HopSkipJump (seed 11)" in report
+    for model in MODELS:
+        table = results["models"][model]["robustness"]
+        assert QUICK.robustness is not None and set(table) == set(QUICK.robustness)
+        assert table["adversarial training"]["model"] == f"{model}-adv"
+        assert table["smoothing"]["sigma"] is not None and table["smoothing"]["n"] >= 16
+        for name, row in table.items():
+            assert row["rows"] == QUICK.hsj_rows
+            low, high = row["success_ci"]
+            assert low <= row["success_rate"] <= high
+            assert row["successes"] == round(row["success_rate"] * row["rows"])
+            line = (
+                f"| {name}"
+                + (f" (sigma {row['sigma']}, n {row['n']})" if row["sigma"] else "")
+                + f" | {row['model']} | {row['successes']}/{row['rows']} = "
+                f"{row['success_rate']:.3f} | [{low:.3f}, {high:.3f}] |"
+            )
+            assert line in report, line
+        # squeezing's refusals are the accuracy cost of refuse: never above the flag policy's
+        assert table["squeeze refuse"]["accuracy"] <= table["squeeze flag"]["accuracy"]
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -212,14 +212,20 @@ def hopskipjump(
     seed: int,
     budget: float = 0.05,
     max_iter: int = 10,
+    x: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """HopSkipJump (L-inf) through the target; success = misclassified within ``budget`` x range."""
+    """HopSkipJump (L-inf) through the target; success = misclassified within ``budget`` x range.
+
+    Attacks ``rows`` held-out rows drawn with ``seed``, or the rows ``x`` when given.
+    """
     evasion, _, _, estimators = _art()
     case = target.case
-    rng = np.random.default_rng(seed)
-    truth_model = case.predict_proba(case.x_test).argmax(axis=1)
-    index = rng.permutation(case.x_test.shape[0])[:rows]
-    x = case.x_test[index]
+    if x is None:
+        rng = np.random.default_rng(seed)
+        index = rng.permutation(case.x_test.shape[0])[:rows]
+        x = case.x_test[index]
+    rows = int(x.shape[0])
+    truth_model = case.predict_proba(x).argmax(axis=1)
     width = case.domain.width
     # ART works in envelope units so one L-inf budget means "percent of each feature's range".
     lower = case.lower
@@ -254,7 +260,7 @@ def hopskipjump(
     before = target.queries
     # The attacker's goal is to change the answer the defended service gives for the clean row.
     clean_seen, clean_served = target.query(x)
-    reference = np.where(clean_served, clean_seen.argmax(axis=1), truth_model[index])
+    reference = np.where(clean_served, clean_seen.argmax(axis=1), truth_model)
     z_adv = np.empty_like(z)
     capped = 0
     for i in range(z.shape[0]):
@@ -271,12 +277,14 @@ def hopskipjump(
     fooled = served & (seen.argmax(axis=1) != reference)
     success = fooled & (distance <= budget)
     return {
-        "rows": int(rows),
+        "rows": rows,
+        "successes": int(success.sum()),
         "success_rate": float(success.mean()),
         "fooled_any_distance": float(fooled.mean()),
         "median_linf": float(np.median(distance)),
         "queries": int(spent),
         "capped_rows": capped,
+        "query_cap_per_row": cap,
     }
 
 

@@ -4,6 +4,15 @@ Squeezing: the coarsest grid (fewest levels per feature) whose squeezed predicti
 held-out accuracy within ``MAX_ACCURACY_DROP`` of the raw model; the detection threshold is the
 ``SQUEEZE_QUANTILE`` quantile of raw-vs-squeezed L1 scores on benign calibration traffic.
 
+Smoothing (``security.smoothing``): the largest noise scale ``sigma`` (envelope-normalised units)
+whose smoothed predictions, and those of every smaller candidate, keep held-out accuracy within
+``MAX_ACCURACY_DROP`` at the most copies; then the fewest copies ``n`` that keep it and agree
+with the most copies' labels on ``MIN_N_AGREEMENT`` of the rows. Smoothing is enabled only when
+it also helps: in a short HopSkipJump run on held-out rows (``HELP_ROWS`` rows, ``HELP_ITER``
+iterations, label output) the smoothed model's success rate must be lower than the plain one's
+beyond their 95% Wilson intervals; otherwise the section is written with ``enabled: false`` and
+its measurements (``mlmoat redteam``'s robustness table measures smoothing either way).
+
 Monitor: envelope, per-feature scale and k-means prototypes of the training rows; each detector's
 per-row threshold and benign rate measured on benign calibration streams (held-out rows with
 noise, seeds disjoint from the ones the red team evaluates with); PRADA's delta below the lowest
@@ -23,6 +32,7 @@ from mlmoat.redteam.cases import ModelCase
 from mlmoat.redteam.traffic import benign_rows
 from security.defences import DEFENCES_FILE, SqueezeConfig
 from security.extraction import DetectorState, ExtractionDetector, MonitorReference
+from security.smoothing import Smoother, SmoothingConfig, serve
 
 LEVEL_CANDIDATES = (4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
 MAX_ACCURACY_DROP = 0.02
@@ -30,6 +40,91 @@ SQUEEZE_QUANTILE = 0.97
 CALIBRATION_SEED = 7_000_000
 CALIBRATION_STREAMS = 6
 CALIBRATION_ROWS = 2000
+SIGMA_CANDIDATES = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+N_CANDIDATES = (16, 32, 64, 128)
+MIN_N_AGREEMENT = 0.98
+SMOOTHING_ALPHA = 0.001
+HELP_ROWS = 40
+HELP_ITER = 5
+
+
+def _smoothed_labels(case: ModelCase, config: SmoothingConfig) -> np.ndarray:
+    from mlmoat.redteam.target import ServedTarget
+
+    return ServedTarget(case, "label", smoothing=config).labels(case.x_test)
+
+
+def calibrate_smoothing(
+    case: ModelCase, *, seed: int = CALIBRATION_SEED
+) -> tuple[SmoothingConfig, dict[str, Any]]:
+    """Pick sigma and n for one model, and whether smoothing is on (see the module docstring)."""
+    from mlmoat.redteam import attacks
+    from mlmoat.redteam.target import ServedTarget
+
+    y_test = case.label_index(case.y_test)
+    raw_accuracy = float((case.predict_proba(case.x_test).argmax(axis=1) == y_test).mean())
+    floor = raw_accuracy - MAX_ACCURACY_DROP
+
+    def config(sigma: float, n: int, enabled: bool = False) -> SmoothingConfig:
+        width = tuple(float(w) for w in case.domain.width)
+        return SmoothingConfig(case.name, case.version, enabled, n, sigma, SMOOTHING_ALPHA, width)
+
+    most = N_CANDIDATES[-1]
+    by_sigma: dict[float, float] = {}
+    reference: dict[float, np.ndarray] = {}
+    for sigma in SIGMA_CANDIDATES:
+        reference[sigma] = _smoothed_labels(case, config(sigma, most))
+        by_sigma[sigma] = float((reference[sigma] == y_test).mean())
+    fitting = [
+        s
+        for i, s in enumerate(SIGMA_CANDIDATES)
+        if all(by_sigma[t] >= floor for t in SIGMA_CANDIDATES[: i + 1])
+    ]
+    sigma = fitting[-1] if fitting else SIGMA_CANDIDATES[0]
+    by_n: dict[int, float] = {}
+    chosen_n = most
+    for n in N_CANDIDATES:
+        labels = _smoothed_labels(case, config(sigma, n))
+        by_n[n] = float((labels == y_test).mean())
+        agreement = float((labels == reference[sigma]).mean())
+        if by_n[n] >= floor and agreement >= MIN_N_AGREEMENT:
+            chosen_n = n
+            break
+    plain = attacks.hopskipjump(
+        ServedTarget(case, "label"), rows=HELP_ROWS, seed=seed, max_iter=HELP_ITER
+    )
+    smoothed = attacks.hopskipjump(
+        ServedTarget(case, "label", smoothing=config(sigma, chosen_n)),
+        rows=HELP_ROWS,
+        seed=seed,
+        max_iter=HELP_ITER,
+    )
+    # "Helps" is judged on the intervals: the smoothed rate's 95% Wilson upper bound below the
+    # plain rate's lower bound. A plain comparison of two 40-row rates flipped between runs of
+    # the same seed (breast-cancer: 0.150 -> 0.075 once, 0.125 -> 0.125 the next time).
+    from mlmoat.redteam.robustness import wilson
+
+    plain_low = wilson(plain["successes"], HELP_ROWS)[0]
+    smoothed_high = wilson(smoothed["successes"], HELP_ROWS)[1]
+    helps = bool(fitting) and smoothed_high < plain_low
+    info = {
+        "raw_accuracy": raw_accuracy,
+        "smoothed_accuracy_by_sigma": {str(k): v for k, v in by_sigma.items()},
+        "smoothed_accuracy_by_n": {str(k): v for k, v in by_n.items()},
+        "hopskipjump_check": {
+            "rows": HELP_ROWS,
+            "max_iter": HELP_ITER,
+            "plain_success": plain["success_rate"],
+            "smoothed_success": smoothed["success_rate"],
+        },
+        "enabled_because": (
+            "fits the accuracy cost and lowers HopSkipJump success beyond the intervals"
+            if helps
+            else "off: no sigma fits the accuracy cost, or HopSkipJump success is not lower "
+            "beyond the 95% intervals"
+        ),
+    }
+    return config(sigma, chosen_n, enabled=helps), info
 
 
 def calibrate_squeeze(
@@ -83,17 +178,37 @@ def calibrate_squeeze(
 
 
 def calibrate_monitor(
-    case: ModelCase, *, squeeze: SqueezeConfig | None = None, seed: int = CALIBRATION_SEED
+    case: ModelCase,
+    *,
+    squeeze: SqueezeConfig | None = None,
+    smoothing: SmoothingConfig | None = None,
+    seed: int = CALIBRATION_SEED,
 ) -> tuple[MonitorReference, dict[str, Any]]:
     """Fit the monitor reference for one model on training rows and benign calibration streams.
 
-    Confidences are taken as the pipeline sends them with squeezing on (the default policy):
-    squeezed rows are less confident, so a reference fitted on them is also safe when squeezing
-    is off.
+    Confidences are taken as the pipeline sends them with squeezing on (the default policy) and
+    with the model's smoothing when it is enabled: squeezed and smoothed rows are less
+    confident, so a reference fitted on them is also safe with either off. (Fitted on unsmoothed
+    answers, the low-confidence detector flagged 20 of 20 benign keys of the smoothed
+    breast-cancer model in the red team.)
     """
+    from mlmoat.redteam.target import REDTEAM_SECRET
 
-    def served_proba(rows: np.ndarray) -> np.ndarray:
-        return case.predict_proba(squeeze.squeeze(rows) if squeeze is not None else rows)
+    smoother = Smoother({case.name: smoothing}, secret=REDTEAM_SECRET) if smoothing else None
+
+    class _Model:
+        name = case.name
+
+        def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+            return case.predict_proba(rows)
+
+    def served(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # (label index, confidence) as the queue message carries them: the served label (the
+        # smoothed majority when smoothing is on) and its probability.
+        squeezed = squeeze.squeeze(rows) if squeeze is not None else rows
+        answer = serve(_Model(), squeezed, squeezer=None, smoother=smoother)
+        best = answer.probabilities[np.arange(len(answer.labels)), answer.labels]
+        return answer.labels, best
 
     lower, upper = case.lower, case.upper
     width = np.where(upper - lower > 0, upper - lower, 1.0)
@@ -122,7 +237,7 @@ def calibrate_monitor(
     pooled = np.vstack(streams)
     off_scores = draft.off_manifold_scores(pooled)
     off_threshold = float(np.quantile(off_scores, 0.99))
-    confidences = served_proba(pooled).max(axis=1)
+    _, confidences = served(pooled)
     low_cut = float(min(0.9, np.quantile(confidences, 0.05)))
     off_rate = float((off_scores > off_threshold).mean())
     low_rate = float((confidences < low_cut).mean())
@@ -144,9 +259,8 @@ def calibrate_monitor(
     for stream in streams:
         state = DetectorState()
         detector = ExtractionDetector(draft)
-        proba = served_proba(stream)
-        conf = proba.max(axis=1)
-        labels = [case.classes[i] for i in proba.argmax(axis=1)]
+        label_index, conf = served(stream)
+        labels = [case.classes[i] for i in label_index]
         for start in range(0, stream.shape[0], 50):
             verdict = detector.observe(
                 state,
@@ -184,14 +298,23 @@ def calibrate_monitor(
 def calibrate_case(case: ModelCase) -> dict[str, Any]:
     """The full ``defences.json`` document for one model."""
     squeeze, squeeze_info = calibrate_squeeze(case)
-    monitor, monitor_info = calibrate_monitor(case, squeeze=squeeze)
+    smoothing, smoothing_info = calibrate_smoothing(case)
+    monitor, monitor_info = calibrate_monitor(
+        case, squeeze=squeeze, smoothing=smoothing if smoothing.enabled else None
+    )
     return {
         "schema_version": 1,
         "model": case.name,
         "model_version": case.version,
         "squeeze": squeeze.to_dict(),
+        "smoothing": smoothing.to_dict(),
         "monitor": _rounded(monitor.to_dict()),
-        "calibration": {"seed": CALIBRATION_SEED, "squeeze": squeeze_info, "monitor": monitor_info},
+        "calibration": {
+            "seed": CALIBRATION_SEED,
+            "squeeze": squeeze_info,
+            "smoothing": smoothing_info,
+            "monitor": monitor_info,
+        },
     }
 
 

@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="the short run used by make test")
     parser.add_argument("--out", type=Path, default=Path("reports/redteam"))
     parser.add_argument("--model-dir", type=Path, default=Path("models"))
+    parser.add_argument(
+        "--adv-model-dir",
+        type=Path,
+        default=Path("models-adv"),
+        help="where mlmoat train --adversarial wrote <name>-adv (measured beside <name>)",
+    )
     parser.add_argument("--seed", type=int, default=20251125)
     parser.add_argument("--docs-dir", type=Path, default=Path("docs/redteam"))
     parser.add_argument(
@@ -40,9 +46,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _served_dir(
-    model_dir: Path, names: list[str], work: Path, *, with_dp: bool
+    model_dir: Path, names: list[str], work: Path, *, with_dp: bool, adv_dir: Path | None = None
 ) -> tuple[Path, list[str]]:
-    """A model directory holding the served models and their DP variants (trained here)."""
+    """A model directory holding the served models and their DP variants (trained here).
+
+    The adversarially trained variants found in ``adv_dir`` are copied in too (with their own
+    calibrated defences.json): the robustness table measures them.
+    """
     from mlmoat.redteam.calibrate import calibrate_case, write_defences
     from mlmoat.redteam.cases import load_cases
     from mlmoat.train import MODEL_SPECS, train_model, write_model
@@ -51,6 +61,8 @@ def _served_dir(
     dp_names = []
     for name in names:
         shutil.copytree(model_dir / name, served / name)
+        if adv_dir is not None and (adv_dir / f"{name}-adv" / "defences.json").is_file():
+            shutil.copytree(adv_dir / f"{name}-adv", served / f"{name}-adv")
         if with_dp and MODEL_SPECS[name].supports_dp:
             write_model(train_model(name, dp_epsilon=DP_EPSILON), served)
             dp_names.append(f"{name}-dp")
@@ -84,7 +96,7 @@ def main(argv: list[str]) -> int:
         (args.out / "squeeze_leak.json").write_text(json.dumps(leaks, indent=1) + "\n")
         print(render(leaks))
         return 0
-    from mlmoat.redteam.report import headline, write_docs, write_report
+    from mlmoat.redteam.report import headline, robustness_tables, write_docs, write_report
 
     if args.action == "docs":
         results = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
@@ -96,10 +108,16 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="mlmoat-redteam-") as work:
         # --quick leaves the DP variants out: training and calibrating them costs ~40 s.
         served, dp_names = _served_dir(
-            args.model_dir, list(args.models), Path(work), with_dp=not args.quick
+            args.model_dir,
+            list(args.models),
+            Path(work),
+            with_dp=not args.quick,
+            adv_dir=args.adv_model_dir,
         )
         cases = load_cases(served, list(args.models))
         dp_cases = {case.name.removesuffix("-dp"): case for case in load_cases(served, dp_names)}
+        adv_names = [n for n in (f"{m}-adv" for m in args.models) if (served / n).is_dir()]
+        adv_cases = {c.name.removesuffix("-adv"): c for c in load_cases(served, adv_names)}
         results = run(
             cases,
             dp_cases,
@@ -107,10 +125,12 @@ def main(argv: list[str]) -> int:
             plan=QUICK if args.quick else FULL,
             seed=args.seed,
             audit_path=args.out / "audit.log",
+            adv_cases=adv_cases,
         )
     write_json(results, args.out)
     report = write_report(results, args.out)
     print(headline(results))
+    print(f"\n{robustness_tables(results)}")
     print(f"\nreport: {report}")
     return 0 if all(t["met"] is not False for t in targets(results)) else 1
 

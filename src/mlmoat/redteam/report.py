@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mlmoat.redteam import robustness  # noqa: E402
 from mlmoat.redteam.run import targets  # noqa: E402
 
 
@@ -92,6 +93,15 @@ def headline(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def robustness_tables(results: dict[str, Any]) -> str:
+    """Every model's robustness table (issue 16), in Markdown, with the run's seed."""
+    parts = [f"## Robustness to HopSkipJump (seed {results['seed']})"]
+    for name, model in results["models"].items():
+        if "robustness" in model:
+            parts += ["", f"### {name}", "", *robustness.markdown(model["robustness"])]
+    return "\n".join(parts)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The full report."""
     parts = [
@@ -106,6 +116,8 @@ def markdown(results: dict[str, Any]) -> str:
         "![extraction](extraction_fidelity.png)",
         "![detection](detection.png)",
         "![membership inference](mia_roc.png)",
+        "",
+        robustness_tables(results),
     ]
     for name, model in results["models"].items():
         parts += ["", f"## {name} (`{model['version']}`)", ""]

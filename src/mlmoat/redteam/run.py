@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from mlmoat.redteam import attacks
+from mlmoat.redteam import attacks, robustness
 from mlmoat.redteam.cases import ModelCase
 from mlmoat.redteam.stack import LocalStack, StackTarget
 from mlmoat.redteam.target import ServedTarget
 from security.defences import SqueezeConfig, load_defences
 from security.extraction import MonitorReference
+from security.smoothing import load_smoothing
 
 # Defence configurations: (output policy, squeeze policy). "rounded2" is the deployment's
 # default (SECURITY_DEFAULT_OUTPUT=probabilities:2, SECURITY_SQUEEZE_POLICY=flag); "raw" turns
@@ -39,6 +40,7 @@ class Plan:
     """How much of each experiment to run (the default run and ``--quick``).
 
     ``extraction`` names the ``config/kind`` extraction curves to measure (None: every one);
+    ``robustness`` the robustness table's configurations (None: every one);
     ``inversion_queries`` 0 leaves model inversion out.
     """
 
@@ -51,11 +53,12 @@ class Plan:
     hsj_iter: int
     inversion_queries: int
     extraction: tuple[str, ...] | None = None
+    robustness: tuple[str, ...] | None = None
 
 
-# HopSkipJump attacks 30 rows per model and squeeze policy: with 10 a success rate moves in
-# steps of 0.10 and "halved" was decided by one or two rows.
-FULL = Plan((10, 25, 50, 100, 200, 400, 800), 10, 300, 20, 2000, 30, 10, 800)
+# HopSkipJump attacks 200 rows per model and defence configuration (the robustness table, with
+# Wilson intervals): with 30 a rate's 95% interval is about +-0.15 wide, too wide to compare.
+FULL = Plan((10, 25, 50, 100, 200, 400, 800), 10, 300, 20, 2000, 200, 10, 800)
 # make test's run: every target still measured (3 seeded detection runs per attack, 2 benign keys
 # of 1,000 rows = 5 monitor windows each, HopSkipJump as in the default run since it is
 # in-process), but only the extraction curves the tests read and no inversion.
@@ -69,6 +72,8 @@ QUICK = Plan(
     10,
     0,
     ("raw/uniform", "label/uniform", "rounded2/boundary"),
+    # Each defence alone (the combinations are the full run's): 30 rows per configuration.
+    ("none", "squeeze flag", "squeeze refuse", "smoothing", "adversarial training"),
 )
 # Benign keys drain the queue every 10 requests, as the SQS event source batches for them.
 BENIGN_DRAIN_EVERY = 10
@@ -88,6 +93,12 @@ def armoury(model_dir: Path, case: ModelCase) -> Armoury:
     return Armoury(defences.squeeze, MonitorReference.from_dict(case.name, defences.monitor))
 
 
+def robust_arms(model_dir: Path, case: ModelCase) -> robustness.Arms:
+    """The model's squeezing grid and smoothing settings, from its shipped defences.json."""
+    path = model_dir / case.name / "defences.json"
+    return robustness.Arms(load_defences(path).squeeze, load_smoothing(path))
+
+
 def run(
     cases: list[ModelCase],
     dp_cases: dict[str, ModelCase],
@@ -96,8 +107,14 @@ def run(
     plan: Plan,
     seed: int,
     audit_path: Path,
+    adv_cases: dict[str, ModelCase] | None = None,
 ) -> dict[str, Any]:
-    """Run every experiment through the real handlers; return the JSON-able results."""
+    """Run every experiment through the real handlers; return the JSON-able results.
+
+    ``adv_cases`` maps a model's name to its adversarially trained variant (in ``model_dir``),
+    which the robustness table measures beside it.
+    """
+    adv_cases = adv_cases or {}
     started = time.time()
     results: dict[str, Any] = {"seed": seed, "plan": plan.__dict__, "models": {}}
     steps = len(cases) * 6
@@ -222,14 +239,23 @@ def run(
             mark = time.time()
 
             bar.set_postfix_str(f"{case.name}: hopskipjump")
-            hsj: dict[str, Any] = {}
-            for squeeze_policy in ("off", "flag", "refuse"):
-                hsj[squeeze_policy] = attacks.hopskipjump(
-                    local("label", squeeze_policy, arms.squeeze),
-                    rows=plan.hsj_rows,
-                    seed=seed,
-                    max_iter=plan.hsj_iter,
-                )
+            adv = adv_cases.get(case.name)
+            table = robustness.measure(
+                case,
+                robust_arms(model_dir, case),
+                (adv, robust_arms(model_dir, adv)) if adv is not None else None,
+                rows=plan.hsj_rows,
+                seed=seed,
+                max_iter=plan.hsj_iter,
+                configs=plan.robustness,
+            )
+            out["robustness"] = table
+            # The squeeze policies' rows of the table are the HopSkipJump figures of issue 5.
+            hsj: dict[str, Any] = {
+                "off": table["none"],
+                "flag": table["squeeze flag"],
+                "refuse": table["squeeze refuse"],
+            }
             hsj["false_detections"] = attacks.squeeze_false_detections(
                 local("label", "refuse", arms.squeeze, batch_rows=1), arms.squeeze, seed + 2000
             )
@@ -329,7 +355,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 name, "squeezing halves HopSkipJump success (<=5% range) at <=5% FD", figure, met
             )
         )
+        if name in _ROBUSTNESS_TARGET_MODELS and "robustness" in out:
+            rows.append(robustness.target(name, out["robustness"]))
     return rows
+
+
+# Issue 16's robustness target is set for the breast-cancer models; iris's undefended rate is a
+# handful of rows, too few to halve with any confidence.
+_ROBUSTNESS_TARGET_MODELS = ("breast-cancer", "breast-cancer-forest")
 
 
 def _target(model: str, target: str, figure: str, met: bool | None) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Through the real handlers against the local DynamoDB each request costs ~0.1 s here, which puts
 HopSkipJump's thousands of requests out of the run's time budget. ``ServedTarget`` runs a request
 with the same security code the predict pipeline runs: feature squeezing
-(``security.defences.Squeezer``), prediction, the caller's output policy
+(``security.defences.Squeezer``) and input smoothing (``security.smoothing``, composed by
+``security.smoothing.serve``), prediction, the caller's output policy
 (``security.sanitize.apply_output_policy``), and hands every served request to the extraction
 monitor's detector exactly as the queue message would carry it (rows, labels, confidences).
 The attacker sees only what the policy lets out: a probability vector where the policy
@@ -12,6 +13,7 @@ shows one, a one-hot label otherwise, and nothing for a refused request.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +24,10 @@ from security.errors import AdversarialInputError
 from security.extraction import DetectorState, ExtractionDetector, MonitorReference
 from security.policy import OutputPolicy
 from security.sanitize import apply_output_policy
+from security.smoothing import Smoother, SmoothingConfig, serve
+
+# The red team's noise key: fixed so a run is reproducible; a deployment has its own secret.
+REDTEAM_SECRET = b"mlmoat-redteam-smoothing-key-not-a-deployment-secret"
 
 
 @dataclass
@@ -33,6 +39,7 @@ class ServedTarget:
     squeeze_policy: str = "off"
     squeeze: SqueezeConfig | None = None
     monitor: MonitorReference | None = None
+    smoothing: SmoothingConfig | None = None
     batch_rows: int = 100
     queries: int = 0
     refused: int = 0
@@ -41,6 +48,15 @@ class ServedTarget:
     def __post_init__(self) -> None:
         configs = {self.case.name: self.squeeze} if self.squeeze is not None else {}
         self._squeezer = Squeezer(configs, policy=self.squeeze_policy)
+        # Given a smoothing configuration, the target smooths, whether calibration enabled it.
+        self._smoother = (
+            Smoother(
+                {self.case.name: dataclasses.replace(self.smoothing, enabled=True)},
+                secret=REDTEAM_SECRET,
+            )
+            if self.smoothing is not None
+            else None
+        )
         self._policy = OutputPolicy.parse(self.policy)
         self._detector = ExtractionDetector(self.monitor) if self.monitor is not None else None
 
@@ -62,17 +78,20 @@ class ServedTarget:
             chunk = rows[start : start + self.batch_rows]
             self.queries += chunk.shape[0]
             try:
-                result = self._squeezer.check(self, chunk)
+                result = serve(self, chunk, squeezer=self._squeezer, smoother=self._smoother)
             except AdversarialInputError:
                 self.refused += chunk.shape[0]
                 served[start : start + chunk.shape[0]] = False
                 continue
-            predictions = apply_output_policy(self._policy, self.case.classes, result.probabilities)
+            predictions = apply_output_policy(
+                self._policy, self.case.classes, result.probabilities, result.labels
+            )
             for offset, prediction in enumerate(predictions):
                 seen[start + offset] = self._visible(prediction)
             if self._detector is not None:
                 labels = [str(p["label"]) for p in predictions]
-                confidences = result.probabilities.max(axis=1).tolist()
+                best = result.probabilities[np.arange(len(result.labels)), result.labels]
+                confidences = best.tolist()
                 self._detector.observe(self.state, chunk, labels=labels, confidences=confidences)
         return seen, served
 
