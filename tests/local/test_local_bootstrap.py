@@ -47,11 +47,7 @@ def test_bootstrap_is_idempotent(fresh_server: EmbeddedDynamoDB) -> None:
     assert second["created"] == []
     assert second["existing"] == ["mlmoat-local-SecurityTable"]
     assert first["queues"] == second["queues"]
-    assert set(first["queues"]) == {
-        "ExtractionQueue",
-        "ExtractionDeadLetterQueue",
-        "FunctionDeadLetterQueue",
-    }
+    assert set(first["queues"]) == {"ExtractionQueue", "ExtractionDeadLetterQueue"}
 
 
 def test_bootstrapped_table_matches_the_template(

@@ -18,6 +18,7 @@ from mlmoat.local.template import DEFAULT_REGION
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_ssm import SSMClient
 
 DEFAULT_PORT = 8000
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -105,6 +106,18 @@ def sqs_client(endpoint: str, region: str) -> SQSClient:
     """An SQS client for the local endpoint."""
     return boto3.client(
         "sqs",
+        endpoint_url=endpoint,
+        region_name=region,
+        config=_config(),
+        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def ssm_client(endpoint: str, region: str) -> SSMClient:
+    """An SSM (Parameter Store) client for the local endpoint."""
+    return boto3.client(
+        "ssm",
         endpoint_url=endpoint,
         region_name=region,
         config=_config(),

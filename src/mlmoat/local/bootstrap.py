@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
 
-from mlmoat.local.awsenv import dynamodb_client, sqs_client
+from mlmoat.local.awsenv import dynamodb_client, sqs_client, ssm_client
 from mlmoat.local.template import Template
 
 
@@ -17,13 +17,21 @@ class BootstrapReport:
     created_tables: list[str] = field(default_factory=list)
     existing_tables: list[str] = field(default_factory=list)
     queues: dict[str, str] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
 
 
-def bootstrap(template: Template, *, dynamodb_endpoint: str | None = None) -> BootstrapReport:
-    """Create every table and queue of ``template``; existing ones are kept.
+def bootstrap(
+    template: Template,
+    *,
+    dynamodb_endpoint: str | None = None,
+    ssm_endpoint: str | None = None,
+) -> BootstrapReport:
+    """Create every table, queue and SSM parameter of ``template``; existing ones are kept.
 
     Queues go to the template's endpoint (the one its queue URLs name), tables to
-    ``dynamodb_endpoint`` when given (DynamoDB Local beside ElasticMQ), else to the same one.
+    ``dynamodb_endpoint`` when given (DynamoDB Local beside ElasticMQ), else to the same one;
+    parameters to ``ssm_endpoint``, else the DynamoDB one (as ``awsenv.passthrough`` points the
+    functions). An existing parameter keeps its value: it may hold a runtime setting.
 
     Raises:
         botocore.exceptions.ClientError: the endpoint refused a definition.
@@ -61,4 +69,17 @@ def bootstrap(template: Template, *, dynamodb_endpoint: str | None = None) -> Bo
         # CreateQueue with the same name and attributes is idempotent in SQS (and moto).
         url = sqs.create_queue(QueueName=definition["QueueName"], Attributes=attributes)["QueueUrl"]  # type: ignore[arg-type]
         report.queues[logical_id] = url
+    ssm = ssm_client(ssm_endpoint or dynamodb_endpoint or template.endpoint, template.region)
+    for logical_id, definition in template.parameter_definitions().items():
+        try:
+            ssm.put_parameter(
+                Name=definition["Name"],
+                Type=definition["Type"],  # type: ignore[arg-type]
+                Value=definition["Value"],
+                Overwrite=False,
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ParameterAlreadyExists":
+                raise
+        report.parameters[logical_id] = definition["Name"]
     return report

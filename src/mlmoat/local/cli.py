@@ -144,7 +144,8 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     endpoint = endpoint_from(os.environ)
     sqs_endpoint = (os.environ.get("AWS_ENDPOINT_URL_SQS") or endpoint).rstrip("/")
     template = _template(args, endpoint=sqs_endpoint)
-    report = bootstrap(template, dynamodb_endpoint=endpoint)
+    ssm_endpoint = (os.environ.get("AWS_ENDPOINT_URL_SSM") or endpoint).rstrip("/")
+    report = bootstrap(template, dynamodb_endpoint=endpoint, ssm_endpoint=ssm_endpoint)
     print(
         json.dumps(
             {
@@ -153,6 +154,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
                 "created": report.created_tables,
                 "existing": report.existing_tables,
                 "queues": report.queues,
+                "parameters": report.parameters,
             },
             indent=2,
         )

@@ -25,6 +25,7 @@ _FUNCTION = "AWS::Serverless::Function"
 _LAYER = "AWS::Serverless::LayerVersion"
 _TABLE = "AWS::DynamoDB::Table"
 _QUEUE = "AWS::SQS::Queue"
+_PARAMETER = "AWS::SSM::Parameter"
 
 
 class TemplateError(ValueError):
@@ -210,6 +211,18 @@ class Template:
             queues[logical_id] = {"QueueName": self.physical_name(logical_id), **attributes}
         return queues
 
+    def parameter_definitions(self) -> dict[str, dict[str, str]]:
+        """Each SSM parameter's PutParameter arguments (``Name``, ``Type``, ``Value``), by id."""
+        parameters: dict[str, dict[str, str]] = {}
+        for logical_id, resource in self.resources(_PARAMETER).items():
+            props = resource.get("Properties", {})
+            parameters[logical_id] = {
+                "Name": str(self._ref(logical_id)),
+                "Type": str(self.resolve(props.get("Type", "String"))),
+                "Value": str(self.resolve(props.get("Value", ""))),
+            }
+        return parameters
+
     def layers(self) -> dict[str, dict[str, Any]]:
         """Layer resources by logical id."""
         return self.resources(_LAYER)
@@ -385,6 +398,9 @@ class Template:
             return self.queue_url(name)
         if resource.get("Type") in (_LAYER, "AWS::Lambda::LayerVersion"):
             return self.arn(name)
+        if resource.get("Type") == _PARAMETER and "Name" in resource.get("Properties", {}):
+            # Ref of a parameter is its name: the template's, resolved for the local stack.
+            return str(self.resolve(resource["Properties"]["Name"]))
         return self.physical_name(name)
 
     def _get_att(self, target: str, attribute: str) -> str:
