@@ -25,4 +25,5 @@ def record_handler(record: Any) -> None:
 
 def handler(event: dict[str, Any], context: Any) -> Any:
     """Lambda entry point: an SQS batch in, ``batchItemFailures`` out."""
+    function.audit.enter(context)
     return process(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -2,11 +2,15 @@
 show, suspend and reinstate JWT subjects (``mlmoat keys subject ...``).
 
 Talks to the security table directly (no API needed): boto3 reads ``AWS_ENDPOINT_URL_DYNAMODB``,
-``AWS_DEFAULT_REGION`` and credentials from the environment as usual; the table is ``--table``,
-else ``SECURITY_TABLE_NAME``, else, when ``AWS_ENDPOINT_URL_DYNAMODB`` is a loopback address, the
-local name every ``mlmoat local`` command uses (``mlmoat-local-SecurityTable``). A table that
-does not exist is named in the error (``table_not_found``). Defaults for the rate
-limit, budget and output policy come from the same ``SECURITY_*`` variables the functions read.
+``AWS_DEFAULT_REGION`` (or ``--region``) and credentials from the environment as usual; the table
+is ``--table``, else the ``SecurityTableName`` output of the deployed stack ``--stack`` (read with
+CloudFormation ``DescribeStacks``), else ``SECURITY_TABLE_NAME``, else, when
+``AWS_ENDPOINT_URL_DYNAMODB`` is a loopback address, the local name every ``mlmoat local`` command
+uses (``mlmoat-local-SecurityTable``). A table that does not exist is named in the error
+(``table_not_found``). Defaults for the rate limit, budget and output policy come from the same
+``SECURITY_*`` variables the functions read; with ``--stack``, from the stack's own parameters
+(``DefaultRateLimit``, ``DefaultBudget``, ``DefaultOutputPolicy``, ``JwtIssuer``) unless the
+variable is set.
 Every command prints JSON on stdout; errors print ``{"error": reason}`` on stderr and exit 1.
 ``create`` and ``rotate`` are the only times a secret is ever shown.
 """
@@ -35,10 +39,16 @@ _LOOPBACK = frozenset({"localhost", "::1"})
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlmoat keys", description=__doc__.split("\n")[0])
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--table",
         help=f"table name (default: $SECURITY_TABLE_NAME, or {LOCAL_TABLE} on a local endpoint)",
     )
+    where.add_argument(
+        "--stack",
+        help="a deployed mlmoat stack (e.g. mlmoat-dev): its SecurityTableName output and defaults",
+    )
+    parser.add_argument("--region", help="AWS region (default: $AWS_DEFAULT_REGION, your profile)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     create = commands.add_parser("create", help="create a key (prints the secret once)")
@@ -88,14 +98,51 @@ def is_local_endpoint(endpoint: str | None) -> bool:
     return host in _LOOPBACK or host.startswith("127.")
 
 
+#: Stack parameters that are the functions' key defaults, and the variables they set.
+STACK_PARAMETERS = {
+    "DefaultRateLimit": "SECURITY_DEFAULT_RATE_LIMIT",
+    "DefaultBudget": "SECURITY_DEFAULT_BUDGET",
+    "DefaultOutputPolicy": "SECURITY_DEFAULT_OUTPUT",
+    "JwtIssuer": "SECURITY_JWT_ISSUER",
+}
+
+
+class StackLookupError(RuntimeError):
+    """The stack does not exist, or has no ``SecurityTableName`` output."""
+
+
+def stack_environment(cloudformation: Any, stack: str) -> dict[str, str]:
+    """The ``SECURITY_*`` variables a deployed stack implies: its table and key defaults.
+
+    Raises:
+        StackLookupError: no such stack, or no ``SecurityTableName`` output (not deployed yet).
+    """
+    try:
+        (described,) = cloudformation.describe_stacks(StackName=stack)["Stacks"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ValidationError":
+            raise StackLookupError(f"stack_not_found: {stack}") from exc
+        raise
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+    if "SecurityTableName" not in outputs:
+        status = described.get("StackStatus", "unknown")
+        raise StackLookupError(f"stack_output_missing: {stack} has no SecurityTableName ({status})")
+    environment = {"SECURITY_TABLE_NAME": outputs["SecurityTableName"]}
+    for parameter in described.get("Parameters", []):
+        variable = STACK_PARAMETERS.get(parameter["ParameterKey"])
+        if variable and parameter.get("ParameterValue"):
+            environment[variable] = parameter["ParameterValue"]
+    return environment
+
+
 def _table_name(table: str | None, environ: dict[str, str]) -> str | None:
     if table or environ.get("SECURITY_TABLE_NAME"):
         return table or environ["SECURITY_TABLE_NAME"]
     return LOCAL_TABLE if is_local_endpoint(environ.get("AWS_ENDPOINT_URL_DYNAMODB")) else None
 
 
-def _settings(table: str) -> Settings:
-    environ = dict(os.environ)
+def _settings(table: str, defaults: dict[str, str]) -> Settings:
+    environ = {**defaults, **os.environ}
     environ["SECURITY_TABLE_NAME"] = table
     environ.setdefault("SECURITY_MODEL_DIR", "models")
     return Settings.from_env(environ)
@@ -147,19 +194,31 @@ def _run(admin: KeyAdmin, args: argparse.Namespace) -> Any:
 def main(argv: list[str]) -> int:
     """Run ``mlmoat keys ...``; returns the exit status."""
     args = _parser().parse_args(argv)
-    table = _table_name(args.table, dict(os.environ))
+    defaults: dict[str, str] = {}
+    if args.stack:
+        try:
+            cloudformation = boto3.client("cloudformation", region_name=args.region)
+            defaults = stack_environment(cloudformation, args.stack)
+        except StackLookupError as exc:
+            print(json.dumps({"error": str(exc)}), file=sys.stderr)
+            return 1
+        except (NoRegionError, NoCredentialsError, ClientError) as exc:
+            print(json.dumps({"error": type(exc).__name__, "detail": str(exc)}), file=sys.stderr)
+            return 2
+    table = args.table or defaults.get("SECURITY_TABLE_NAME")
+    table = table or _table_name(None, dict(os.environ))
     if table is None:
-        hint = "name the table: --table or SECURITY_TABLE_NAME (the stack's TableName output)"
+        hint = "name the table: --stack, --table or SECURITY_TABLE_NAME"
         print(json.dumps({"error": "settings", "detail": hint}), file=sys.stderr)
         return 2
     try:
-        settings = _settings(table)
+        settings = _settings(table, defaults)
     except SettingsError as exc:
         print(json.dumps({"error": "settings", "detail": str(exc)}), file=sys.stderr)
         return 2
     client = None
     try:
-        client = boto3.client("dynamodb")
+        client = boto3.client("dynamodb", region_name=args.region)
         store = PrincipalStore(client=client, table_name=settings.table_name)
         result = _run(KeyAdmin(store=store, settings=settings), args)
     except SecurityError as exc:
@@ -170,7 +229,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"error": exc.reason}), file=sys.stderr)
         return 1
     except (NoRegionError, NoCredentialsError) as exc:
-        hint = "set AWS_DEFAULT_REGION and credentials (dummy ones for a local endpoint)"
+        hint = "set AWS_DEFAULT_REGION (or --region) and credentials (dummy ones if local)"
         print(json.dumps({"error": type(exc).__name__, "detail": hint}), file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, sort_keys=True))

@@ -3,9 +3,13 @@
 Exactly one audit record is written per request, allowed or refused. The record is a single
 JSON line (Powertools Logger, ``message == "audit"``) carrying the request id both as
 ``request_id`` and as Powertools' ``correlation_id``. The same line is also a CloudWatch
-Embedded Metric Format document (Powertools Metrics, EMF): ``Requests`` by ``decision`` and
-``reason``, ``RowsPredicted``, ``Latency`` and ``MonitorQueueFailures`` (a served query that did
-not reach the extraction queue), so metrics and audit can never disagree.
+Embedded Metric Format document (Powertools Metrics, EMF): ``Requests``, ``RowsPredicted``,
+``Latency`` and ``MonitorQueueFailures`` (a served query that did not reach the extraction
+queue), each by ``decision`` and ``reason``, by ``http_status`` and by ``service`` alone (the
+series the template's alarms and dashboard read), so metrics and audit can never disagree.
+Each record also says which Lambda invocation wrote it (``function_request_id``) and whether
+that was the execution environment's first (``cold_start``); Powertools adds ``xray_trace_id``
+from the trace header Lambda sets for every invocation.
 
 Every record goes through ``sanitize.redact`` in the formatter: no field, message or stack
 trace written by this logger can carry key material, whatever a caller put in it. Features are
@@ -109,7 +113,11 @@ class AuditEvent:
     input_fingerprint: str | None = None
     features: list[list[float]] | None = None
     output_policy: str | None = None
+    # Input smoothing's certified L2 radius per served row (normalised units): audit only.
+    certified_radius: list[float] | None = None
     flags: list[str] = field(default_factory=list)
+    function_request_id: str | None = None
+    cold_start: bool | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def record_input(self, rows: np.ndarray, *, raw: bool) -> None:
@@ -155,13 +163,29 @@ class AuditEvent:
                 continue
             if name == "features":
                 value = [list(row) for row in value]
-            elif name == "flags":
+            elif name in ("flags", "certified_radius"):
                 value = list(value)
             values[name] = value
         return values
 
 
 _LOGGED_FIELDS = tuple(f.name for f in dataclass_fields(AuditEvent) if f.name != "started")
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """The Lambda invocation records are written in: its request id, and whether it is the
+    execution environment's first (the cold start)."""
+
+    function_request_id: str | None
+    cold_start: bool
+
+    def fields(self) -> dict[str, Any]:
+        """The record fields (``function_request_id`` left out when unknown)."""
+        values: dict[str, Any] = {"cold_start": self.cold_start}
+        if self.function_request_id is not None:
+            values["function_request_id"] = self.function_request_id
+        return values
 
 
 class AuditLog:
@@ -173,6 +197,26 @@ class AuditLog:
         # Records leave only through the redacting handler, never raw through the root logger.
         logging.getLogger(service).propagate = False
         self._service = service
+        # One AuditLog per execution environment (built at init): the invocations it has seen.
+        self._invocations = 0
+        self._last_function_request_id: str | None = None
+        self.invocation = Invocation(function_request_id=None, cold_start=True)
+
+    def enter(self, context: object | None) -> Invocation:
+        """Note the Lambda invocation of ``context`` (its ``aws_request_id``); return it.
+
+        The first invocation an environment serves is its cold start (after a SnapStart
+        restore too: the snapshot is taken before any invocation). Several requests of one
+        invocation (an SQS batch) share it; without a context every call is a new invocation.
+        """
+        request_id = getattr(context, "aws_request_id", None)
+        if not isinstance(request_id, str) or not request_id:
+            request_id = None
+        if request_id is None or request_id != self._last_function_request_id:
+            self._invocations += 1
+            self._last_function_request_id = request_id
+        self.invocation = Invocation(request_id, cold_start=self._invocations == 1)
+        return self.invocation
 
     def begin(self, request_id: str) -> None:
         """Start a request: every line logged until the next ``begin`` carries its id."""
@@ -183,10 +227,16 @@ class AuditLog:
         self.logger.error(message, exc_info=(type(exc), exc, exc.__traceback__))
 
     def metrics(self, event: AuditEvent) -> dict[str, Any]:
-        """The EMF document for one request: Requests by decision and reason, rows, latency."""
+        """The EMF document for one request: Requests, rows, latency (and queue failures), by
+        decision and reason, by HTTP status and by service alone."""
         metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=self._service)
         metrics.add_dimension(name="decision", value=event.decision)
         metrics.add_dimension(name="reason", value=event.reason)
+        # Alarms need one series per question: every 5xx, 503 or 401 whatever its reason (a
+        # CloudWatch alarm sums at most 10 series), and latency percentiles over all requests
+        # (percentiles of separate series cannot be combined).
+        metrics.add_dimensions(service=self._service)
+        metrics.add_dimensions(http_status=str(event.status), service=self._service)
         metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="Latency", unit=MetricUnit.Milliseconds, value=event.latency_ms)
         if event.decision == "allow":

@@ -16,7 +16,9 @@
     ├── AdversarialInputError      refused by the squeezing detector                       422
     ├── DependencyUnavailableError a dependency failed; fail closed; carries retry_after   503
     │   ├── StoreUnavailableError  DynamoDB
-    │   └── SecretUnavailableError the JWT verification key (SSM / Secrets Manager)
+    │   ├── SecretUnavailableError the JWT verification key (SSM / Secrets Manager)
+    │   └── RuntimeConfigUnavailableError  the runtime defences document (SSM): unreadable
+    │                              with nothing read before, or malformed (never "unset")
     └── ModelIntegrityError        the artifact does not match its manifest (refuse to start)
 
 Every error carries ``reason``: a short machine code for the audit log (never sent to the
@@ -130,6 +132,12 @@ class SecretUnavailableError(DependencyUnavailableError):
     """The JWT verification key could not be fetched."""
 
     default_reason = "secret_unavailable"
+
+
+class RuntimeConfigUnavailableError(DependencyUnavailableError):
+    """The runtime defences document could not be read, or is malformed (fail closed)."""
+
+    default_reason = "runtime_config_unavailable"
 
 
 class ModelIntegrityError(SecurityError):

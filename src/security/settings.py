@@ -7,9 +7,10 @@ fails at cold start with a message that names the variable (and never its value)
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from security.policy import is_output_policy
 
@@ -70,6 +71,10 @@ class Settings:
     key_grantable_scopes: tuple[str, ...] = ("predict:*",)
     audit_raw_features: bool = False
     squeeze_policy: str = "flag"
+    #: The SSM parameter holding the runtime defences document (security.runtime_config); None:
+    #: the deploy-time squeeze policy and extraction action are final.
+    runtime_config_parameter: str | None = None
+    runtime_config_max_age_seconds: int = 30
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_public_key_parameter: str | None = None
@@ -80,6 +85,9 @@ class Settings:
     extraction_queue_url: str | None = None
     service_name: str = "mlmoat"
     extraction_action: str = "flag"
+    # The HMAC key of input smoothing's noise (security.smoothing). Unset: a random key per
+    # process (safe, but answers repeat only within one warm instance); never in repr or logs.
+    smoothing_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
 
     @property
     def jwt_enabled(self) -> bool:
@@ -120,6 +128,10 @@ class Settings:
             key_grantable_scopes=reader.scopes("KEY_GRANTABLE_SCOPES", ("predict:*",)),
             audit_raw_features=reader.boolean("AUDIT_RAW_FEATURES", False),
             squeeze_policy=reader.choice("SQUEEZE_POLICY", "flag", ("off", "flag", "refuse")),
+            runtime_config_parameter=reader.parameter_name("RUNTIME_CONFIG_PARAMETER"),
+            runtime_config_max_age_seconds=reader.integer(
+                "RUNTIME_CONFIG_MAX_AGE_SECONDS", 30, low=1, high=3600
+            ),
             jwt_issuer=reader.optional("JWT_ISSUER"),
             jwt_audience=reader.optional("JWT_AUDIENCE"),
             jwt_public_key_parameter=reader.optional("JWT_PUBLIC_KEY_PARAMETER"),
@@ -134,6 +146,7 @@ class Settings:
             extraction_queue_url=reader.optional("EXTRACTION_QUEUE_URL"),
             service_name=reader.text("SERVICE_NAME", "mlmoat", pattern=r"^[A-Za-z0-9_-]{1,64}$"),
             extraction_action=reader.choice("EXTRACTION_ACTION", "flag", ("flag", "suspend")),
+            smoothing_secret=reader.secret("SMOOTHING_SECRET", minimum=32),
         )
         configured = [settings.jwt_issuer, settings.jwt_audience, settings.jwt_public_key_parameter]
         if any(configured) and not all(configured):
@@ -144,6 +157,8 @@ class Settings:
         return settings
 
 
+# SSM's rule for a parameter name (letters, digits, ``_.-/``; at most 1,011 characters).
+_PARAMETER_NAME_RE = re.compile(r"^/?[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 _GRANTABLE_SCOPE_RE = re.compile(r"^predict:(\*|[a-z0-9][a-z0-9-]{0,62})$")
 _ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"}
@@ -212,6 +227,12 @@ class _Reader:
             return False
         raise self._fail(name, "must be true or false")
 
+    def parameter_name(self, name: str) -> str | None:
+        value = self._raw(name)
+        if value is not None and (len(value) > 1011 or _PARAMETER_NAME_RE.match(value) is None):
+            raise self._fail(name, "is not an SSM parameter name")
+        return value
+
     def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
         value = self._raw(name) or default
         if value not in options:
@@ -229,6 +250,15 @@ class _Reader:
         if not is_output_policy(value):
             raise self._fail(name, "is not an output policy")
         return value
+
+    def secret(self, name: str, *, minimum: int) -> bytes:
+        # The error names the variable and the rule, never the value.
+        value = self._raw(name)
+        if value is None:
+            return os.urandom(32)
+        if len(value) < minimum:
+            raise self._fail(name, f"must be at least {minimum} characters")
+        return value.encode("utf-8")
 
     def scopes(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self._raw(name)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from security.auth import Authenticator
     from security.extraction import ExtractionMonitor
     from security.limits import Gatekeeper
+    from security.runtime_config import RuntimeConfigSource
     from security.settings import Settings
     from security.store import PrincipalStore
 
@@ -192,6 +193,39 @@ def _authenticator(settings: Settings, ssm_client: Any | None) -> Authenticator:
     return Authenticator(settings=settings, token_verifier=verifier)
 
 
+def runtime_config_source(settings: Settings, ssm_client: Any | None) -> RuntimeConfigSource | None:
+    """The runtime defences document's reader, when a parameter is configured.
+
+    Raises:
+        ValueError: a parameter is configured and no SSM client was built (serving without the
+            document would silently use the deploy-time values).
+    """
+    if settings.runtime_config_parameter is None:
+        return None
+    if ssm_client is None:
+        raise ValueError("SECURITY_RUNTIME_CONFIG_PARAMETER is set but no SSM client was built")
+    from security.runtime_config import RuntimeConfigSource
+
+    return RuntimeConfigSource(
+        client=ssm_client,
+        parameter_name=settings.runtime_config_parameter,
+        max_age_seconds=settings.runtime_config_max_age_seconds,
+    )
+
+
+def _action_for(settings: Settings, source: RuntimeConfigSource) -> Callable[[str], str]:
+    def action_for(model: str) -> str:
+        return source.current().value(
+            "extraction_action", model=model, default=settings.extraction_action
+        )
+
+    return action_for
+
+
+def _needs_ssm(settings: Settings) -> bool:
+    return settings.jwt_enabled or settings.runtime_config_parameter is not None
+
+
 def _gatekeeper(settings: Settings, store: PrincipalStore) -> Gatekeeper:
     from security.limits import Gatekeeper
 
@@ -215,6 +249,7 @@ def build_predict_app(
     from security.defences import Squeezer
     from security.extraction import QuerySink
     from security.model import ModelRegistry
+    from security.smoothing import Smoother
 
     install_log_redaction()
     registry = ModelRegistry.load(settings.model_dir)
@@ -223,9 +258,12 @@ def build_predict_app(
         if settings.extraction_queue_url and clients.sqs is not None
         else None
     )
+    runtime_config = runtime_config_source(settings, clients.ssm)
+    # With a runtime document the policy can change after init: the calibrations are loaded
+    # even when the deploy-time policy is off (a model without one is then refused, 503).
     squeezer = (
         None
-        if settings.squeeze_policy == "off"
+        if settings.squeeze_policy == "off" and runtime_config is None
         else Squeezer.from_manifest(
             settings.model_dir,
             [(model.name, model.version) for model in registry],
@@ -242,6 +280,12 @@ def build_predict_app(
         squeezer=squeezer,
         query_sink=sink,
         docs=docs,
+        smoother=Smoother.from_manifest(
+            settings.model_dir,
+            [(model.name, model.version) for model in registry],
+            secret=settings.smoothing_secret,
+        ),
+        runtime_config=runtime_config,
     )
 
 
@@ -267,7 +311,7 @@ def build_admin_app(
 def predict_function(settings: Settings, *, factory: ClientFactory | None = None) -> ApiFunction:
     """PredictFunction, assembled."""
     clients = clients_for(
-        settings, sqs=bool(settings.extraction_queue_url), ssm=settings.jwt_enabled, factory=factory
+        settings, sqs=bool(settings.extraction_queue_url), ssm=_needs_ssm(settings), factory=factory
     )
     audit = AuditLog(service=settings.service_name)
     app = build_predict_app(settings, clients, audit=audit)
@@ -294,13 +338,19 @@ def monitor_function(
 
     install_log_redaction()
     clients = clients_for(
-        settings, sqs=False, ssm=False, dynamodb_config=DYNAMODB_MONITOR, factory=factory
+        settings,
+        sqs=False,
+        ssm=settings.runtime_config_parameter is not None,
+        dynamodb_config=DYNAMODB_MONITOR,
+        factory=factory,
     )
     audit = AuditLog(service=settings.service_name)
+    runtime_config = runtime_config_source(settings, clients.ssm)
     monitor = ExtractionMonitor(
         store=_store(settings, clients.dynamodb),
         references=load_monitor_references(settings.model_dir),
         action=settings.extraction_action,
         audit=flag_audit_sink(audit, service=settings.service_name),
+        action_for=None if runtime_config is None else _action_for(settings, runtime_config),
     )
     return MonitorFunction(settings, clients, _hooks_for(clients), audit, monitor)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from logcapture import remember_key
@@ -119,3 +120,24 @@ def import_handler(name: str, env: Mapping[str, str]) -> Any:
             patch.setenv(key, value)
         sys.modules.pop(name, None)
         return importlib.import_module(name)
+
+
+class FailingModel:
+    """A served model whose runtime fails: stands in for an onnxruntime crash."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.name, self.version, self.classes = model.name, model.version, model.classes
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        raise RuntimeError("onnxruntime exploded at /opt/models/iris/model.onnx")
+
+
+class FailingRegistry:
+    """A model registry whose every model fails at prediction (a forced 500)."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def get(self, name: str) -> Any:
+        return FailingModel(self._registry.get(name))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
-import numpy as np
 from handlersupport import (
     EVENTS,
+    FailingRegistry,
     LambdaContext,
     header,
     invoke,
@@ -65,25 +64,6 @@ def test_a_request_without_an_api_gateway_id_gets_a_generated_one(predict_module
     assert response_body(response)["error"]["request_id"] == request_id
 
 
-class _FailingModel:
-    """A served model whose runtime fails: stands in for an onnxruntime crash."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self.name, self.version, self.classes = model.name, model.version, model.classes
-
-    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
-        raise RuntimeError("onnxruntime exploded at /opt/models/iris/model.onnx")
-
-
-class _FailingRegistry:
-    def __init__(self, registry: Any) -> None:
-        self._registry = registry
-
-    def get(self, name: str) -> Any:
-        return _FailingModel(self._registry.get(name))
-
-
 def test_an_unexpected_failure_is_a_generic_500_with_one_record_and_the_detail_in_the_log(
     predict_module, admin, log_sink, handler_env
 ) -> None:
@@ -103,7 +83,7 @@ def test_an_unexpected_failure_is_a_generic_500_with_one_record_and_the_detail_i
     store = PrincipalStore(client=client, table_name=settings.table_name)
     app = create_app(
         settings=settings,
-        registry=_FailingRegistry(registry),
+        registry=FailingRegistry(registry),
         schemas=schemas_for(registry, registry.names, margin=settings.envelope_margin),
         authenticator=Authenticator(settings=settings, token_verifier=None),
         gatekeeper=Gatekeeper(store=store, settings=settings),

@@ -27,6 +27,7 @@ ALLOWED_ACTIONS = {
     "MonitorFunction": {
         "dynamodb:GetItem", "dynamodb:UpdateItem", "sqs:ReceiveMessage",
         "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes",
+        "ssm:GetParameter",  # the runtime defences document only
     },
 }  # fmt: skip
 ROUTES = {
@@ -150,7 +151,9 @@ def test_inline_iam_statements_are_least_privilege(doc: dict[str, Any]) -> None:
                 ]
             if "ssm:GetParameter" in actions:
                 (arn,) = _as_list(statement["Resource"])
-                assert arn["Fn::Sub"].endswith(":parameter${JwtPublicKeyParameter}")
+                assert arn["Fn::Sub"].endswith(
+                    (":parameter${JwtPublicKeyParameter}", ":parameter${RuntimeConfigParameter}")
+                ), name
         assert granted == ALLOWED_ACTIONS[name], (
             f"{name}: extra {sorted(granted - ALLOWED_ACTIONS[name])}, "
             f"missing {sorted(ALLOWED_ACTIONS[name] - granted)}"
@@ -203,14 +206,31 @@ def test_monitor_consumes_the_encrypted_extraction_queue_with_a_dlq(doc: dict[st
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
         "Fn::GetAtt": ["ExtractionDeadLetterQueue", "Arn"]
     }
-    for name in ("ExtractionDeadLetterQueue", "FunctionDeadLetterQueue"):
-        assert resources[name]["Properties"]["KmsMasterKeyId"]
+    assert resources["ExtractionDeadLetterQueue"]["Properties"]["KmsMasterKeyId"]
+
+
+def test_no_function_dead_letter_queue_that_nothing_could_reach(doc: dict[str, Any]) -> None:
+    # A Lambda DLQ receives failed asynchronous invocations only; API Gateway and the SQS event
+    # source mapping invoke synchronously, so such a queue would stay empty while failures pass.
+    assert "DeadLetterQueue" not in doc["Globals"]["Function"]
+    for name in FUNCTIONS:
+        assert "DeadLetterQueue" not in _resources(doc)[name]["Properties"], name
+    queues = [n for n, r in _resources(doc).items() if r["Type"] == "AWS::SQS::Queue"]
+    assert sorted(queues) == ["ExtractionDeadLetterQueue", "ExtractionQueue"]
 
 
 def test_functions_have_reserved_concurrency_from_parameters(doc: dict[str, Any]) -> None:
+    # 0 (the default) reserves nothing: Lambda refuses a reservation that leaves an account
+    # fewer than 100 unreserved executions, and a new account's limit may be 10.
     for name in FUNCTIONS:
         value = _resources(doc)[name]["Properties"]["ReservedConcurrentExecutions"]
-        assert value["Ref"] in doc["Parameters"], name
+        condition, reserved, otherwise = value["Fn::If"]
+        parameter = doc["Parameters"][reserved["Ref"]]
+        assert (parameter["Default"], parameter["MinValue"]) == (0, 0), name
+        assert doc["Conditions"][condition] == {
+            "Fn::Not": [{"Fn::Equals": [{"Ref": reserved["Ref"]}, 0]}]
+        }, name
+        assert otherwise == {"Ref": "AWS::NoValue"}, name
 
 
 def test_api_has_best_effort_throttling_and_access_logs(doc: dict[str, Any]) -> None:
@@ -244,3 +264,60 @@ def test_samconfig_has_a_dev_default_and_a_prod_environment() -> None:
     assert "Stage=dev" in config["default"]["deploy"]["parameters"]["parameter_overrides"]
     prod = config["prod"]["deploy"]["parameters"]["parameter_overrides"]
     assert "Stage=prod" in prod and "DeletionProtection=true" in prod
+    for env in ("default", "prod"):
+        assert re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", config[env]["global"]["parameters"]["region"])
+
+
+def test_samconfig_overrides_name_only_template_parameters(doc: dict[str, Any]) -> None:
+    import shlex
+    import tomllib
+
+    config = tomllib.loads((REPO / "samconfig.toml").read_text())
+    for env in ("default", "prod"):
+        overrides = config[env]["deploy"]["parameters"]["parameter_overrides"]
+        for pair in shlex.split(overrides):
+            name, _, value = pair.partition("=")
+            parameter = doc["Parameters"][name]
+            assert value in [str(v) for v in parameter.get("AllowedValues", [value])], pair
+
+
+def test_outputs_name_the_log_groups_the_table_and_the_alarm_topic(doc: dict[str, Any]) -> None:
+    outputs = {name: output["Value"] for name, output in doc["Outputs"].items()}
+    for group in ("PredictLogGroup", "AdminLogGroup", "MonitorLogGroup", "ApiAccessLogGroup"):
+        assert outputs[f"{group}Name"] == {"Ref": group}
+    assert outputs["SecurityTableName"] == {"Ref": "SecurityTable"}
+    assert outputs["DashboardName"] == {"Ref": "Dashboard"}
+    topic = {"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}
+    assert outputs["AlarmTopicArn"] == topic
+    # each function writes to the log group its output names
+    for function in FUNCTIONS:
+        group = _resources(doc)[function]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert group in {"PredictLogGroup", "AdminLogGroup", "MonitorLogGroup"}
+
+
+def test_every_alarm_notifies_the_alarm_topic_and_names_its_runbook(doc: dict[str, Any]) -> None:
+    topic = {"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}
+    runbook = (REPO / "docs" / "runbook.md").read_text()
+    alarms = {n: r for n, r in _resources(doc).items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert len(alarms) >= 12
+    for name, alarm in alarms.items():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == [topic], name
+        assert props["TreatMissingData"] == "notBreaching", name
+        anchor = re.search(r"docs/runbook\.md#([a-z]+)", props["AlarmDescription"])
+        assert anchor, name
+        assert f'<a id="{anchor.group(1)}"></a>' in runbook, name
+    assert _resources(doc)["AlarmTopic"]["Properties"]["KmsMasterKeyId"] == {"Ref": "SecurityKey"}
+
+
+def test_saved_queries_read_the_functions_log_groups(doc: dict[str, Any]) -> None:
+    resources = _resources(doc).items()
+    kind = "AWS::Logs::QueryDefinition"
+    queries = {n: r["Properties"] for n, r in resources if r["Type"] == kind}
+    assert set(queries) == {
+        "PrincipalHistoryQuery", "RefusalsByReasonQuery", "FlagsQuery", "TopPrincipalsByRowsQuery",
+    }  # fmt: skip
+    for name, props in queries.items():
+        groups = {g["Ref"] for g in props["LogGroupNames"]}
+        assert groups <= {"PredictLogGroup", "AdminLogGroup", "MonitorLogGroup"}, name
+        assert 'message = "audit"' in props["QueryString"], name

@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from security.defences import Squeezer
     from security.extraction import QuerySink
     from security.limits import Gatekeeper
+    from security.runtime_config import RuntimeConfigSource
     from security.settings import Settings
+    from security.smoothing import Smoother
     from security.validation import FeatureSchema
 
 _DESCRIPTION = (
@@ -51,6 +53,8 @@ def create_app(
     squeezer: Squeezer | None = None,
     query_sink: QuerySink | None = None,
     docs: bool = False,
+    smoother: Smoother | None = None,
+    runtime_config: RuntimeConfigSource | None = None,
 ) -> FastAPI:
     """Build the prediction API around the security layer.
 
@@ -79,6 +83,8 @@ def create_app(
         gatekeeper=gatekeeper,
         squeezer=squeezer,
         query_sink=query_sink,
+        smoother=smoother,
+        runtime_config=runtime_config,
     )
     app.include_router(predict_router(service, docs=docs))
 

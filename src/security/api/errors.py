@@ -22,6 +22,7 @@ from security.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RateLimitedError,
+    RuntimeConfigUnavailableError,
     SecretUnavailableError,
     SecurityError,
     StoreUnavailableError,
@@ -72,6 +73,7 @@ ERROR_RESPONSES: dict[type[SecurityError], ErrorResponse] = {
     DependencyUnavailableError: _UNAVAILABLE,
     StoreUnavailableError: _UNAVAILABLE,
     SecretUnavailableError: _UNAVAILABLE,
+    RuntimeConfigUnavailableError: _UNAVAILABLE,
     ModelIntegrityError: _UNAVAILABLE,
 }
 

@@ -3,7 +3,7 @@
 One request goes through the layer (``docs/architecture.md``, "Request path")::
 
     credentials (auth, no I/O) -> model lookup -> body validation (no I/O)
-      -> admission (one conditional DynamoDB write) -> squeezing defence -> predict
+      -> admission (one conditional DynamoDB write) -> squeezing + smoothing defences -> predict
       -> output policy -> extraction queue -> response; one audit record whatever happened
 
 Refusals after authentication carry the ``RateLimit-Policy``/``RateLimit`` headers. The real
@@ -25,12 +25,14 @@ from security.errors import (
     AdversarialInputError,
     AuthenticationError,
     InvalidPayloadError,
+    ModelIntegrityError,
     NotFoundError,
     RateLimitedError,
 )
 from security.limits import NEVER_FITS
 from security.policy import OutputPolicy
 from security.sanitize import apply_output_policy
+from security.smoothing import Served, serve
 from security.validation import FeatureSchema, parse_prediction_request
 
 if TYPE_CHECKING:
@@ -38,7 +40,9 @@ if TYPE_CHECKING:
     from security.defences import Squeezer
     from security.extraction import QuerySink
     from security.limits import Gatekeeper
+    from security.runtime_config import RuntimeConfigSource
     from security.settings import Settings
+    from security.smoothing import Smoother
 
 
 class ServedModelLike(Protocol):
@@ -107,14 +111,18 @@ class PredictService:
         gatekeeper: Gatekeeper,
         squeezer: Squeezer | None,
         query_sink: QuerySink | None,
+        smoother: Smoother | None = None,
+        runtime_config: RuntimeConfigSource | None = None,
     ) -> None:
         self.settings = settings
+        self.smoother = smoother
         self.registry = registry
         self.schemas = schemas
         self.authenticator = authenticator
         self.gatekeeper = gatekeeper
         self.squeezer = squeezer
         self.query_sink = query_sink
+        self.runtime_config = runtime_config
 
     async def predict(self, request: Request, model_name: str, route: str) -> Response:
         """Serve one prediction request, or raise the ``SecurityError`` that refuses it.
@@ -171,6 +179,8 @@ class PredictService:
             self._report_refusal(credentials.principal_id, model_name, request_id, exc.reason)
             raise
         event.record_input(parsed.rows, raw=self.settings.audit_raw_features)
+        # Before admission: a request refused for an unreadable runtime document costs nothing.
+        squeezer = self._squeezer_for(model_name)
 
         try:
             admission = self.gatekeeper.admit(
@@ -189,7 +199,7 @@ class PredictService:
         rate_headers = admission.headers()
 
         try:
-            probabilities = self._predict(model, parsed.rows, event, rate_headers)
+            served = self._predict(model, parsed.rows, event, rate_headers, squeezer)
         except AdversarialInputError as exc:
             # Its rows were charged by the admission; the refusal is counted too, so squeezing
             # refusals spend the same allowance as any other.
@@ -200,8 +210,10 @@ class PredictService:
             raise
         policy = OutputPolicy.parse(principal.output_policy or self.settings.default_output_policy)
         event.output_policy = str(policy)
-        predictions = apply_output_policy(policy, model.classes, probabilities)
-        self._send_to_monitor(principal, model, parsed.rows, probabilities, request_id, event)
+        predictions = apply_output_policy(
+            policy, model.classes, served.probabilities, served.labels
+        )
+        self._send_to_monitor(principal, model, parsed.rows, served, request_id, event)
 
         body_out = {
             "model": model.name,
@@ -217,18 +229,40 @@ class PredictService:
         rows: np.ndarray,
         event: AuditEvent,
         rate_headers: Mapping[str, str],
-    ) -> np.ndarray:
-        # The defences' single call site: squeeze and score between validation and prediction.
-        if self.squeezer is None:
-            return np.asarray(model.predict_proba(rows), dtype=np.float64)
+        squeezer: Squeezer | None,
+    ) -> Served:
+        # The defences' single call site, between validation and prediction: squeeze and score
+        # (under the policy in effect now), smooth (one batched model call either way). The
+        # radii go to the audit record only.
         try:
-            result = self.squeezer.check(model, rows)
+            served = serve(model, rows, squeezer=squeezer, smoother=self.smoother)
         except AdversarialInputError as exc:
             exc.headers.update(rate_headers)
             raise
-        if result.flagged:
-            event.flags.append(f"squeeze_flagged:{result.flagged}")
-        return result.probabilities
+        if served.flagged:
+            event.flags.append(f"squeeze_flagged:{served.flagged}")
+        if served.radii is not None:
+            event.certified_radius = [round(float(r), 4) for r in served.radii]
+        return served
+
+    def _squeezer_for(self, model_name: str) -> Squeezer | None:
+        """The squeezer under the policy in effect for ``model_name`` now.
+
+        Raises:
+            RuntimeConfigUnavailableError: the runtime document is malformed or unreadable.
+            ModelIntegrityError: a runtime policy turns squeezing on for a deployment that
+                loaded no calibration.
+        """
+        if self.runtime_config is None:
+            return self.squeezer
+        policy = self.runtime_config.current().value(
+            "squeeze_policy", model=model_name, default=self.settings.squeeze_policy
+        )
+        if self.squeezer is None:
+            if policy == "off":
+                return None
+            raise ModelIntegrityError("defences_missing", detail=f"model={model_name}")
+        return self.squeezer.with_policy(policy)
 
     def _report_refusal(self, principal_id: str, model: str, request_id: str, reason: str) -> None:
         # Sustained refusals are a signal of their own to the extraction monitor (probing the
@@ -243,7 +277,7 @@ class PredictService:
         principal: Principal,
         model: ServedModelLike,
         rows: np.ndarray,
-        probabilities: np.ndarray,
+        served: Served,
         request_id: str,
         event: AuditEvent,
     ) -> None:
@@ -251,14 +285,14 @@ class PredictService:
         # queue is a gap in the monitor's view: the audit record says so and a metric counts it.
         if self.query_sink is None:
             return
-        best = np.argmax(probabilities, axis=1)
+        best = served.labels
         sent = self.query_sink.send(
             principal_id=principal.principal_id,
             model=model.name,
             request_id=request_id,
             rows=rows,
             labels=[str(model.classes[int(i)]) for i in best],
-            confidences=probabilities[np.arange(len(best)), best],
+            confidences=served.probabilities[np.arange(len(best)), best],
         )
         if not sent:
             event.flags.append(MONITOR_QUEUE_FAILED)

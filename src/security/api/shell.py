@@ -108,6 +108,9 @@ class AuditMiddleware:
             method=str(scope.get("method", "")),
             source_ip=source_ip_for(scope),
         )
+        invocation = self.audit.enter(scope.get("aws.context"))
+        event.function_request_id = invocation.function_request_id
+        event.cold_start = invocation.cold_start
         scope.setdefault("state", {})["audit"] = event
         self.audit.begin(request_id)
         malformed = aws_event(scope).get(MALFORMED_MARK)

@@ -76,8 +76,12 @@ class ExtractionMonitor:
         action: str,
         audit: AuditSink,
         clock: Callable[[], float] = time.time,
+        action_for: Callable[[str], str] | None = None,
     ) -> None:
         """Wire the store, the per-model references, the action and the audit sink.
+
+        ``action_for(model)``, when given, is asked for the action at each detection (the
+        runtime document of ``security.runtime_config``; ``action`` is its deploy-time default).
 
         Raises:
             ValueError: the action is not ``flag`` or ``suspend``.
@@ -87,6 +91,7 @@ class ExtractionMonitor:
         self._store = store
         self._detectors = {name: ExtractionDetector(ref) for name, ref in references.items()}
         self._action = action
+        self._action_for = action_for
         self._audit = audit
         self._clock = clock
 
@@ -95,6 +100,8 @@ class ExtractionMonitor:
 
         Raises:
             StoreUnavailableError: the store failed (the record is retried).
+            RuntimeConfigUnavailableError: a detection fired and the runtime document is
+                malformed or unreadable (the record is retried).
             ValueError: the message names a model with no reference (a poison message).
         """
         detector = self._detectors.get(message.model)
@@ -115,7 +122,12 @@ class ExtractionMonitor:
                 state, message.rows, labels=message.labels, confidences=message.confidences
             )
         if verdict.newly_flagged:
-            suspend = self._action == "suspend"
+            # Asked only now: a runtime document that cannot be read raises here, before the
+            # flag and the state are written, so the record is redelivered and flagged again.
+            action = self._action if self._action_for is None else self._action_for(message.model)
+            if action not in EXTRACTION_ACTIONS:
+                raise ValueError("extraction action must be flag or suspend")
+            suspend = action == "suspend"
             self._store.flag_principal(
                 message.principal_id,
                 reason=f"extraction:{verdict.reason}",
@@ -166,10 +178,18 @@ def flag_audit_sink(audit_log: AuditLog, *, service: str) -> AuditSink:
         metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=service)
         metrics.add_dimension(name="decision", value=str(record["decision"]))
         metrics.add_dimension(name="model", value=str(record["model"]))
+        # Alarms count flags and suspensions over every model (a model per alarm would miss
+        # the models operators add).
+        metrics.add_dimensions(decision=str(record["decision"]), service=service)
         metrics.add_metric(name="ExtractionFlags", unit=MetricUnit.Count, value=1)
         audit_log.logger.set_correlation_id(str(record["request_id"]))
         audit_log.logger.info(
-            AUDIT_MESSAGE, extra={**dict(metrics.serialize_metric_set()), **record}
+            AUDIT_MESSAGE,
+            extra={
+                **dict(metrics.serialize_metric_set()),
+                **audit_log.invocation.fields(),
+                **record,
+            },
         )
 
     return emit
