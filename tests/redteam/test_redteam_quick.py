@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mlmoat.redteam.cli import QUICK_MODELS, main
+from mlmoat.redteam.robustness import wilson
 from mlmoat.redteam.run import QUICK, targets
 
 MODELS = QUICK_MODELS
@@ -155,17 +156,23 @@ def test_squeezing_false_detections_at_most_5_percent(results: dict[str, Any], m
     assert results["models"][model]["hopskipjump"]["false_detections"]["held_out"] <= 0.05
 
 
-def test_squeezing_halves_hopskipjump_success_on_the_overfit_forest(
+def test_refusing_denies_hopskipjump_a_wrong_answer_on_the_overfit_forest(
     results: dict[str, Any],
 ) -> None:
-    # The forest is attackable undefended; refusing disagreeing rows at least halves success.
-    # (On iris HopSkipJump succeeds on 1-3 of 30 rows undefended: too few to decide a halving
-    # at every seed, so iris is held to the false-detection bound above only.)
+    # Undefended, HopSkipJump gets a served wrong answer for every forest row at some distance;
+    # refusing the rows the squeezed model disagrees on denies it one on most rows. 30 rows decide
+    # that (the intervals do not overlap); they cannot decide a halving of the 5%-budget success
+    # rate (3/30 against 2/30 on one machine, 0/30 on another: HopSkipJump's path turns on the
+    # last bits of the forest's floats), which the full run judges on 200 rows
+    # (docs/ml-defences.md, "Robustness table").
     hsj = results["models"]["breast-cancer-forest"]["hopskipjump"]
-    assert hsj["off"]["rows"] == QUICK.hsj_rows
-    base = hsj["off"]["success_rate"]
-    assert base > 0
-    assert min(hsj["flag"]["success_rate"], hsj["refuse"]["success_rate"]) <= base / 2
+    rows = QUICK.hsj_rows
+    assert hsj["off"]["rows"] == hsj["refuse"]["rows"] == rows
+    off = round(hsj["off"]["fooled_any_distance"] * rows)
+    refuse = round(hsj["refuse"]["fooled_any_distance"] * rows)
+    assert wilson(refuse, rows)[1] < wilson(off, rows)[0], (off, refuse)
+    # and no success within the budget is a row never fooled at all
+    assert hsj["refuse"]["success_rate"] <= hsj["refuse"]["fooled_any_distance"]
 
 
 def test_iris_is_extracted_whatever_the_output_policy(results: dict[str, Any]) -> None:
