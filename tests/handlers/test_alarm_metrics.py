@@ -228,9 +228,11 @@ def driven_records(
     send("ok", served, load_event("rest/predict-ok-single.json", keys))
     send("unknown_key", served, load_event("rest/predict-bad-key.json", keys))
     # 503: DynamoDB unreachable (fail closed)
-    send("store_unavailable", stack.handler(dynamodb=_dead_endpoint()), load_event(
-        "rest/predict-ok-single.json", keys
-    ))
+    send(
+        "store_unavailable",
+        stack.handler(dynamodb=_dead_endpoint()),
+        load_event("rest/predict-ok-single.json", keys),
+    )
     # 500: the model's runtime fails
     from security.api import create_app
     from security.api.predict import schemas_for
@@ -258,13 +260,17 @@ def driven_records(
         lifespan="off",
     )
     key = new_key(admin)["api_key"]
-    send("internal_error", failing, rest_event(
-        path="/predict", body=ONE, headers={**JSON_CT, "X-API-Key": key}
-    ))
+    send(
+        "internal_error",
+        failing,
+        rest_event(path="/predict", body=ONE, headers={**JSON_CT, "X-API-Key": key}),
+    )
     # a served query whose message cannot reach the extraction queue
-    send("monitor_queue_failed", stack.handler(sqs=_dead_endpoint()), load_event(
-        "rest/predict-ok-single.json", keys
-    ))
+    send(
+        "monitor_queue_failed",
+        stack.handler(sqs=_dead_endpoint()),
+        load_event("rest/predict-ok-single.json", keys),
+    )
     # a guesser: wrong secrets for one key id from one address until throttled
     from security.keys import format_key, new_secret
 

@@ -86,3 +86,73 @@ def test_the_lambda_app_does_not_pay_for_openapi_models_at_cold_start() -> None:
     out = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def _admin_routes_in_template() -> set[tuple[str, str]]:
+    from mlmoat.local.template import load_template
+
+    events = load_template(REPO / "template.yaml")["Resources"]["AdminFunction"]["Properties"][
+        "Events"
+    ]
+    return {
+        (event["Properties"]["Path"], event["Properties"]["Method"].lower())
+        for event in events.values()
+        if event["Type"] == "Api"
+    }
+
+
+def test_the_admin_document_has_every_routed_admin_operation_behind_sigv4() -> None:
+    # given the admin API's document, built from AdminFunction's own wiring
+    from mlmoat.openapi import admin_openapi_document
+
+    document = admin_openapi_document()
+    validate(document)
+    # then its operations are exactly the routes API Gateway sends to AdminFunction
+    operations = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert operations == _admin_routes_in_template()
+    scheme = document["components"]["securitySchemes"]
+    assert set(scheme) == {"SigV4"}
+    assert scheme["SigV4"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert operation["security"] == [{"SigV4": []}], (path, method)
+            # every admin refusal's status is documented on every route, in admin wording
+            assert {"400", "403", "404", "409", "413", "422", "500", "503"} <= set(
+                operation["responses"]
+            ), (path, method)
+            assert "administer keys" in operation["responses"]["403"]["description"]
+            assert "this model" not in operation["responses"]["403"]["description"]
+
+
+def test_the_admin_document_states_the_request_bodies_and_every_admin_reason() -> None:
+    from mlmoat.openapi import admin_openapi_document
+    from security.api.errors import ADMIN_REASON_RESPONSES
+
+    document = admin_openapi_document()
+    create = document["paths"]["/admin/keys"]["post"]
+    assert create["requestBody"]["required"] is True
+    body = document["components"]["schemas"]["CreateKeyBody"]
+    assert body["required"] == ["owner"] and body["additionalProperties"] is False
+    assert {"owner", "scopes", "rate_limit", "budget", "output_policy", "expires_in"} == set(
+        body["properties"]
+    )
+    rotate = document["paths"]["/admin/keys/{key_id}/rotate"]["post"]
+    assert rotate["requestBody"]["required"] is False
+    assert "grace" in document["components"]["schemas"]["RotateKeyBody"]["properties"]
+    described = json.dumps(create["responses"])
+    for entry in ADMIN_REASON_RESPONSES.values():
+        assert f"`{entry.code}`: {entry.message}" in described, entry
+    assert "201" in create["responses"]
+
+
+def test_the_cli_prints_the_admin_document() -> None:
+    out = subprocess.run(
+        [PYTHON, "-m", "mlmoat.cli", "openapi", "--api", "admin"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    document = json.loads(out.stdout)
+    assert document["info"]["title"] == "mlmoat admin"
+    assert "/admin/keys" in document["paths"] and "/predict" not in document["paths"]

@@ -85,6 +85,12 @@ def main(argv: list[str]) -> int:
     _send(channel, {"ready": True, "init_ms": init_ms, "max_memory_mb": _max_memory_mb()})
     for line in sys.stdin:
         request = json.loads(line)
+        # Lambda sets the invocation's trace header in the environment (Powertools Logger reads
+        # it into every record as xray_trace_id); not sampled: there is no X-Ray daemon here.
+        os.environ["_X_AMZN_TRACE_ID"] = (
+            f"Root=1-{int(time.time()):08x}-{os.urandom(12).hex()};"
+            f"Parent={os.urandom(8).hex()};Sampled=0"
+        )
         context = LambdaContext(
             config, request["request_id"], time.monotonic() + float(request["timeout"])
         )

@@ -170,6 +170,8 @@ class FunctionLayout:
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function_name}",
             "AWS_LAMBDA_LOG_STREAM_NAME": f"local/[$LATEST]{uuid.uuid4().hex}",
             "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            # As sam local: no X-Ray daemon here, so Powertools Tracer stays off.
+            "AWS_SAM_LOCAL": "true",
             # Never read the developer's own AWS profile: only the local endpoint's dummies.
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,

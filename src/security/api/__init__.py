@@ -99,13 +99,24 @@ def create_app(
     return app
 
 
-def create_admin_app(*, settings: Settings, admin: KeyAdmin, audit: AuditLog) -> FastAPI:
+def create_admin_app(
+    *, settings: Settings, admin: KeyAdmin, audit: AuditLog, docs: bool = False
+) -> FastAPI:
     """The admin API (AdminFunction): ``/admin/keys`` and ``/admin/subjects`` behind the same
-    shell, authorised by the caller's IAM identity alone. Docs are off."""
-    from security.api.admin import admin_router
+    shell, authorised by the caller's IAM identity alone. ``docs`` as for ``create_app``."""
+    from security.api.admin import CreateKeyBody, RotateKeyBody, admin_router
 
-    app = new_app(settings=settings, audit=audit, title="mlmoat admin")
-    app.include_router(admin_router(admin))
+    app = new_app(settings=settings, audit=audit, title="mlmoat admin", docs=docs)
+    app.include_router(admin_router(admin, docs=docs))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from security.api.openapi import admin_openapi_document
+
+            app.openapi_schema = admin_openapi_document(app, (CreateKeyBody, RotateKeyBody))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

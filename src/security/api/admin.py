@@ -62,13 +62,26 @@ async def _parse_body(request: Request, model: type[_M]) -> _M:
         raise InvalidPayloadError("invalid_admin_request") from exc
 
 
-def admin_router(admin: KeyAdmin) -> APIRouter:
-    """Routes under ``/admin/keys`` and ``/admin/subjects``, behind the IAM identity."""
+def admin_router(admin: KeyAdmin, *, docs: bool = False) -> APIRouter:
+    """Routes under ``/admin/keys`` and ``/admin/subjects``, behind the IAM identity.
+
+    ``docs`` adds each route's OpenAPI extras (request body, responses, the SigV4 scheme).
+    """
     # One router-level dependency: no admin route can forget the IAM check.
     router = APIRouter(dependencies=[Depends(RequireIamCaller())])
 
+    def doc(status: int, description: str, body: type[BaseModel] | None = None) -> dict[str, Any]:
+        if not docs:
+            return {}
+        from security.api.openapi import admin_route_docs
+
+        return admin_route_docs(status=status, description=description, body=body)
+
     @router.post(
-        ADMIN_PREFIX, status_code=201, summary="Create an API key (the secret is shown once)"
+        ADMIN_PREFIX,
+        status_code=201,
+        summary="Create an API key (the secret is shown once)",
+        **doc(201, "The new key's record and its secret (shown once)", CreateKeyBody),
     )
     async def create_key(request: Request) -> JSONResponse:
         body = await _parse_body(request, CreateKeyBody)
@@ -82,46 +95,78 @@ def admin_router(admin: KeyAdmin) -> APIRouter:
         )
         return JSONResponse(created, status_code=201)
 
-    @router.get(ADMIN_PREFIX, summary="List API keys")
+    @router.get(ADMIN_PREFIX, summary="List API keys", **doc(200, "The keys (no secrets)"))
     async def list_keys(owner: str | None = None) -> dict[str, Any]:
         return {"keys": admin.list(owner=owner)}
 
-    @router.get(ADMIN_PREFIX + "/{key_id}", summary="Show one API key")
+    @router.get(
+        ADMIN_PREFIX + "/{key_id}", summary="Show one API key", **doc(200, "The key's record")
+    )
     async def show_key(key_id: str) -> dict[str, Any]:
         return admin.show(key_id)
 
-    @router.get(ADMIN_PREFIX + "/{key_id}/usage", summary="Usage counters of one API key")
+    @router.get(
+        ADMIN_PREFIX + "/{key_id}/usage",
+        summary="Usage counters of one API key",
+        **doc(200, "Rows used in the window and of the budget"),
+    )
     async def key_usage(key_id: str) -> dict[str, Any]:
         return admin.usage(key_id)
 
-    @router.post(ADMIN_PREFIX + "/{key_id}/revoke", summary="Revoke an API key for good")
+    @router.post(
+        ADMIN_PREFIX + "/{key_id}/revoke",
+        summary="Revoke an API key for good",
+        **doc(200, "The key's record, revoked"),
+    )
     async def revoke_key(key_id: str) -> dict[str, Any]:
         return admin.revoke(key_id)
 
-    @router.post(ADMIN_PREFIX + "/{key_id}/suspend", summary="Suspend an API key")
+    @router.post(
+        ADMIN_PREFIX + "/{key_id}/suspend",
+        summary="Suspend an API key",
+        **doc(200, "The key's record, suspended"),
+    )
     async def suspend_key(key_id: str) -> dict[str, Any]:
         return admin.suspend(key_id)
 
-    @router.post(ADMIN_PREFIX + "/{key_id}/reinstate", summary="Reinstate a suspended API key")
+    @router.post(
+        ADMIN_PREFIX + "/{key_id}/reinstate",
+        summary="Reinstate a suspended API key",
+        **doc(200, "The key's record, active again"),
+    )
     async def reinstate_key(key_id: str) -> dict[str, Any]:
         return admin.reinstate(key_id)
 
     @router.post(
-        ADMIN_PREFIX + "/{key_id}/rotate", summary="Rotate an API key's secret (shown once)"
+        ADMIN_PREFIX + "/{key_id}/rotate",
+        summary="Rotate an API key's secret (shown once)",
+        **doc(200, "The new secret (shown once) and when the old one stops", RotateKeyBody),
     )
     async def rotate_key(request: Request, key_id: str) -> JSONResponse:
         body = await _parse_body(request, RotateKeyBody)
         return JSONResponse(admin.rotate(key_id, grace=body.grace))
 
-    @router.get(SUBJECTS_PREFIX + "/{subject}", summary="Show a JWT subject")
+    @router.get(
+        SUBJECTS_PREFIX + "/{subject}",
+        summary="Show a JWT subject",
+        **doc(200, "The subject's status and counters"),
+    )
     async def show_subject(subject: str, issuer: str | None = None) -> dict[str, Any]:
         return admin.show_subject(subject, issuer=issuer)
 
-    @router.post(SUBJECTS_PREFIX + "/{subject}/suspend", summary="Suspend a JWT subject")
+    @router.post(
+        SUBJECTS_PREFIX + "/{subject}/suspend",
+        summary="Suspend a JWT subject",
+        **doc(200, "The subject, suspended"),
+    )
     async def suspend_subject(subject: str, issuer: str | None = None) -> dict[str, Any]:
         return admin.suspend_subject(subject, issuer=issuer)
 
-    @router.post(SUBJECTS_PREFIX + "/{subject}/reinstate", summary="Reinstate a JWT subject")
+    @router.post(
+        SUBJECTS_PREFIX + "/{subject}/reinstate",
+        summary="Reinstate a JWT subject",
+        **doc(200, "The subject, active again"),
+    )
     async def reinstate_subject(subject: str, issuer: str | None = None) -> dict[str, Any]:
         return admin.reinstate_subject(subject, issuer=issuer)
 

@@ -16,12 +16,21 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
 from security.api.errors import (
+    ADMIN_REASON_RESPONSES,
     ERROR_RESPONSES,
+    HTTP_RESPONSES,
     PREDICT_REASON_RESPONSES,
+    REQUEST_MISMATCH,
     ErrorResponse,
 )
 from security.api.shell import REQUEST_ID_HEADER
-from security.errors import ConflictError, SecurityError
+from security.errors import (
+    ConflictError,
+    MalformedBodyError,
+    PayloadTooLargeError,
+    SecurityError,
+    StoreUnavailableError,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -86,6 +95,33 @@ def status_table(
     }
 
 
+#: The error classes the admin routes answer with their class's words (every other admin refusal
+#: has admin wording of its own: ``ADMIN_REASON_RESPONSES``).
+_ADMIN_CLASSES: tuple[type[SecurityError], ...] = (
+    MalformedBodyError,
+    PayloadTooLargeError,
+    StoreUnavailableError,
+    SecurityError,
+)
+
+
+def admin_status_table() -> dict[str, str]:
+    """Status -> description of the admin API's refusals, admin wording first."""
+    entries = [
+        *ADMIN_REASON_RESPONSES.values(),
+        *(ERROR_RESPONSES[cls] for cls in _ADMIN_CLASSES),
+        *(response for _, response in HTTP_RESPONSES.values()),
+        REQUEST_MISMATCH,
+    ]
+    by_status: dict[int, dict[tuple[str, str], None]] = {}
+    for entry in entries:
+        by_status.setdefault(entry.status, {})[(entry.code, entry.message)] = None
+    return {
+        str(status): "; ".join(f"`{code}`: {message}" for code, message in pairs)
+        for status, pairs in sorted(by_status.items())
+    }
+
+
 def _error_responses(table: Mapping[str, str]) -> dict[int | str, dict[str, Any]]:
     text = {"schema": {"type": "string"}}
     responses: dict[int | str, dict[str, Any]] = {}
@@ -140,6 +176,59 @@ def predict_route_docs(schema_ref: str, *, models: list[str] | None = None) -> d
             }
         ]
     return {"responses": responses, "openapi_extra": extra}
+
+
+def admin_route_docs(
+    *, status: int, description: str, body: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    """The OpenAPI extras of one admin route (``APIRouter`` route keyword arguments)."""
+    text = {"schema": {"type": "string"}}
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {
+            "description": description,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+            "headers": {
+                REQUEST_ID_HEADER: {**text, "description": "The request id (also in the body)"}
+            },
+        },
+        **_error_responses(admin_status_table()),
+    }
+    extra: dict[str, Any] = {"security": [{"SigV4": []}]}
+    if body is not None:
+        extra["requestBody"] = {
+            "required": body.__name__ == "CreateKeyBody",
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
+            },
+        }
+    return {"responses": responses, "openapi_extra": extra}
+
+
+#: The admin API's authorisation: API Gateway ``AWS_IAM`` (SigV4), in API Gateway's own
+#: OpenAPI extension (``x-amazon-apigateway-authtype``).
+SIGV4_SCHEME = {
+    "type": "apiKey",
+    "name": "Authorization",
+    "in": "header",
+    "x-amazon-apigateway-authtype": "awsSigv4",
+    "description": "A SigV4-signed request of an IAM identity allowed execute-api:Invoke on "
+    "the admin routes (curl --aws-sigv4, awscurl, botocore's SigV4Auth). No API key or token.",
+}
+
+
+def admin_openapi_document(app: FastAPI, bodies: Iterable[type[BaseModel]]) -> dict[str, Any]:
+    """The admin API's OpenAPI document: routes, request bodies, the SigV4 scheme."""
+    document = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = document.setdefault("components", {})
+    component_schemas = components.setdefault("schemas", {})
+    for body in bodies:
+        component_schemas[body.__name__] = body.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+    components["securitySchemes"] = {"SigV4": SIGV4_SCHEME}
+    return document
 
 
 def openapi_document(
