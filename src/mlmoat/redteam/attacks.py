@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -205,6 +206,28 @@ def hsj_query_cap(*, max_iter: int, max_eval: int, init_size: int) -> int:
     return max_iter * (max_eval + 200) + init_size + 200
 
 
+def _seeded_start(
+    predict: Callable[[np.ndarray], np.ndarray],
+    label: int,
+    n_features: int,
+    tries: int,
+    seed: tuple[int, int],
+) -> np.ndarray | None:
+    """HopSkipJump's starting point, drawn as ART draws it but from a seeded generator.
+
+    ART's own initialisation draws from ``np.random.RandomState()``, seeded by the operating
+    system on every call, so the same seed gave other figures on every run. This is the same
+    search (uniform points in the clip range, one query each, the first that is answered with
+    another label), from ``seed``; ``None`` when ``tries`` draws find none.
+    """
+    rng = np.random.default_rng(list(seed))
+    for _ in range(tries):
+        point = rng.uniform(-0.1, 1.1, size=(1, n_features)).astype(np.float32)
+        if int(predict(point).argmax(axis=1)[0]) != label:
+            return point
+    return None
+
+
 def hopskipjump(
     target: AnyTarget,
     *,
@@ -266,7 +289,14 @@ def hopskipjump(
     for i in range(z.shape[0]):
         current["label"], current["left"] = int(reference[i]), cap
         try:
-            z_adv[i] = attack.generate(z[i : i + 1])[0]
+            # The start must be adversarial for the label ART sees for this row (a smoothed
+            # answer can differ between the float64 row and ART's float32 copy of it).
+            seen_label = int(predict(z[i : i + 1].astype(np.float32)).argmax(axis=1)[0])
+            start = _seeded_start(predict, seen_label, z.shape[1], init_size, (seed, i))
+            if start is None:
+                z_adv[i] = z[i]  # no adversarial start found: ART gives up on the row too
+                continue
+            z_adv[i] = attack.generate(z[i : i + 1], x_adv_init=start)[0]
         except QueryCapReached:
             z_adv[i] = z[i]  # the attack on this row failed: the clean row is what is left
             capped += 1
