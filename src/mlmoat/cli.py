@@ -13,6 +13,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "local": ("mlmoat.local.cli", "run locally with no AWS account and no Docker"),
     "keys": ("mlmoat.keys_cli", "create, list, show, revoke, rotate API keys; usage"),
     "config": ("mlmoat.config_cli", "get, set, unset the runtime defences (squeeze, extraction)"),
+    "models": ("mlmoat.models_cli", "import a fitted model and its data; list, show, remove"),
     "train": ("mlmoat.train", "train the models and export ONNX artifacts with manifests"),
     "openapi": ("mlmoat.openapi", "print the API's OpenAPI document"),
     "audit": ("mlmoat.audit_cli", "summarise audit records per principal"),

@@ -49,6 +49,7 @@ __all__ = [
     "ModelSpec",
     "TrainedModel",
     "default_data_norm",
+    "export_onnx",
     "load_split",
     "main",
     "manifest_bytes",
@@ -276,21 +277,27 @@ def _register_dp_converter() -> None:
     )
 
 
-def _to_onnx(
+def export_onnx(
     name: str, estimator: Any, n_features: int, n_classes: int, meta: dict[str, str]
 ) -> bytes:
+    """Convert a fitted classifier with skl2onnx: float32 input ``features``, outputs ``label``
+    (string or int64, as the classes) and ``probabilities``, pinned opsets, no ZipMap, and
+    deterministic bytes (no producer timestamp, sorted opsets and metadata)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import (  # type: ignore[import-untyped]
         FloatTensorType,
+        Int64TensorType,
         StringTensorType,
     )
 
+    classes = np.asarray(_classifier_of(estimator).classes_)
+    label_type = Int64TensorType if classes.dtype.kind in "iub" else StringTensorType
     model = convert_sklearn(
         estimator,
         name=f"mlmoat_{name.replace('-', '_')}",
         initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
         final_types=[
-            (LABEL_OUTPUT, StringTensorType([None])),
+            (LABEL_OUTPUT, label_type([None])),
             (PROBA_OUTPUT, FloatTensorType([None, n_classes])),
         ],
         target_opset=dict(ONNX_OPSETS),
@@ -428,7 +435,7 @@ def train_model(
             f"{description} Adversarially trained ({adversarial_doc['attack']}, "
             f"epsilon={adversarial_doc['epsilon']}, {adversarial_doc['rounds']} rounds)."
         )
-    onnx_bytes = _to_onnx(
+    onnx_bytes = export_onnx(
         served_name,
         estimator,
         n_features,

@@ -1,0 +1,298 @@
+"""``mlmoat models import|list|show|remove``: the served models under ``models/``.
+
+``import NAME`` turns a user's fitted classifier (or ONNX file) and its CSV into
+``models/NAME/`` (``mlmoat.models_import``): the next ``make build`` / ``make local`` /
+``sam deploy`` serves it at ``/models/NAME/predict`` with squeezing, smoothing and the
+extraction monitor calibrated on the user's data. Nothing is written unless the converted graph
+agrees with the estimator on every held-out row. ``list`` and ``show`` read what is there;
+``remove`` deletes a model's directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlmoat models", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    imp = sub.add_parser(
+        "import",
+        help="import a fitted classifier and its CSV as models/NAME/",
+        description="Import a fitted scikit-learn classifier (or an ONNX file) and its data as "
+        "models/NAME/ (model.onnx, manifest.json, defences.json).",
+    )
+    imp.add_argument("name", help="the model's name: [a-z0-9][a-z0-9-]*, its route segment")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--estimator",
+        type=Path,
+        help="a fitted estimator or pipeline: .skops (skops' safe loader) or .joblib/.pkl "
+        "(only with --allow-pickle)",
+    )
+    source.add_argument("--onnx", type=Path, help="a model already exported to ONNX (no ZipMap)")
+    imp.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load a .joblib/.pkl file: unpickling RUNS CODE from the file, so only for files "
+        "you made yourself",
+    )
+    imp.add_argument(
+        "--trust",
+        default="",
+        help="comma-separated types a .skops file may load beyond skops' defaults",
+    )
+    imp.add_argument("--data", type=Path, required=True, help="CSV with a header row")
+    imp.add_argument("--target", required=True, help="the label column of --data")
+    imp.add_argument("--features", help="comma-separated feature columns, in the model's order")
+    imp.add_argument("--test-data", type=Path, help="held-out CSV (default: split --data)")
+    imp.add_argument("--test-fraction", type=float, default=0.3)
+    imp.add_argument("--seed", type=int, default=0, help="split and parity-sample seed")
+    imp.add_argument("--description", default="", help="one line for the manifest")
+    imp.add_argument("--model-dir", type=Path, default=_REPO_MODELS, help="default: models/")
+    imp.add_argument("--force", action="store_true", help="replace an existing models/NAME/")
+    for name, help_ in (("list", "list the models"), ("show", "show one model")):
+        p = sub.add_parser(name, help=help_)
+        if name == "show":
+            p.add_argument("name")
+        p.add_argument("--model-dir", type=Path, default=_REPO_MODELS)
+    rm = sub.add_parser("remove", help="delete models/NAME/")
+    rm.add_argument("name")
+    rm.add_argument("--model-dir", type=Path, default=_REPO_MODELS)
+    rm.add_argument("--yes", action="store_true", help="required: removing cannot be undone")
+    return parser
+
+
+def import_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the import; return the summary printed (raises ``ImportRefused``)."""
+    from mlmoat import models_import as mi
+    from mlmoat.redteam.calibrate import calibrate_case, write_defences
+    from mlmoat.redteam.cases import ModelCase
+    from mlmoat.train import ONNX_FILE, ONNX_OPSETS, _opsets_of, _round, manifest_bytes
+    from security.model import MANIFEST_FILE, Manifest, ServedModel
+
+    if not mi_valid_name(args.name):
+        raise mi.ImportRefused("the name must match [a-z0-9][a-z0-9-]{0,62}")
+    target_dir = args.model_dir / args.name
+    if target_dir.exists() and not args.force:
+        raise mi.ImportRefused(f"{target_dir} exists: choose another name or add --force")
+    features = [f.strip() for f in args.features.split(",")] if args.features else None
+    data = mi.read_csv(args.data, target=args.target, features=features)
+    test = (
+        mi.read_csv(args.test_data, target=args.target, features=list(data.columns))
+        if args.test_data
+        else None
+    )
+    x_train, y_train, x_test, y_test = mi.split(
+        data, test=test, test_fraction=args.test_fraction, seed=args.seed
+    )
+    lower, upper = x_train.min(axis=0), x_train.max(axis=0)
+    description = args.description or f"Imported from {data.file_name} (target {args.target})."
+    estimator: Any | None = None
+    if args.estimator is not None:
+        trust = [t.strip() for t in args.trust.split(",") if t.strip()]
+        estimator, fmt = mi.load_estimator(
+            args.estimator, allow_pickle=args.allow_pickle, trust=trust
+        )
+        classes = mi.check_classifier(estimator, len(data.columns))
+        onnx_bytes = mi.convert(args.name, estimator, len(data.columns), len(classes), description)
+        source_name = args.estimator.name
+    else:
+        fmt, source_name = "onnx", args.onnx.name
+        onnx_bytes = args.onnx.read_bytes()
+        classes = mi.onnx_classes(onnx_bytes)
+    input_name, label_out, proba_out = mi.onnx_outputs(onnx_bytes, len(data.columns), len(classes))
+    proba_test = mi.onnx_probabilities(onnx_bytes, input_name, proba_out, x_test)
+    if estimator is not None:
+        failures = mi.parity_failures(estimator, proba_test, x_test, classes)
+        if failures:
+            raise mi.ImportRefused(
+                f"the ONNX graph disagrees with the estimator on {len(failures)} held-out rows "
+                f"(tolerance {mi.PARITY_TOLERANCE}); nothing written:\n  " + "\n  ".join(failures)
+            )
+    labels_test = np.asarray(classes)[proba_test.argmax(axis=1)]
+    accuracy = float((labels_test == np.asarray([str(v) for v in y_test])).mean())
+    index = {c: i for i, c in enumerate(classes)}
+    picked = proba_test[np.arange(len(y_test)), [index.get(str(v), 0) for v in y_test]]
+    log_loss = float(-np.log(np.clip(picked, 1e-15, 1.0)).mean())
+    digest = hashlib.sha256(onnx_bytes).hexdigest()
+    manifest: dict[str, Any] = {
+        "schema_version": 1,
+        "name": args.name,
+        "version": f"{args.name}-{digest[:12]}",
+        "description": description,
+        "estimator": mi.describe(estimator) if estimator is not None else "ONNX (imported)",
+        "framework": _framework(onnx_bytes, ONNX_OPSETS, _opsets_of, imported=fmt),
+        "feature_names": list(data.feature_names),
+        "classes": list(classes),
+        "envelope": {
+            name: {"min": float(lower[i]), "max": float(upper[i])}
+            for i, name in enumerate(data.feature_names)
+        },
+        "metrics": {
+            "accuracy": _round(accuracy),
+            "log_loss": _round(log_loss),
+            "n_train": int(len(y_train)),
+            "n_test": int(len(y_test)),
+        },
+        "train_split": {
+            "dataset": "csv",
+            "file": data.file_name,
+            "sha256": data.sha256,
+            "target": args.target,
+            "columns": dict(zip(data.feature_names, data.columns, strict=True)),
+            "seed": args.seed,
+            "stratified": test is None,
+            **(
+                {"test_file": test.file_name, "test_sha256": test.sha256}
+                if test is not None
+                else {"test_fraction": args.test_fraction}
+            ),
+        },
+        "imported": {"source": source_name, "format": fmt},
+        "dp_epsilon": None,
+        "dp_data_norm": None,
+        "onnx": {
+            "file": ONNX_FILE,
+            "sha256": digest,
+            "size_bytes": len(onnx_bytes),
+            "input": input_name,
+            "input_dtype": "float32",
+            "outputs": {"label": label_out, "probabilities": proba_out},
+        },
+    }
+    manifest["parity"] = mi.parity_sample(
+        estimator,
+        lambda rows: mi.onnx_probabilities(onnx_bytes, input_name, proba_out, rows),
+        lower,
+        upper,
+        args.seed,
+    )
+    served = ServedModel(Manifest.from_dict(json.loads(manifest_bytes(manifest))), onnx_bytes)
+    case = ModelCase(
+        name=args.name,
+        version=manifest["version"],
+        classes=classes,
+        lower=lower,
+        upper=upper,
+        predict_proba=served.predict_proba,
+        x_train=x_train,
+        y_train=np.asarray([str(v) for v in y_train]),
+        x_test=x_test,
+        y_test=np.asarray([str(v) for v in y_test]),
+    )
+    defences = calibrate_case(case)
+    # Written aside, then moved into place: a failed import leaves no half model behind.
+    args.model_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.model_dir, prefix=f".{args.name}-") as tmp:
+        staged = Path(tmp) / args.name
+        staged.mkdir()
+        (staged / ONNX_FILE).write_bytes(onnx_bytes)
+        (staged / MANIFEST_FILE).write_bytes(manifest_bytes(manifest))
+        write_defences(defences, Path(tmp))
+        if target_dir.exists():
+            shutil.rmtree(target_dir)
+        staged.rename(target_dir)
+    return {
+        "model": args.name,
+        "version": manifest["version"],
+        "path": str(target_dir),
+        "estimator": manifest["estimator"],
+        "format": fmt,
+        # In the model's order: feature name (the API's) <- CSV column.
+        "features": [[n, c] for n, c in zip(data.feature_names, data.columns, strict=True)],
+        "classes": list(classes),
+        "accuracy": manifest["metrics"]["accuracy"],
+        "n_train": manifest["metrics"]["n_train"],
+        "n_test": manifest["metrics"]["n_test"],
+        "parity_rows": len(y_test) if estimator is not None else 0,
+        "squeeze_levels": defences["calibration"]["squeeze"]["levels"],
+        "smoothing": defences["smoothing"].get("enabled"),
+    }
+
+
+def mi_valid_name(name: str) -> bool:
+    """The manifest's model-name rule (``security.model``)."""
+    import re
+
+    return re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name) is not None
+
+
+def _framework(
+    onnx_bytes: bytes, opsets: dict[str, int], opsets_of: Any, *, imported: str
+) -> dict[str, Any]:
+    import onnx
+    import skl2onnx  # type: ignore[import-untyped]
+    import sklearn  # type: ignore[import-untyped]
+
+    framework: dict[str, Any] = {
+        "onnx": onnx.__version__,
+        "opset": opsets_of(onnx_bytes),
+    }
+    if imported != "onnx":
+        framework["scikit-learn"] = sklearn.__version__
+        framework["skl2onnx"] = skl2onnx.__version__
+        framework["target_opset"] = {k or "ai.onnx": v for k, v in opsets.items()}
+    return framework
+
+
+def _summary(directory: Path) -> dict[str, Any]:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    defences = directory / "defences.json"
+    return {
+        "model": manifest["name"],
+        "version": manifest["version"],
+        "estimator": manifest.get("estimator"),
+        "features": len(manifest["feature_names"]),
+        "classes": manifest["classes"],
+        "accuracy": manifest.get("metrics", {}).get("accuracy"),
+        "imported": manifest.get("imported", {}).get("source"),
+        "defences": defences.is_file()
+        and json.loads(defences.read_text()).get("model_version") == manifest["version"],
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Run ``mlmoat models``."""
+    from mlmoat.models_import import ImportRefused
+
+    args = _parser().parse_args(argv)
+    if args.action == "import":
+        try:
+            summary = import_model(args)
+        except ImportRefused as exc:
+            print(f"mlmoat models import: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    root: Path = args.model_dir
+    if args.action == "list":
+        for directory in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
+            print(json.dumps(_summary(directory), sort_keys=True))
+        return 0
+    directory = root / args.name
+    if not mi_valid_name(args.name) or not (directory / "manifest.json").is_file():
+        print(f"mlmoat models: no model {args.name!r} under {root}", file=sys.stderr)
+        return 2
+    if args.action == "show":
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest.pop("parity", None)
+        print(json.dumps({**_summary(directory), "manifest": manifest}, indent=2, sort_keys=True))
+        return 0
+    if not args.yes:
+        print(f"mlmoat models remove: add --yes to delete {directory}", file=sys.stderr)
+        return 2
+    shutil.rmtree(directory)
+    print(json.dumps({"removed": args.name, "path": str(directory)}))
+    return 0

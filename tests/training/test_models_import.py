@@ -1,0 +1,243 @@
+"""``mlmoat models import``: a user's fitted classifier and CSV become a served model directory.
+
+Every model here is trained and saved by the test itself (joblib and skops), on a CSV it writes
+with column names no identifier rule would accept, so nothing of the shipped ``models/`` is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.datasets import make_classification
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from mlmoat import models_import
+from mlmoat.models_cli import main
+from security.model import ModelRegistry
+
+COLUMNS = ["Age (years)", "Income $", "score-1", "score 2", "3rd", "x"]
+LABELS = np.array(["gold", "silver", "bronze"])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # given a CSV of 6 numeric features and a string target, and two fitted classifiers
+    root = tmp_path_factory.mktemp("byom")
+    x, y = make_classification(
+        n_samples=480, n_features=6, n_informative=4, n_classes=3, random_state=3
+    )
+    x = x.round(6)
+    with (root / "customers.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*COLUMNS, "segment"])
+        for row, label in zip(x, LABELS[y], strict=True):
+            writer.writerow([f"{v:.6f}" for v in row] + [label])
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, LABELS[y])
+    sio.dump(pipeline, root / "pipeline.skops")
+    joblib.dump(pipeline, root / "pipeline.joblib")
+    boosted = GradientBoostingClassifier(n_estimators=20, random_state=0).fit(x, LABELS[y])
+    joblib.dump(boosted, root / "boosted.joblib")
+    return root
+
+
+def _import(workdir: Path, out: Path, name: str, *extra: str) -> int:
+    return main(
+        [
+            "import",
+            name,
+            *extra,
+            "--data",
+            str(workdir / "customers.csv"),
+            "--target",
+            "segment",
+            "--model-dir",
+            str(out),
+        ]
+    )
+
+
+def test_a_skops_pipeline_becomes_a_served_model_that_answers_as_the_estimator(
+    workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # when the skops file is imported
+    assert (
+        _import(workdir, tmp_path, "customers", "--estimator", str(workdir / "pipeline.skops")) == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    # then the three files are there, the columns are safe feature names (mapping printed)
+    directory = tmp_path / "customers"
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "defences.json",
+        "manifest.json",
+        "model.onnx",
+    ]
+    assert summary["features"] == [
+        ["age_years", "Age (years)"],
+        ["income", "Income $"],
+        ["score_1", "score-1"],
+        ["score_2", "score 2"],
+        ["f_3rd", "3rd"],
+        ["x", "x"],
+    ]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["feature_names"] == [name for name, _ in summary["features"]]
+    assert manifest["classes"] == ["bronze", "gold", "silver"]
+    assert manifest["metrics"]["n_test"] == summary["parity_rows"] == 144
+    # the data is named by file and hash, never copied
+    assert manifest["train_split"]["sha256"] and "rows" not in manifest["train_split"]
+    defences = json.loads((directory / "defences.json").read_text())
+    assert defences["model_version"] == manifest["version"]
+    assert set(defences) >= {"squeeze", "smoothing", "monitor"}
+    # and the registry serves it with the estimator's probabilities on its parity sample
+    served = ModelRegistry.load(tmp_path).get("customers")
+    estimator = sio.load(workdir / "pipeline.skops")
+    rows = np.asarray(manifest["parity"]["rows"])
+    assert np.abs(served.predict_proba(rows) - estimator.predict_proba(rows)).max() <= 1e-5
+
+
+def test_the_same_inputs_give_the_same_bytes(workdir: Path, tmp_path: Path) -> None:
+    for out in ("a", "b"):
+        assert (
+            _import(workdir, tmp_path / out, "same", "--estimator", str(workdir / "pipeline.skops"))
+            == 0
+        )
+    for name in ("model.onnx", "manifest.json", "defences.json"):
+        assert (tmp_path / "a" / "same" / name).read_bytes() == (
+            tmp_path / "b" / "same" / name
+        ).read_bytes(), name
+
+
+def test_a_pickle_loads_only_when_allowed(
+    workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a pickle runs code when loaded: refused without the flag, nothing written
+    assert (
+        _import(workdir, tmp_path, "boosted", "--estimator", str(workdir / "boosted.joblib")) == 2
+    )
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert not (tmp_path / "boosted").exists()
+    # with it, the ensemble imports and parity holds on every held-out row
+    status = _import(
+        workdir,
+        tmp_path,
+        "boosted",
+        "--estimator",
+        str(workdir / "boosted.joblib"),
+        "--allow-pickle",
+    )
+    assert status == 0
+    assert json.loads(capsys.readouterr().out)["estimator"] == "GradientBoostingClassifier"
+    assert "boosted" in ModelRegistry.load(tmp_path)
+
+
+def test_a_skops_file_with_untrusted_types_is_refused_until_they_are_named(
+    workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a pipeline whose first step calls functools.partial(numpy.clip)
+    x = np.random.default_rng(0).normal(size=(120, 6))
+    y = LABELS[(x[:, 0] > 0).astype(int)]
+    clip = FunctionTransformer(functools.partial(np.clip, a_min=-3, a_max=3))
+    sio.dump(make_pipeline(clip, LogisticRegression()).fit(x, y), tmp_path / "clip.skops")
+    # then skops' untrusted types are listed and refused
+    assert _import(workdir, tmp_path, "clip", "--estimator", str(tmp_path / "clip.skops")) == 2
+    err = capsys.readouterr().err
+    assert "functools.partial" in err and "numpy.clip" in err and "--trust" in err
+    # and once trusted, skl2onnx's refusal names the step it cannot convert; nothing written
+    trusted = ("--trust", "functools.partial,numpy.clip")
+    status = _import(
+        workdir, tmp_path, "clip", "--estimator", str(tmp_path / "clip.skops"), *trusted
+    )
+    assert status == 2
+    assert "skl2onnx cannot convert Pipeline(FunctionTransformer, LogisticRegression)" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "clip").exists()
+
+
+def test_a_graph_that_disagrees_with_the_estimator_is_refused_with_its_rows(
+    workdir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # given a converter that exports another model (the estimator fitted on shuffled labels)
+    real = models_import.convert
+    data = models_import.read_csv(workdir / "customers.csv", target="segment")
+    shuffled = np.random.default_rng(1).permutation(data.y)
+    other = make_pipeline(StandardScaler(), LogisticRegression()).fit(data.x, shuffled)
+
+    def wrong(name: str, estimator: Any, n_features: int, n_classes: int, text: str) -> bytes:
+        return real(name, other, n_features, n_classes, text)
+
+    monkeypatch.setattr(models_import, "convert", wrong)
+    # then the import is refused, saying which rows and by how much, and writes nothing
+    assert _import(workdir, tmp_path, "drift", "--estimator", str(workdir / "pipeline.skops")) == 2
+    err = capsys.readouterr().err
+    assert "disagrees with the estimator on" in err and "max probability difference" in err
+    assert "row " in err
+    assert not (tmp_path / "drift").exists()
+    assert [p for p in tmp_path.iterdir()] == []
+
+
+def test_an_onnx_file_imports_with_its_own_classes(
+    workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _import(workdir, tmp_path, "first", "--estimator", str(workdir / "pipeline.skops")) == 0
+    capsys.readouterr()
+    onnx_file = tmp_path / "first" / "model.onnx"
+    assert _import(workdir, tmp_path, "second", "--onnx", str(onnx_file)) == 0
+    manifest = json.loads((tmp_path / "second" / "manifest.json").read_text())
+    assert manifest["classes"] == ["bronze", "gold", "silver"]
+    assert manifest["imported"] == {"format": "onnx", "source": "model.onnx"}
+    assert manifest["parity"]["reference"] == "onnx"
+    assert {"first", "second"} <= set(ModelRegistry.load(tmp_path).names)
+
+
+def test_list_show_remove(
+    workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _import(workdir, tmp_path, "listed", "--estimator", str(workdir / "pipeline.skops")) == 0
+    capsys.readouterr()
+    assert main(["list", "--model-dir", str(tmp_path)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["model"] == "listed" and json.loads(line)["defences"] is True
+    assert main(["show", "listed", "--model-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["manifest"]["name"] == "listed"
+    # removing needs --yes; then the directory is gone
+    assert main(["remove", "listed", "--model-dir", str(tmp_path)]) == 2
+    assert (tmp_path / "listed").is_dir()
+    assert main(["remove", "listed", "--model-dir", str(tmp_path), "--yes"]) == 0
+    assert not (tmp_path / "listed").exists()
+    assert main(["show", "listed", "--model-dir", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target", "nope"], "no column 'nope'"),
+        (["--features", "Age (years),missing"], "not found"),
+    ],
+)
+def test_bad_columns_are_refused_by_name(
+    workdir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    argv = ["import", "bad", "--estimator", str(workdir / "pipeline.skops")]
+    argv += ["--data", str(workdir / "customers.csv"), "--model-dir", str(tmp_path)]
+    argv += extra if extra[0] == "--target" else ["--target", "segment", *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
