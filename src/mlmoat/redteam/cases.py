@@ -50,8 +50,19 @@ def envelope_bounds(
     return lower, upper
 
 
-def load_cases(model_dir: Path, names: list[str]) -> list[ModelCase]:
-    """Load the served artifacts (ONNX through ``security.model``) and their splits."""
+def load_cases(
+    model_dir: Path, names: list[str], data: dict[str, Path] | None = None
+) -> list[ModelCase]:
+    """Load the served artifacts (ONNX through ``security.model``) and their splits.
+
+    A built-in model's split is rebuilt by ``mlmoat.train.load_split``; an imported model's
+    (``train_split.dataset == "csv"``) from the CSV in ``data[name]``, which must be the file the
+    import read (its SHA-256 is in the manifest), split with the recorded seed.
+
+    Raises:
+        ValueError: an imported model without its data, or with other data than it was
+            imported from.
+    """
     from mlmoat.train import load_split
     from security.model import ModelRegistry
 
@@ -61,7 +72,10 @@ def load_cases(model_dir: Path, names: list[str]) -> list[ModelCase]:
         served = registry.get(name)
         manifest = _manifest_dict(model_dir, name)
         lower, upper = envelope_bounds(manifest["envelope"], list(manifest["feature_names"]))
-        x_train, y_train, x_test, y_test = load_split(name)
+        if manifest.get("train_split", {}).get("dataset") == "csv":
+            x_train, y_train, x_test, y_test = imported_split(manifest, (data or {}).get(name))
+        else:
+            x_train, y_train, x_test, y_test = load_split(name)
         cases.append(
             ModelCase(
                 name=name,
@@ -78,6 +92,31 @@ def load_cases(model_dir: Path, names: list[str]) -> list[ModelCase]:
             )
         )
     return cases
+
+
+def imported_split(
+    manifest: dict[str, Any], path: Path | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An imported model's train and held-out rows, from the CSV it was imported from."""
+    from mlmoat import models_import as mi
+
+    split = manifest["train_split"]
+    name = manifest["name"]
+    if path is None:
+        raise ValueError(
+            f"{name} was imported from {split['file']}: give it with --data {name}=FILE"
+        )
+    columns = [split["columns"][feature] for feature in manifest["feature_names"]]
+    dataset = mi.read_csv(path, target=split["target"], features=columns)
+    if dataset.sha256 != split["sha256"]:
+        raise ValueError(f"{path} is not the {split['file']} that {name} was imported from")
+    if "test_file" in split:
+        raise ValueError(f"{name} was imported with --test-data: the red team splits one CSV only")
+    x_train, y_train, x_test, y_test = mi.split(
+        dataset, test=None, test_fraction=float(split["test_fraction"]), seed=int(split["seed"])
+    )
+    as_text = np.vectorize(str)
+    return x_train, as_text(y_train), x_test, as_text(y_test)
 
 
 def _manifest_dict(model_dir: Path, name: str) -> dict[str, Any]:

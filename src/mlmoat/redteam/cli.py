@@ -42,11 +42,36 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         help=f"default: {' '.join(DEFAULT_MODELS)} ({' '.join(QUICK_MODELS)} with --quick)",
     )
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="an imported model's CSV (the file mlmoat models import read; checked by hash); "
+        "FILE alone when one imported model is attacked",
+    )
     return parser
 
 
+def _data_paths(values: list[str], models: list[str]) -> dict[str, Path]:
+    paths: dict[str, Path] = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep:
+            if len(models) != 1:
+                raise SystemExit("mlmoat redteam: --data NAME=FILE when attacking several models")
+            name, file = models[0], value
+        paths[name] = Path(file)
+    return paths
+
+
 def _served_dir(
-    model_dir: Path, names: list[str], work: Path, *, with_dp: bool, adv_dir: Path | None = None
+    model_dir: Path,
+    names: list[str],
+    work: Path,
+    *,
+    with_dp: bool,
+    adv_dir: Path | None = None,
 ) -> tuple[Path, list[str]]:
     """A model directory holding the served models and their DP variants (trained here).
 
@@ -63,7 +88,7 @@ def _served_dir(
         shutil.copytree(model_dir / name, served / name)
         if adv_dir is not None and (adv_dir / f"{name}-adv" / "defences.json").is_file():
             shutil.copytree(adv_dir / f"{name}-adv", served / f"{name}-adv")
-        if with_dp and MODEL_SPECS[name].supports_dp:
+        if with_dp and name in MODEL_SPECS and MODEL_SPECS[name].supports_dp:
             write_model(train_model(name, dp_epsilon=DP_EPSILON), served)
             dp_names.append(f"{name}-dp")
     for case in load_cases(served, dp_names):
@@ -76,12 +101,13 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.models is None:
         args.models = list(QUICK_MODELS if args.quick else DEFAULT_MODELS)
+    data = _data_paths(args.data, list(args.models))
     from mlmoat.redteam.cases import load_cases
 
     if args.action == "calibrate":
         from mlmoat.redteam.calibrate import calibrate_case, write_defences
 
-        for case in load_cases(args.model_dir, list(args.models)):
+        for case in load_cases(args.model_dir, list(args.models), data):
             path = write_defences(calibrate_case(case), args.model_dir)
             print(f"wrote {path}")
         return 0
@@ -114,7 +140,7 @@ def main(argv: list[str]) -> int:
             with_dp=not args.quick,
             adv_dir=args.adv_model_dir,
         )
-        cases = load_cases(served, list(args.models))
+        cases = load_cases(served, list(args.models), data)
         dp_cases = {case.name.removesuffix("-dp"): case for case in load_cases(served, dp_names)}
         adv_names = [n for n in (f"{m}-adv" for m in args.models) if (served / n).is_dir()]
         adv_cases = {c.name.removesuffix("-adv"): c for c in load_cases(served, adv_names)}

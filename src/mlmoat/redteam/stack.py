@@ -105,8 +105,7 @@ class LocalStack:
         self._template = template
         bootstrap(template)
         self.env = dict(template.function("PredictFunction").environment)
-        self.env["SECURITY_MODEL_DIR"] = str(self.model_dir)
-        self.env["SECURITY_MAX_ROWS"] = "100"
+        self.env.update(self._served_env())
         self._set_env(self.env)
         import boto3
 
@@ -140,6 +139,17 @@ class LocalStack:
         if self._audit is not None:
             self._audit.close()
 
+    def _served_env(self) -> dict[str, str]:
+        # The template's default model when it is among the attacked ones, else the first of
+        # them (an imported model attacked alone).
+        default = self._template.function("PredictFunction").environment["SECURITY_DEFAULT_MODEL"]
+        served = sorted(p.name for p in self.model_dir.iterdir() if (p / "manifest.json").is_file())
+        return {
+            "SECURITY_MODEL_DIR": str(self.model_dir),
+            "SECURITY_MAX_ROWS": "100",
+            "SECURITY_DEFAULT_MODEL": default if default in served else served[0],
+        }
+
     def _set_env(self, env: dict[str, str]) -> None:
         for name, value in env.items():
             self._saved.setdefault(name, os.environ.get(name))
@@ -148,7 +158,7 @@ class LocalStack:
     def _load(self, logical_id: str, overrides: dict[str, str]) -> _BuiltFunction:
         from mlmoat.local.workers import FunctionLayout, Worker
 
-        declared = {"SECURITY_MODEL_DIR": str(self.model_dir), "SECURITY_MAX_ROWS": "100"}
+        declared = self._served_env()
         layout = FunctionLayout(
             self._template,
             self._build_dir,
