@@ -187,11 +187,16 @@ def check_classifier(estimator: Any, n_features: int) -> tuple[str, ...]:
         ImportRefused: not a fitted classifier, or fitted on another number of features.
     """
     final = classifier_of(estimator)
-    if not hasattr(estimator, "predict_proba") or not hasattr(final, "classes_"):
-        kind = "a regressor" if hasattr(estimator, "predict") else "not an estimator"
+    if not hasattr(final, "classes_"):
+        kind = "a regressor" if hasattr(estimator, "predict") else "not a fitted estimator"
         raise ImportRefused(
             f"{describe(estimator)} is {kind}: mlmoat serves fitted classifiers "
             "(predict_proba and classes_)"
+        )
+    if not hasattr(estimator, "predict_proba"):
+        raise ImportRefused(
+            f"{describe(estimator)} has no predict_proba: wrap it in "
+            "sklearn.calibration.CalibratedClassifierCV (the defences need probabilities)"
         )
     fitted = getattr(estimator, "n_features_in_", n_features)
     if fitted != n_features:
@@ -238,8 +243,12 @@ def convert(name: str, estimator: Any, n_features: int, n_classes: int, descript
         return export_onnx(name, estimator, n_features, n_classes, meta)
     except (RuntimeError, NameError, TypeError, ValueError) as exc:
         step = re.search(r"<class '([^']+)'>", str(exc))
-        what = step.group(1) if step else type(exc).__name__
-        raise ImportRefused(f"skl2onnx cannot convert {describe(estimator)}: {what}") from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        what = f"no converter for {step.group(1)}" if step else first[:160]
+        raise ImportRefused(
+            f"skl2onnx cannot convert {describe(estimator)} at the pinned opsets "
+            f"(ai.onnx 17, ai.onnx.ml 3): {what}"
+        ) from exc
 
 
 def onnx_outputs(onnx_bytes: bytes, n_features: int, n_classes: int) -> tuple[str, str, str]:
