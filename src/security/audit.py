@@ -233,6 +233,7 @@ class AuditLog:
         structured line naming the model, the failed check and its detail (file names and
         check names only; redacted like every line)."""
         fields = {"model": model[:64], "reason": reason, "detail": (detail or "")[:200]}
+        self.logger.set_correlation_id(None)  # an init line belongs to no request
         self.logger.error(message, extra=fields)
 
     def metrics(self, event: AuditEvent) -> dict[str, Any]:

@@ -397,11 +397,20 @@ def monitor_function(
     )
     audit = AuditLog(service=settings.service_name)
     runtime_config = runtime_config_source(settings, clients.ssm)
+    # Each model's reference on its own: one that fails is logged once here, and its messages
+    # are acknowledged and audited (``unmonitored``) while every other model is monitored.
+    failures: dict[str, ModelIntegrityError] = {}
+    references = load_monitor_references(settings.model_dir, unavailable=failures)
+    for name, error in failures.items():
+        audit.model_unavailable(
+            name, reason=error.reason, detail=error.detail, message="monitor_reference_unavailable"
+        )
     monitor = ExtractionMonitor(
         store=_store(settings, clients.dynamodb),
-        references=load_monitor_references(settings.model_dir),
+        references=references,
         action=settings.extraction_action,
         audit=flag_audit_sink(audit, service=settings.service_name),
         action_for=None if runtime_config is None else _action_for(settings, runtime_config),
+        unavailable={name: error.reason for name, error in failures.items()},
     )
     return MonitorFunction(settings, clients, _hooks_for(clients), audit, monitor)
