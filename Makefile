@@ -97,8 +97,10 @@ $(LAMBDA_RUNTIME)/.stamp: requirements/lambda-runtime.lock $(PY313_DIR)/.stamp |
 .PHONY: build
 # The Lambda build (python3.13, manylinux x86_64), the one that ships and the one `mlmoat local`
 # and the tests run; then its cp313 byte-code: functions as /var/task, layers as /opt/python.
+# First `mlmoat models check`: a model the functions would refuse at init never ships.
 build: .aws-sam/build/.stamp
 .aws-sam/build/.stamp: $(BUILD_INPUTS) $(PY313_DIR)/.stamp $(LAMBDA_RUNTIME)/.stamp | $(VENV)/.stamp $(SAM_VENV)/.stamp
+	$(BIN)/mlmoat models check --model-dir models
 	$(SAM) build --template-file template.yaml --build-dir .aws-sam/build --parallel
 	for dir in .aws-sam/build/*Function; do $(call compile313,$$dir,/var/task) || exit 1; done
 	for dir in .aws-sam/build/*Layer/python; do $(call compile313,$$dir,/opt/python) || exit 1; done

@@ -226,6 +226,16 @@ class AuditLog:
         """Log an unexpected failure with its stack trace (redacted; never sent to a client)."""
         self.logger.error(message, exc_info=(type(exc), exc, exc.__traceback__))
 
+    def model_unavailable(
+        self, model: str, *, reason: str, detail: str | None, message: str = "model_unavailable"
+    ) -> None:
+        """Log, once at init, that ``model`` is not served (or not monitored) and why: one
+        structured line naming the model, the failed check and its detail (file names and
+        check names only; redacted like every line)."""
+        fields = {"model": model[:64], "reason": reason, "detail": (detail or "")[:200]}
+        self.logger.set_correlation_id(None)  # an init line belongs to no request
+        self.logger.error(message, extra=fields)
+
     def metrics(self, event: AuditEvent) -> dict[str, Any]:
         """The EMF document for one request: Requests, rows, latency (and queue failures), by
         decision and reason, by HTTP status and by service alone."""

@@ -178,28 +178,36 @@ class Squeezer:
 
     @classmethod
     def from_manifest(
-        cls, model_dir: str | Path, models: Iterable[tuple[str, str]], *, policy: str
+        cls,
+        model_dir: str | Path,
+        models: Iterable[tuple[str, str]],
+        *,
+        policy: str,
+        failures: dict[str, ModelIntegrityError] | None = None,
     ) -> Squeezer:
         """Load ``<model_dir>/<name>/defences.json`` for each ``(name, version)`` served.
 
+        With ``failures``, a model whose file fails is recorded there (name -> the error) and
+        left out, and the others are loaded: the caller stops serving that model alone.
+
         Raises:
-            ModelIntegrityError: a model's file is missing (unless the policy is ``off``), is
-                malformed, or was calibrated for another model version.
+            ModelIntegrityError: (without ``failures``) a model's file is missing (unless the
+                policy is ``off``), is malformed, or was calibrated for another model version.
             ValueError: the policy is unknown.
         """
         if policy not in SQUEEZE_POLICIES:
             raise ValueError(f"squeeze policy must be one of {', '.join(SQUEEZE_POLICIES)}")
         configs: dict[str, SqueezeConfig] = {}
         for name, version in models:
-            path = Path(model_dir) / name / DEFENCES_FILE
-            if not path.is_file():
-                if policy == "off":
-                    continue
-                raise ModelIntegrityError("defences_missing", detail=f"model={name}")
-            config = load_defences(path).squeeze
-            if config.model != name or config.model_version != version:
-                raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
-            configs[name] = config
+            try:
+                config = squeeze_config(model_dir, name, version, required=policy != "off")
+            except ModelIntegrityError as exc:
+                if failures is None:
+                    raise
+                failures[name] = exc
+                continue
+            if config is not None:
+                configs[name] = config
         return cls(configs, policy=policy)
 
     def with_policy(self, policy: str) -> Squeezer:
@@ -275,3 +283,24 @@ def load_defences(path: str | Path) -> Defences:
     except (OSError, KeyError, ValueError) as exc:
         raise ModelIntegrityError("defences_malformed", detail=str(Path(path).name)) from exc
     return Defences(squeeze, monitor, calibration)
+
+
+def squeeze_config(
+    model_dir: str | Path, name: str, version: str, *, required: bool
+) -> SqueezeConfig | None:
+    """The squeezing calibration of model ``name`` at ``version`` (None: no file, not required).
+
+    Raises:
+        ModelIntegrityError: the file is missing while ``required`` (``defences_missing``), is
+            malformed (``defences_malformed``) or was calibrated for another model or version
+            (``defences_version_mismatch``).
+    """
+    path = Path(model_dir) / name / DEFENCES_FILE
+    if not path.is_file():
+        if not required:
+            return None
+        raise ModelIntegrityError("defences_missing", detail=f"model={name}")
+    config = load_defences(path).squeeze
+    if config.model != name or config.model_version != version:
+        raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
+    return config

@@ -19,7 +19,9 @@
     │   ├── SecretUnavailableError the JWT verification key (SSM / Secrets Manager)
     │   └── RuntimeConfigUnavailableError  the runtime defences document (SSM): unreadable
     │                              with nothing read before, or malformed (never "unset")
-    └── ModelIntegrityError        the artifact does not match its manifest (refuse to start)
+    ├── ModelIntegrityError        a model's artifact, manifest or defences fail a check (the
+    │                              model is not served)
+    └── ModelUnavailableError      a request for a model that failed verification at init   503
 
 Every error carries ``reason``: a short machine code for the audit log (never sent to the
 client), an optional ``detail`` for the log, and ``headers``: extra response headers such as
@@ -141,6 +143,16 @@ class RuntimeConfigUnavailableError(DependencyUnavailableError):
 
 
 class ModelIntegrityError(SecurityError):
-    """The model artifact does not match its manifest; the function refuses to start."""
+    """A model's artifact, manifest or defences file fails a check: that model is not served."""
 
     default_reason = "model_integrity"
+
+
+class ModelUnavailableError(SecurityError):
+    """The request names a model that failed verification at init (``ModelIntegrityError``).
+
+    Its ``detail`` names the model and the check it failed (audit only); no ``retry_after``:
+    the model stays unavailable until a fixed artifact is deployed.
+    """
+
+    default_reason = "model_unavailable"

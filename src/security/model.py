@@ -1,10 +1,13 @@
 """Served models: ONNX artifacts verified against their manifests, predicted with onnxruntime.
 
-Each model lives in ``<model_dir>/<name>/`` as ``manifest.json`` and the ONNX file it names
-(written by ``mlmoat train``). ``ModelRegistry.load`` runs once, at init: it parses and validates
-every manifest, reads the ONNX bytes once, checks their SHA-256 against the manifest and only
-then builds the ``InferenceSession`` from those same bytes, so what runs is exactly what was
-hashed. Any mismatch raises ``ModelIntegrityError`` and the function refuses to start.
+Each model lives in ``<model_dir>/<name>/`` as ``manifest.json`` (``security.manifest``) and
+the ONNX file it names (written by ``mlmoat train``). ``ModelRegistry.load`` runs once, at init,
+and verifies every model directory on its own (``ServedModel.from_directory``): it parses and
+validates the manifest, reads the ONNX bytes once, checks their SHA-256 against the manifest and
+only then builds the ``InferenceSession`` from those same bytes, so what runs is exactly what
+was hashed. A model that fails any check is never served: the registry records it as
+unavailable with the reason (``Unavailable``), its requests are answered 503
+``model_unavailable`` (``ModelUnavailableError``), and every other model keeps serving.
 
 This module imports numpy and onnxruntime only (never scikit-learn: ~0.9 s of cold start and
 too large for a Lambda package: docs/models.md, "Why ONNX").
@@ -13,11 +16,8 @@ too large for a Lambda package: docs/models.md, "Why ONNX").
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -28,21 +28,17 @@ import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state  # type: ignore[import-untyped]
 
-from security.errors import ModelIntegrityError, NotFoundError
+from security.errors import ModelIntegrityError, ModelUnavailableError, NotFoundError
+from security.manifest import MANIFEST_FILE, FloatArray, Manifest
 
 __all__ = [
+    "MANIFEST_FILE",
     "Manifest",
     "ModelRegistry",
     "ServedModel",
-    "MANIFEST_FILE",
+    "Unavailable",
 ]
 
-MANIFEST_FILE = "manifest.json"
-# A manifest is a few kB; anything much larger is not ours.
-_MAX_MANIFEST_BYTES = 1_000_000
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # onnxruntime's own exceptions for a model it cannot load; anything else propagates unchanged.
 _ORT_LOAD_ERRORS: tuple[type[BaseException], ...] = (
     ort_state.Fail,
@@ -52,200 +48,6 @@ _ORT_LOAD_ERRORS: tuple[type[BaseException], ...] = (
     ort_state.NotImplemented,
     ort_state.RuntimeException,
 )
-_SCHEMA_VERSION = 1
-_KNOWN_KEYS = frozenset(
-    {
-        "schema_version",
-        "description",
-        "estimator",
-        "train_split",
-        "name",
-        "version",
-        "feature_names",
-        "classes",
-        "envelope",
-        "metrics",
-        "framework",
-        "dp_epsilon",
-        "dp_data_norm",
-        "onnx",
-    }
-)
-
-FloatArray = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    """A model's manifest, parsed and validated: what the ONNX file must be and how to call it."""
-
-    name: str
-    version: str
-    feature_names: tuple[str, ...]
-    classes: tuple[str, ...]
-    # Per feature, the range seen on the training split: ``{"min": float, "max": float}``.
-    envelope: Mapping[str, Mapping[str, float]]
-    onnx_file: str
-    onnx_sha256: str
-    input_name: str
-    label_output: str
-    probabilities_output: str
-    metrics: Mapping[str, float]
-    framework: Mapping[str, Any]
-    train_split: Mapping[str, Any]
-    description: str
-    dp_epsilon: float | None
-    dp_data_norm: float | None
-    # Other top-level sections (e.g. ``defences``), kept read-only for the modules that own them.
-    extra: Mapping[str, Any]
-    # The envelope as arrays in feature order, for vectorised checks (read-only views).
-    envelope_min: FloatArray = field(compare=False, repr=False)
-    envelope_max: FloatArray = field(compare=False, repr=False)
-
-    @property
-    def n_features(self) -> int:
-        """The number of input features."""
-        return len(self.feature_names)
-
-    @classmethod
-    def from_json(cls, data: bytes | str, *, expected_name: str | None = None) -> Manifest:
-        """Parse and validate a manifest document.
-
-        Raises:
-            ModelIntegrityError: the document is not JSON, misses a field, has a field of the
-                wrong type or value, or names a different model than ``expected_name``.
-        """
-        if len(data) > _MAX_MANIFEST_BYTES:
-            raise ModelIntegrityError("manifest_malformed", detail="manifest too large")
-        try:
-            document = json.loads(data, parse_constant=_refuse_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ModelIntegrityError("manifest_malformed", detail="not valid JSON") from exc
-        return cls.from_dict(document, expected_name=expected_name)
-
-    @classmethod
-    def from_dict(cls, document: object, *, expected_name: str | None = None) -> Manifest:
-        """Validate a decoded manifest and build a ``Manifest``.
-
-        Raises:
-            ModelIntegrityError: a field is missing, of the wrong type or inconsistent.
-        """
-        doc = _mapping(document, "manifest")
-        if doc.get("schema_version") != _SCHEMA_VERSION:
-            _malformed(f"schema_version is not {_SCHEMA_VERSION}")
-        name = _text(doc, "name")
-        if not _NAME.match(name):
-            _malformed("name is not a valid model name")
-        if expected_name is not None and name != expected_name:
-            _malformed(f"manifest names {name!r} but lives in {expected_name!r}")
-        version = _text(doc, "version")
-        if not version.startswith(f"{name}-"):
-            _malformed("version does not start with the model name")
-        feature_names = _text_list(doc, "feature_names", minimum=1)
-        classes = _text_list(doc, "classes", minimum=2)
-        envelope_doc = _mapping(doc.get("envelope"), "envelope")
-        if set(envelope_doc) != set(feature_names):
-            _malformed("envelope does not cover exactly the features")
-        bounds: dict[str, Mapping[str, float]] = {}
-        for feature in feature_names:
-            entry = _mapping(envelope_doc[feature], f"envelope.{feature}")
-            low, high = _number(entry, "min"), _number(entry, "max")
-            if low > high:
-                _malformed(f"envelope.{feature} has min > max")
-            bounds[feature] = MappingProxyType({"min": low, "max": high})
-        onnx_doc = _mapping(doc.get("onnx"), "onnx")
-        onnx_file = _text(onnx_doc, "file")
-        # A plain file name inside the model's directory: never a path that could leave it.
-        if not _FILE_NAME.match(onnx_file) or ".." in onnx_file:
-            _malformed("onnx.file is not a plain file name")
-        sha = _text(onnx_doc, "sha256")
-        if not _SHA256.match(sha):
-            _malformed("onnx.sha256 is not 64 lowercase hex digits")
-        if onnx_doc.get("input_dtype", "float32") != "float32":
-            _malformed("onnx.input_dtype must be float32")
-        outputs = _mapping(onnx_doc.get("outputs"), "onnx.outputs")
-        metrics = _mapping(doc.get("metrics"), "metrics")
-        for key in metrics:
-            _number(metrics, key)
-        framework = _mapping(doc.get("framework"), "framework")
-        train_split = _mapping(doc.get("train_split"), "train_split")
-        description = doc.get("description", "")
-        if not isinstance(description, str):
-            _malformed("description is not a string")
-        low_arr = np.array([bounds[f]["min"] for f in feature_names], dtype=np.float64)
-        high_arr = np.array([bounds[f]["max"] for f in feature_names], dtype=np.float64)
-        low_arr.flags.writeable = False
-        high_arr.flags.writeable = False
-        return cls(
-            name=name,
-            version=version,
-            feature_names=feature_names,
-            classes=classes,
-            envelope=MappingProxyType(bounds),
-            onnx_file=onnx_file,
-            onnx_sha256=sha,
-            input_name=_text(onnx_doc, "input"),
-            label_output=_text(outputs, "label"),
-            probabilities_output=_text(outputs, "probabilities"),
-            metrics=MappingProxyType({k: float(v) for k, v in metrics.items()}),
-            framework=MappingProxyType(dict(framework)),
-            train_split=MappingProxyType(dict(train_split)),
-            description=description,
-            dp_epsilon=_optional_number(doc, "dp_epsilon"),
-            dp_data_norm=_optional_number(doc, "dp_data_norm"),
-            extra=MappingProxyType({k: v for k, v in doc.items() if k not in _KNOWN_KEYS}),
-            envelope_min=low_arr,
-            envelope_max=high_arr,
-        )
-
-
-def _refuse_constant(token: str) -> float:
-    raise ValueError(f"non-finite constant {token}")
-
-
-def _malformed(detail: str) -> None:
-    raise ModelIntegrityError("manifest_malformed", detail=detail)
-
-
-def _mapping(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise ModelIntegrityError("manifest_malformed", detail=f"{where} is not an object")
-    return value
-
-
-def _text(doc: Mapping[str, Any], key: str) -> str:
-    value = doc.get(key)
-    if not isinstance(value, str) or not value:
-        raise ModelIntegrityError("manifest_malformed", detail=f"{key} is not a non-empty string")
-    return value
-
-
-def _text_list(doc: Mapping[str, Any], key: str, *, minimum: int) -> tuple[str, ...]:
-    value = doc.get(key)
-    if (
-        not isinstance(value, list)
-        or len(value) < minimum
-        or not all(isinstance(v, str) and v for v in value)
-        or len(set(value)) != len(value)
-    ):
-        raise ModelIntegrityError(
-            "manifest_malformed", detail=f"{key} is not a list of >= {minimum} unique strings"
-        )
-    return tuple(value)
-
-
-def _number(doc: Mapping[str, Any], key: str) -> float:
-    value = doc.get(key)
-    # bool is an int subclass: refuse it explicitly.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ModelIntegrityError("manifest_malformed", detail=f"{key} is not a finite number")
-    return float(value)
-
-
-def _optional_number(doc: Mapping[str, Any], key: str) -> float | None:
-    if doc.get(key) is None:
-        return None
-    return _number(doc, key)
 
 
 def _session_options() -> ort.SessionOptions:
@@ -293,6 +95,20 @@ class ServedModel:
         self._session = session
         self._output_names = [manifest.probabilities_output]
         self.load_seconds = time.perf_counter() - started
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> ServedModel:
+        """Verify and load the model of one ``<model_dir>/<name>/`` directory.
+
+        Raises:
+            ModelIntegrityError: the manifest is missing, unreadable or malformed (or names
+                another model than its directory), the ONNX file is missing or unreadable, or
+                the bytes fail a check of ``ServedModel``.
+        """
+        path = Path(directory)
+        raw = _read(path / MANIFEST_FILE, "manifest", path.name)
+        manifest = Manifest.from_json(raw, expected_name=path.name)
+        return cls(manifest, _read(path / manifest.onnx_file, "model_file", manifest.name))
 
     @property
     def name(self) -> str:
@@ -357,43 +173,83 @@ def _check_signature(session: Any, manifest: Manifest) -> None:
         raise ModelIntegrityError("model_signature", detail=f"{manifest.name}: label output")
 
 
-@dataclass(frozen=True, slots=True)
-class ModelRegistry:
-    """Every served model, loaded and verified once at init."""
+def _read(path: Path, kind: str, model: str) -> bytes:
+    """The bytes of one file of a model directory (``<kind>_missing``/``<kind>_unreadable``)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelIntegrityError(f"{kind}_missing", detail=f"{model}: no {path.name}") from exc
+    except OSError as exc:
+        raise ModelIntegrityError(
+            f"{kind}_unreadable", detail=f"{model}: {path.name}: {type(exc).__name__}"
+        ) from exc
 
-    models: Mapping[str, ServedModel]
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """A model that failed verification at init: never served, answered 503 until redeployed."""
+
+    name: str
+    reason: str
+    detail: str | None = None
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> ModelRegistry:
-        """Load every ``<model_dir>/<name>/manifest.json`` and its verified ONNX artifact.
+    def of(cls, name: str, error: ModelIntegrityError) -> Unavailable:
+        """The record of ``error``, which refused model ``name``."""
+        return cls(name=name, reason=error.reason, detail=error.detail)
 
-        Raises:
-            ModelIntegrityError: the directory holds no model, a manifest is missing or
-                malformed, an ONNX file is missing, or its SHA-256 differs from the manifest.
+    def error(self) -> ModelUnavailableError:
+        """What a request for this model raises: the reason goes to the audit record only."""
+        cause = self.reason if self.detail is None else f"{self.reason}: {self.detail}"
+        return ModelUnavailableError(detail=f"model={self.name}: {cause}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRegistry:
+    """Every model directory, verified once at init: the served models and the refused ones."""
+
+    models: Mapping[str, ServedModel]
+    unavailable: Mapping[str, Unavailable] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def load(cls, model_dir: str | Path, *, expected: Iterable[str] = ()) -> ModelRegistry:
+        """Verify every ``<model_dir>/<name>/`` on its own; never raises for a model's fault.
+
+        A directory that fails (``ServedModel.from_directory``) is recorded as unavailable with
+        its reason. Each name in ``expected`` (the default model) that no directory provides is
+        recorded too: ``model_dir_missing``, ``no_models`` (an empty directory) or
+        ``model_missing``, so its requests are answered 503 rather than the function failing.
         """
         root = Path(model_dir)
-        if not root.is_dir():
-            raise ModelIntegrityError("model_dir_missing", detail=str(root))
         loaded: dict[str, ServedModel] = {}
-        for directory in sorted(p for p in root.iterdir() if p.is_dir()):
-            manifest_path = directory / MANIFEST_FILE
+        refused: dict[str, Unavailable] = {}
+        directories = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        for directory in directories:
             try:
-                raw = manifest_path.read_bytes()
-            except FileNotFoundError as exc:
-                raise ModelIntegrityError(
-                    "manifest_missing", detail=f"{directory.name}: no {MANIFEST_FILE}"
-                ) from exc
-            manifest = Manifest.from_json(raw, expected_name=directory.name)
-            try:
-                onnx_bytes = (directory / manifest.onnx_file).read_bytes()
-            except FileNotFoundError as exc:
-                raise ModelIntegrityError(
-                    "model_file_missing", detail=f"{manifest.name}: {manifest.onnx_file} missing"
-                ) from exc
-            loaded[manifest.name] = ServedModel(manifest, onnx_bytes)
-        if not loaded:
-            raise ModelIntegrityError("no_models", detail=f"no model under {root}")
-        return cls(models=MappingProxyType(loaded))
+                loaded[directory.name] = ServedModel.from_directory(directory)
+            except ModelIntegrityError as exc:
+                refused[directory.name] = Unavailable.of(directory.name, exc)
+        reason = (
+            "model_dir_missing"
+            if not root.is_dir()
+            else "no_models"
+            if not directories
+            else "model_missing"
+        )
+        for name in expected:
+            if name not in loaded and name not in refused:
+                refused[name] = Unavailable(name, reason, f"no model directory {name!r}")
+        return cls(models=MappingProxyType(loaded), unavailable=MappingProxyType(refused))
+
+    def without(self, failures: Mapping[str, ModelIntegrityError]) -> ModelRegistry:
+        """This registry with the models of ``failures`` (name -> the check they failed, e.g.
+        their defences file) moved from served to unavailable."""
+        if not failures:
+            return self
+        refused = dict(self.unavailable)
+        refused.update((name, Unavailable.of(name, error)) for name, error in failures.items())
+        models = {name: model for name, model in self.models.items() if name not in failures}
+        return ModelRegistry(models=MappingProxyType(models), unavailable=MappingProxyType(refused))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -404,10 +260,14 @@ class ModelRegistry:
         """Return the served model ``name``.
 
         Raises:
-            NotFoundError: no model of that name is served.
+            ModelUnavailableError: the model failed verification at init.
+            NotFoundError: no model of that name exists.
         """
         model = self.models.get(name)
         if model is None:
+            refused = self.unavailable.get(name)
+            if refused is not None:
+                raise refused.error()
             raise NotFoundError("unknown_model")
         return model
 

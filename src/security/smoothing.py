@@ -265,24 +265,38 @@ class Smoother:
 
     @classmethod
     def from_manifest(
-        cls, model_dir: str | Path, models: Iterable[tuple[str, str]], *, secret: bytes
+        cls,
+        model_dir: str | Path,
+        models: Iterable[tuple[str, str]],
+        *,
+        secret: bytes,
+        failures: dict[str, ModelIntegrityError] | None = None,
     ) -> Smoother:
         """Read the ``smoothing`` section of each served model's ``defences.json``, if any.
 
+        With ``failures``, a model whose file fails is recorded there and left out (as
+        ``Squeezer.from_manifest``); a model already in ``failures`` is skipped.
+
         Raises:
-            ModelIntegrityError: a file is malformed or its section names another model version.
+            ModelIntegrityError: (without ``failures``) a file is malformed or its section names
+                another model version.
         """
         configs: dict[str, SmoothingConfig] = {}
         for name, version in models:
             path = Path(model_dir) / name / DEFENCES_FILE
-            if not path.is_file():
+            if not path.is_file() or (failures is not None and name in failures):
                 continue
-            config = load_smoothing(path)
-            if config is None:
+            try:
+                config = load_smoothing(path)
+                if config is not None and (config.model != name or config.model_version != version):
+                    raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
+            except ModelIntegrityError as exc:
+                if failures is None:
+                    raise
+                failures[name] = exc
                 continue
-            if config.model != name or config.model_version != version:
-                raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
-            configs[name] = config
+            if config is not None:
+                configs[name] = config
         return cls(configs, secret=secret)
 
     def config(self, model: str) -> SmoothingConfig | None:

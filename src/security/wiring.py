@@ -29,6 +29,7 @@ import botocore.session
 from botocore.config import Config
 
 from security.audit import AuditLog, install_log_redaction
+from security.errors import ModelIntegrityError
 from security.snapstart import RefreshableClient, SnapStartHooks
 
 if TYPE_CHECKING:
@@ -275,12 +276,14 @@ def build_predict_app(
 ) -> FastAPI:
     """The prediction app from settings and clients.
 
-    Loads and verifies every model under ``settings.model_dir``, builds their request schemas,
-    the squeezing defence, the authenticator, the gatekeeper over ``PrincipalStore`` and the
+    Verifies every model under ``settings.model_dir`` on its own, with its defences file: a model
+    that fails is not served (503 ``model_unavailable``, one ``model_unavailable`` log line at
+    init) and the others are. Builds the served models' request schemas, the squeezing and
+    smoothing defences, the authenticator, the gatekeeper over ``PrincipalStore`` and the
     extraction queue sink when a queue is configured.
 
     Raises:
-        ModelIntegrityError: an artifact or its defences file does not match its manifest.
+        ModelIntegrityError: ``docs`` (the OpenAPI tooling) and a model is unavailable.
     """
     from security.api import create_app
     from security.api.predict import schemas_for
@@ -290,39 +293,45 @@ def build_predict_app(
     from security.smoothing import Smoother
 
     install_log_redaction()
-    registry = ModelRegistry.load(settings.model_dir)
+    audit = audit or AuditLog(service=settings.service_name)
+    registry = ModelRegistry.load(settings.model_dir, expected=(settings.default_model,))
     sink = (
         QuerySink(client=clients.sqs, queue_url=settings.extraction_queue_url)
         if settings.extraction_queue_url and clients.sqs is not None
         else None
     )
     runtime_config = runtime_config_source(settings, clients.ssm)
+    served = [(model.name, model.version) for model in registry]
+    failures: dict[str, ModelIntegrityError] = {}
     # With a runtime document the policy can change after init: the calibrations are loaded
     # even when the deploy-time policy is off (a model without one is then refused, 503).
     squeezer = (
         None
         if settings.squeeze_policy == "off" and runtime_config is None
         else Squeezer.from_manifest(
-            settings.model_dir,
-            [(model.name, model.version) for model in registry],
-            policy=settings.squeeze_policy,
+            settings.model_dir, served, policy=settings.squeeze_policy, failures=failures
         )
     )
+    smoother = Smoother.from_manifest(
+        settings.model_dir, served, secret=settings.smoothing_secret, failures=failures
+    )
+    registry = registry.without(failures)
+    for refused in registry.unavailable.values():
+        audit.model_unavailable(refused.name, reason=refused.reason, detail=refused.detail)
+    if docs and registry.unavailable:
+        first = next(iter(registry.unavailable.values()))
+        raise ModelIntegrityError(first.reason, detail=f"model={first.name}: {first.detail}")
     return create_app(
         settings=settings,
         registry=registry,
         schemas=schemas_for(registry, registry.names, margin=settings.envelope_margin),
         authenticator=_authenticator(settings, clients.ssm),
         gatekeeper=_gatekeeper(settings, _store(settings, clients.dynamodb)),
-        audit=audit or AuditLog(service=settings.service_name),
+        audit=audit,
         squeezer=squeezer,
         query_sink=sink,
         docs=docs,
-        smoother=Smoother.from_manifest(
-            settings.model_dir,
-            [(model.name, model.version) for model in registry],
-            secret=settings.smoothing_secret,
-        ),
+        smoother=smoother,
         runtime_config=runtime_config,
     )
 
@@ -388,11 +397,20 @@ def monitor_function(
     )
     audit = AuditLog(service=settings.service_name)
     runtime_config = runtime_config_source(settings, clients.ssm)
+    # Each model's reference on its own: one that fails is logged once here, and its messages
+    # are acknowledged and audited (``unmonitored``) while every other model is monitored.
+    failures: dict[str, ModelIntegrityError] = {}
+    references = load_monitor_references(settings.model_dir, unavailable=failures)
+    for name, error in failures.items():
+        audit.model_unavailable(
+            name, reason=error.reason, detail=error.detail, message="monitor_reference_unavailable"
+        )
     monitor = ExtractionMonitor(
         store=_store(settings, clients.dynamodb),
-        references=load_monitor_references(settings.model_dir),
+        references=references,
         action=settings.extraction_action,
         audit=flag_audit_sink(audit, service=settings.service_name),
         action_for=None if runtime_config is None else _action_for(settings, runtime_config),
+        unavailable={name: error.reason for name, error in failures.items()},
     )
     return MonitorFunction(settings, clients, _hooks_for(clients), audit, monitor)

@@ -1,11 +1,12 @@
-"""A corrupted model artifact: the function refuses to start, so nothing is ever served.
+"""A corrupted model artifact: that model is never served, and every other model is.
 
-Each case copies the committed ``models/`` tree, damages one thing, and points the function at
-the copy (``SECURITY_MODEL_DIR`` through ``--env-vars``, as SAM applies it). Through
-``mlmoat local invoke`` the init fails with ``ModelIntegrityError`` (the Lambda runtime's init
-error, exit 1) before any request is handled; through ``start-api`` every request gets the
-platform's 502 and no key is charged. The undamaged copy serves normally, so the refusal is
-caused by the damage and nothing else.
+Each case copies the committed ``models/`` tree, damages one thing of iris (the default model),
+and points the function at the copy (``SECURITY_MODEL_DIR`` through ``--env-vars``, as SAM
+applies it). Through ``mlmoat local invoke`` the function starts (no init error), logs one
+``model_unavailable`` line naming iris and the failed check, and answers ``/predict`` with 503
+``model_unavailable``; through ``start-api`` every iris request gets that 503 (never the
+platform's 502), no key is charged for it, and breast-cancer is served. The undamaged copy
+serves iris normally, so the refusal is caused by the damage and nothing else.
 """
 
 from __future__ import annotations
@@ -61,13 +62,14 @@ def _stale_calibration(models: Path) -> None:
     defences.write_text(json.dumps(document))
 
 
-DAMAGE: dict[str, Callable[[Path], None]] = {
-    "one flipped bit": _flip_byte,
-    "truncated artifact": _truncate,
-    "another model's artifact": _swap_for_other_model,
-    "manifest hash edited": _edit_manifest_hash,
-    "artifact missing": _remove_artifact,
-    "calibration for another version": _stale_calibration,
+#: Each damage and the check it fails (the reason in the init line and the audit record).
+DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "one flipped bit": (_flip_byte, "model_hash_mismatch"),
+    "truncated artifact": (_truncate, "model_hash_mismatch"),
+    "another model's artifact": (_swap_for_other_model, "model_hash_mismatch"),
+    "manifest hash edited": (_edit_manifest_hash, "model_hash_mismatch"),
+    "artifact missing": (_remove_artifact, "model_file_missing"),
+    "calibration for another version": (_stale_calibration, "defences_version_mismatch"),
 }
 
 
@@ -79,16 +81,20 @@ def _models_copy(tmp_path: Path, damage: Callable[[Path], None] | None) -> Path:
     return models
 
 
-def _invoke(stack: FaultStack, tmp_path: Path, models: Path) -> subprocess.CompletedProcess[str]:
+def _invoke(
+    stack: FaultStack, tmp_path: Path, models: Path, api_key: str
+) -> subprocess.CompletedProcess[str]:
     env_file = tmp_path / f"env-{uuid.uuid4().hex[:6]}.json"
     env_file.write_text(json.dumps({"PredictFunction": {"SECURITY_MODEL_DIR": str(models)}}))
+    event = tmp_path / f"event-{uuid.uuid4().hex[:6]}.json"
+    event.write_text(EVENT.read_text().replace("${API_KEY}", api_key))
     return subprocess.run(  # noqa: S603
         mlmoat_command(
             "local",
             "invoke",
             "PredictFunction",
             "-e",
-            str(EVENT),
+            str(event),
             "--env-vars",
             str(env_file),
             "--no-build",
@@ -102,45 +108,73 @@ def _invoke(stack: FaultStack, tmp_path: Path, models: Path) -> subprocess.Compl
     )
 
 
+def _init_lines(output: str) -> list[dict[str, object]]:
+    lines = []
+    for line in output.splitlines():
+        start = line.find("{")
+        if start >= 0 and '"model_unavailable"' in line:
+            record = json.loads(line[start:])
+            if record.get("message") == "model_unavailable":
+                lines.append(record)
+    return lines
+
+
 def test_the_undamaged_copy_starts_and_answers(fault_stack: FaultStack, tmp_path: Path) -> None:
-    # given an intact copy of the models / when invoked / then the function starts and answers
-    # (the event's key is unknown here, so the answer is 401: what matters is that it ran)
-    result = _invoke(fault_stack, tmp_path, _models_copy(tmp_path, None))
+    # given an intact copy of the models and a valid key / when invoked / then iris answers
+    _, api_key = fault_stack.create_key(f"fault-{uuid.uuid4().hex[:8]}")
+    result = _invoke(fault_stack, tmp_path, _models_copy(tmp_path, None), api_key)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     response = json.loads(result.stdout)
-    assert response["statusCode"] in (200, 401)
+    assert response["statusCode"] == 200, response
+    assert _init_lines(result.stdout + result.stderr) == []
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE), ids=list(DAMAGE))
-def test_a_damaged_artifact_makes_the_function_refuse_to_start(
+def test_a_damaged_artifact_makes_that_model_unavailable_and_the_function_starts(
     fault_stack: FaultStack, tmp_path: Path, damage: str
 ) -> None:
-    # given a models tree with one thing damaged
-    models = _models_copy(tmp_path, DAMAGE[damage])
-    # when the function is invoked
-    result = _invoke(fault_stack, tmp_path, models)
-    # then its init fails with the integrity error and no response is produced
-    assert result.returncode == 1, result.stdout
-    error = json.loads(result.stdout)
-    assert "statusCode" not in error
-    assert error["errorType"] == "ModelIntegrityError", error
-    print(f"{damage}: {error['errorMessage']}")
+    # given a models tree with one thing of iris damaged, and a valid key
+    step, reason = DAMAGE[damage]
+    models = _models_copy(tmp_path, step)
+    _, api_key = fault_stack.create_key(f"fault-{uuid.uuid4().hex[:8]}")
+    # when the function is invoked on /predict (iris, the default model)
+    result = _invoke(fault_stack, tmp_path, models, api_key)
+    # then it started (no init error) and answered 503 model_unavailable, nothing else said
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    response = json.loads(result.stdout)
+    assert response["statusCode"] == 503, response
+    error = json.loads(response["body"])["error"]
+    assert error["code"] == "model_unavailable", error
+    assert reason not in result.stdout
+    # and its init logged iris as unavailable, with the check it failed
+    lines = _init_lines(result.stderr)
+    assert [(line["model"], line["reason"]) for line in lines] == [("iris", reason)], lines
+    print(f"{damage}: {lines[0]['detail']}")
 
 
-def test_start_api_on_a_damaged_artifact_serves_nothing_and_charges_nothing(
+def test_start_api_on_a_damaged_artifact_refuses_that_model_and_serves_the_others(
     fault_stack: FaultStack, tmp_path: Path
 ) -> None:
     # given start-api on a models tree whose iris artifact has one flipped bit, and a fresh key
     models = _models_copy(tmp_path, _flip_byte)
     api = fault_stack.start_api("model-faults", function_env={"SECURITY_MODEL_DIR": str(models)})
     key_id, api_key = fault_stack.create_key(f"fault-{uuid.uuid4().hex[:8]}")
-    # when predictions are requested, twice (a refused init is retried on the next request)
+    # when iris predictions are requested, twice
     responses = [api.post({"features": [5.1, 3.5, 1.4, 0.2]}, api_key=api_key) for _ in range(2)]
-    # then no prediction is served (the platform's 502: the function never started),
-    # nothing is charged and no request was admitted
+    # then each is refused 503 model_unavailable by the running function (never the platform's
+    # 502), with no Retry-After; nothing is charged and each has its deny record
     for response in responses:
-        assert response.status == 502, response.body
-        assert b"predictions" not in response.body
+        assert response.status == 503, response.body
+        assert response.json["error"]["code"] == "model_unavailable"
+        assert "retry-after" not in response.headers
+        (record,) = api.audit_for(response.request_id)
+        assert (record["decision"], record["reason"]) == ("deny", "model_unavailable")
     assert fault_stack.rows_used(key_id) == 0
-    assert not [r for r in api.audit() if r.get("decision") == "allow"]
-    assert "ModelIntegrityError" in api.log.read_text()
+    # and another model of the same function is served and counted
+    manifest = json.loads((models / "breast-cancer" / "manifest.json").read_text())
+    envelope = manifest["envelope"]
+    row = [(envelope[f]["min"] + envelope[f]["max"]) / 2 for f in manifest["feature_names"]]
+    served = api.post({"features": row}, api_key=api_key, path="/models/breast-cancer/predict")
+    assert served.status == 200, served.body
+    assert fault_stack.rows_used(key_id) == 1
+    assert "model_unavailable" in api.log.read_text()

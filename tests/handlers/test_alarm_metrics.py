@@ -15,6 +15,7 @@ import dataclasses
 import json
 import random
 import re
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -206,6 +207,19 @@ def _call(handler: Mangum, event: dict[str, Any]) -> dict[str, Any]:
     return response
 
 
+def _damaged_models(root: Path) -> Path:
+    """A copy of models/ with one bit of breast-cancer's ONNX flipped and its defences.json
+    gone: that model is unavailable to the predict function and unmonitored by the monitor."""
+    models = root / "models"
+    shutil.copytree(REPO / "models", models)
+    onnx = models / "breast-cancer" / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx.write_bytes(bytes(data))
+    (models / "breast-cancer" / "defences.json").unlink()
+    return models
+
+
 @pytest.fixture(scope="module")
 def driven_records(
     predict_module: Any,
@@ -213,9 +227,11 @@ def driven_records(
     keys: dict[str, str],
     handler_env: dict[str, str],
     log_sink: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> list[dict[str, Any]]:
-    """The audit records of one request (or monitor flag) per alarmed outcome."""
+    """The audit records of one request (or monitor record) per alarmed outcome."""
     stack = _Stack(predict_module, handler_env)
+    damaged = _damaged_models(tmp_path_factory.mktemp("alarm-models"))
     served = stack.handler()
     statuses: dict[str, int] = {}
 
@@ -271,6 +287,16 @@ def driven_records(
         stack.handler(sqs=_dead_endpoint()),
         load_event("rest/predict-ok-single.json", keys),
     )
+    # a model that failed verification at init (the others served by the same function)
+    stack.settings = dataclasses.replace(settings, model_dir=str(damaged))
+    send(
+        "model_unavailable",
+        stack.handler(),
+        rest_event(
+            path="/models/breast-cancer/predict", body=ONE, headers={**JSON_CT, "X-API-Key": key}
+        ),
+    )
+    stack.settings = settings
     # a guesser: wrong secrets for one key id from one address until throttled
     from security.keys import format_key, new_secret
 
@@ -305,12 +331,28 @@ def driven_records(
             event = _sqs_event(batch, "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue")
             result = monitor.handler(event, LambdaContext())
             assert result == {"batchItemFailures": []}
+    # a query of a model the monitor has no reference for: acknowledged, audited, counted
+    from security.extraction import QueryMessage
+
+    unmonitored = QueryMessage(
+        "key#unmonitored", "breast-cancer", f"req-{uuid.uuid4().hex[:8]}", 0.0, ((1.0,) * 30,)
+    )
+    monitor = import_handler(
+        "handlers.monitor", {**handler_env, "SECURITY_MODEL_DIR": str(damaged)}
+    )
+    event = _sqs_event(
+        [{"MessageId": "m-1", "ReceiptHandle": "h-1", "Body": unmonitored.to_json()}],
+        "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue",
+    )
+    assert monitor.handler(event, LambdaContext()) == {"batchItemFailures": []}
     records += [
         r
         for r in log_sink.records()
         if r.get("message") == "audit"
-        and r.get("event") == "extraction_flag"
-        and r.get("principal_id") in flag_principals
+        and (
+            (r.get("event") == "extraction_flag" and r.get("principal_id") in flag_principals)
+            or (r.get("event") == "unmonitored" and r.get("request_id") == unmonitored.request_id)
+        )
     ]
     expected = {
         "ok": 200,
@@ -318,6 +360,7 @@ def driven_records(
         "store_unavailable": 503,
         "internal_error": 500,
         "monitor_queue_failed": 200,
+        "model_unavailable": 503,
         "auth_throttled": 429,
     }
     assert {name: statuses[name] for name in expected} == expected
@@ -332,6 +375,8 @@ def test_the_driven_records_are_the_outcomes_the_alarms_are_about(
     assert ("request", "deny", "internal_error") in reasons
     assert ("request", "deny", "unknown_key") in reasons
     assert ("request", "deny", "auth_throttled") in reasons
+    assert ("request", "deny", "model_unavailable") in reasons
+    assert ("unmonitored", "skip", "no_monitor_reference") in reasons
     decisions = {r["decision"] for r in driven_records if r["event"] == "extraction_flag"}
     assert decisions == {"flag", "suspend"}
 
@@ -355,6 +400,8 @@ def test_every_alarm_on_mlmoats_namespace_names_a_series_the_code_emits(
         "ExtractionFlagsAlarm",
         "ExtractionSuspensionsAlarm",
         "MonitorQueueFailuresAlarm",
+        "ModelUnavailableAlarm",
+        "UnmonitoredQueriesAlarm",
     } <= set(alarms)
     missing = {
         alarm: [s for s in series if s not in emitted]

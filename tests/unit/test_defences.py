@@ -104,6 +104,24 @@ def test_from_manifest_refuses_a_missing_file_unless_off(tmp_path: Path) -> None
     assert Squeezer.from_manifest(tmp_path, [("m3", "m3-1")], policy="off").config("m3") is None
 
 
+def test_with_failures_a_bad_file_drops_that_model_alone(tmp_path: Path) -> None:
+    # given three models: one calibrated, one with a malformed file, one with none at all
+    _write(tmp_path, "good", "good-1")
+    _write(tmp_path, "broken", "broken-1")
+    (tmp_path / "broken" / "defences.json").write_text("{not json")
+    (tmp_path / "bare").mkdir()
+    served = [("good", "good-1"), ("broken", "broken-1"), ("bare", "bare-1")]
+    # when loaded with a failures record under a policy that needs a calibration
+    failures: dict[str, ModelIntegrityError] = {}
+    squeezer = Squeezer.from_manifest(tmp_path, served, policy="flag", failures=failures)
+    # then each failing model is recorded with its reason and the calibrated one is loaded
+    assert {name: error.reason for name, error in failures.items()} == {
+        "broken": "defences_malformed",
+        "bare": "defences_missing",
+    }
+    assert squeezer.config("good") is not None and squeezer.config("broken") is None
+
+
 def test_malformed_defences_file_is_an_integrity_error(tmp_path: Path) -> None:
     path = tmp_path / "defences.json"
     path.write_text(json.dumps({"squeeze": {"origin": [0.0], "step": [0.0]}}))

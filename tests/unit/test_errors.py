@@ -44,6 +44,7 @@ def test_every_security_error_subclass_is_in_the_response_table() -> None:
         (errors.StoreUnavailableError(), 503),
         (errors.SecretUnavailableError(), 503),
         (errors.ModelIntegrityError(), 503),
+        (errors.ModelUnavailableError(), 503),
     ],
 )
 def test_each_error_maps_to_its_status(error: errors.SecurityError, status: int) -> None:
@@ -74,3 +75,13 @@ def test_public_messages_carry_no_internal_names() -> None:
     for cls, response in ERROR_RESPONSES.items():
         assert cls.__name__ not in response.message
         assert "dynamo" not in response.message.lower() and "Error" not in response.message
+
+
+def test_an_unavailable_model_has_its_own_public_code_and_no_internals() -> None:
+    error = errors.ModelUnavailableError(detail="model=iris: model_hash_mismatch: iris: onnx")
+    response = error_response_for(error)
+    assert (response.status, response.code) == (503, "model_unavailable")
+    assert response.message == "This model is temporarily unavailable."
+    assert error.reason == "model_unavailable"
+    # no retry hint: it stays unavailable until a fixed artifact is deployed
+    assert not hasattr(error, "retry_after")

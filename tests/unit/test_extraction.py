@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
+from security.errors import ModelIntegrityError
 from security.extraction import (
     DetectorState,
     ExtractionDetector,
@@ -17,8 +20,11 @@ from security.extraction import (
     MonitorReference,
     QueryMessage,
     QuerySink,
+    load_monitor_references,
     shapiro_w,
 )
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.mark.parametrize("n", [3, 4, 5, 6, 11, 50, 200, 400])
@@ -190,3 +196,59 @@ def test_monitor_on_the_principal_store_suspends_the_key_and_keeps_state() -> No
     assert info.value.reason == "monitor_state_conflict"
     assert len(records) == 1 and records[0]["principal_id"] == "key#st1"
     assert records[0]["decision"] == "suspend" and records[0]["flagged_at_row"] <= 40
+
+
+def test_a_message_for_a_model_without_a_reference_is_acknowledged_and_audited() -> None:
+    # given a monitor with a reference for "toy" only, told "other" failed to load its own
+    records: list[dict[str, Any]] = []
+    monitor = ExtractionMonitor(
+        store=None,  # type: ignore[arg-type]  # never touched for an unmonitored model
+        references={"toy": _reference()},
+        action="flag",
+        audit=records.append,
+        unavailable={"other": "defences_malformed"},
+    )
+    # when a message of "other" arrives, then it is not an error (nothing to retry)
+    message = QueryMessage("key#u1", "other", "req-u1", 1.0, ((0.5, 0.5, 0.5),), ("a",))
+    outcome = monitor.process(message)
+    assert outcome.unmonitored and outcome.verdict is None and not outcome.duplicate
+    # and its one audit record says why
+    (record,) = records
+    assert record["event"] == "unmonitored" and record["reason"] == "no_monitor_reference"
+    assert record["model"] == "other" and record["request_id"] == "req-u1"
+    assert record["flags"] == ["detail:defences_malformed"]
+
+
+def _models_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "models"
+    shutil.copytree(MODELS, target)
+    return target
+
+
+def test_every_shipped_model_has_a_monitor_reference() -> None:
+    failures: dict[str, ModelIntegrityError] = {}
+    references = load_monitor_references(MODELS, unavailable=failures)
+    assert failures == {}
+    served = sorted(p.name for p in MODELS.iterdir() if (p / "manifest.json").is_file())
+    assert sorted(references) == served == ["breast-cancer", "breast-cancer-forest", "iris"]
+
+
+def test_references_load_per_model_and_a_bad_one_is_recorded_alone(tmp_path: Path) -> None:
+    # given one model without defences.json and one whose monitor section is malformed
+    models = _models_copy(tmp_path)
+    (models / "breast-cancer" / "defences.json").unlink()
+    path = models / "iris" / "defences.json"
+    document = json.loads(path.read_text())
+    document["monitor"]["prototypes"] = "not rows"
+    path.write_text(json.dumps(document))
+    # when loaded per model, then each failure is recorded and the intact model is loaded
+    failures: dict[str, ModelIntegrityError] = {}
+    references = load_monitor_references(models, unavailable=failures)
+    assert sorted(references) == ["breast-cancer-forest"]
+    assert {name: error.reason for name, error in failures.items()} == {
+        "breast-cancer": "defences_missing",
+        "iris": "defences_malformed",
+    }
+    # and without a record the first failure still raises (the tooling's strict mode)
+    with pytest.raises(ModelIntegrityError):
+        load_monitor_references(models)

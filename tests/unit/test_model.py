@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from interpreter import PYTHON
-from security.errors import ModelIntegrityError, NotFoundError
+from security.errors import ModelIntegrityError, ModelUnavailableError, NotFoundError
 from security.model import Manifest, ModelRegistry, ServedModel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,83 +99,133 @@ def test_unknown_model_raises_not_found(registry: ModelRegistry) -> None:
 
 
 # ----------------------------------------------------------------------------- integrity
+# One model's trouble is that model's alone: the registry verifies each directory on its own,
+# records a model that fails as unavailable with its reason, and serves every other model.
 
 
-def test_flipped_byte_in_onnx_refuses_to_load(model_copy: Path) -> None:
+def _only_unavailable(root: Path, name: str, reason: str) -> ModelRegistry:
+    """Load ``root``; assert that ``name`` alone is unavailable, for ``reason``, and the rest
+    serve."""
+    registry = ModelRegistry.load(root)
+    assert set(registry.unavailable) == {name}
+    assert registry.unavailable[name].reason == reason
+    assert registry.names == tuple(n for n in SERVED if n != name)
+    assert name not in registry
+    with pytest.raises(ModelUnavailableError) as caught:
+        registry.get(name)
+    assert caught.value.reason == "model_unavailable"
+    assert caught.value.detail is not None and reason in caught.value.detail
+    for model in registry:
+        assert model.predict_proba(_centre(model)).shape == (1, len(model.classes))
+    return registry
+
+
+def test_flipped_byte_in_onnx_makes_that_model_alone_unavailable(model_copy: Path) -> None:
     # given one byte of the iris artifact flipped
     path = model_copy / "iris" / "model.onnx"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    # when the registry loads, then it refuses with a hash mismatch
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(model_copy)
-    assert caught.value.reason == "model_hash_mismatch"
+    # when the registry loads, then iris alone is refused with a hash mismatch
+    _only_unavailable(model_copy, "iris", "model_hash_mismatch")
 
 
-def test_wrong_sha_in_manifest_refuses_to_load(model_copy: Path) -> None:
+def test_wrong_sha_in_manifest_makes_that_model_alone_unavailable(model_copy: Path) -> None:
     document = _manifest(model_copy, "breast-cancer")
     document["onnx"]["sha256"] = "0" * 64
     _write_manifest(model_copy, "breast-cancer", document)
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(model_copy)
-    assert caught.value.reason == "model_hash_mismatch"
+    _only_unavailable(model_copy, "breast-cancer", "model_hash_mismatch")
 
 
-def test_missing_onnx_file_refuses_to_load(model_copy: Path) -> None:
+def test_missing_onnx_file_makes_that_model_alone_unavailable(model_copy: Path) -> None:
     (model_copy / "breast-cancer-forest" / "model.onnx").unlink()
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(model_copy)
-    assert caught.value.reason == "model_file_missing"
+    _only_unavailable(model_copy, "breast-cancer-forest", "model_file_missing")
 
 
-def test_missing_manifest_refuses_to_load(model_copy: Path) -> None:
+def test_missing_manifest_makes_that_model_alone_unavailable(model_copy: Path) -> None:
     (model_copy / "iris" / "manifest.json").unlink()
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(model_copy)
-    assert caught.value.reason == "manifest_missing"
+    registry = _only_unavailable(model_copy, "iris", "manifest_missing")
+    assert registry.unavailable["iris"].detail == "iris: no manifest.json"
 
 
-def test_manifest_that_is_not_json_refuses_to_load(model_copy: Path) -> None:
+def test_unreadable_manifest_makes_that_model_alone_unavailable(model_copy: Path) -> None:
+    # given a manifest path that cannot be read as a file (a directory in its place)
+    (model_copy / "iris" / "manifest.json").unlink()
+    (model_copy / "iris" / "manifest.json").mkdir()
+    _only_unavailable(model_copy, "iris", "manifest_unreadable")
+
+
+def test_manifest_that_is_not_json_makes_that_model_alone_unavailable(model_copy: Path) -> None:
     (model_copy / "iris" / "manifest.json").write_text("{not json")
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(model_copy)
-    assert caught.value.reason == "manifest_malformed"
+    _only_unavailable(model_copy, "iris", "manifest_malformed")
 
 
-def test_empty_model_dir_refuses_to_load(tmp_path: Path) -> None:
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(tmp_path)
-    assert caught.value.reason == "no_models"
-
-
-def test_missing_model_dir_refuses_to_load(tmp_path: Path) -> None:
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(tmp_path / "absent")
-    assert caught.value.reason == "model_dir_missing"
-
-
-def test_artifact_that_onnxruntime_cannot_parse_refuses_to_load(model_copy: Path) -> None:
+def test_artifact_that_onnxruntime_cannot_parse_is_unavailable(model_copy: Path) -> None:
     # given garbage bytes whose hash the manifest does match (the check is not only the hash)
     garbage = b"this is not an onnx protobuf" * 8
     (model_copy / "iris" / "model.onnx").write_bytes(garbage)
     document = _manifest(model_copy, "iris")
     document["onnx"]["sha256"] = hashlib.sha256(garbage).hexdigest()
     _write_manifest(model_copy, "iris", document)
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(model_copy)
-    assert caught.value.reason == "model_unloadable"
+    _only_unavailable(model_copy, "iris", "model_unloadable")
 
 
-def test_manifest_disagreeing_with_graph_refuses_to_load(model_copy: Path) -> None:
+def test_manifest_disagreeing_with_graph_is_unavailable(model_copy: Path) -> None:
     # given a manifest that declares a 5th feature the graph does not take
     document = _manifest(model_copy, "iris")
     document["feature_names"].append("extra")
     document["envelope"]["extra"] = {"min": 0.0, "max": 1.0}
     _write_manifest(model_copy, "iris", document)
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(model_copy)
-    assert caught.value.reason == "model_signature"
+    _only_unavailable(model_copy, "iris", "model_signature")
+
+
+def test_every_model_failing_leaves_an_empty_registry_that_still_loads(model_copy: Path) -> None:
+    # given every manifest removed
+    for name in SERVED:
+        (model_copy / name / "manifest.json").unlink()
+    # when loaded with the default model expected, then nothing is served and nothing raises
+    registry = ModelRegistry.load(model_copy, expected=("iris",))
+    assert len(registry) == 0 and registry.names == ()
+    assert set(registry.unavailable) == set(SERVED)
+    with pytest.raises(ModelUnavailableError):
+        registry.get("iris")
+    with pytest.raises(NotFoundError):
+        registry.get("no-such-model")
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"), [("empty", "no_models"), ("absent", "model_dir_missing")]
+)
+def test_no_model_directory_makes_the_expected_default_unavailable(
+    tmp_path: Path, where: str, reason: str
+) -> None:
+    root = tmp_path / where
+    if where == "empty":
+        root.mkdir()
+    registry = ModelRegistry.load(root, expected=("iris",))
+    assert len(registry) == 0
+    assert registry.unavailable["iris"].reason == reason
+    with pytest.raises(ModelUnavailableError) as caught:
+        registry.get("iris")
+    assert caught.value.detail is not None and reason in caught.value.detail
+
+
+def test_an_expected_model_with_no_directory_is_unavailable_beside_the_others() -> None:
+    registry = ModelRegistry.load(MODELS, expected=("wine",))
+    assert registry.names == SERVED
+    assert registry.unavailable["wine"].reason == "model_missing"
+
+
+def test_without_moves_a_model_from_served_to_unavailable(registry: ModelRegistry) -> None:
+    # given a check outside the registry (its defences file) failing for one model
+    failed = {"breast-cancer": ModelIntegrityError("defences_malformed", detail="defences.json")}
+    # when the registry drops it, then it alone is unavailable, for that reason
+    narrowed = registry.without(failed)
+    assert narrowed.names == ("breast-cancer-forest", "iris")
+    assert narrowed.unavailable["breast-cancer"].reason == "defences_malformed"
+    with pytest.raises(ModelUnavailableError):
+        narrowed.get("breast-cancer")
+    assert registry.without({}) is registry and "breast-cancer" in registry
 
 
 def _valid_document() -> dict[str, Any]:
@@ -212,9 +262,7 @@ def test_malformed_manifest_is_refused(mutate: Any, case: str) -> None:
 def test_manifest_in_the_wrong_directory_is_refused(model_copy: Path) -> None:
     # given iris's manifest copied into the breast-cancer directory
     shutil.copy(model_copy / "iris" / "manifest.json", model_copy / "breast-cancer")
-    with pytest.raises(ModelIntegrityError) as caught:
-        ModelRegistry.load(model_copy)
-    assert caught.value.reason == "manifest_malformed"
+    _only_unavailable(model_copy, "breast-cancer", "manifest_malformed")
 
 
 def test_nan_constant_in_manifest_is_refused() -> None:

@@ -63,9 +63,10 @@ def create_app(
     OpenAPI document: off in Lambda (cold start).
 
     Raises:
-        ValueError: the default model is not among ``schemas``.
+        ValueError: the default model is neither among ``schemas`` nor recorded by the registry
+            as unavailable (then ``/predict`` answers 503 ``model_unavailable``).
     """
-    if settings.default_model not in schemas:
+    if settings.default_model not in schemas and not _unavailable(registry, settings.default_model):
         raise ValueError("the default model is not served")
     app = new_app(
         settings=settings,
@@ -97,6 +98,18 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _unavailable(registry: RegistryLike, name: str) -> bool:
+    from security.errors import ModelUnavailableError, NotFoundError
+
+    try:
+        registry.get(name)
+    except ModelUnavailableError:
+        return True
+    except NotFoundError:
+        return False
+    return False
 
 
 def create_admin_app(

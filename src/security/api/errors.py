@@ -19,6 +19,7 @@ from security.errors import (
     InvalidPayloadError,
     MalformedBodyError,
     ModelIntegrityError,
+    ModelUnavailableError,
     NotFoundError,
     PayloadTooLargeError,
     RateLimitedError,
@@ -75,6 +76,11 @@ ERROR_RESPONSES: dict[type[SecurityError], ErrorResponse] = {
     SecretUnavailableError: _UNAVAILABLE,
     RuntimeConfigUnavailableError: _UNAVAILABLE,
     ModelIntegrityError: _UNAVAILABLE,
+    # One model failed verification at init; the others are served. No Retry-After: it stays
+    # unavailable until a fixed artifact is deployed.
+    ModelUnavailableError: ErrorResponse(
+        503, "model_unavailable", "This model is temporarily unavailable."
+    ),
 }
 
 #: The prediction API's refusals in words of their own (reason -> response).

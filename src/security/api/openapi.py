@@ -135,7 +135,8 @@ def _error_responses(table: Mapping[str, str]) -> dict[int | str, dict[str, Any]
             headers["Retry-After"] = {
                 "schema": {"type": "integer"},
                 "description": "Seconds until a rate window reopens or a dependency is retried "
-                "(not sent for budget_exhausted: a budget never refills)",
+                "(not sent for budget_exhausted: a budget never refills; nor for "
+                "model_unavailable: a refused model stays so until it is redeployed)",
             }
         responses[status] = {"model": ErrorEnvelope, "description": description, "headers": headers}
     return responses

@@ -26,8 +26,10 @@ from security.errors import (
     AuthenticationError,
     InvalidPayloadError,
     ModelIntegrityError,
+    ModelUnavailableError,
     NotFoundError,
     RateLimitedError,
+    SecurityError,
 )
 from security.limits import NEVER_FITS
 from security.policy import OutputPolicy
@@ -36,7 +38,7 @@ from security.smoothing import Served, serve
 from security.validation import FeatureSchema, parse_prediction_request
 
 if TYPE_CHECKING:
-    from security.auth import Authenticator, Principal
+    from security.auth import Authenticator, Credentials, Principal
     from security.defences import Squeezer
     from security.extraction import QuerySink
     from security.limits import Gatekeeper
@@ -71,6 +73,7 @@ class RegistryLike(Protocol):
         """The loaded model called ``name``.
 
         Raises:
+            ModelUnavailableError: the model failed verification at init.
             NotFoundError: no such model.
         """
 
@@ -147,15 +150,7 @@ class PredictService:
 
         schema = self.schemas.get(model_name)
         if schema is None:
-            # Only authenticated callers learn that a model does not exist; asking costs one
-            # of the caller's refusals.
-            missing = NotFoundError("unknown_model")
-            missing.headers.update(
-                self.gatekeeper.refuse(
-                    credentials, model=model_name, request_id=request_id, source_ip=source_ip
-                )
-            )
-            raise missing
+            raise self._not_served(credentials, model_name, request_id, source_ip)
         model = self.registry.get(model_name)
         event.model_version = model.version
 
@@ -222,6 +217,34 @@ class PredictService:
             "request_id": request_id,
         }
         return JSONResponse(body_out, status_code=200, headers=rate_headers)
+
+    def _not_served(
+        self, credentials: Credentials, model_name: str, request_id: str, source_ip: str
+    ) -> SecurityError:
+        """The refusal of a request for a model that is not served, once the caller is known.
+
+        Only authenticated callers learn that a model does not exist (404, one of their
+        refusals) or that it failed verification at init (503 ``model_unavailable``: one read
+        authenticates them and checks the model's scope; nothing is charged, it is not their
+        fault).
+        """
+        try:
+            self.registry.get(model_name)
+        except ModelUnavailableError as exc:
+            _, headers = self.gatekeeper.authenticate_with_headers(
+                credentials, model=model_name, source_ip=source_ip
+            )
+            exc.headers.update(headers)
+            return exc
+        except NotFoundError:
+            pass
+        missing = NotFoundError("unknown_model")
+        missing.headers.update(
+            self.gatekeeper.refuse(
+                credentials, model=model_name, request_id=request_id, source_ip=source_ip
+            )
+        )
+        return missing
 
     def _predict(
         self,

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from security.extraction.detectors import DetectorState, ExtractionDetector, Verdict
     from security.extraction.monitor import (
         EXTRACTION_ACTIONS,
+        UNMONITORED_EVENT,
         AuditSink,
         ExtractionMonitor,
         MonitorOutcome,
@@ -72,6 +73,7 @@ _LAZY: dict[str, str] = {
     "ExtractionDetector": "security.extraction.detectors",
     "Verdict": "security.extraction.detectors",
     "EXTRACTION_ACTIONS": "security.extraction.monitor",
+    "UNMONITORED_EVENT": "security.extraction.monitor",
     "AuditSink": "security.extraction.monitor",
     "ExtractionMonitor": "security.extraction.monitor",
     "MonitorOutcome": "security.extraction.monitor",
@@ -83,6 +85,7 @@ __all__ = [
     "EXTRACTION_ACTIONS",
     "MESSAGE_VERSION",
     "PACKED_VERSION",
+    "UNMONITORED_EVENT",
     "AuditSink",
     "DetectorState",
     "ExtractionDetector",

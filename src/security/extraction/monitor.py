@@ -3,6 +3,9 @@
 It keeps a bounded ``DetectorState`` per principal and model in DynamoDB (item
 ``mon#<principal>#<model>``) and flags or suspends the principal when a detector fires
 (``Settings.extraction_action``), writing an audit record (``flag_audit_sink``) and a metric.
+A message for a model with no reference (none shipped, or it failed to load at init) is
+acknowledged with an ``unmonitored`` audit record and an ``UnmonitoredQueries`` metric: never
+retried until it lands in the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from security.extraction.message import QueryMessage
 from security.extraction.reference import MonitorReference
 
 EXTRACTION_ACTIONS = ("flag", "suspend")
+#: The audit event of a message the monitor could not apply: its model has no reference.
+UNMONITORED_EVENT = "unmonitored"
 
 
 class MonitorStateStore(Protocol):
@@ -63,6 +68,8 @@ class MonitorOutcome:
     rows_seen: int
     duplicate: bool
     verdict: Verdict | None
+    # The model has no reference: the message was acknowledged and audited, not applied.
+    unmonitored: bool = False
 
 
 class ExtractionMonitor:
@@ -77,11 +84,14 @@ class ExtractionMonitor:
         audit: AuditSink,
         clock: Callable[[], float] = time.time,
         action_for: Callable[[str], str] | None = None,
+        unavailable: Mapping[str, str] | None = None,
     ) -> None:
         """Wire the store, the per-model references, the action and the audit sink.
 
         ``action_for(model)``, when given, is asked for the action at each detection (the
         runtime document of ``security.runtime_config``; ``action`` is its deploy-time default).
+        ``unavailable`` names the models whose reference failed to load, with the reason (for
+        the audit record of their messages).
 
         Raises:
             ValueError: the action is not ``flag`` or ``suspend``.
@@ -94,6 +104,7 @@ class ExtractionMonitor:
         self._action_for = action_for
         self._audit = audit
         self._clock = clock
+        self._unavailable = dict(unavailable or {})
 
     def process(self, message: QueryMessage) -> MonitorOutcome:
         """Apply one message; raise (so the record is retried) if the state write conflicts.
@@ -102,11 +113,10 @@ class ExtractionMonitor:
             StoreUnavailableError: the store failed (the record is retried).
             RuntimeConfigUnavailableError: a detection fired and the runtime document is
                 malformed or unreadable (the record is retried).
-            ValueError: the message names a model with no reference (a poison message).
         """
         detector = self._detectors.get(message.model)
         if detector is None:
-            raise ValueError("no monitor reference for the message's model")
+            return self._unmonitored(message)
         blob, version = self._store.load_monitor_state(message.principal_id, message.model)
         state = DetectorState.from_bytes(blob) if blob else DetectorState()
         token = f"{message.request_id}/{message.part}"
@@ -158,6 +168,23 @@ class ExtractionMonitor:
         )
         return MonitorOutcome(message.principal_id, message.model, state.rows_seen, False, verdict)
 
+    def _unmonitored(self, message: QueryMessage) -> MonitorOutcome:
+        # Retrying cannot give the model a reference: acknowledge, audit and count the gap.
+        cause = self._unavailable.get(message.model, "no_reference")
+        self._audit(
+            {
+                "event": UNMONITORED_EVENT,
+                "principal_id": message.principal_id,
+                "model": message.model[:64],
+                "request_id": message.request_id,
+                "decision": "skip",
+                "reason": "no_monitor_reference",
+                "rows": len(message.rows),
+                "flags": [f"detail:{cause}"],
+            }
+        )
+        return MonitorOutcome(message.principal_id, message.model, 0, False, None, True)
+
     @staticmethod
     def _refused(state: DetectorState) -> Verdict:
         fires = observe_request(state, refused=True)
@@ -172,16 +199,23 @@ class ExtractionMonitor:
 
 
 def flag_audit_sink(audit_log: AuditLog, *, service: str) -> AuditSink:
-    """An audit sink writing each flag as one audit record with an ``ExtractionFlags`` metric."""
+    """An audit sink writing each monitor record as one audit line with its metric: a flag with
+    ``ExtractionFlags``, an unmonitored message with ``UnmonitoredQueries``."""
 
     def emit(record: Mapping[str, Any]) -> None:
         metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=service)
-        metrics.add_dimension(name="decision", value=str(record["decision"]))
-        metrics.add_dimension(name="model", value=str(record["model"]))
-        # Alarms count flags and suspensions over every model (a model per alarm would miss
-        # the models operators add).
-        metrics.add_dimensions(decision=str(record["decision"]), service=service)
-        metrics.add_metric(name="ExtractionFlags", unit=MetricUnit.Count, value=1)
+        if record.get("event") == UNMONITORED_EVENT:
+            metrics.add_dimension(name="model", value=str(record["model"]))
+            # The alarm counts them over every model.
+            metrics.add_dimensions(service=service)
+            metrics.add_metric(name="UnmonitoredQueries", unit=MetricUnit.Count, value=1)
+        else:
+            metrics.add_dimension(name="decision", value=str(record["decision"]))
+            metrics.add_dimension(name="model", value=str(record["model"]))
+            # Alarms count flags and suspensions over every model (a model per alarm would miss
+            # the models operators add).
+            metrics.add_dimensions(decision=str(record["decision"]), service=service)
+            metrics.add_metric(name="ExtractionFlags", unit=MetricUnit.Count, value=1)
         audit_log.logger.set_correlation_id(str(record["request_id"]))
         audit_log.logger.info(
             AUDIT_MESSAGE,

@@ -119,25 +119,56 @@ class MonitorReference:
         return result
 
 
-def load_monitor_references(model_dir: str | Path) -> dict[str, MonitorReference]:
+def load_monitor_references(
+    model_dir: str | Path, *, unavailable: dict[str, ModelIntegrityError] | None = None
+) -> dict[str, MonitorReference]:
     """The monitor reference of every model in ``model_dir`` that ships a defences.json.
 
-    Raises:
-        ModelIntegrityError: a defences.json is malformed or calibrated for another version of
-            its model than the manifest beside it.
-    """
-    from security.defences import DEFENCES_FILE, load_defences
+    With ``unavailable``, each model directory is loaded on its own: one without a reference
+    (no defences.json, ``defences_missing``) or whose reference fails (below) is recorded there
+    and left out, and the others are loaded (the monitor acknowledges and audits that model's
+    messages instead of failing them all).
 
+    Raises:
+        ModelIntegrityError: (without ``unavailable``) a defences.json is malformed or
+            calibrated for another version of its model than the manifest beside it.
+    """
+    from security.defences import DEFENCES_FILE
+
+    root = Path(model_dir)
     references: dict[str, MonitorReference] = {}
-    for path in sorted(Path(model_dir).glob(f"*/{DEFENCES_FILE}")):
-        name = path.parent.name
-        defences = load_defences(path)
+    directories = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for directory in directories:
+        name, path = directory.name, directory / DEFENCES_FILE
         try:
-            manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
-            version = str(manifest["version"])
-            references[name] = MonitorReference.from_dict(name, defences.monitor)
-        except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise ModelIntegrityError("defences_malformed", detail=f"model={name}") from exc
-        if defences.squeeze.model_version != version:
-            raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
+            if not path.is_file():
+                if unavailable is None:
+                    continue
+                raise ModelIntegrityError("defences_missing", detail=f"model={name}")
+            references[name] = load_monitor_reference(path, name)
+        except ModelIntegrityError as exc:
+            if unavailable is None:
+                raise
+            unavailable[name] = exc
     return references
+
+
+def load_monitor_reference(path: Path, name: str) -> MonitorReference:
+    """The monitor reference in one model's defences.json, checked against its manifest.
+
+    Raises:
+        ModelIntegrityError: the file or its ``monitor`` section is malformed, or it was
+            calibrated for another version of the model than the manifest beside it.
+    """
+    from security.defences import load_defences
+
+    defences = load_defences(path)
+    try:
+        manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
+        version = str(manifest["version"])
+        reference = MonitorReference.from_dict(name, defences.monitor)
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ModelIntegrityError("defences_malformed", detail=f"model={name}") from exc
+    if defences.squeeze.model_version != version:
+        raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
+    return reference
