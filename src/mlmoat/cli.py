@@ -13,23 +13,21 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "local": ("mlmoat.local.cli", "run locally with no AWS account and no Docker"),
     "keys": ("mlmoat.keys_cli", "create, list, show, revoke, rotate API keys; usage"),
     "config": ("mlmoat.config_cli", "get, set, unset the runtime defences (squeeze, extraction)"),
-    "models": ("mlmoat.models_cli", "import a fitted model and its data; list, show, remove"),
+    "models": (
+        "mlmoat.models_cli",
+        "import a fitted model and its data; check, list, show, remove",
+    ),
     "train": ("mlmoat.train", "train the models and export ONNX artifacts with manifests"),
     "openapi": ("mlmoat.openapi", "print the API's OpenAPI document"),
     "audit": ("mlmoat.audit_cli", "summarise audit records per principal"),
     "redteam": ("mlmoat.redteam.cli", "run the attacks through the real stack and write a report"),
     "bench": ("mlmoat.bench.cli", "benchmark mlmoat against the seed's recipe"),
 }
-#: Sub-commands of a command group with a module of their own: (group, sub-command) -> module.
-_SUBCOMMANDS: dict[tuple[str, str], tuple[str, str]] = {
-    ("models", "check"): ("mlmoat.models_check", "verify every model directory before it ships"),
-}
 
 
 def _usage() -> str:
     lines = ["usage: mlmoat COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in _COMMANDS.items()]
-    lines += [f"  {' '.join(name):<10} {help_}" for name, (_, help_) in _SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -40,9 +38,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    sub = _SUBCOMMANDS.get((command, rest[0])) if rest else None
-    if sub is not None:
-        return int(importlib.import_module(sub[0]).main(rest[1:]))
     if command not in _COMMANDS:
         print(f"mlmoat: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ build can afford and a cold start cannot:
 - ``defences.json`` is present (whatever the squeeze policy: a build ships every defence), its
   squeezing and smoothing sections are for this model version (``security.defences``,
   ``security.smoothing``), and its monitor reference loads (``security.extraction``);
-- parity: if the manifest records a held-out sample (section ``parity``: ``rows``,
+- parity: if the manifest records a parity sample (section ``parity``: ``rows``,
   ``probabilities``, optional ``atol``, default 1e-5), the served graph reproduces it (same
   labels, probabilities within ``atol``). A manifest without one is reported, not failed.
 
@@ -35,7 +35,7 @@ from security.smoothing import load_smoothing
 
 _REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 _DEFAULT_ATOL = 1e-5
-NO_PARITY = "no held-out sample recorded: parity not checked"
+NO_PARITY = "no parity sample recorded: parity not checked"
 
 
 def _check_defences(directory: Path, model: ServedModel) -> None:
@@ -52,7 +52,7 @@ def _check_defences(directory: Path, model: ServedModel) -> None:
 
 
 def check_parity(model: ServedModel) -> str:
-    """Compare the served graph with the manifest's recorded held-out sample, if any.
+    """Compare the served graph with the manifest's recorded parity sample, if any.
 
     Returns what was checked (``NO_PARITY`` when nothing is recorded).
 
@@ -82,7 +82,7 @@ def check_parity(model: ServedModel) -> str:
         raise ModelIntegrityError(
             "parity_mismatch", detail=f"{name}: max |p - recorded| = {worst:.3g} > {atol:g}"
         )
-    return f"parity on {rows.shape[0]} held-out rows within {atol:g}"
+    return f"parity on {rows.shape[0]} recorded rows within {atol:g}"
 
 
 def check_directory(directory: Path) -> str:

@@ -1,10 +1,11 @@
-"""``mlmoat models import|list|show|remove``: the served models under ``models/``.
+"""``mlmoat models import|check|list|show|remove``: the served models under ``models/``.
 
 ``import NAME`` turns a user's fitted classifier (or ONNX file) and its CSV into
 ``models/NAME/`` (``mlmoat.models_import``): the next ``make build`` / ``make local`` /
 ``sam deploy`` serves it at ``/models/NAME/predict`` with squeezing, smoothing and the
 extraction monitor calibrated on the user's data. Nothing is written unless the converted graph
-agrees with the estimator on every held-out row. ``list`` and ``show`` read what is there;
+agrees with the estimator on every held-out row. ``check`` verifies every model directory
+(``mlmoat.models_check``; ``make build`` runs it); ``list`` and ``show`` read what is there;
 ``remove`` deletes a model's directory.
 """
 
@@ -62,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--description", default="", help="one line for the manifest")
     imp.add_argument("--model-dir", type=Path, default=_REPO_MODELS, help="default: models/")
     imp.add_argument("--force", action="store_true", help="replace an existing models/NAME/")
+    sub.add_parser(
+        "check",
+        help="verify every model directory (hash, graph, defences, monitor, parity)",
+        add_help=False,
+    )
     for name, help_ in (("list", "list the models"), ("show", "show one model")):
         p = sub.add_parser(name, help=help_)
         if name == "show":
@@ -267,6 +273,10 @@ def main(argv: list[str]) -> int:
     """Run ``mlmoat models``."""
     from mlmoat.models_import import ImportRefused
 
+    if argv[:1] == ["check"]:
+        from mlmoat.models_check import main as check
+
+        return check(argv[1:])
     args = _parser().parse_args(argv)
     if args.action == "import":
         try:

@@ -336,6 +336,6 @@ def parity_sample(
     return {
         "rows": [[float(f"{v:.9g}") for v in row] for row in rows.tolist()],
         "probabilities": [[round(float(p), 9) for p in row] for row in np.asarray(reference)],
-        "tolerance": PARITY_TOLERANCE,
+        "atol": PARITY_TOLERANCE,
         "reference": "estimator" if estimator is not None else "onnx",
     }

@@ -104,6 +104,14 @@ def test_a_skops_pipeline_becomes_a_served_model_that_answers_as_the_estimator(
     estimator = sio.load(workdir / "pipeline.skops")
     rows = np.asarray(manifest["parity"]["rows"])
     assert np.abs(served.predict_proba(rows) - estimator.predict_proba(rows)).max() <= 1e-5
+    # and mlmoat models check verifies the artifact against that sample
+    capsys.readouterr()
+    assert main(["check", "--model-dir", str(tmp_path)]) == 0
+    assert "parity on 32 recorded rows within 1e-05" in capsys.readouterr().out
+    # a graph whose bytes changed fails the check (and would be refused at init)
+    onnx_file = directory / "model.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-8] + b"\x00" * 8)
+    assert main(["check", "--model-dir", str(tmp_path)]) == 1
 
 
 def test_the_same_inputs_give_the_same_bytes(workdir: Path, tmp_path: Path) -> None:

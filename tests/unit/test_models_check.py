@@ -41,7 +41,7 @@ def test_the_shipped_models_pass(capsys: pytest.CaptureFixture[str]) -> None:
     code, lines = _run(MODELS, capsys)
     assert code == 0
     assert sorted(lines) == ["breast-cancer", "breast-cancer-forest", "iris"]
-    # no manifest records a held-out sample yet: said, and not a failure
+    # the shipped manifests record no parity sample: said, and not a failure
     assert all(line.split()[1] == "ok" and NO_PARITY in line for line in lines.values())
 
 
@@ -94,7 +94,7 @@ def _record_parity(model_dir: Path, name: str, shift: float = 0.0) -> None:
 def test_a_recorded_held_out_sample_is_checked(model_copy: Path) -> None:
     _record_parity(model_copy, "iris")
     passed, what = check_models(model_copy)["iris"]
-    assert passed and what == "parity on 8 held-out rows within 1e-05"
+    assert passed and what == "parity on 8 recorded rows within 1e-05"
 
 
 def test_a_graph_that_does_not_reproduce_its_recorded_sample_fails(
