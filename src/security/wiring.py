@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -264,20 +265,29 @@ def _needs_ssm(settings: Settings) -> bool:
     return settings.jwt_enabled or settings.runtime_config_parameter is not None
 
 
-def _gatekeeper(settings: Settings, store: PrincipalStore) -> Gatekeeper:
+def _gatekeeper(
+    settings: Settings, store: PrincipalStore, clock: Callable[[], float]
+) -> Gatekeeper:
     from security.limits import Gatekeeper
 
-    return Gatekeeper(store=store, settings=settings)
+    return Gatekeeper(store=store, settings=settings, clock=clock)
 
 
 def build_predict_app(
-    settings: Settings, clients: Clients, *, audit: AuditLog | None = None, docs: bool = False
+    settings: Settings,
+    clients: Clients,
+    *,
+    audit: AuditLog | None = None,
+    docs: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The prediction app from settings and clients.
 
     Loads and verifies every model under ``settings.model_dir``, builds their request schemas,
     the squeezing defence, the authenticator, the gatekeeper over ``PrincipalStore`` and the
-    extraction queue sink when a queue is configured.
+    extraction queue sink when a queue is configured. ``clock`` is the gatekeeper's and the
+    sink's time (the functions use the default; ``mlmoat bench --capacity`` replays simulated
+    seconds through it).
 
     Raises:
         ModelIntegrityError: an artifact or its defences file does not match its manifest.
@@ -292,7 +302,7 @@ def build_predict_app(
     install_log_redaction()
     registry = ModelRegistry.load(settings.model_dir)
     sink = (
-        QuerySink(client=clients.sqs, queue_url=settings.extraction_queue_url)
+        QuerySink(client=clients.sqs, queue_url=settings.extraction_queue_url, clock=clock)
         if settings.extraction_queue_url and clients.sqs is not None
         else None
     )
@@ -313,7 +323,7 @@ def build_predict_app(
         registry=registry,
         schemas=schemas_for(registry, registry.names, margin=settings.envelope_margin),
         authenticator=_authenticator(settings, clients.ssm),
-        gatekeeper=_gatekeeper(settings, _store(settings, clients.dynamodb)),
+        gatekeeper=_gatekeeper(settings, _store(settings, clients.dynamodb), clock),
         audit=audit or AuditLog(service=settings.service_name),
         squeezer=squeezer,
         query_sink=sink,
