@@ -83,12 +83,14 @@ class Scenario:
 
 @dataclass(frozen=True, slots=True)
 class CounterItem:
-    """A key's item at the end of a scenario: its size and its idempotency digests."""
+    """A key's item at the end of a scenario: its size, its idempotency digests and the names of
+    its rate-window (``rw_``) and bucket (``rq_``) attributes."""
 
     pk: str
     size: int
     digests: int
     digest_bytes: int
+    window_attrs: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +376,7 @@ class CapacityReplay:
 
     def _counter_item(self, table: str, pk: str) -> CounterItem:
         from mlmoat.bench.itemsize import item_size
-        from security.store import REQUEST_ATTR_PREFIX
+        from security.store import RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX
 
         item = self._plain.get_item(TableName=table, Key={"pk": {"S": pk}}, ConsistentRead=True)
         found = item.get("Item") or {}
@@ -389,4 +391,11 @@ class CapacityReplay:
             size=item_size(found),
             digests=len(members),
             digest_bytes=sum(utf8_len(member) for member in members),
+            window_attrs=tuple(
+                sorted(
+                    name
+                    for name in found
+                    if name.startswith((RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX))
+                )
+            ),
         )
