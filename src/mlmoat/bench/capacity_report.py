@@ -318,7 +318,8 @@ def render_capacity(report: dict[str, Any]) -> str:
             f"| {_n(mr['units_per_second'], 0)} ({mr['share_of_limit']:.0%}) "
             f"| {_n(row['table']['write_units_per_second'], 0)} "
             f"| {_n(row['table']['read_units_per_second'], 0)} "
-            f"| {item['bytes'] / KB:,.1f} KB, {item['digests']:,} digests "
+            f"| {item['bytes'] / KB:,.1f} KB, {item['digests']:,} "
+            f"digest{'' if item['digests'] == 1 else 's'} "
             f"| {len(row['violations'])} |"
         )
     lines += _render_steady(report)
