@@ -261,14 +261,15 @@ class CapacityMeter:
         charged = error is None or any(failed)
         unprocessed = self._unprocessed(parsed) if operation == "BatchWriteItem" else []
         message = str(parsed.get("Error", {}).get("Message", ""))
+        oversized: list[tuple[str, str, int | None, str]] = []
+        if error is not None and _TOO_LARGE in message and pending:
+            oversized.append((pending[0].table, pending[0].pk, None, message))  # the server's
         for index, target in enumerate(pending):
             if any(target.table == t and target.key == k for t, k in unprocessed):
                 continue
             after = item_size(self._current(target.table, target.key))
-            if error is not None and _TOO_LARGE in message:
-                self._violation(operation, target.table, target.pk, None, message)
             if after > ITEM_LIMIT_BYTES:
-                self._violation(operation, target.table, target.pk, after, "item over 400 KB")
+                oversized.append((target.table, target.pk, after, "item over 400 KB"))
             units = (
                 float(write_units(target.before, after, transactional=target.transactional))
                 if charged
@@ -286,6 +287,8 @@ class CapacityMeter:
                 failed[index],
                 error,
             )
+        for table, pk, size, detail in oversized:  # after the records (strict raises here)
+            self._violation(operation, table, pk, size, detail)
 
     @staticmethod
     def _failed_conditions(
