@@ -183,6 +183,14 @@ bench: $(VENV)/.stamp $(SAM_VENV)/.stamp build
 	mkdir -p build
 	$(BIN)/mlmoat bench --no-build --json build/bench.json $(BENCH_ARGS)
 
+# DynamoDB capacity per prediction at simulated rates (docs/performance.md, "Capacity model"):
+# real predictions and the monitor against an embedded moto server, no build needed.
+CAPACITY_ARGS ?=
+.PHONY: capacity
+capacity: $(VENV)/.stamp
+	mkdir -p build
+	$(BIN)/mlmoat bench --capacity --json build/capacity.json $(CAPACITY_ARGS)
+
 # Multi-instance load test: start-api instances sharing one local DynamoDB, API keys and JWT
 # subjects with small budgets/rate limits; non-zero exit unless every limit, budget, audit
 # record and counter is exact and there is no 5xx (docs/faults.md). Report: reports/load.json.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -265,14 +266,21 @@ def _needs_ssm(settings: Settings) -> bool:
     return settings.jwt_enabled or settings.runtime_config_parameter is not None
 
 
-def _gatekeeper(settings: Settings, store: PrincipalStore) -> Gatekeeper:
+def _gatekeeper(
+    settings: Settings, store: PrincipalStore, clock: Callable[[], float]
+) -> Gatekeeper:
     from security.limits import Gatekeeper
 
-    return Gatekeeper(store=store, settings=settings)
+    return Gatekeeper(store=store, settings=settings, clock=clock)
 
 
 def build_predict_app(
-    settings: Settings, clients: Clients, *, audit: AuditLog | None = None, docs: bool = False
+    settings: Settings,
+    clients: Clients,
+    *,
+    audit: AuditLog | None = None,
+    docs: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The prediction app from settings and clients.
 
@@ -280,7 +288,9 @@ def build_predict_app(
     that fails is not served (503 ``model_unavailable``, one ``model_unavailable`` log line at
     init) and the others are. Builds the served models' request schemas, the squeezing and
     smoothing defences, the authenticator, the gatekeeper over ``PrincipalStore`` and the
-    extraction queue sink when a queue is configured.
+    extraction queue sink when a queue is configured. ``clock`` is the gatekeeper's and the
+    sink's time (the functions use the default; ``mlmoat bench --capacity`` replays simulated
+    seconds through it).
 
     Raises:
         ModelIntegrityError: ``docs`` (the OpenAPI tooling) and a model is unavailable.
@@ -296,7 +306,7 @@ def build_predict_app(
     audit = audit or AuditLog(service=settings.service_name)
     registry = ModelRegistry.load(settings.model_dir, expected=(settings.default_model,))
     sink = (
-        QuerySink(client=clients.sqs, queue_url=settings.extraction_queue_url)
+        QuerySink(client=clients.sqs, queue_url=settings.extraction_queue_url, clock=clock)
         if settings.extraction_queue_url and clients.sqs is not None
         else None
     )
@@ -326,7 +336,7 @@ def build_predict_app(
         registry=registry,
         schemas=schemas_for(registry, registry.names, margin=settings.envelope_margin),
         authenticator=_authenticator(settings, clients.ssm),
-        gatekeeper=_gatekeeper(settings, _store(settings, clients.dynamodb)),
+        gatekeeper=_gatekeeper(settings, _store(settings, clients.dynamodb), clock),
         audit=audit,
         squeezer=squeezer,
         query_sink=sink,

@@ -1,6 +1,8 @@
 """``mlmoat bench``: mlmoat against the seed's recipe, side by side, alternating, with medians.
 
-Usage: ``mlmoat bench [--quick] [--repeat N] [--json FILE] [--no-build]``.
+Usage: ``mlmoat bench [--quick] [--repeat N] [--json FILE] [--no-build]``, or
+``mlmoat bench --capacity [--quick] [--json FILE]`` for the DynamoDB capacity table
+(``mlmoat.bench.capacity_report``: no build, no CPython 3.13, an embedded moto server).
 
 Each repetition starts one fresh function process per stack (the baseline first on even
 repetitions, mlmoat first on odd ones), measures its cold start, then runs it warm; the table
@@ -33,7 +35,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="also write the full report as JSON here")
     parser.add_argument("--no-build", action="store_true", help="use the existing sam build output")
     parser.add_argument("--profile", type=Path, help="cProfile one extra mlmoat warm phase here")
+    parser.add_argument(
+        "--capacity",
+        action="store_true",
+        help="the DynamoDB capacity table instead (replays at simulated rates; needs no build)",
+    )
     args = parser.parse_args(argv)
+    if args.capacity:
+        if args.repeat is not None or args.no_build or args.profile is not None:
+            parser.error("--capacity takes only --quick and --json")
+        return _capacity(quick=args.quick, json_path=args.json)
     plan = (
         Plan(repeat=2, warm=60, batch=5, no_bytecode_repeat=1)
         if args.quick
@@ -48,4 +59,15 @@ def main(argv: list[str]) -> int:
     print(render(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+def _capacity(*, quick: bool, json_path: Path | None) -> int:
+    from mlmoat.bench.capacity_report import render_capacity, run_capacity
+
+    report = run_capacity(_repo_root(Path.cwd()), quick=quick)
+    print(render_capacity(report))
+    if json_path is not None:
+        payload = {"capacity": report}
+        json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
     return 0

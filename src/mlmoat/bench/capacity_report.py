@@ -1,0 +1,361 @@
+"""``mlmoat bench --capacity``: DynamoDB capacity per prediction, from replays at simulated rates.
+
+One key at 1, 10, 100, 1,000 and 10,000 requests per simulated second, and 10,000 keys at one
+request per second each (``mlmoat.bench.replay``), each metered by ``CapacityMeter`` against an
+embedded moto server. Every scenario simulates up to ``WINDOW_SECONDS`` but sends at most
+``FULL_REQUESTS`` real requests (``QUICK_REQUESTS`` with ``--quick``): the fast scenarios
+simulate a shorter window, which the table states. Figures per allowed prediction are split
+into the key's item ("counter"), the monitor's items (``mon#...``) and everything ("total");
+the hottest item's units per second are set against the partition limits.
+
+The projection table extends what was measured with the model alone: the counter item holds
+the digests of the live 30 s idempotency buckets (between 30 and 60 seconds of requests), so
+its steady-state size, write units and the share of writes over 400 KB follow from the
+measured bytes per digest and the rest of the item. The monitor's state is bounded: the largest
+monitor item of the run stands for its plateau.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlmoat.bench.capacity import CallRecord
+from mlmoat.bench.itemsize import (
+    ITEM_LIMIT_BYTES,
+    KB,
+    PARTITION_READ_UNITS_PER_SECOND,
+    PARTITION_WRITE_UNITS_PER_SECOND,
+    read_units,
+    write_units,
+)
+from mlmoat.bench.replay import CapacityReplay, CounterItem, Scenario, ScenarioResult
+from mlmoat.bench.rollup import peak
+
+RATES = (1, 10, 100, 1_000, 10_000)
+MANY_KEYS = 10_000
+WINDOW_SECONDS = 60.0
+FULL_REQUESTS = 2_000
+QUICK_REQUESTS = 50
+MONITOR_PREFIX = "mon#"
+#: The idempotency buckets a counter item holds: the current one and the previous one.
+BUCKET_SECONDS = 30
+
+
+def plan(*, quick: bool) -> list[Scenario]:
+    """The scenarios, each capped at the run's request budget."""
+    cap = QUICK_REQUESTS if quick else FULL_REQUESTS
+    scenarios = [
+        Scenario(f"1 key x {rate:,}/s", 1, float(rate), min(WINDOW_SECONDS, cap / rate))
+        for rate in RATES
+    ]
+    scenarios.append(
+        Scenario(f"{MANY_KEYS:,} keys x 1/s", MANY_KEYS, 1.0, min(WINDOW_SECONDS, cap / MANY_KEYS))
+    )
+    return scenarios
+
+
+def _selectors(result: ScenarioResult) -> dict[str, Callable[[str], bool]]:
+    return {
+        "counter": lambda pk: pk in result.key_pks,
+        "monitor": lambda pk: pk.startswith(MONITOR_PREFIX),
+        "total": lambda pk: True,
+    }
+
+
+def _part(result: ScenarioResult, select: Callable[[str], bool]) -> dict[str, Any]:
+    allowed = max(1, result.allowed)
+    records: list[CallRecord] = [r for r in result.records if select(r.pk)]
+    writes = [r for r in records if r.is_write]
+    scenario = result.scenario
+    # In a sub-second window each key's share of the requests stands for its own rate.
+    per_key = scenario.requests / min(scenario.keys, scenario.requests)
+    span = per_key / scenario.rate_per_key
+    hot_w, hot_r = (
+        peak(records, start=result.start, end=result.end, kind=kind, select=select, span=span)
+        for kind in ("write", "read")
+    )
+    return {
+        "write_units": sum(r.write_units for r in records) / allowed,
+        "read_units": sum(r.read_units for r in records) / allowed,
+        "bytes_written": sum(r.billed_bytes for r in writes) / allowed,
+        "writes": len(writes) / allowed,
+        "reads": (len(records) - len(writes)) / allowed,
+        "conditions_failed": sum(r.condition_failed for r in records),
+        "hottest_write": {"pk": hot_w.pk, "units_per_second": hot_w.units_per_second,
+                          "share_of_limit": hot_w.share},
+        "hottest_read": {"pk": hot_r.pk, "units_per_second": hot_r.units_per_second,
+                         "share_of_limit": hot_r.share},
+    }  # fmt: skip
+
+
+def counter_steady_state(
+    item: CounterItem, rate_per_key: float, *, cycles: int = 6
+) -> dict[str, Any] | None:
+    """The counter item at a steady ``rate_per_key``, by the model, from a measured item.
+
+    Bucket by bucket (30 s each): the item holds the previous bucket's digests and the current
+    one's; the first write of a bucket removes the one before the previous (and is billed on the
+    larger item before it); a write that would take the item over 400 KB is refused (a
+    ``ValidationException``: not charged, a 503 for the caller), so a full bucket leaves less
+    room for the next. Every other attribute keeps its measured size. Two buckets warm up, then
+    ``cycles`` buckets are counted. None when the item has no digest to measure.
+    """
+    if item.digests == 0:
+        return None
+    per_digest = item.digest_bytes / item.digests
+    base = item.size - item.digest_bytes
+    per_bucket = round(BUCKET_SECONDS * rate_per_key)
+    room = math.floor((ITEM_LIMIT_BYTES - base) / per_digest)
+    older = previous = 0
+    accepted_total = refused_total = 0
+    units_total = 0
+    most = 0
+    for bucket in range(2 + cycles):
+        accepted = max(0, min(per_bucket, room - previous))
+        units = 0
+        for j in range(1, accepted + 1):
+            after = math.ceil(base + (previous + j) * per_digest)
+            before = math.ceil(base + ((older + previous) if j == 1 else (previous + j - 1))
+                               * per_digest)  # fmt: skip
+            units += write_units(before, after)
+        if bucket >= 2:
+            accepted_total += accepted
+            refused_total += per_bucket - accepted
+            units_total += units
+            most = max(most, previous + accepted)
+        older, previous = previous, accepted
+    return {
+        "digests_held_max": most,
+        "bytes_per_digest": per_digest,
+        "other_bytes": base,
+        "max_item_bytes": math.ceil(base + most * per_digest),
+        "write_units_per_write": units_total / accepted_total if accepted_total else math.nan,
+        "refused_share": refused_total / (accepted_total + refused_total),
+        "item_write_units_per_second": units_total / (cycles * BUCKET_SECONDS),
+    }
+
+
+def _whole(pk: str) -> str:
+    return "table"
+
+
+def summarise(result: ScenarioResult) -> dict[str, Any]:
+    """One scenario's figures per allowed prediction, its peaks and its steady-state projection."""
+    parts = {name: _part(result, select) for name, select in _selectors(result).items()}
+    table_w, table_r = (
+        peak(result.records, start=result.start, end=result.end, kind=kind, group=_whole)
+        for kind in ("write", "read")
+    )
+    largest = max(result.counter_items, key=lambda item: item.size, default=None)
+    scenario = result.scenario
+    return {
+        "scenario": scenario.label,
+        "keys": scenario.keys,
+        "keys_sending": min(scenario.keys, scenario.requests),
+        "rate_per_key": scenario.rate_per_key,
+        "rate": scenario.rate,
+        "simulated_seconds": scenario.requests / scenario.rate,
+        "requests": scenario.requests,
+        "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
+        "allowed": result.allowed,
+        "monitor_failures": result.monitor_failures,
+        "violations": [
+            {"operation": v.operation, "pk": v.pk, "size": v.size, "detail": v.detail}
+            for v in result.violations
+        ],
+        **parts,
+        "table": {
+            "write_units_per_second": table_w.units_per_second,
+            "read_units_per_second": table_r.units_per_second,
+        },
+        "counter_item": None
+        if largest is None
+        else {"bytes": largest.size, "digests": largest.digests},
+        "steady_state": None
+        if largest is None
+        else counter_steady_state(largest, scenario.rate_per_key),
+        "wall_seconds": result.wall_seconds,
+    }
+
+
+def monitor_plateau(results: list[ScenarioResult]) -> dict[str, Any] | None:
+    """The largest monitor item of the run (its state is bounded: this stands for the plateau),
+    with what one message costs at that size."""
+    best: tuple[int, str, int] | None = None
+    for result in results:
+        counts: dict[str, int] = {}
+        for record in result.records:
+            if record.is_write and record.pk.startswith(MONITOR_PREFIX):
+                counts[record.pk] = counts.get(record.pk, 0) + 1
+                if best is None or record.size_after > best[0]:
+                    best = (record.size_after, record.pk, counts[record.pk])
+    if best is None:
+        return None
+    size, _, messages = best
+    return {
+        "bytes": size,
+        "after_messages": messages,
+        "write_units": write_units(size, size),
+        "read_units": read_units(size, consistent=True),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def run_capacity(
+    root: Path, *, quick: bool, endpoint: str | None = None, log: bool = True
+) -> dict[str, Any]:
+    """Run every scenario of ``plan`` (against ``endpoint``, or an embedded moto server)."""
+    from mlmoat.local.server import EmbeddedDynamoDB
+
+    def say(line: str) -> None:
+        if log:
+            print(line, file=sys.stderr, flush=True)
+
+    server = None if endpoint else EmbeddedDynamoDB(host="127.0.0.1").start()
+    try:
+        replay = CapacityReplay(root, endpoint or server.endpoint)  # type: ignore[union-attr]
+        results = []
+        for scenario in plan(quick=quick):
+            say(f"capacity: {scenario.label}, {scenario.requests} requests ...")
+            results.append(replay.run(scenario, log=say))
+    finally:
+        if server is not None:
+            server.stop()
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": _machine(),
+        "quick": quick,
+        "window_seconds": WINDOW_SECONDS,
+        "request_cap": QUICK_REQUESTS if quick else FULL_REQUESTS,
+        "limits": {
+            "item_bytes": ITEM_LIMIT_BYTES,
+            "item_write_units_per_second": PARTITION_WRITE_UNITS_PER_SECOND,
+            "item_read_units_per_second": PARTITION_READ_UNITS_PER_SECOND,
+        },
+        "scenarios": [summarise(result) for result in results],
+        "monitor_plateau": monitor_plateau(results),
+    }
+
+
+# ---------------------------------------------------------------------- rendering
+def _n(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _window(row: dict[str, Any]) -> str:
+    seconds = row["simulated_seconds"]
+    text = f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
+    if row["keys_sending"] < row["keys"]:
+        text += f" ({row['keys_sending']:,} keys send)"
+    return text
+
+
+def render_capacity(report: dict[str, Any]) -> str:
+    """The report as markdown: per prediction, hottest items, steady state."""
+    rows = report["scenarios"]
+    lines = [
+        f"Capacity model, {report['date']}: {report['machine']['cpu_model']}, "
+        f"{report['machine']['cores']} cores; at most {report['request_cap']:,} real requests "
+        f"per scenario over up to {report['window_seconds']:g} simulated s.",
+        "",
+        "Per allowed prediction (write units, read units, billed bytes written):",
+        "",
+        "| scenario | simulated | requests (200) | counter WCU | counter RCU | monitor WCU "
+        "| monitor RCU | total WCU | total RCU | bytes written: counter / monitor |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        c, m, t = row["counter"], row["monitor"], row["total"]
+        lines.append(
+            f"| {row['scenario']} | {_window(row)} | {row['requests']:,} ({row['allowed']:,}) "
+            f"| {_n(c['write_units'])} | {_n(c['read_units'])} | {_n(m['write_units'])} "
+            f"| {_n(m['read_units'])} | {_n(t['write_units'])} | {_n(t['read_units'])} "
+            f"| {_n(c['bytes_written'], 0)} / {_n(m['bytes_written'], 0)} |"
+        )
+    lines += [
+        "",
+        "Hottest item per simulated second against the partition limits "
+        f"({PARTITION_WRITE_UNITS_PER_SECOND:,} WCU/s, {PARTITION_READ_UNITS_PER_SECOND:,} RCU/s);"
+        " the whole table's units per second for scale:",
+        "",
+        "| scenario | counter item WCU/s | monitor item WCU/s | monitor item RCU/s "
+        "| table WCU/s | table RCU/s | counter item at end | items over 400 KB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        cw, mw = row["counter"]["hottest_write"], row["monitor"]["hottest_write"]
+        mr = row["monitor"]["hottest_read"]
+        item = row["counter_item"] or {"bytes": 0, "digests": 0}
+        lines.append(
+            f"| {row['scenario']} | {_n(cw['units_per_second'], 0)} ({cw['share_of_limit']:.0%}) "
+            f"| {_n(mw['units_per_second'], 0)} ({mw['share_of_limit']:.0%}) "
+            f"| {_n(mr['units_per_second'], 0)} ({mr['share_of_limit']:.0%}) "
+            f"| {_n(row['table']['write_units_per_second'], 0)} "
+            f"| {_n(row['table']['read_units_per_second'], 0)} "
+            f"| {item['bytes'] / KB:,.1f} KB, {item['digests']:,} "
+            f"digest{'' if item['digests'] == 1 else 's'} "
+            f"| {len(row['violations'])} |"
+        )
+    lines += _render_steady(report)
+    return "\n".join(lines)
+
+
+def _render_steady(report: dict[str, Any]) -> list[str]:
+    plateau = report["monitor_plateau"]
+    lines = [
+        "",
+        "Steady state by the model (a counter item holds 30-60 s of request digests; measured "
+        "bytes per digest and other attributes):",
+        "",
+        "| per-key rate | digests held (max) | max counter item | counter WCU/write "
+        "| writes refused (over 400 KB) | counter item WCU/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    seen: set[float] = set()
+    for row in report["scenarios"]:
+        steady = row["steady_state"]
+        if steady is None or row["rate_per_key"] in seen:
+            continue
+        seen.add(row["rate_per_key"])
+        lines.append(
+            f"| {row['rate_per_key']:,g}/s | {steady['digests_held_max']:,} "
+            f"| {steady['max_item_bytes'] / KB:,.1f} KB | {_n(steady['write_units_per_write'], 1)} "
+            f"| {steady['refused_share']:.0%} "
+            f"| {_n(steady['item_write_units_per_second'], 0)} "
+            f"({steady['item_write_units_per_second'] / PARTITION_WRITE_UNITS_PER_SECOND:.0%}) |"
+        )
+    if plateau is not None:
+        lines += [
+            "",
+            f"Monitor item: largest seen {plateau['bytes']:,} bytes (after "
+            f"{plateau['after_messages']:,} messages; its state is bounded), i.e. "
+            f"{plateau['write_units']} WCU + {plateau['read_units']:g} RCU per message "
+            "(one message per prediction).",
+        ]
+    return lines
