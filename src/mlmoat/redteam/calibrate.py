@@ -1,8 +1,11 @@
 """Calibrate each model's defences on held-out data and write ``models/<name>/defences.json``.
 
 Squeezing: the coarsest grid (fewest levels per feature) whose squeezed predictions keep
-held-out accuracy within ``MAX_ACCURACY_DROP`` of the raw model; the detection threshold is the
-``SQUEEZE_QUANTILE`` quantile of raw-vs-squeezed L1 scores on benign calibration traffic.
+held-out accuracy within ``MAX_ACCURACY_DROP`` of the raw model; the detection threshold is a
+quantile of raw-vs-squeezed L1 scores on benign calibration traffic: the lowest of
+``SQUEEZE_QUANTILES`` at which the ``refuse`` policy (squeezed answers, rows above the threshold
+refused and counted as wrong) still keeps held-out accuracy within ``MAX_ACCURACY_DROP``, so
+that refusing costs no more accuracy than the target allows (the last candidate otherwise).
 
 Smoothing (``security.smoothing``): the largest noise scale ``sigma`` (envelope-normalised units)
 whose smoothed predictions, and those of every smaller candidate, keep held-out accuracy within
@@ -36,7 +39,7 @@ from security.smoothing import Smoother, SmoothingConfig, serve
 
 LEVEL_CANDIDATES = (4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64)
 MAX_ACCURACY_DROP = 0.02
-SQUEEZE_QUANTILE = 0.97
+SQUEEZE_QUANTILES = (0.97, 0.98, 0.99, 0.995, 0.999)
 CALIBRATION_SEED = 7_000_000
 CALIBRATION_STREAMS = 6
 CALIBRATION_ROWS = 2000
@@ -166,13 +169,28 @@ def calibrate_squeeze(
     raw_p = case.predict_proba(calib)
     sq_p = case.predict_proba(config.squeeze(calib))
     scores = np.abs(raw_p - sq_p).sum(axis=1)
-    threshold = float(min(2.0, np.quantile(scores, SQUEEZE_QUANTILE) + 1e-6))
+    # Held-out rows as the refuse policy answers them: the squeezed label, unless refused.
+    raw_test = case.predict_proba(case.x_test)
+    sq_test = case.predict_proba(config.squeeze(case.x_test))
+    test_scores = np.abs(raw_test - sq_test).sum(axis=1)
+    squeezed_right = sq_test.argmax(axis=1) == y_test
+    refuse_accuracy: dict[str, float] = {}
+    quantile, threshold = SQUEEZE_QUANTILES[-1], 2.0
+    for candidate in SQUEEZE_QUANTILES:
+        cut = float(min(2.0, np.quantile(scores, candidate) + 1e-6))
+        refuse_accuracy[str(candidate)] = float((squeezed_right & (test_scores <= cut)).mean())
+        if refuse_accuracy[str(candidate)] >= raw_accuracy - MAX_ACCURACY_DROP:
+            quantile, threshold = candidate, cut
+            break
+    else:
+        threshold = float(min(2.0, np.quantile(scores, quantile) + 1e-6))
     config = SqueezeConfig(case.name, case.version, config.origin, config.step, threshold)
     info = {
         "levels": chosen,
         "raw_accuracy": raw_accuracy,
         "squeezed_accuracy_by_levels": {str(k): v for k, v in accuracies.items()},
-        "threshold_quantile": SQUEEZE_QUANTILE,
+        "threshold_quantile": quantile,
+        "refuse_accuracy_by_quantile": refuse_accuracy,
     }
     return config, info
 
