@@ -85,15 +85,23 @@ def check_parity(model: ServedModel) -> str:
     return f"parity on {rows.shape[0]} recorded rows within {atol:g}"
 
 
+_SETTING_KEYS = ("output_policy", "squeeze_policy", "envelope_margin", "max_rows")
+
+
 def check_directory(directory: Path) -> str:
     """Every check of one model directory; what was verified.
 
     Raises:
         ModelIntegrityError: the first check the model fails.
     """
+    from security.model_settings import read_settings
+
     model = ServedModel.from_directory(directory)
     _check_defences(directory, model)
-    return check_parity(model)
+    own = read_settings(directory)
+    parity = check_parity(model)
+    overrides = [f"{k}={v}" for k, v in own.to_dict(model.name).items() if k in _SETTING_KEYS]
+    return parity + (f"; settings: {', '.join(overrides)}" if overrides else "")
 
 
 def check_models(model_dir: str | Path) -> dict[str, tuple[bool, str]]:

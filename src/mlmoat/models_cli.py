@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--description", default="", help="one line for the manifest")
     imp.add_argument("--model-dir", type=Path, default=_REPO_MODELS, help="default: models/")
     imp.add_argument("--force", action="store_true", help="replace an existing models/NAME/")
+    _settings_options(imp)
     sub.add_parser(
         "check",
         help="verify every model directory (hash, graph, defences, monitor, parity)",
@@ -73,11 +74,67 @@ def _parser() -> argparse.ArgumentParser:
         if name == "show":
             p.add_argument("name")
         p.add_argument("--model-dir", type=Path, default=_REPO_MODELS)
+    st = sub.add_parser(
+        "set",
+        help="change a model's own settings (models/NAME/settings.json)",
+        description="Set or unset one model's output policy, squeeze policy, envelope margin or "
+        "row cap; the deployment's values apply to what is not set, and mlmoat config set "
+        "--model overrides both at run time.",
+    )
+    st.add_argument("name")
+    st.add_argument("--model-dir", type=Path, default=_REPO_MODELS)
+    _settings_options(st)
+    st.add_argument(
+        "--unset",
+        action="append",
+        default=[],
+        choices=("output_policy", "squeeze_policy", "envelope_margin", "max_rows"),
+        help="back to the deployment's value; repeatable",
+    )
     rm = sub.add_parser("remove", help="delete models/NAME/")
     rm.add_argument("name")
     rm.add_argument("--model-dir", type=Path, default=_REPO_MODELS)
     rm.add_argument("--yes", action="store_true", help="required: removing cannot be undone")
     return parser
+
+
+def _settings_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output-policy",
+        help="the most any caller sees of this model: label | probabilities:N[:topK][:minT]",
+    )
+    parser.add_argument("--squeeze-policy", choices=("off", "flag", "refuse"))
+    parser.add_argument(
+        "--envelope-margin", type=float, help="validation margin, fraction of each range (0-1)"
+    )
+    parser.add_argument("--max-rows", type=int, help="rows per request for this model")
+
+
+def _settings_from(args: argparse.Namespace, name: str, current: Any) -> Any:
+    """The model's settings after ``args`` (raises ``ModelIntegrityError`` when invalid)."""
+    from security.model_settings import FIELDS, parse_settings
+
+    document = current.to_dict(name)
+    for field in FIELDS:
+        value = getattr(args, field, None)
+        if value is not None:
+            document[field] = value
+    for field in getattr(args, "unset", []):
+        document.pop(field, None)
+    return parse_settings(document, name=name)
+
+
+def write_settings(directory: Path, settings: Any) -> Path | None:
+    """Write ``settings.json`` (removed when nothing is set); the path written, if any."""
+    from security.model_settings import SETTINGS_FILE
+
+    path = directory / SETTINGS_FILE
+    document = settings.to_dict(directory.name)
+    if len(document) == 2:  # schema_version and model only: nothing of the model's own
+        path.unlink(missing_ok=True)
+        return None
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
 
 
 def import_model(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,13 +143,19 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
     from mlmoat.redteam.calibrate import calibrate_case, write_defences
     from mlmoat.redteam.cases import ModelCase
     from mlmoat.train import ONNX_FILE, ONNX_OPSETS, _opsets_of, _round, manifest_bytes
+    from security.errors import ModelIntegrityError
     from security.model import MANIFEST_FILE, Manifest, ServedModel
+    from security.model_settings import ModelSettings
 
     if not mi_valid_name(args.name):
         raise mi.ImportRefused("the name must match [a-z0-9][a-z0-9-]{0,62}")
     target_dir = args.model_dir / args.name
     if target_dir.exists() and not args.force:
         raise mi.ImportRefused(f"{target_dir} exists: choose another name or add --force")
+    try:
+        own = _settings_from(args, args.name, ModelSettings())
+    except ModelIntegrityError as exc:
+        raise mi.ImportRefused(f"settings: {exc.detail}") from exc
     features = [f.strip() for f in args.features.split(",")] if args.features else None
     data = mi.read_csv(args.data, target=args.target, features=features)
     test = (
@@ -207,6 +270,7 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         (staged / ONNX_FILE).write_bytes(onnx_bytes)
         (staged / MANIFEST_FILE).write_bytes(manifest_bytes(manifest))
         write_defences(defences, Path(tmp))
+        write_settings(staged, own)
         if target_dir.exists():
             shutil.rmtree(target_dir)
         staged.rename(target_dir)
@@ -224,6 +288,7 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         "n_test": manifest["metrics"]["n_test"],
         "parity_rows": len(y_test) if estimator is not None else 0,
         "squeeze_levels": defences["calibration"]["squeeze"]["levels"],
+        "settings": own.to_dict(args.name),
         "smoothing": defences["smoothing"].get("enabled"),
     }
 
@@ -295,10 +360,33 @@ def main(argv: list[str]) -> int:
     if not mi_valid_name(args.name) or not (directory / "manifest.json").is_file():
         print(f"mlmoat models: no model {args.name!r} under {root}", file=sys.stderr)
         return 2
+    from security.errors import ModelIntegrityError
+    from security.model_settings import read_settings
+
+    try:
+        current = read_settings(directory)
+        if args.action == "set":
+            updated = _settings_from(args, args.name, current)
+    except ModelIntegrityError as exc:
+        print(f"mlmoat models: {exc.reason}: {exc.detail}", file=sys.stderr)
+        return 2
     if args.action == "show":
         manifest = json.loads((directory / "manifest.json").read_text())
         manifest.pop("parity", None)
-        print(json.dumps({**_summary(directory), "manifest": manifest}, indent=2, sort_keys=True))
+        shown = {
+            **_summary(directory),
+            "settings": current.to_dict(args.name),
+            "manifest": manifest,
+        }
+        print(json.dumps(shown, indent=2, sort_keys=True))
+        return 0
+    if args.action == "set":
+        path = write_settings(directory, updated)
+        print(
+            json.dumps(
+                {"model": args.name, "settings": updated.to_dict(args.name), "path": str(path)}
+            )
+        )
         return 0
     if not args.yes:
         print(f"mlmoat models remove: add --yes to delete {directory}", file=sys.stderr)

@@ -83,6 +83,20 @@ class OutputPolicy:
             and (self.min_confidence or 0.0) >= (other.min_confidence or 0.0)
         )
 
+    def meet(self, other: OutputPolicy) -> OutputPolicy:
+        """The most that reveals no more than either policy (fewer decimals, fewer classes, the
+        higher confidence threshold; ``label`` when either is)."""
+        if not (self.probabilities and other.probabilities):
+            return OutputPolicy(probabilities=False)
+        tops = [t for t in (self.top_k, other.top_k) if t is not None]
+        mins = [m for m in (self.min_confidence, other.min_confidence) if m is not None]
+        return OutputPolicy(
+            probabilities=True,
+            decimals=min(self.decimals, other.decimals),
+            top_k=min(tops) if tops else None,
+            min_confidence=max(mins) if mins else None,
+        )
+
     def __str__(self) -> str:
         if not self.probabilities:
             return "label"

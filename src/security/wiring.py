@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from security.auth import Authenticator
     from security.extraction import ExtractionMonitor
     from security.limits import Gatekeeper
+    from security.model_settings import ModelSettings
     from security.runtime_config import RuntimeConfigSource
     from security.settings import Settings
     from security.store import PrincipalStore
@@ -300,6 +301,7 @@ def build_predict_app(
     from security.defences import Squeezer
     from security.extraction import QuerySink
     from security.model import ModelRegistry
+    from security.model_settings import load_settings
     from security.smoothing import Smoother
 
     install_log_redaction()
@@ -313,11 +315,15 @@ def build_predict_app(
     runtime_config = runtime_config_source(settings, clients.ssm)
     served = [(model.name, model.version) for model in registry]
     failures: dict[str, ModelIntegrityError] = {}
+    model_settings = load_settings(settings.model_dir, registry.names, failures=failures)
+    policies = {settings.squeeze_policy} | {
+        s.squeeze_policy or "off" for s in model_settings.values()
+    }
     # With a runtime document the policy can change after init: the calibrations are loaded
     # even when the deploy-time policy is off (a model without one is then refused, 503).
     squeezer = (
         None
-        if settings.squeeze_policy == "off" and runtime_config is None
+        if policies == {"off"} and runtime_config is None
         else Squeezer.from_manifest(
             settings.model_dir, served, policy=settings.squeeze_policy, failures=failures
         )
@@ -334,7 +340,13 @@ def build_predict_app(
     return create_app(
         settings=settings,
         registry=registry,
-        schemas=schemas_for(registry, registry.names, margin=settings.envelope_margin),
+        schemas={
+            name: schema
+            for name in registry.names
+            for schema in schemas_for(
+                registry, [name], margin=_margin(settings, model_settings.get(name))
+            ).values()
+        },
         authenticator=_authenticator(settings, clients.ssm),
         gatekeeper=_gatekeeper(settings, _store(settings, clients.dynamodb), clock),
         audit=audit,
@@ -343,7 +355,14 @@ def build_predict_app(
         docs=docs,
         smoother=smoother,
         runtime_config=runtime_config,
+        model_settings=model_settings,
     )
+
+
+def _margin(settings: Settings, own: ModelSettings | None) -> float:
+    if own is None or own.envelope_margin is None:
+        return settings.envelope_margin
+    return own.envelope_margin
 
 
 def build_admin_app(

@@ -249,3 +249,44 @@ def test_bad_columns_are_refused_by_name(
     argv += extra if extra[0] == "--target" else ["--target", "segment", *extra]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_models_own_settings_are_set_at_import_and_changed_with_set(
+    workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given an import that sets the model's own output policy and row cap
+    extra = ("--output-policy", "label", "--max-rows", "10")
+    status = _import(
+        workdir, tmp_path, "own", "--estimator", str(workdir / "pipeline.skops"), *extra
+    )
+    assert status == 0
+    settings = tmp_path / "own" / "settings.json"
+    assert json.loads(settings.read_text()) == {
+        "schema_version": 1,
+        "model": "own",
+        "output_policy": "label",
+        "max_rows": 10,
+    }
+    capsys.readouterr()
+    # when the squeeze policy is set and the row cap unset
+    argv = ["set", "own", "--model-dir", str(tmp_path), "--squeeze-policy", "refuse"]
+    assert main([*argv, "--unset", "max_rows"]) == 0
+    capsys.readouterr()
+    assert json.loads(settings.read_text()) == {
+        "schema_version": 1,
+        "model": "own",
+        "output_policy": "label",
+        "squeeze_policy": "refuse",
+    }
+    # then show and check report them; an invalid value is refused and nothing changes
+    assert main(["show", "own", "--model-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["squeeze_policy"] == "refuse"
+    assert main(["check", "--model-dir", str(tmp_path)]) == 0
+    assert "settings: output_policy=label, squeeze_policy=refuse" in capsys.readouterr().out
+    assert main(["set", "own", "--model-dir", str(tmp_path), "--output-policy", "all"]) == 2
+    assert "output_policy is not an output policy" in capsys.readouterr().err
+    assert json.loads(settings.read_text())["output_policy"] == "label"
+    # unsetting everything removes the file: the deployment's values apply again
+    unset = ["--unset", "output_policy", "--unset", "squeeze_policy"]
+    assert main(["set", "own", "--model-dir", str(tmp_path), *unset]) == 0
+    assert not settings.exists()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from security.defences import Squeezer
     from security.extraction import QuerySink
     from security.limits import Gatekeeper
+    from security.model_settings import ModelSettings
     from security.runtime_config import RuntimeConfigSource
     from security.settings import Settings
     from security.smoothing import Smoother
@@ -55,6 +56,7 @@ def create_app(
     docs: bool = False,
     smoother: Smoother | None = None,
     runtime_config: RuntimeConfigSource | None = None,
+    model_settings: Mapping[str, ModelSettings] | None = None,
 ) -> FastAPI:
     """Build the prediction API around the security layer.
 
@@ -86,6 +88,7 @@ def create_app(
         query_sink=query_sink,
         smoother=smoother,
         runtime_config=runtime_config,
+        model_settings=model_settings,
     )
     app.include_router(predict_router(service, docs=docs))
 

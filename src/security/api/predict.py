@@ -32,10 +32,13 @@ from security.errors import (
     SecurityError,
 )
 from security.limits import NEVER_FITS
+from security.model_settings import ModelSettings
 from security.policy import OutputPolicy
 from security.sanitize import apply_output_policy
 from security.smoothing import Served, serve
 from security.validation import FeatureSchema, parse_prediction_request
+
+_NO_SETTINGS = ModelSettings()
 
 if TYPE_CHECKING:
     from security.auth import Authenticator, Credentials, Principal
@@ -116,8 +119,10 @@ class PredictService:
         query_sink: QuerySink | None,
         smoother: Smoother | None = None,
         runtime_config: RuntimeConfigSource | None = None,
+        model_settings: Mapping[str, ModelSettings] | None = None,
     ) -> None:
         self.settings = settings
+        self.model_settings = model_settings or {}
         self.smoother = smoother
         self.registry = registry
         self.schemas = schemas
@@ -153,6 +158,7 @@ class PredictService:
             raise self._not_served(credentials, model_name, request_id, source_ip)
         model = self.registry.get(model_name)
         event.model_version = model.version
+        own = self.model_settings.get(model_name, _NO_SETTINGS)
 
         body = await request.body()
         try:
@@ -161,7 +167,7 @@ class PredictService:
                 request.headers.get("content-type"),
                 schema,
                 max_body_bytes=self.settings.max_body_bytes,
-                max_rows=self.settings.max_rows,
+                max_rows=min(self.settings.max_rows, own.max_rows or self.settings.max_rows),
             )
         except InvalidPayloadError as exc:
             # A refused body costs one of the caller's refusals (no rows), and only real callers
@@ -203,7 +209,9 @@ class PredictService:
             )
             self._report_refusal(principal.principal_id, model_name, request_id, exc.reason)
             raise
-        policy = OutputPolicy.parse(principal.output_policy or self.settings.default_output_policy)
+        policy = own.narrowed(
+            OutputPolicy.parse(principal.output_policy or self.settings.default_output_policy)
+        )
         event.output_policy = str(policy)
         predictions = apply_output_policy(
             policy, model.classes, served.probabilities, served.labels
@@ -276,10 +284,14 @@ class PredictService:
             ModelIntegrityError: a runtime policy turns squeezing on for a deployment that
                 loaded no calibration.
         """
+        own = self.model_settings.get(model_name, _NO_SETTINGS).squeeze_policy
+        default = own or self.settings.squeeze_policy
         if self.runtime_config is None:
-            return self.squeezer
+            if self.squeezer is None or own is None:
+                return self.squeezer
+            return self.squeezer.with_policy(own)
         policy = self.runtime_config.current().value(
-            "squeeze_policy", model=model_name, default=self.settings.squeeze_policy
+            "squeeze_policy", model=model_name, default=default
         )
         if self.squeezer is None:
             if policy == "off":
