@@ -13,10 +13,13 @@ duplicate_key          400    an object repeats a key
 wrong_root_type        400    the document is not a JSON object
 unknown_field          422    a top-level field other than ``features`` / ``instances``
 missing_field          422    neither or both of ``features`` and ``instances``
-not_a_list             422    ``features`` / a row / ``instances`` is not an array
+not_a_list             422    ``features`` / a row is not an array or an object; ``instances`` is
+                              not an array
 empty_batch            422    ``instances`` is an empty array
 too_many_rows          413    more rows than ``settings.max_rows``
-wrong_feature_count    422    a row does not have exactly the model's feature count
+wrong_feature_count    422    a row (array) does not have exactly the model's feature count
+unknown_feature        422    a row (object) names a feature the model does not have
+missing_feature        422    a row (object) does not name every feature of the model
 not_a_number           422    a feature is a string, boolean, null, array or object
 non_finite_number      422    ``NaN`` / ``Infinity`` literals, or a number that overflows (1e309)
 outside_envelope       422    a feature lies outside the training envelope widened by the margin
@@ -71,10 +74,13 @@ RULE_MESSAGES: dict[str, str] = {
     "wrong_root_type": "The request body must be a JSON object.",
     "unknown_field": "The request body has a field this API does not accept.",
     "missing_field": "The request body must have exactly one of 'features' or 'instances'.",
-    "not_a_list": "'features' must be an array of numbers and 'instances' an array of such arrays.",
+    "not_a_list": "'features' must be an array of numbers (or an object of them by feature name) "
+    "and 'instances' an array of such rows.",
     "empty_batch": "'instances' must contain at least one row.",
     "too_many_rows": "The batch has more rows than this API accepts.",
     "wrong_feature_count": "Each row must have exactly the model's number of features.",
+    "unknown_feature": "A row names a feature this model does not have.",
+    "missing_feature": "A row given by name must name every feature of the model.",
     "not_a_number": "Every feature must be a JSON number (not a string, boolean or null).",
     "non_finite_number": "Every feature must be a finite number (no NaN, Infinity or overflow).",
     "outside_envelope": "A feature is outside the range this model accepts.",
@@ -163,11 +169,23 @@ class FeatureSchema:
     def json_schema(self) -> dict[str, Any]:
         """The request body as JSON Schema (for OpenAPI); the envelope itself is not published."""
         row: dict[str, Any] = {
-            "type": "array",
-            "items": {"type": "number"},
-            "minItems": self.n_features,
-            "maxItems": self.n_features,
-            "description": "Feature values in this order: " + ", ".join(self.feature_names),
+            "oneOf": [
+                {
+                    "type": "array",
+                    "items": {"type": "number"},
+                    "minItems": self.n_features,
+                    "maxItems": self.n_features,
+                    "description": "Feature values in this order: "
+                    + ", ".join(self.feature_names),
+                },
+                {
+                    "type": "object",
+                    "properties": {name: {"type": "number"} for name in self.feature_names},
+                    "required": list(self.feature_names),
+                    "additionalProperties": False,
+                    "description": "Feature values by name",
+                },
+            ]
         }
         return {
             "oneOf": [
@@ -289,10 +307,17 @@ def parse_json_body(body: bytes, *, max_body_bytes: int) -> Any:
         raise MalformedBodyError("malformed_body", detail=type(exc).__name__) from exc
 
 
-def _row(values: Any, width: int) -> list[Any]:
-    if not isinstance(values, list):
+def _row(values: Any, names: tuple[str, ...]) -> list[Any]:
+    # A row is positional (``[5.1, 3.5, ...]``) or by feature name (``{"sepal_length_cm": 5.1}``).
+    if isinstance(values, dict):
+        if set(values) - set(names):
+            raise InvalidPayloadError("unknown_feature")
+        if len(values) != len(names):
+            raise InvalidPayloadError("missing_feature")
+        values = [values[name] for name in names]
+    elif not isinstance(values, list):
         raise InvalidPayloadError("not_a_list")
-    if len(values) != width:
+    if len(values) != len(names):
         raise InvalidPayloadError("wrong_feature_count")
     # Exact types: bool is a subclass of int and must not be coerced to 1.0.
     if not all(type(value) is float or type(value) is int for value in values):
@@ -314,9 +339,9 @@ def validate_document(document: Any, schema: FeatureSchema, *, max_rows: int) ->
         raise InvalidPayloadError("unknown_field")
     if len(document) != 1:
         raise InvalidPayloadError("missing_field")
-    width = schema.n_features
+    names = schema.feature_names
     if "features" in document:
-        rows = [_row(document["features"], width)]
+        rows = [_row(document["features"], names)]
         shape: Literal["features", "instances"] = "features"
     else:
         instances = document["instances"]
@@ -326,7 +351,7 @@ def validate_document(document: Any, schema: FeatureSchema, *, max_rows: int) ->
             raise InvalidPayloadError("empty_batch")
         if len(instances) > max_rows:
             raise PayloadTooLargeError("too_many_rows")
-        rows = [_row(values, width) for values in instances]
+        rows = [_row(values, names) for values in instances]
         shape = "instances"
     matrix = np.asarray(rows, dtype=np.float64)
     if not np.isfinite(matrix).all():  # 1e309 parses to inf: refused here, not coerced

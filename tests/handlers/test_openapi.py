@@ -37,7 +37,10 @@ def test_request_schemas_follow_each_manifest_and_hide_the_envelope() -> None:
     document = _document()
     schemas = document["components"]["schemas"]
     manifest = json.loads((REPO / "models" / "breast-cancer" / "manifest.json").read_text())
-    row = schemas["PredictRequest_breast-cancer"]["oneOf"][0]["properties"]["features"]
+    row, named = schemas["PredictRequest_breast-cancer"]["oneOf"][0]["properties"]["features"][
+        "oneOf"
+    ]
+    assert len(named["required"]) == 30
     assert row["minItems"] == row["maxItems"] == len(manifest["feature_names"]) == 30
     envelope_bound = str(manifest["envelope"][manifest["feature_names"][0]]["max"])
     assert envelope_bound not in json.dumps(schemas["PredictRequest_breast-cancer"])

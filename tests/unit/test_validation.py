@@ -92,8 +92,10 @@ def test_an_envelope_that_does_not_cover_every_feature_finitely_is_refused(envel
 def test_json_schema_publishes_the_feature_count_but_not_the_envelope() -> None:
     schema = SCHEMA.json_schema()
     text = json.dumps(schema)
-    row = schema["oneOf"][0]["properties"]["features"]
-    assert (row["minItems"], row["maxItems"]) == (4, 4)
+    positional, named = schema["oneOf"][0]["properties"]["features"]["oneOf"]
+    assert (positional["minItems"], positional["maxItems"]) == (4, 4)
+    assert named["required"] == list(SCHEMA.feature_names)
+    assert named["additionalProperties"] is False
     assert "7.9" not in text and "8.26" not in text
 
 
@@ -150,7 +152,12 @@ HOSTILE = [
         "not_a_number",
     ),
     ("features null", {"features": None}, InvalidPayloadError, "not_a_list"),
-    ("features object", {"features": {"a": 1}}, InvalidPayloadError, "not_a_list"),
+    (
+        "features object of unknown names",
+        {"features": {"a": 1}},
+        InvalidPayloadError,
+        "unknown_feature",
+    ),
     ("features scalar", {"features": 5.1}, InvalidPayloadError, "not_a_list"),
     ("instances flat", {"instances": OK_ROW}, InvalidPayloadError, "not_a_list"),
     ("instances null", {"instances": None}, InvalidPayloadError, "not_a_list"),
@@ -417,3 +424,37 @@ def test_property_arbitrary_bytes_never_escape_as_anything_but_our_errors(body) 
         parse_json_body(body, max_body_bytes=65536)
     except InvalidPayloadError as exc:
         assert exc.reason in RULE_MESSAGES
+
+
+# --- rows by feature name ----------------------------------------------------------------------
+
+
+def test_a_row_by_name_is_the_same_row_in_the_models_order() -> None:
+    named = dict(zip(reversed(NAMES), reversed(OK_ROW), strict=True))  # any key order
+    by_name = parse(json.dumps({"features": named}))
+    assert by_name.rows.tolist() == parse(json.dumps({"features": OK_ROW})).rows.tolist()
+    batch = parse(json.dumps({"instances": [named, OK_ROW]}))  # the two forms mix in a batch
+    assert batch.rows.tolist() == [OK_ROW, OK_ROW]
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4}, "missing_feature"),
+        ({**dict(zip(NAMES, OK_ROW, strict=True)), "colour": 1.0}, "unknown_feature"),
+        (
+            {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "colour": 0.2},
+            "unknown_feature",
+        ),
+        ({**dict(zip(NAMES, OK_ROW, strict=True)), "sepal_length": "5.1"}, "not_a_number"),
+        ({**dict(zip(NAMES, OK_ROW, strict=True)), "sepal_length": 99.0}, "outside_envelope"),
+    ],
+)
+def test_a_row_by_name_is_refused_by_its_rule_naming_nothing(
+    row: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(InvalidPayloadError) as refused:
+        parse(json.dumps({"features": row}))
+    assert refused.value.reason == reason
+    message = RULE_MESSAGES[reason]
+    assert "colour" not in message and "sepal" not in message
