@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--description", default="", help="one line for the manifest")
     imp.add_argument("--model-dir", type=Path, default=_REPO_MODELS, help="default: models/")
     imp.add_argument("--force", action="store_true", help="replace an existing models/NAME/")
+    imp.add_argument(
+        "--max-fidelity",
+        type=float,
+        default=0.9,
+        help="print the budget that keeps an adaptive clone below this agreement (default 0.9)",
+    )
     _settings_options(imp)
     sub.add_parser(
         "check",
@@ -74,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
         if name == "show":
             p.add_argument("name")
         p.add_argument("--model-dir", type=Path, default=_REPO_MODELS)
+    rb = sub.add_parser(
+        "recommend-budget",
+        help="the per-principal budget that keeps an adaptive clone below a fidelity",
+        description="Measure an adaptive extraction (queries from the data's own distribution) "
+        "and print the largest budget (rows per principal) at which the clone's agreement with "
+        "the served model stays below --max-fidelity (mlmoat.redteam.budget).",
+    )
+    rb.add_argument("name")
+    rb.add_argument("--max-fidelity", type=float, required=True, help="e.g. 0.9")
+    rb.add_argument("--policy", choices=("label", "probabilities:2"), default="label")
+    rb.add_argument("--data", type=Path, help="an imported model's CSV (checked by hash)")
+    rb.add_argument("--seeds", type=int, default=5)
+    rb.add_argument("--model-dir", type=Path, default=_REPO_MODELS)
     st = sub.add_parser(
         "set",
         help="change a model's own settings (models/NAME/settings.json)",
@@ -262,6 +281,14 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         y_test=np.asarray([str(v) for v in y_test]),
     )
     defences = calibrate_case(case)
+    from mlmoat.redteam.budget import recommend
+
+    budget = recommend(
+        case,
+        max_fidelity=args.max_fidelity,
+        policy="label" if own.output_policy == "label" else "probabilities:2",
+        seeds=3,
+    )
     # Written aside, then moved into place: a failed import leaves no half model behind.
     args.model_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.model_dir, prefix=f".{args.name}-") as tmp:
@@ -289,6 +316,8 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         "parity_rows": len(y_test) if estimator is not None else 0,
         "squeeze_levels": defences["calibration"]["squeeze"]["levels"],
         "settings": own.to_dict(args.name),
+        "recommended_budget": {k: budget[k] for k in ("budget", "max_fidelity", "output_policy")},
+        "budget_note": budget["note"],
         "smoothing": defences["smoothing"].get("enabled"),
     }
 
@@ -352,6 +381,21 @@ def main(argv: list[str]) -> int:
         print(json.dumps(summary, sort_keys=True))
         return 0
     root: Path = args.model_dir
+    if args.action == "recommend-budget":
+        from mlmoat.redteam.budget import recommend
+        from mlmoat.redteam.cases import load_cases
+
+        try:
+            data = {args.name: args.data} if args.data else None
+            (case,) = load_cases(root, [args.name], data)
+            result = recommend(
+                case, max_fidelity=args.max_fidelity, policy=args.policy, seeds=args.seeds
+            )
+        except (ValueError, KeyError) as exc:
+            print(f"mlmoat models recommend-budget: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(result, sort_keys=True))
+        return 0
     if args.action == "list":
         for directory in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
             print(json.dumps(_summary(directory), sort_keys=True))

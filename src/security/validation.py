@@ -175,8 +175,7 @@ class FeatureSchema:
                     "items": {"type": "number"},
                     "minItems": self.n_features,
                     "maxItems": self.n_features,
-                    "description": "Feature values in this order: "
-                    + ", ".join(self.feature_names),
+                    "description": "Feature values in this order: " + ", ".join(self.feature_names),
                 },
                 {
                     "type": "object",
@@ -315,14 +314,15 @@ def _row(values: Any, names: tuple[str, ...]) -> list[Any]:
         if len(values) != len(names):
             raise InvalidPayloadError("missing_feature")
         values = [values[name] for name in names]
-    elif not isinstance(values, list):
+    if not isinstance(values, list):
         raise InvalidPayloadError("not_a_list")
     if len(values) != len(names):
         raise InvalidPayloadError("wrong_feature_count")
     # Exact types: bool is a subclass of int and must not be coerced to 1.0.
     if not all(type(value) is float or type(value) is int for value in values):
         raise InvalidPayloadError("not_a_number")
-    return values
+    row: list[Any] = values
+    return row
 
 
 def validate_document(document: Any, schema: FeatureSchema, *, max_rows: int) -> PredictionInput:

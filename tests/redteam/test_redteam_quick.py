@@ -171,6 +171,19 @@ def test_refusing_keeps_the_forests_clean_accuracy_within_two_points(
     assert table["squeeze refuse"]["accuracy"] < table["none"]["accuracy"]
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_the_report_gives_the_adaptive_attackers_clone_fidelity_and_flag_rows(
+    quick_run: tuple[Path, int], results: dict[str, Any], model: str
+) -> None:
+    adaptive = results["models"][model]["adaptive"]
+    assert len(adaptive["flagged_at"]) == QUICK.detection_seeds
+    assert adaptive["counts"][-1] == 200 and len(adaptive["worst_fidelity"]) == 6
+    # in-distribution queries clone these tabular models: 95% agreement within 200 rows
+    assert adaptive["worst_fidelity"][-1] >= 0.95
+    out, _ = quick_run
+    assert "### Adaptive extraction" in (out / "report.md").read_text()
+
+
 def test_iris_is_extracted_whatever_the_output_policy(results: dict[str, Any]) -> None:
     # 4 features, 3 separable classes: a label surrogate agrees on 95% within 200 uniform queries
     extraction = results["models"]["iris"]["extraction"]["results"]

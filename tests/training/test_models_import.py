@@ -94,6 +94,9 @@ def test_a_skops_pipeline_becomes_a_served_model_that_answers_as_the_estimator(
     assert manifest["feature_names"] == [name for name, _ in summary["features"]]
     assert manifest["classes"] == ["bronze", "gold", "silver"]
     assert manifest["metrics"]["n_test"] == summary["parity_rows"] == 144
+    # the import says which budget keeps an adaptive clone below 90% agreement
+    assert summary["recommended_budget"]["max_fidelity"] == 0.9
+    assert summary["budget_note"]
     # the data is named by file and hash, never copied
     assert manifest["train_split"]["sha256"] and "rows" not in manifest["train_split"]
     defences = json.loads((directory / "defences.json").read_text())

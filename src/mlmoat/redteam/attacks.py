@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
 from mlmoat.redteam.cases import ModelCase
 from mlmoat.redteam.stack import FlaggedError, StackTarget
 from mlmoat.redteam.target import ServedTarget
-from mlmoat.redteam.traffic import benign_rows, boundary_probe, uniform_rows
+from mlmoat.redteam.traffic import benign_rows, boundary_probe, data_rows, uniform_rows
 from security.defences import SqueezeConfig
 
 AnyTarget = ServedTarget | StackTarget
@@ -39,10 +39,15 @@ def _art() -> Any:
 def attack_stream(
     kind: str, target: AnyTarget, count: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Query ``count`` rows of strategy ``kind`` (uniform | boundary); return rows and answers."""
+    """Query ``count`` rows of strategy ``kind`` (uniform | boundary | adaptive); return rows and
+    answers. ``adaptive`` draws from the data's own distribution (``traffic.data_rows``)."""
     case = target.case
-    if kind == "uniform":
-        rows = uniform_rows(case.domain, count, rng)
+    if kind in ("uniform", "adaptive"):
+        rows = (
+            uniform_rows(case.domain, count, rng)
+            if kind == "uniform"
+            else data_rows(case.x_test, case.y_test, case.domain, count, rng)
+        )
         seen, _ = target.query(rows)
         return rows, seen
     seeds = case.x_test[rng.choice(case.x_test.shape[0], size=10, replace=False)]

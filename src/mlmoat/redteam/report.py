@@ -134,6 +134,22 @@ def markdown(results: dict[str, Any]) -> str:
                 q = ext[f"{config}/{kind}"]["queries_for_95"]
                 cells.append(" / ".join(_q(q[k]) for k in ("label", "probabilities")))
             parts.append(f"| {config} | {cells[0]} | {cells[1]} |")
+        adaptive = model.get("adaptive")
+        if adaptive:
+            parts += ["", "### Adaptive extraction (queries from the data's own distribution)", ""]
+            parts += [
+                f"A per-class Gaussian fitted to the held-out rows, `{adaptive['policy']}` output; "
+                f"worst of {adaptive['seeds']} seeds. The monitor flagged it at rows "
+                + ", ".join("-" if r is None else str(r) for r in adaptive["flagged_at"])
+                + f" (of {adaptive['detection_rows']}; - = never): against this attacker only "
+                "the budget protects (`mlmoat models recommend-budget`).",
+                "",
+                "| rows | " + " | ".join(str(c) for c in adaptive["counts"]) + " |",
+                "|---|" + "---|" * len(adaptive["counts"]),
+                "| clone agreement | "
+                + " | ".join(f"{f:.3f}" for f in adaptive["worst_fidelity"])
+                + " |",
+            ]
         parts += ["", "### Membership inference and accuracy cost", ""]
         parts += ["| defence | MIA AUC (ART black-box) | label-only gap AUC | held-out accuracy |"]
         parts += ["|---|---|---|---|"]

@@ -198,6 +198,27 @@ def run(
                         flag_records.append(any(f.startswith("extraction:") for f in flags))
             out["detection"] = detection
             out["flags_written"] = {"flagged": len(flag_records), "on_key": sum(flag_records)}
+            # The adaptive attacker (queries from the data's own distribution): its clone's
+            # fidelity by rows, and the row at which the monitor flags it, if ever.
+            from mlmoat.redteam.budget import adaptive_curve
+
+            flagged_at = []
+            for s in range(plan.detection_seeds):
+                attacker = target("rounded2", monitored=True, stop_when_flagged=True, batch_rows=1)
+                flagged_at.append(
+                    attacks.detection_row(attacker, "adaptive", plan.detection_rows, seed + 300 + s)
+                )
+            out["adaptive"] = {
+                **adaptive_curve(
+                    case,
+                    policy="probabilities:2",
+                    seeds=plan.detection_seeds,
+                    seed=seed + 400,
+                    counts=tuple(c for c in (5, 10, 20, 50, 100, 200) if c <= plan.detection_rows),
+                ),
+                "flagged_at": flagged_at,
+                "detection_rows": plan.detection_rows,
+            }
             bar.update()
             timings[bar.postfix.split(": ")[-1]] = round(time.time() - mark, 1)
             mark = time.time()

@@ -114,3 +114,31 @@ def boundary_probe(
         spread = rng.normal(0.0, jitter, size=centres.shape) * domain.width
         ask(domain.clip(centres + spread))
     return np.asarray(rows[:count]), np.asarray(labels[:count])
+
+
+def data_rows(
+    x: np.ndarray, y: np.ndarray, domain: Domain, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``count`` rows from the data's own distribution: a Gaussian per class fitted to ``x``.
+
+    The adaptive extraction attacker's queries: it holds rows like the model's (here the
+    held-out rows) and samples near them, class by class in their proportions, inside what
+    validation accepts. Each class's covariance is shrunk towards its diagonal (a class with
+    fewer rows than features has a singular covariance).
+    """
+    labels = np.asarray([str(v) for v in y])
+    classes, counts = np.unique(labels, return_counts=True)
+    picks = rng.choice(classes.size, size=count, p=counts / counts.sum())
+    rows = np.empty((count, x.shape[1]))
+    for index, name in enumerate(classes):
+        members = x[labels == name]
+        chosen = picks == index
+        if not chosen.any():
+            continue
+        mean = members.mean(axis=0)
+        cov = np.cov(members, rowvar=False) if members.shape[0] > 1 else np.zeros((x.shape[1],) * 2)
+        cov = np.atleast_2d(cov)
+        cov = 0.5 * cov + 0.5 * np.diag(np.diag(cov)) + 1e-9 * np.eye(x.shape[1])
+        rows[chosen] = rng.multivariate_normal(mean, cov, size=int(chosen.sum()), method="eigh")
+    clipped: np.ndarray = domain.clip(rows)
+    return clipped
