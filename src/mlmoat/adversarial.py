@@ -11,17 +11,22 @@ so ``epsilon`` is the same share of every feature's range as the red team's HopS
 - Logistic-regression pipelines (iris, breast-cancer): PGD (L-inf, through ART's gradients of
   the logistic model, the scaler folded in as ART preprocessing), a white-box attack as strong
   as any on a linear model.
-- The forest: no gradient exists, so ART's decision-based HopSkipJump (L-inf) finds a nearby
-  adversarial row, projected back into the ``epsilon`` ball. Forests answer in steps, so the
-  projected row is often not adversarial yet; it still lies just beside the boundary region the
-  re-fit has to learn.
+- The forest, and any other estimator (an imported model: ``mlmoat models import
+  --adversarial``): no usable gradient, so ART's decision-based HopSkipJump (L-inf) finds a
+  nearby adversarial row, projected back into the ``epsilon`` ball. Forests answer in steps, so
+  the projected row is often not adversarial yet; it still lies just beside the boundary region
+  the re-fit has to learn. An estimator whose ``fit`` takes no ``sample_weight`` is re-fitted on
+  the augmented rows unweighted (recorded in the recipe).
 
-Everything is seeded (ART's HopSkipJump draws from numpy's global generator, reseeded per round),
-so the output is a function of the code and the locked libraries like every other model.
+Everything is seeded: ART's HopSkipJump draws its gradient estimates from numpy's global
+generator (reseeded per round) and its starting points from an OS-seeded ``RandomState``, so the
+starting points are drawn here from the seed instead (``_seeded_starts``). The output is a
+function of the code and the locked libraries like every other model.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +53,7 @@ class AdversarialRecipe:
     rounds: int
     norm: str = "inf"
     space: str = "envelope-normalised (feature / training range)"
+    weighted: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``adversarial_training`` fields that describe the recipe."""
@@ -55,7 +61,7 @@ class AdversarialRecipe:
             "attack": self.attack,
             "epsilon": self.epsilon,
             "rounds": self.rounds,
-            "adversarial_row_weight": ADVERSARIAL_WEIGHT,
+            "adversarial_row_weight": ADVERSARIAL_WEIGHT if self.weighted else 1.0,
             "norm": self.norm,
             "space": self.space,
         }
@@ -69,9 +75,27 @@ def _art() -> tuple[Any, Any]:
     return evasion, estimators
 
 
+def _pgd_ready(estimator: Any) -> bool:
+    """A ``StandardScaler`` + ``LogisticRegression`` pipeline: PGD through its gradients."""
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+    from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
+
+    return (
+        isinstance(estimator, Pipeline)
+        and len(estimator.steps) == 2
+        and isinstance(estimator[0], StandardScaler)
+        and isinstance(estimator[-1], LogisticRegression)
+    )
+
+
+def _takes_weights(estimator: Any) -> bool:
+    final = estimator[-1] if isinstance(estimator, Pipeline) else estimator
+    return "sample_weight" in inspect.signature(final.fit).parameters
+
+
 def recipe_for(estimator: Any) -> AdversarialRecipe:
     """PGD for the logistic pipelines, HopSkipJump for anything without gradients."""
-    if isinstance(estimator, Pipeline):
+    if _pgd_ready(estimator):
         return AdversarialRecipe(
             f"ART ProjectedGradientDescent ({PGD_STEPS} steps)", EPSILON, LINEAR_ROUNDS
         )
@@ -79,6 +103,7 @@ def recipe_for(estimator: Any) -> AdversarialRecipe:
         f"ART HopSkipJump ({HSJ_ITER} iterations, max_eval {HSJ_MAX_EVAL}), projected to epsilon",
         EPSILON,
         FOREST_ROUNDS,
+        weighted=_takes_weights(estimator),
     )
 
 
@@ -102,7 +127,7 @@ def adversarial_fit(
         classes = [str(c) for c in _classes(estimator)]
         y_index = np.asarray([classes.index(str(v)) for v in y_train])
         z = (x_train - lower) / width
-        if isinstance(estimator, Pipeline):
+        if _pgd_ready(estimator):
             z_adv = _pgd(estimator, z, y_index, lower, width)
         else:
             z_adv = _hopskipjump(estimator, z, y_index, lower, width, seed + round_index)
@@ -115,6 +140,9 @@ def adversarial_fit(
 
 
 def _weighted_fit(estimator: Any, x: np.ndarray, y: np.ndarray, *, clean_rows: int) -> None:
+    if not _takes_weights(estimator):
+        estimator.fit(x, y)
+        return
     weights = np.full(y.shape[0], ADVERSARIAL_WEIGHT)
     weights[:clean_rows] = 1.0
     if isinstance(estimator, Pipeline):
@@ -176,11 +204,39 @@ def _hopskipjump(
         init_size=HSJ_INIT_SIZE,
         verbose=False,
     )
-    np.random.seed(seed)  # ART's HopSkipJump draws from numpy's global generator
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        found = np.asarray(attack.generate(z, y=np.eye(len(forest.classes_))[y_index]))
+    starts, ok = _seeded_starts(predict, z, seed)
+    found = z.astype(np.float32).copy()
+    np.random.seed(seed)  # ART's HopSkipJump draws its estimates from numpy's global generator
+    if ok.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found[ok] = attack.generate(
+                z[ok].astype(np.float32),
+                y=np.eye(len(forest.classes_))[y_index[ok]],
+                x_adv_init=starts[ok],
+            )
+    found = np.asarray(found, dtype=np.float64)
     # HopSkipJump returns the row itself where it found nothing; NaN never reaches the fit.
     found = np.where(np.isfinite(found), found, z)
     projected: np.ndarray = z + np.clip(found - z, -EPSILON, EPSILON)
     return projected
+
+
+def _seeded_starts(
+    predict: Callable[[np.ndarray], np.ndarray], z: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A starting point per row that the model labels differently, drawn from ``seed`` (uniform
+    in ART's clip range, as ART draws them); ``ok`` marks the rows that have one."""
+    rng = np.random.default_rng(seed)
+    own = predict(z.astype(np.float32)).argmax(axis=1)
+    starts = np.zeros_like(z, dtype=np.float32)
+    ok = np.zeros(z.shape[0], dtype=bool)
+    for _ in range(HSJ_INIT_SIZE):
+        todo = np.flatnonzero(~ok)
+        if todo.size == 0:
+            break
+        draws = rng.uniform(-0.1, 1.1, size=(todo.size, z.shape[1])).astype(np.float32)
+        hit = predict(draws).argmax(axis=1) != own[todo]
+        starts[todo[hit]] = draws[hit]
+        ok[todo[hit]] = True
+    return starts, ok

@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--model-dir", type=Path, default=_REPO_MODELS, help="default: models/")
     imp.add_argument("--force", action="store_true", help="replace an existing models/NAME/")
     imp.add_argument(
+        "--adversarial",
+        action="store_true",
+        help="re-fit a clone of the estimator on the training rows augmented with adversarial "
+        "examples (mlmoat.adversarial: PGD for a StandardScaler+LogisticRegression pipeline, "
+        "HopSkipJump otherwise) and serve that; the manifest records how",
+    )
+    imp.add_argument(
         "--max-fidelity",
         type=float,
         default=0.9,
@@ -188,12 +195,20 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
     lower, upper = x_train.min(axis=0), x_train.max(axis=0)
     description = args.description or f"Imported from {data.file_name} (target {args.target})."
     estimator: Any | None = None
+    adversarial: dict[str, Any] | None = None
+    if args.adversarial and args.estimator is None:
+        raise mi.ImportRefused("--adversarial re-fits the estimator: give it with --estimator")
     if args.estimator is not None:
         trust = [t.strip() for t in args.trust.split(",") if t.strip()]
         estimator, fmt = mi.load_estimator(
             args.estimator, allow_pickle=args.allow_pickle, trust=trust
         )
         classes = mi.check_classifier(estimator, len(data.columns))
+        if args.adversarial:
+            estimator, adversarial = _adversarial(
+                estimator, args.seed, x_train, y_train, x_test, y_test
+            )
+            description += f" Adversarially trained ({adversarial['attack']})."
         onnx_bytes = mi.convert(args.name, estimator, len(data.columns), len(classes), description)
         source_name = args.estimator.name
     else:
@@ -260,6 +275,12 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
             "outputs": {"label": label_out, "probabilities": proba_out},
         },
     }
+    if adversarial is not None:
+        manifest["adversarial_training"] = adversarial
+        manifest["metrics"]["undefended_accuracy"] = adversarial["undefended_accuracy"]
+        manifest["metrics"]["adversarial_accuracy_cost"] = _round(
+            adversarial["undefended_accuracy"] - accuracy
+        )
     manifest["parity"] = mi.parity_sample(
         estimator,
         lambda rows: mi.onnx_probabilities(onnx_bytes, input_name, proba_out, rows),
@@ -316,9 +337,34 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         "parity_rows": len(y_test) if estimator is not None else 0,
         "squeeze_levels": defences["calibration"]["squeeze"]["levels"],
         "settings": own.to_dict(args.name),
+        "adversarial_training": adversarial,
         "recommended_budget": {k: budget[k] for k in ("budget", "max_fidelity", "output_policy")},
         "budget_note": budget["note"],
         "smoothing": defences["smoothing"].get("enabled"),
+    }
+
+
+def _adversarial(
+    estimator: Any,
+    seed: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+) -> tuple[Any, dict[str, Any]]:
+    """A clone of ``estimator`` adversarially trained on the training rows, and its record."""
+    from sklearn.base import clone  # type: ignore[import-untyped]
+
+    from mlmoat.adversarial import adversarial_fit
+
+    undefended = float((np.asarray([str(v) for v in estimator.predict(x_test)]) == y_test).mean())
+    labels = np.asarray([str(v) for v in y_train], dtype=object)
+    trained, recipe, added = adversarial_fit(lambda _: clone(estimator), seed, x_train, labels)
+    return trained, {
+        **recipe.to_dict(),
+        "adversarial_rows": added,
+        "refit_on": "the import's training rows (a clone of the estimator)",
+        "undefended_accuracy": round(undefended, 10),
     }
 
 

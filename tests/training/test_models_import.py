@@ -293,3 +293,60 @@ def test_a_models_own_settings_are_set_at_import_and_changed_with_set(
     unset = ["--unset", "output_policy", "--unset", "squeeze_policy"]
     assert main(["set", "own", "--model-dir", str(tmp_path), *unset]) == 0
     assert not settings.exists()
+
+
+def test_an_imported_estimator_can_be_adversarially_trained(
+    workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given the logistic pipeline: PGD through its gradients, 3 rounds, re-fitted on a clone
+    status = _import(
+        workdir,
+        tmp_path,
+        "hardened",
+        "--estimator",
+        str(workdir / "pipeline.skops"),
+        "--adversarial",
+    )
+    assert status == 0
+    summary = json.loads(capsys.readouterr().out)
+    manifest = json.loads((tmp_path / "hardened" / "manifest.json").read_text())
+    training = manifest["adversarial_training"]
+    assert training == summary["adversarial_training"]
+    assert training["attack"].startswith("ART ProjectedGradientDescent")
+    assert training["epsilon"] == 0.05 and training["rounds"] == 3
+    assert training["adversarial_rows"] == 3 * manifest["metrics"]["n_train"]
+    metrics = manifest["metrics"]
+    assert metrics["adversarial_accuracy_cost"] == pytest.approx(
+        metrics["undefended_accuracy"] - metrics["accuracy"], abs=1e-9
+    )
+    assert "Adversarially trained" in manifest["description"]
+    # and the served graph is the re-fitted estimator's (parity held at import), not the original
+    plain = _import(workdir, tmp_path, "plain", "--estimator", str(workdir / "pipeline.skops"))
+    assert plain == 0
+    hardened_onnx = (tmp_path / "hardened" / "model.onnx").read_bytes()
+    assert hardened_onnx != (tmp_path / "plain" / "model.onnx").read_bytes()
+
+
+def test_a_model_without_gradients_or_sample_weight_is_hardened_with_hopskipjump(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x, y = make_classification(
+        n_samples=60, n_features=3, n_informative=2, n_redundant=0, random_state=1
+    )
+    with (tmp_path / "small.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["a", "b", "c", "y"])
+        for row, label in zip(x.round(5), y, strict=True):
+            writer.writerow([*(f"{v:.5f}" for v in row), f"k{label}"])
+    knn = KNeighborsClassifier(n_neighbors=5).fit(x.round(5), np.array(["k0", "k1"])[y])
+    joblib.dump(knn, tmp_path / "knn.joblib")
+    argv = ["import", "knn", "--estimator", str(tmp_path / "knn.joblib"), "--allow-pickle"]
+    argv += ["--data", str(tmp_path / "small.csv"), "--target", "y", "--adversarial"]
+    assert main([*argv, "--model-dir", str(tmp_path / "models")]) == 0
+    training = json.loads(capsys.readouterr().out)["adversarial_training"]
+    assert training["attack"].startswith("ART HopSkipJump")
+    # KNeighborsClassifier.fit takes no sample_weight: the augmented rows count fully
+    assert training["adversarial_row_weight"] == 1.0
+    assert training["rounds"] == 2 and training["adversarial_rows"] == 2 * 42
