@@ -39,7 +39,7 @@ import threading
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 WRITER_ATTR_PREFIX = "e_"
@@ -65,7 +65,7 @@ def writer_attr(writer_id: str) -> str:
 class Lane:
     """One writer: its id and its last sequence. Used by one thread at a time."""
 
-    id: str = field(default_factory=new_writer_id)
+    id: str
     last: int = 0
 
     @property
@@ -102,7 +102,7 @@ class WriterPool:
         with self._lock:
             if os.getpid() != self._pid:  # a forked child must not share its parent's ids
                 self._reset_locked()
-            lane = self._free.pop() if self._free else Lane()
+            lane = self._free.pop() if self._free else Lane(new_writer_id())
             generation = self._generation
         try:
             yield lane

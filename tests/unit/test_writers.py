@@ -12,14 +12,21 @@ import yaml
 
 from security.itemviews import ItemViews
 from security.shards import fits, max_share, share
-from security.writers import HORIZON_SECONDS, PRUNE_PER_WRITE, Lane, Stamp, WriterPool
+from security.writers import (
+    HORIZON_SECONDS,
+    PRUNE_PER_WRITE,
+    Lane,
+    Stamp,
+    WriterPool,
+    new_writer_id,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = 1_900_000_000.0
 
 
 def test_a_lanes_sequence_only_grows_and_follows_the_clock() -> None:
-    lane = Lane()
+    lane = Lane(new_writer_id())
     first = lane.next_sequence(NOW)
     assert first == int(NOW * 1000)
     # the same millisecond, or a clock that went back: still strictly above the last one
@@ -56,7 +63,7 @@ def test_concurrent_requests_hold_distinct_lanes_and_reuse_them() -> None:
 
 
 def test_a_lanes_home_shard_is_stable_and_spread() -> None:
-    lanes = [Lane() for _ in range(2000)]
+    lanes = [Lane(new_writer_id()) for _ in range(2000)]
     homes = [lane.home(8) for lane in lanes]
     assert homes == [lane.home(8) for lane in lanes]
     counts = [homes.count(k) for k in range(8)]
