@@ -64,13 +64,15 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         store: PrincipalStore,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        writers: WriterPool | None = None,
     ) -> None:
+        """``writers``: this environment's lanes (a pool of its own unless given)."""
         self._store = store
         self._settings = settings
         self._clock = clock
         self._cache = KeyCache(settings=settings)
         self._throttle = GuessingThrottle(store=store, settings=settings)
-        self._writers = WriterPool()
+        self._writers = writers or WriterPool()
         self._sender = Sender(views=ItemViews(), clock=clock)
         self._recent = RecentAdmissions()
 
@@ -366,7 +368,7 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         self, lane: Lane, principal: Principal, item: Mapping[str, Any], now: int
     ) -> dict[str, str]:
         if principal.shards > 1:  # the key item holds no counters: what a shard last showed
-            return self._shard_headers(principal, lane.home(principal.shards), now)
+            return self._shard_headers(principal, lane.homes(principal.shards)[0], now)
         rate_left, reset, budget_left = remaining(principal, item, now)
         return rate_headers(principal, rate_left, reset, budget_left)
 
@@ -384,7 +386,7 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
             budget = principal.budget is not None and rows > max_share(
                 principal.budget, principal.shards
             )
-            home = lane.home(principal.shards)
+            home = lane.homes(principal.shards)[0]
             return self._shards_refused(
                 principal, home, now=now, budget=budget, never_fits=never_fits
             )

@@ -7,15 +7,17 @@ through the verification cache, never written by an allowed request) and counts 
 budget: the shares add up to the limits exactly, and each shard's condition is exact on its own,
 so no number of instances ever counts a row over a limit summed over the shards.
 
-* **Routing.** A request counts on its lane's home shard (a hash of the lane id): an environment
-  always writes the same shard, so a shard item holds only its own environments' lane
-  attributes, and one allowed request is still one write of one unit.
-* **Spill.** When the home shard has no room for the request, it tries the others (in a random
+* **Routing.** A lane has two home shards (hashes of its id) and counts on the one it last saw
+  less full in this window ("two choices": the hottest shard stays within about 20% of the
+  mean, where one fixed shard per lane left it 40-100% above). An environment writes only its
+  two homes, so a shard item holds the lane attributes of about 2/N of the environments, and one
+  allowed request is still one write of one unit.
+* **Spill.** When the homes have no room for the request, it tries the others (in a random
   rotation), skipping those this environment already saw too full for it in this window (or
   budget); it is refused only when every shard refused or was seen too full. So a request of R
   rows is refused only when every shard has fewer than R rows left: at most N*(R-1) rows of a
   window (or of the budget) stay unused, none for one-row requests. At least one shard is
-  written for every request (the home shard when all are known full): the refusal is fresh.
+  written for every request (a home shard when all are known full): the refusal is fresh.
 * **Batches** can be at most the largest share, ``ceil(limit / N)``, of a window or the budget:
   larger ones can never fit and are refused as such.
 * **Revocation** binds from the next request: every admin change of a sharded key (status,
@@ -117,8 +119,8 @@ class ShardedCharging:
         count, rate = principal.shards, principal.rate_limit
         start = window_start(now, rate.window_seconds)
         window = rate_attr(start)
-        home = lane.home(count)
-        order, short, full = self._shard_order(principal, home, rows=rows, window=window)
+        homes = lane.homes(count)
+        order, short, full = self._shard_order(principal, homes, rows=rows, window=window)
         for index in order:
             pk = shard_pk(principal.principal_id, index)
             rate_share = share(rate.count, count, index)
@@ -162,33 +164,43 @@ class ShardedCharging:
                 full.add(index)
             else:
                 raise StoreUnavailableError("unexplained_condition_failure", detail=pk)
-        raise self._shards_refused(principal, home, now=now, budget=len(short) == count)
+        raise self._shards_refused(principal, homes[0], now=now, budget=len(short) == count)
 
     def _shard_order(
-        self, principal: Principal, home: int, *, rows: int, window: str
+        self, principal: Principal, homes: tuple[int, int], *, rows: int, window: str
     ) -> tuple[list[int], set[int], set[int]]:
-        """The shards to try: the home shard first, then the others in a random rotation,
-        without those seen too full for ``rows``; with the skipped ones, as (order, short of
-        budget, window full). The home shard is tried when every shard is known full."""
-        count = principal.shards
-        others = [index for index in range(count) if index != home]
+        """The shards to try: the lane's two homes first (the one last seen less full in this
+        window first), then the others in a random rotation, without those seen too full for
+        ``rows``; with the skipped ones, as (order, short of budget, window full). The first
+        home is tried when every shard is known full."""
+        count, rate = principal.shards, principal.rate_limit
+        seen = {
+            index: self._sender.views.counts(shard_pk(principal.principal_id, index), window)
+            for index in range(count)
+        }
+
+        def fill(index: int) -> float:
+            return (seen[index].window_rows or 0) / max(1, share(rate.count, count, index))
+
+        first, second = sorted(homes, key=fill) if homes[0] != homes[1] else homes
+        others = [index for index in range(count) if index not in homes]
         offset = secrets.randbelow(len(others)) if others else 0
         order: list[int] = []
         short: set[int] = set()
         full: set[int] = set()
-        for index in [home, *others[offset:], *others[:offset]]:
-            seen = self._sender.views.counts(shard_pk(principal.principal_id, index), window)
+        for index in dict.fromkeys([first, second, *others[offset:], *others[:offset]]):
             budget = principal.budget
-            if budget is not None and rows > share(budget, count, index) - (seen.rows_used or 0):
+            spent = seen[index].rows_used or 0
+            if budget is not None and rows > share(budget, count, index) - spent:
                 short.add(index)
-            elif rows > share(principal.rate_limit.count, count, index) - (seen.window_rows or 0):
+            elif rows > share(rate.count, count, index) - (seen[index].window_rows or 0):
                 full.add(index)
             else:
                 order.append(index)
         if not order:
-            short.discard(home)
-            full.discard(home)
-            order = [home]
+            short.discard(first)
+            full.discard(first)
+            order = [first]
         return order, short, full
 
     def _shard_admission(

@@ -37,7 +37,7 @@ import secrets
 import string
 import threading
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -82,15 +82,22 @@ class Lane:
         """A new id (another lane holds this one on some item); the sequence goes on."""
         self.id = new_writer_id()
 
-    def home(self, shards: int) -> int:
-        """The shard this lane counts on for a key with ``shards`` shards (stable per id)."""
-        return zlib.crc32(self.id.encode("ascii")) % shards if shards > 1 else 0
+    def homes(self, shards: int) -> tuple[int, int]:
+        """The two shards this lane counts on for a key with ``shards`` shards (stable per id,
+        distinct when there are two or more shards)."""
+        if shards <= 1:
+            return 0, 0
+        first = zlib.crc32(self.id.encode("ascii")) % shards
+        second = zlib.crc32(f"{self.id}#2".encode("ascii")) % shards
+        return first, (first + 1) % shards if second == first else second
 
 
 class WriterPool:
     """The lanes of this execution environment: one per request in flight, reused."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, ids: Callable[[], str] | None = None) -> None:
+        """``ids`` draws a new lane's id (default ``new_writer_id``; a replay draws them seeded)."""
+        self._ids = ids
         self._lock = threading.Lock()
         self._free: list[Lane] = []
         self._pid = os.getpid()
@@ -102,7 +109,7 @@ class WriterPool:
         with self._lock:
             if os.getpid() != self._pid:  # a forked child must not share its parent's ids
                 self._reset_locked()
-            lane = self._free.pop() if self._free else Lane(new_writer_id())
+            lane = self._free.pop() if self._free else Lane((self._ids or new_writer_id)())
             generation = self._generation
         try:
             yield lane

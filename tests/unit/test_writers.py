@@ -62,13 +62,15 @@ def test_concurrent_requests_hold_distinct_lanes_and_reuse_them() -> None:
         assert fresh.id not in held
 
 
-def test_a_lanes_home_shard_is_stable_and_spread() -> None:
+def test_a_lanes_two_home_shards_are_stable_distinct_and_spread() -> None:
     lanes = [Lane(new_writer_id()) for _ in range(2000)]
-    homes = [lane.home(8) for lane in lanes]
-    assert homes == [lane.home(8) for lane in lanes]
-    counts = [homes.count(k) for k in range(8)]
-    assert min(counts) > 180 and max(counts) < 320  # 250 each on average
-    assert {lane.home(1) for lane in lanes} == {0}
+    homes = [lane.homes(8) for lane in lanes]
+    assert homes == [lane.homes(8) for lane in lanes]
+    assert all(first != second for first, second in homes)
+    counts = [sum(k in pair for pair in homes) for k in range(8)]
+    assert min(counts) > 400 and max(counts) < 600  # 500 each on average
+    assert {lane.homes(1) for lane in lanes} == {(0, 0)}
+    assert {frozenset(lane.homes(2)) for lane in lanes} == {frozenset({0, 1})}
 
 
 def test_a_stamp_tells_its_own_landed_write_from_another_lane_and_a_prune_race() -> None:
