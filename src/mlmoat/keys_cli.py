@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
         "--output", dest="output_policy", help="label | probabilities:N[:topK][:minT]"
     )
     create.add_argument("--expires-in", help="e.g. 30d, 12h")
+    create.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="count on N items (each a share of the rate and budget), for a key above "
+        "~500 requests/s (docs/limits.md)",
+    )
 
     listing = commands.add_parser("list", help="list keys")
     listing.add_argument("--owner")
@@ -169,6 +176,7 @@ def _run(admin: KeyAdmin, args: argparse.Namespace) -> Any:
             budget=args.budget,
             output_policy=args.output_policy,
             expires_in=args.expires_in,
+            shards=args.shards,
         )
     if command == "list":
         return admin.list(owner=args.owner)

@@ -19,6 +19,7 @@ from security.keys import generate_key, hash_secret, is_key_id
 from security.limits import window_start
 from security.policy import OutputPolicy, is_output_policy, rate_capped
 from security.settings import RateSpec, Settings
+from security.shards import MAX_SHARDS
 from security.store import (
     RATE_ATTR_PREFIX,
     Item,
@@ -86,13 +87,18 @@ class KeyAdmin:
         budget: int | None = None,
         output_policy: str | None = None,
         expires_in: str | None = None,
+        shards: int = 1,
     ) -> dict[str, Any]:
         """Create a key; returns ``{"key_id", "api_key", "key"}`` (the secret is shown only here).
+
+        ``shards`` > 1 spreads its counting over that many items (``security.shards``): for a key
+        that must carry more than one item's 1,000 writes a second; each shard owns a share of
+        the rate and of the budget, so both must be at least ``shards``.
 
         Raises:
             InvalidPayloadError: an argument is invalid (``invalid_owner``, ``invalid_scope``,
                 ``invalid_rate_limit``, ``invalid_budget``, ``invalid_output_policy``,
-                ``invalid_duration``).
+                ``invalid_duration``, ``invalid_shards``).
             StoreUnavailableError: DynamoDB failed.
         """
         if not _OWNER_RE.match(owner):
@@ -127,6 +133,10 @@ class KeyAdmin:
             if lifetime_asked > lifetime:
                 raise InvalidPayloadError("lifetime_over_cap")
             lifetime = lifetime_asked
+        if isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
+            raise InvalidPayloadError("invalid_shards")
+        if shards > min(rate.count, rows_budget):  # every shard owns a row of each limit
+            raise InvalidPayloadError("invalid_shards")
         now = int(self._clock())
         parsed, api_key = generate_key()
         item: Item = {
@@ -148,6 +158,8 @@ class KeyAdmin:
             # Every key ends: at most SECURITY_KEY_MAX_LIFETIME_SECONDS after its creation.
             "expires_at": now + lifetime,
         }
+        if shards > 1:
+            item["shards"] = shards
         self._store.create_key(item)
         return {"key_id": parsed.key_id, "api_key": api_key, "key": key_view(item, now=now)}
 
@@ -162,7 +174,12 @@ class KeyAdmin:
             StoreUnavailableError: DynamoDB failed.
         """
         now = int(self._clock())
-        return [key_view(item, now=now) for item in self._store.list_keys(owner=owner)]
+        return [self._view(item, now) for item in self._store.list_keys(owner=owner)]
+
+    def _view(self, item: Item, now: int) -> dict[str, Any]:
+        count = int(item.get("shards", 1))
+        shards = self._store.get_shards(str(item["pk"]), count) if count > 1 else []
+        return key_view(item, now=now, shards=shards)
 
     def show(self, key_id: str) -> dict[str, Any]:
         """The view of one key: status, configuration, counters, flags.
@@ -173,7 +190,7 @@ class KeyAdmin:
             StoreUnavailableError: DynamoDB failed.
         """
         _check_key_id(key_id)
-        return key_view(self._store.get_key(key_id), now=int(self._clock()))
+        return self._view(self._store.get_key(key_id), int(self._clock()))
 
     def usage(self, key_id: str) -> dict[str, Any]:
         """Counters of one key: rows used, requests, budget left, current window.
@@ -238,7 +255,7 @@ class KeyAdmin:
             grace_until=now + grace_seconds,
             now=now,
         )
-        return {"key_id": key_id, "api_key": api_key, "key": key_view(item, now=now)}
+        return {"key_id": key_id, "api_key": api_key, "key": self._view(item, now)}
 
     def show_subject(self, subject: str, *, issuer: str | None = None) -> dict[str, Any]:
         """The view of one JWT subject (its status and counters).
@@ -310,16 +327,20 @@ class KeyAdmin:
         _check_key_id(key_id)
         now = int(self._clock())
         item = self._store.set_status(key_id, status, allowed_from=allowed_from, now=now)
-        return key_view(item, now=now)
+        return self._view(item, now)
 
 
-def key_view(item: Mapping[str, Any], *, now: int) -> dict[str, Any]:
-    """A JSON-safe view of a key item, without secret hashes."""
+def key_view(
+    item: Mapping[str, Any], *, now: int, shards: Iterable[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """A JSON-safe view of a key item, without secret hashes; a sharded key's counters are the
+    sums over its key item and its ``shards`` items."""
     rate = RateSpec(int(item.get("rate_count", 0) or 1), int(item.get("rate_window", 60) or 60))
     start = window_start(now, rate.window_seconds)
-    window_rows = int(item.get(rate_attr(start), 0))
+    counting = [item, *shards]
+    window_rows = sum(int(part.get(rate_attr(start), 0)) for part in counting)
     budget = item.get("budget")
-    rows_used = int(item.get("rows_used", 0))
+    rows_used = sum(int(part.get("rows_used", 0)) for part in counting)
     grace_until = int(item.get("prev_secret_until", 0))
     return {
         "key_id": item.get("key_id"),
@@ -329,9 +350,13 @@ def key_view(item: Mapping[str, Any], *, now: int) -> dict[str, Any]:
         "rate_limit": str(rate),
         "budget": budget,
         "output_policy": item.get("output_policy"),
+        "shards": int(item.get("shards", 1)),
         "expires_at": item.get("expires_at"),
         "created_at": item.get("created_at"),
-        "last_used_at": item.get("last_used_at"),
+        "last_used_at": max(
+            (int(part["last_used_at"]) for part in counting if "last_used_at" in part),
+            default=None,
+        ),
         "rotated_at": item.get("rotated_at"),
         "previous_secret_valid_until": grace_until if grace_until > now else None,
         "config_version": item.get("config_version"),
@@ -339,13 +364,15 @@ def key_view(item: Mapping[str, Any], *, now: int) -> dict[str, Any]:
         "flagged_at": item.get("flagged_at"),
         "usage": {
             "rows_used": rows_used,
-            "requests": int(item.get("requests", 0)),
+            "requests": sum(int(part.get("requests", 0)) for part in counting),
             "refusals": int(item.get("refusals", 0)),
             "budget_remaining": None if budget is None else max(0, int(budget) - rows_used),
             "window_start": start,
             "window_rows": window_rows,
             "window_remaining": max(0, rate.count - window_rows),
-            "live_windows": sorted(n for n in item if n.startswith(RATE_ATTR_PREFIX)),
+            "live_windows": sorted(
+                {n for part in counting for n in part if n.startswith(RATE_ATTR_PREFIX)}
+            ),
         },
     }
 

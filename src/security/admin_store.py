@@ -1,11 +1,19 @@
 """Administration writes of ``PrincipalStore``: create, list, move and rotate keys; suspend and
 reinstate token subjects. Never on the request path (the admin function and ``mlmoat keys``).
+
+A sharded key (``security.shards``) is changed in one ``TransactWriteItems`` with its shards:
+the key item's update and an ``ADD config_version :one`` on every shard, so the shards' version
+always equals the key's and a cached configuration goes stale on every shard at once. An
+unsharded key's change is one conditional ``UpdateItem`` (conditioned on the item having no
+shards; a sharded key's is found by its ALL_OLD and done as a transaction).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
 
 from security.dynamo import ConditionFailed, Item
 from security.dynamo import dump as _dump
@@ -51,20 +59,63 @@ class AdminStoreMixin:
         with _translated():
             while True:
                 response = self._client.scan(**kwargs)
-                items.extend(i for raw in response.get("Items", []) if (i := _load(raw)))
+                items.extend(
+                    i
+                    for raw in response.get("Items", [])
+                    if (i := _load(raw)) and i.get("kind") != "shard"  # a sharded key's counters
+                )
                 last = response.get("LastEvaluatedKey")
                 if not last:
                     break
                 kwargs["ExclusiveStartKey"] = last
         return sorted(items, key=lambda i: (i.get("created_at", 0), i["pk"]))
 
-    def create_key(self, item: Item) -> None:
-        """Write a new key item; refuses to overwrite an existing one.
+    def get_shards(self, pk: str, shards: int) -> list[Item]:
+        """The shard items of a sharded key (consistent reads, admin use only).
 
         Raises:
-            InvalidPayloadError: an item with this key id already exists (``key_exists``).
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
+        from security.shards import shard_pk
+
+        wanted = [{"pk": {"S": shard_pk(pk, index)}} for index in range(shards)]
+        found: list[Item] = []
+        with _translated():
+            while wanted:
+                batch, wanted = wanted[:100], wanted[100:]
+                response = self._client.batch_get_item(
+                    RequestItems={self._table: {"Keys": batch, "ConsistentRead": True}}
+                )
+                rows = response["Responses"].get(self._table, [])
+                found += [item for raw in rows if (item := _load(raw))]
+                wanted += response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
+        return found
+
+    def create_key(self, item: Item) -> None:
+        """Write a new key item (and its shard items, in one transaction, for a sharded key);
+        refuses to overwrite an existing one.
+
+        Raises:
+            ConflictError: an item with this key id already exists (``key_exists``).
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        from security.shards import shard_items
+
+        shards = shard_items(item)
+        if shards:
+            puts = [
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": {name: _dump(value) for name, value in entry.items()},
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+                for entry in (item, *shards)
+            ]
+            if self._transact(puts) is not None:
+                raise ConflictError("key_exists")
+            return
         try:
             with _translated():
                 self._client.put_item(
@@ -74,6 +125,81 @@ class AdminStoreMixin:
                 )
         except ConditionFailed as failed:
             raise ConflictError("key_exists") from failed
+
+    def update_with_shards(
+        self,
+        pk: str,
+        shards: int,
+        *,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+        now: int,
+    ) -> Item | None:
+        """Apply a key item's update and bump its ``shards`` shards' config_version, in one
+        transaction; the key item after it, or None when the key item's condition failed.
+
+        Raises:
+            StoreUnavailableError: DynamoDB failed, a shard is missing, or the transaction kept
+                conflicting with counting writes.
+        """
+        from security.shards import shard_pk
+
+        entries: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": {"pk": {"S": pk}},
+                    "UpdateExpression": update,
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
+            }
+        ]
+        entries += [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": {"pk": {"S": shard_pk(pk, index)}},
+                    "UpdateExpression": "SET updated_at = :now ADD config_version :one",
+                    "ConditionExpression": "attribute_exists(pk)",
+                    "ExpressionAttributeValues": {":now": _dump(now), ":one": _dump(1)},
+                }
+            }
+            for index in range(shards)
+        ]
+        reasons = self._transact(entries)
+        if reasons is not None:
+            if any(code == "ConditionalCheckFailed" for code in reasons[1:]):
+                raise StoreUnavailableError("shard_missing", detail=pk)
+            return None
+        return self.get(pk)
+
+    def _transact(self, entries: list[dict[str, Any]]) -> list[str] | None:
+        """Run a transaction; None when it applied, else the cancellation reasons' codes when a
+        condition failed. A conflict with a concurrent write is retried (3 attempts).
+
+        Raises:
+            StoreUnavailableError: DynamoDB failed or the transaction kept conflicting.
+        """
+        for _attempt in range(3):
+            with _translated():
+                try:
+                    self._client.transact_write_items(TransactItems=entries)
+                except ClientError as exc:
+                    codes = None
+                    if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                        reasons = exc.response.get("CancellationReasons", [])
+                        codes = [str(reason.get("Code", "None")) for reason in reasons]
+                    if codes is not None and "ConditionalCheckFailed" in codes:
+                        return codes
+                    if codes is None or "TransactionConflict" not in codes:
+                        raise  # translated: StoreUnavailableError
+                    continue
+            return None
+        raise StoreUnavailableError("transaction_conflict")
 
     def set_status(
         self, key_id: str, status: str, *, allowed_from: Iterable[str], now: int
@@ -95,6 +221,7 @@ class AdminStoreMixin:
             condition=f"attribute_exists(pk) AND #status IN ({', '.join(placeholders)})",
             names={"#status": "status"},
             values=values,
+            now=now,
         )
 
     def rotate_secret(self, key_id: str, *, new_hash: str, grace_until: int, now: int) -> Item:
@@ -122,6 +249,7 @@ class AdminStoreMixin:
                 ":one": _dump(1),
                 ":revoked": _dump("revoked"),
             },
+            now=now,
         )
 
     def set_subject_status(
@@ -188,24 +316,40 @@ class AdminStoreMixin:
         condition: str,
         names: dict[str, str],
         values: dict[str, Any],
+        now: int,
     ) -> Item:
         from security.store import key_pk
 
+        pk = key_pk(key_id)
         try:
             with _translated():
                 response = self._client.update_item(
                     TableName=self._table,
-                    Key={"pk": {"S": key_pk(key_id)}},
+                    Key={"pk": {"S": pk}},
                     UpdateExpression=update,
-                    ConditionExpression=condition,
+                    ConditionExpression=f"({condition}) AND attribute_not_exists(shards)",
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues=values,
                     ReturnValues="ALL_NEW",
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
         except ConditionFailed as failed:
-            if not failed.item:
+            old = _load(failed.item)
+            if not old:
                 raise NotFoundError("unknown_key") from failed
+            shards = int(old.get("shards", 1))
+            if shards > 1:
+                changed = self.update_with_shards(
+                    pk,
+                    shards,
+                    update=update,
+                    condition=condition,
+                    names=names,
+                    values=values,
+                    now=now,
+                )
+                if changed is not None:
+                    return changed
             raise ConflictError("invalid_transition") from failed
         item = _load(response.get("Attributes"))
         if item is None:  # pragma: no cover - ALL_NEW always returns the item

@@ -1,48 +1,26 @@
-"""What an admission returns, and the pieces of the counting write every path shares.
+"""What an admission returns, and the pieces every admission path shares.
 
 ``Admission`` is a counted, allowed request with what is left of the principal's limits;
 ``rate_headers`` are the ``RateLimit-Policy``/``RateLimit`` headers of every authenticated
-response; ``request_digest`` is the idempotency digest; ``is_older`` picks the window and bucket
-attributes a write may remove.
+response; ``remaining`` reads them off an item; ``RecentAdmissions`` remembers this environment's
+recent admissions by request id.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import hmac
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from security.auth import Principal
-from security.store import RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX, rate_attr
+from security.auth import Credentials, Principal
+from security.store import rate_attr
 
-IDEMPOTENCY_BUCKET_SECONDS = 30
-
-
-def request_digest(principal_id: str, request_id: str) -> str:
-    """A short digest of (principal, request id) for the idempotency sets (72 bits, base64url).
-
-    72 bits keep the sets small (item size is write cost) while a false "already counted" needs
-    a collision among the few thousand digests of one principal's last minute: ~1e-19.
-    """
-    digest = hashlib.sha256(f"{principal_id}\x00{request_id}".encode()).digest()
-    return base64.urlsafe_b64encode(digest[:9]).decode("ascii")
-
-
-def is_older(attr: str, *, window: int, bucket: int) -> bool:
-    """Whether a window or bucket attribute is strictly older than the live ones.
-
-    Only older ones are removed: an instance whose clock runs a little ahead may already have
-    written the next window or bucket, and removing it would lose its counts.
-    """
-    prefix, threshold = (
-        (RATE_ATTR_PREFIX, window)
-        if attr.startswith(RATE_ATTR_PREFIX)
-        else (REQUEST_ATTR_PREFIX, bucket)
-    )
-    suffix = attr.removeprefix(prefix)
-    return suffix.lstrip("-").isdigit() and int(suffix) < threshold
+#: How long, and how many, admissions an environment remembers by request id.
+RECENT_SECONDS = 60
+RECENT_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +63,51 @@ def remaining(
     if principal.budget is not None:
         budget_left = principal.budget - int(item.get("rows_used", 0))
     return rate.count - used, start + rate.window_seconds - now, budget_left
+
+
+class RecentAdmissions:
+    """This environment's admissions of the last ``RECENT_SECONDS``, by (principal, request id).
+
+    The counting write is idempotent by its lane's sequence, which covers the only repeat that
+    reaches DynamoDB (the SDK resending a write). A request id admitted again by the same
+    environment (the same event delivered twice) is answered from here, counted once; the
+    credentials must be the same (their fingerprint).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, str], tuple[str, int, Admission]] = OrderedDict()
+
+    def get(self, credentials: Credentials, request_id: str, now: int) -> Admission | None:
+        """The admission of this request id on these credentials, if recent."""
+        with self._lock:
+            entry = self._seen.get((credentials.principal_id, request_id))
+        if entry is None:
+            return None
+        fingerprint, at, admission = entry
+        if now - at > RECENT_SECONDS:
+            return None
+        if not hmac.compare_digest(fingerprint, credentials.fingerprint):
+            return None
+        return admission
+
+    def put(
+        self, credentials: Credentials, request_id: str, admission: Admission, now: int
+    ) -> None:
+        """Remember an admission."""
+        with self._lock:
+            key = (credentials.principal_id, request_id)
+            self._seen[key] = (credentials.fingerprint, now, admission)
+            self._seen.move_to_end(key)
+            while len(self._seen) > RECENT_SIZE:
+                self._seen.popitem(last=False)
+
+
+def estimate(total: int, share: int, left: int) -> int:
+    """What is left of ``total`` when one shard of ``share`` has ``left``: scaled by the shard
+    count (exact when traffic is spread evenly), at least what that shard has, at most
+    ``total``."""
+    if share <= 0:
+        return 0
+    left = max(0, left)
+    return max(min(left, total), min(total, left * total // share))

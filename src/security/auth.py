@@ -76,6 +76,7 @@ class Principal:
     budget: int | None
     config_version: int = 0
     expires_at: int | None = None
+    shards: int = 1
 
     def allows(self, model: str) -> bool:
         """Whether the principal may predict with ``model`` (``admin`` alone does not predict)."""
@@ -109,6 +110,7 @@ def principal_from_item(item: Mapping[str, Any], *, settings: Settings) -> Princ
         budget=None if budget is None else int(budget),
         config_version=int(item.get("config_version", 0)),
         expires_at=None if expires is None else int(expires),
+        shards=max(1, int(item.get("shards", 1))),
     )
 
 

@@ -16,6 +16,7 @@ from security.dynamo import ConditionFailed
 from security.dynamo import dump as _dump
 from security.dynamo import load as _load
 from security.dynamo import translated as _translated
+from security.writers import Stamp
 
 if TYPE_CHECKING:
     from security.store import ChargeOutcome
@@ -44,9 +45,7 @@ class RefusalRequest:
     refusal_attr: str
     previous_refusal_attr: str
     refusal_limit: int
-    request_attr: str
-    previous_request_attr: str
-    request_digest: str
+    stamp: Stamp
     secret_hash: str | None = None
     subject: str | None = None
     issuer: str | None = None
@@ -60,30 +59,28 @@ class CounterMixin:
 
     def charge_refusal(self, request: RefusalRequest) -> ChargeOutcome:
         """Count one refused request, authenticating as ``charge`` does (no config version: a
-        refusal's cost does not depend on the cached configuration). ALL_NEW when it counted,
-        else ALL_OLD (None when there is no such principal).
+        refusal's cost does not depend on the cached configuration), idempotent by its stamp.
+        What it updated (or ALL_NEW, as the stamp asks) when it counted, else ALL_OLD (None when
+        there is no such principal). A sharded key's refusals are counted on its key item.
 
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        from security.store import REQUEST_ATTR_PREFIX, ChargeOutcome
+        from security.store import ChargeOutcome
 
         names = {
             "#status": "status",
             "#rf": request.refusal_attr,
             "#rfo": request.previous_refusal_attr,
-            "#rq": request.request_attr,
-            "#rqp": request.previous_request_attr,
         }
         values: dict[str, Any] = {
             ":now": _dump(request.now),
             ":one": _dump(1),
             ":active": _dump("active"),
             ":limit": _dump(request.refusal_limit),
-            ":rid": {"SS": [request.request_digest]},
-            ":ridv": _dump(request.request_digest),
         }
-        sets = ["last_refused_at = :now"]
+        stamp_set, stamp_conditions, removals = request.stamp.expression(names, values)
+        sets = ["last_refused_at = :now", stamp_set]
         if request.secret_hash is None:
             sets += [
                 "kind = if_not_exists(kind, :kind)",
@@ -106,11 +103,13 @@ class CounterMixin:
                 "(secret_hash = :hash OR (prev_secret_hash = :hash AND prev_secret_until > :now))",
                 "(attribute_not_exists(expires_at) OR expires_at > :now)",
             ]
-        conditions += [
-            "(attribute_not_exists(#rf) OR #rf < :limit)",
-            "NOT contains(#rq, :ridv) AND NOT contains(#rqp, :ridv)",
-        ]
-        update = "SET " + ", ".join(sets) + " ADD #rf :one, refusals :one, #rq :rid REMOVE #rfo"
+        conditions += ["(attribute_not_exists(#rf) OR #rf < :limit)", *stamp_conditions]
+        update = (
+            "SET "
+            + ", ".join(sets)
+            + " ADD #rf :one, refusals :one REMOVE "
+            + ", ".join(["#rfo", *removals])
+        )
         try:
             with _translated():
                 response = self._client.update_item(
@@ -120,13 +119,13 @@ class CounterMixin:
                     ConditionExpression=" AND ".join(conditions),
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues=values,
-                    ReturnValues="ALL_NEW",
+                    ReturnValues=request.stamp.return_values,
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
         except ConditionFailed as failed:
             return ChargeOutcome(ok=False, item=_load(failed.item))
         return ChargeOutcome(
-            ok=True, item=_load(response.get("Attributes"), names_only=REQUEST_ATTR_PREFIX)
+            ok=True, item=_load(response.get("Attributes")) or {}, full=request.stamp.full
         )
 
     def record_auth_failure(self, scope: str, *, window_start: int, window_seconds: int) -> int:

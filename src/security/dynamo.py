@@ -76,21 +76,11 @@ def _from_wire(typed: Mapping[str, Any]) -> Any:
     raise TypeError(f"unknown DynamoDB type {kind!r}")
 
 
-def load(raw: Mapping[str, Any] | None, *, names_only: str | None = None) -> Item | None:
-    """Deserialise an item; attributes starting with ``names_only`` keep their name, value None.
-
-    A charge's ``ALL_NEW`` carries every request-id digest of the live idempotency buckets (a
-    set that grows with the key's request rate): after a successful write only the attribute
-    names are needed (stale buckets are removed by name), so their values are not converted.
-    """
+def load(raw: Mapping[str, Any] | None) -> Item | None:
+    """Deserialise an item (None for an absent or empty one)."""
     if not raw:
         return None
-    if names_only is None:
-        return {name: _from_wire(value) for name, value in raw.items()}
-    return {
-        name: None if name.startswith(names_only) else _from_wire(value)
-        for name, value in raw.items()
-    }
+    return {name: _from_wire(value) for name, value in raw.items()}
 
 
 def dump(value: Any) -> dict[str, Any]:

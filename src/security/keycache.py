@@ -1,4 +1,4 @@
-"""The per-instance cache of verified API keys and of each item's window attributes.
+"""The per-instance cache of verified API keys.
 
 A warm instance admits a known key with one conditional write and no read: the cached entry
 holds the key's principal and secret hashes; the write's condition re-checks the secret hash,
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from security.auth import Credentials, Principal, principal_from_item
 from security.keys import secret_matches
-from security.store import RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX
 
 if TYPE_CHECKING:
     from security.settings import Settings
@@ -34,23 +32,20 @@ class _Cached:
 
 
 class KeyCache:
-    """Verified keys by principal id, and the window attributes last seen on each item."""
+    """Verified keys by principal id (what each item's lanes and windows look like is
+    ``security.itemviews``)."""
 
     def __init__(self, *, settings: Settings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
         self._keys: OrderedDict[str, _Cached] = OrderedDict()
-        self._seen: OrderedDict[str, tuple[str, ...]] = OrderedDict()
-
-    def seen(self, pk: str) -> tuple[str, ...]:
-        """The window and bucket attributes last seen on ``pk``'s item."""
-        with self._lock:
-            return self._seen.get(pk, ())
 
     def match(self, credentials: Credentials, now: int) -> _Cached | None:
         """The cached entry if the presented secret matches it (current, or previous in grace)."""
         with self._lock:
             cached = self._keys.get(credentials.principal_id)
+            if cached is not None:
+                self._keys.move_to_end(credentials.principal_id)  # a hot key stays cached
         if cached is None or credentials.secret_hash is None:
             return None
         if secret_matches(cached.secret_hash, credentials.secret_hash):
@@ -81,21 +76,8 @@ class KeyCache:
             self._keys.move_to_end(pk)
             while len(self._keys) > _CACHE_SIZE:
                 self._keys.popitem(last=False)
-        self.note_attrs(item)
 
     def forget(self, pk: str) -> None:
         """Drop a key from the cache (revoked, suspended, expired, gone)."""
         with self._lock:
             self._keys.pop(pk, None)
-
-    def note_attrs(self, item: Mapping[str, Any]) -> None:
-        """Remember an item's window and bucket attributes (the stale ones are removed later)."""
-        attrs = tuple(
-            name for name in item if name.startswith((RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX))
-        )
-        pk = str(item["pk"])
-        with self._lock:
-            self._seen[pk] = attrs
-            self._seen.move_to_end(pk)
-            while len(self._seen) > _CACHE_SIZE:
-                self._seen.popitem(last=False)

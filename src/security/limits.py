@@ -5,13 +5,18 @@
 * **Fixed windows aligned to the epoch**, one ``rw_<k*W>`` attribute per live window; stale
   ones are removed by the write that counts the current one.
 * **One conditional ``UpdateItem`` per allowed request** (``PrincipalStore.charge``) checks
-  status, secret hash, expiry, config version, room in the window and the budget, and that the
-  request id was not already counted, and adds the rows, all or nothing. DynamoDB applies
-  conditional updates to one item serially: no number of instances exceeds a limit by a row.
+  status, secret hash, expiry, config version, room in the window and the budget, and that this
+  write did not land already, and adds the rows, all or nothing. DynamoDB applies conditional
+  updates to one item serially: no number of instances exceeds a limit by a row.
+* **Constant cost**: the write returns ``UPDATED_NEW`` (the counters it changed, for the
+  ``RateLimit`` headers) and the item stays under 1 KB: one write unit per allowed request.
+* **Idempotent under retries** without per-request state (``security.writers``): the write sets
+  its lane's sequence ``e_<lane>`` under ``e_<lane> < :seq``; an SDK retry of a write that landed
+  fails there, ALL_OLD shows the sequence, and the request is counted once.
+* **Sharded keys** (``security.shards``): counting spread over N items, each with a share of
+  every limit; the key item stays the authority, read through the verification cache.
 * **Cached configuration, never cached status**: a stale cached config version fails the
   write, whose ALL_OLD refreshes the cache before one retry; revocation binds on the next request.
-* **Idempotent under retries**: request-id digests per 30-second bucket; a retried write finds
-  its digest in ALL_OLD and the request is counted once.
 * **Refusals cost a refusal, not rows**: a request refused after authentication (its body, a
   batch that can never fit, a model it may not use, a squeezing refusal) is counted by one
   conditional write (``PrincipalStore.charge_refusal``) against ``settings.refusal_limit``;
@@ -26,16 +31,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from security.admission import (
-    IDEMPOTENCY_BUCKET_SECONDS,
-    Admission,
-    is_older,
-    rate_headers,
-    remaining,
-    request_digest,
-)
+from security.admission import Admission, RecentAdmissions, rate_headers, remaining
 from security.auth import Credentials, Principal, principal_from_claims, principal_from_item
-from security.counters import RefusalRequest, refusal_attr
+from security.charging import Sender
 from security.errors import (
     AuthenticationError,
     ForbiddenError,
@@ -43,23 +41,21 @@ from security.errors import (
     SecurityError,
     StoreUnavailableError,
 )
+from security.itemviews import ItemViews
 from security.keycache import KeyCache
 from security.keys import secret_matches
+from security.refusals import RefusalCounting
 from security.settings import Settings
-from security.store import (
-    ChargeRequest,
-    Item,
-    PrincipalStore,
-    rate_attr,
-    request_attr,
-)
+from security.shards import ShardedCharging, fits, max_share
+from security.store import ChargeRequest, Item, PrincipalStore, rate_attr
 from security.throttle import GuessingThrottle
 from security.throttle import window_start as window_start  # re-exported (admin, tests)
+from security.writers import Lane, Stamp, WriterPool
 
 NEVER_FITS = "never_fits"
 
 
-class Gatekeeper:
+class Gatekeeper(RefusalCounting, ShardedCharging):
     """Authenticates principals against DynamoDB and admits requests with one conditional write."""
 
     def __init__(
@@ -68,12 +64,22 @@ class Gatekeeper:
         store: PrincipalStore,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        writers: WriterPool | None = None,
     ) -> None:
+        """``writers``: this environment's lanes (a pool of its own unless given)."""
         self._store = store
         self._settings = settings
         self._clock = clock
         self._cache = KeyCache(settings=settings)
         self._throttle = GuessingThrottle(store=store, settings=settings)
+        self._writers = writers or WriterPool()
+        self._sender = Sender(views=ItemViews(), clock=clock)
+        self._recent = RecentAdmissions()
+
+    def after_restore(self) -> None:
+        """After a SnapStart restore: new lane ids (every restored environment shares the
+        snapshot's memory, and two environments must never write under one lane)."""
+        self._writers.reset()
 
     # ------------------------------------------------------------------ public
     def admit(
@@ -91,18 +97,20 @@ class Gatekeeper:
         if rows < 1:
             raise ValueError("rows must be positive")
         now = int(self._clock())
-        if credentials.kind == "jwt":
-            return self._admit_subject(
-                credentials,
-                model=model,
-                rows=rows,
-                request_id=request_id,
-                source_ip=source_ip,
-                now=now,
-            )
-        return self._admit_key(
-            credentials, model=model, rows=rows, request_id=request_id, source_ip=source_ip, now=now
-        )
+        recent = self._recent.get(credentials, request_id, now)
+        if recent is not None:
+            return recent
+        with self._writers.lane() as lane:
+            if credentials.kind == "jwt":
+                admission = self._admit_subject(
+                    lane, credentials, model=model, rows=rows, source_ip=source_ip, now=now
+                )
+            else:
+                admission = self._admit_key(
+                    lane, credentials, model=model, rows=rows, source_ip=source_ip, now=now
+                )
+        self._recent.put(credentials, request_id, admission, now)
+        return admission
 
     def authenticate(
         self, credentials: Credentials, *, model: str | None, source_ip: str
@@ -136,7 +144,8 @@ class Gatekeeper:
             principal, item = self._read_subject(credentials)
         else:
             principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
-        headers = self._headers_from_item(principal, item, now)
+        with self._writers.lane() as lane:
+            headers = self._headers(lane, principal, item, now)
         if model is not None and not principal.allows(model):
             error = ForbiddenError("forbidden_scope")
             error.headers.update(headers)
@@ -149,7 +158,8 @@ class Gatekeeper:
         """Count a request refused after authentication (its body, its size, its model): one
         conditional write that authenticates as the admission does and spends one of the
         principal's ``settings.refusal_limit`` refusals instead of rows. Returns the
-        ``RateLimit`` headers for the refusal.
+        ``RateLimit`` headers for the refusal. (``request_id`` names the request; the write is
+        idempotent by its lane's sequence.)
 
         Raises:
             AuthenticationError: as ``admit``.
@@ -158,13 +168,8 @@ class Gatekeeper:
             StoreUnavailableError: DynamoDB failed.
         """
         now = int(self._clock())
-        principal, item = self._count_refusal(credentials, request_id, source_ip, now)
-        headers = self._headers_from_item(principal, item, now)
-        if model is not None and not principal.allows(model):
-            error = ForbiddenError("forbidden_scope")
-            error.headers.update(headers)
-            raise error
-        return headers
+        with self._writers.lane() as lane:
+            return self._refuse(lane, credentials, model=model, source_ip=source_ip, now=now)
 
     def credential_failure(self, error: AuthenticationError, *, source_ip: str) -> SecurityError:
         """What to raise for credentials refused before any lookup (a token's bad signature is
@@ -176,64 +181,14 @@ class Gatekeeper:
         counted = self._throttle.failure(error.reason, source_ip, int(self._clock()))
         return error if isinstance(counted, AuthenticationError) else counted
 
-    def _count_refusal(
-        self, credentials: Credentials, request_id: str, source_ip: str, now: int
-    ) -> tuple[Principal, Item]:
-        limit = self._settings.refusal_limit
-        start = window_start(now, limit.window_seconds)
-        bucket = now // IDEMPOTENCY_BUCKET_SECONDS
-        claims = credentials.claims
-        request = RefusalRequest(
-            pk=credentials.principal_id,
-            kind=credentials.kind,
-            now=now,
-            refusal_attr=refusal_attr(start),
-            previous_refusal_attr=refusal_attr(start - limit.window_seconds),
-            refusal_limit=limit.count,
-            request_attr=request_attr(bucket),
-            previous_request_attr=request_attr(bucket - 1),
-            # Its own digest: a request refused after it was admitted (a squeezing refusal)
-            # is counted as a refusal too, not taken for a retry of its admission.
-            request_digest=request_digest(credentials.principal_id, request_id + "#refused"),
-            secret_hash=credentials.secret_hash if credentials.kind == "api_key" else None,
-            subject=claims.subject if claims else None,
-            issuer=claims.issuer if claims else None,
-        )
-        outcome = self._store.charge_refusal(request)
-        item = outcome.item
-        if claims is not None:
-            principal = principal_from_claims(claims)
-            status = (item or {}).get("status", "active")
-            if not outcome.ok and status != "active":
-                raise AuthenticationError(
-                    status if status in ("revoked", "suspended") else "inactive"
-                )
-            if outcome.ok and item is not None:
-                self._cache.note_attrs(item)
-        elif item is None:
-            raise self._throttle.failure("unknown_key", source_ip, now, key_id=credentials.key_id)
-        elif outcome.ok:
-            principal = principal_from_item(item, settings=self._settings)
-            self._cache.remember(item)
-        else:
-            principal = self._verify_key_item(credentials, item, source_ip=source_ip, now=now)
-        item = item or {}
-        if not outcome.ok and not self._already_counted(item, request):
-            error = RateLimitedError(
-                "refusal_limit", retry_after=start + limit.window_seconds - now
-            )
-            error.headers.update(self._headers_from_item(principal, item, now))
-            raise error
-        return principal, item
-
     # ---------------------------------------------------------------- API keys
     def _admit_key(
         self,
+        lane: Lane,
         credentials: Credentials,
         *,
         model: str,
         rows: int,
-        request_id: str,
         source_ip: str,
         now: int,
     ) -> Admission:
@@ -249,36 +204,45 @@ class Gatekeeper:
                     principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
                     if principal.allows(model):
                         continue
-                self.refuse(credentials, model=model, request_id=request_id, source_ip=source_ip)
+                self._refuse(lane, credentials, model=model, source_ip=source_ip, now=now)
                 raise ForbiddenError("forbidden_scope")  # the scope was granted meanwhile
-            request = self._charge_request(
-                credentials, principal, rows=rows, request_id=request_id, now=now
-            )
-            if request is None:  # the rows can never fit: refuse (after a fresh authentication)
+            if not fits(principal, rows):  # can never fit: refuse (after a fresh authentication)
                 if item is None:
                     principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
                     continue  # judge again on the fresh configuration
-                principal, item = self._count_refusal(credentials, request_id, source_ip, now)
-                raise self._over_limit(principal, item, rows=rows, now=now, never_fits=True)
-            outcome = self._store.charge(request)
-            if outcome.ok and outcome.item is not None:
-                self._cache.remember(outcome.item)
-                return self._admission(principal, outcome.item, rows=rows, now=now)
-            old = outcome.item
+                principal, item = self._count_refusal(lane, credentials, source_ip, now)
+                raise self._over_limit(lane, principal, item, rows=rows, now=now, never_fits=True)
+            if principal.shards > 1:
+                admission = self._charge_shards(lane, principal, rows=rows, now=now)
+                if admission is not None:
+                    return admission
+                # A shard's config_version moved: the key changed; read it (and verify) again.
+                principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+                continue
+            sent = self._sender.send(
+                lane,
+                principal.principal_id,
+                build=self._charge_builder(credentials, principal, rows=rows, now=now),
+                call=self._store.charge,
+                **self._windows(principal, now),
+            )
+            if sent.counted and sent.item is not None:
+                if sent.full:
+                    self._cache.remember(sent.item)
+                return self._admission(principal, sent.item, rows=rows, now=now)
+            old = sent.item
             if old is None:
                 self._cache.forget(credentials.principal_id)
                 raise self._throttle.failure(
                     "unknown_key", source_ip, now, key_id=credentials.key_id
                 )
-            if self._already_counted(old, request):
-                return self._admission(principal, old, rows=rows, now=now)
             self._cache.remember(old)  # ALL_OLD is the current item: refresh what we cache
             fresh = self._verify_key_item(credentials, old, source_ip=source_ip, now=now)
             if fresh.config_version != principal.config_version:
                 # Our cached configuration was stale: ALL_OLD is the current item; retry once.
                 principal, item = fresh, old
                 continue
-            raise self._over_limit(principal, old, rows=rows, now=now)
+            raise self._over_limit(lane, principal, old, rows=rows, now=now)
         raise StoreUnavailableError("config_contention", detail="config changed twice")
 
     def _read_key(
@@ -287,6 +251,7 @@ class Gatekeeper:
         item = self._store.get(credentials.principal_id)
         if item is None:
             raise self._throttle.failure("unknown_key", source_ip, now, key_id=credentials.key_id)
+        self._sender.views.note(credentials.principal_id, item, now=self._clock(), full=True)
         principal = self._verify_key_item(credentials, item, source_ip=source_ip, now=now)
         self._cache.remember(item)
         return principal, item
@@ -316,35 +281,35 @@ class Gatekeeper:
     # ------------------------------------------------------------ token subjects
     def _admit_subject(
         self,
+        lane: Lane,
         credentials: Credentials,
         *,
         model: str,
         rows: int,
-        request_id: str,
         source_ip: str,
         now: int,
     ) -> Admission:
         assert credentials.claims is not None
         principal = principal_from_claims(credentials.claims)
         if not principal.allows(model):
-            self.refuse(credentials, model=model, request_id=request_id, source_ip=source_ip)
-        request = self._charge_request(
-            credentials, principal, rows=rows, request_id=request_id, now=now
+            self._refuse(lane, credentials, model=model, source_ip=source_ip, now=now)
+        if not fits(principal, rows):
+            _, item = self._count_refusal(lane, credentials, source_ip, now)
+            raise self._over_limit(lane, principal, item, rows=rows, now=now, never_fits=True)
+        sent = self._sender.send(
+            lane,
+            principal.principal_id,
+            build=self._charge_builder(credentials, principal, rows=rows, now=now),
+            call=self._store.charge,
+            **self._windows(principal, now),
         )
-        if request is None:
-            _, item = self._count_refusal(credentials, request_id, source_ip, now)
-            raise self._over_limit(principal, item, rows=rows, now=now, never_fits=True)
-        outcome = self._store.charge(request)
-        if outcome.ok and outcome.item is not None:
-            self._cache.note_attrs(outcome.item)
-            return self._admission(principal, outcome.item, rows=rows, now=now)
-        old = outcome.item or {}
-        if self._already_counted(old, request):
-            return self._admission(principal, old, rows=rows, now=now)
+        if sent.counted and sent.item is not None:
+            return self._admission(principal, sent.item, rows=rows, now=now)
+        old = sent.item or {}
         status = old.get("status", "active")
         if status != "active":
             raise AuthenticationError(status if status in ("revoked", "suspended") else "inactive")
-        raise self._over_limit(principal, old, rows=rows, now=now)
+        raise self._over_limit(lane, principal, old, rows=rows, now=now)
 
     def _read_subject(self, credentials: Credentials) -> tuple[Principal, Item]:
         assert credentials.claims is not None
@@ -356,56 +321,36 @@ class Gatekeeper:
         return principal, item
 
     # ------------------------------------------------------------------ shared
-    def _charge_request(
-        self,
-        credentials: Credentials,
-        principal: Principal,
-        *,
-        rows: int,
-        request_id: str,
-        now: int,
-    ) -> ChargeRequest | None:
-        rate = principal.rate_limit
-        if rows > rate.count or (principal.budget is not None and rows > principal.budget):
-            return None
-        start = window_start(now, rate.window_seconds)
-        bucket = now // IDEMPOTENCY_BUCKET_SECONDS
-        current_w, current_rq, previous_rq = (
-            rate_attr(start),
-            request_attr(bucket),
-            request_attr(bucket - 1),
-        )
-        seen = self._cache.seen(principal.principal_id)
-        stale = tuple(
-            a
-            for a in (rate_attr(start - rate.window_seconds), request_attr(bucket - 2), *seen)
-            if is_older(a, window=start, bucket=bucket - 1)
-        )
-        claims = credentials.claims
-        return ChargeRequest(
-            pk=principal.principal_id,
-            kind=principal.kind,
-            rows=rows,
-            now=now,
-            rate_attr=current_w,
-            rate_left=rate.count - rows,
-            budget_left=None if principal.budget is None else principal.budget - rows,
-            request_attr=current_rq,
-            previous_request_attr=previous_rq,
-            request_digest=request_digest(principal.principal_id, request_id),
-            stale_attrs=stale,
-            secret_hash=credentials.secret_hash if credentials.kind == "api_key" else None,
-            config_version=principal.config_version if credentials.kind == "api_key" else None,
-            subject=claims.subject if claims else None,
-            issuer=claims.issuer if claims else None,
-        )
-
     @staticmethod
-    def _already_counted(item: Mapping[str, Any], request: ChargeRequest | RefusalRequest) -> bool:
-        digest = request.request_digest
-        return digest in item.get(request.request_attr, set()) or digest in item.get(
-            request.previous_request_attr, set()
-        )
+    def _windows(principal: Principal, now: int) -> dict[str, Any]:
+        rate = principal.rate_limit
+        start = window_start(now, rate.window_seconds)
+        return {"window_start": start, "previous_window": rate_attr(start - rate.window_seconds)}
+
+    def _charge_builder(
+        self, credentials: Credentials, principal: Principal, *, rows: int, now: int
+    ) -> Callable[[Stamp, tuple[str, ...]], ChargeRequest]:
+        rate = principal.rate_limit
+        claims = credentials.claims
+
+        def build(stamp: Stamp, windows: tuple[str, ...]) -> ChargeRequest:
+            return ChargeRequest(
+                pk=principal.principal_id,
+                kind=principal.kind,
+                rows=rows,
+                now=now,
+                rate_attr=rate_attr(window_start(now, rate.window_seconds)),
+                rate_left=rate.count - rows,
+                budget_left=None if principal.budget is None else principal.budget - rows,
+                stamp=stamp,
+                stale_attrs=windows,
+                secret_hash=credentials.secret_hash if credentials.kind == "api_key" else None,
+                config_version=principal.config_version if credentials.kind == "api_key" else None,
+                subject=claims.subject if claims else None,
+                issuer=claims.issuer if claims else None,
+            )
+
+        return build
 
     def _admission(
         self, principal: Principal, item: Mapping[str, Any], *, rows: int, now: int
@@ -419,14 +364,17 @@ class Gatekeeper:
             budget_remaining=None if budget_left is None else max(0, budget_left),
         )
 
-    def _headers_from_item(
-        self, principal: Principal, item: Mapping[str, Any], now: int
+    def _headers(
+        self, lane: Lane, principal: Principal, item: Mapping[str, Any], now: int
     ) -> dict[str, str]:
+        if principal.shards > 1:  # the key item holds no counters: what a shard last showed
+            return self._shard_headers(principal, lane.homes(principal.shards)[0], now)
         rate_left, reset, budget_left = remaining(principal, item, now)
         return rate_headers(principal, rate_left, reset, budget_left)
 
     def _over_limit(
         self,
+        lane: Lane,
         principal: Principal,
         item: Mapping[str, Any],
         *,
@@ -434,6 +382,14 @@ class Gatekeeper:
         now: int,
         never_fits: bool = False,
     ) -> SecurityError:
+        if principal.shards > 1:  # only a batch that can never fit is refused here
+            budget = principal.budget is not None and rows > max_share(
+                principal.budget, principal.shards
+            )
+            home = lane.homes(principal.shards)[0]
+            return self._shards_refused(
+                principal, home, now=now, budget=budget, never_fits=never_fits
+            )
         rate_left, reset, budget_left = remaining(principal, item, now)
         if budget_left is not None and rows > budget_left:
             # A budget never refills: no Retry-After would be true.

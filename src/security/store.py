@@ -11,8 +11,11 @@ Item shapes (partition key ``pk``; ``docs/limits.md`` has the full data model):
 * ``key#<key_id>``: an API key: ``secret_hash`` (+ ``prev_secret_hash``/``prev_secret_until``
   during a rotation grace), ``status``, ``owner``, ``scopes``, ``rate_count``/``rate_window``,
   ``budget``, ``output_policy``, ``expires_at``, ``config_version``, ``rows_used``, ``requests``,
-  ``created_at``, ``last_used_at``, ``flags``; one ``rw_<window_start>`` number per live rate
-  window and one ``rq_<bucket>`` string set of recent request-id digests per idempotency bucket.
+  ``created_at``, ``last_used_at``, ``flags``, ``shards`` (sharded keys); one ``rw_<window_start>``
+  number per live rate window and one ``e_<lane>`` number per recently writing lane
+  (``security.writers``: the idempotency of the counting write).
+* ``key#<key_id>#s<k>``: shard ``k`` of a sharded key (``security.shards``): ``config_version``
+  (kept equal to the key's by transactions), ``rows_used``, ``requests``, windows and lanes.
 * ``sub#<issuer-hash>#<subject>``: a JWT subject: the same counters, created by its first charge
   (or by an admin's suspension).
 * ``authfail#ip#<address>``, ``authfail#key#<key_id>``, ``authfail#all``: failed
@@ -40,6 +43,7 @@ from security.dynamo import load as _load
 from security.dynamo import translated as _translated
 from security.errors import NotFoundError, StoreUnavailableError
 from security.monitor_state import MonitorStateMixin
+from security.writers import Stamp
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -47,7 +51,6 @@ if TYPE_CHECKING:
 KEY_PREFIX = "key#"
 SUBJECT_PREFIX = "sub#"
 RATE_ATTR_PREFIX = "rw_"
-REQUEST_ATTR_PREFIX = "rq_"
 
 
 def issuer_hash(issuer: str) -> str:
@@ -70,17 +73,15 @@ def rate_attr(window_start: int) -> str:
     return f"{RATE_ATTR_PREFIX}{window_start}"
 
 
-def request_attr(bucket: int) -> str:
-    """The string-set attribute holding request-id digests of idempotency bucket ``bucket``."""
-    return f"{REQUEST_ATTR_PREFIX}{bucket}"
-
-
 @dataclass(frozen=True, slots=True)
 class ChargeRequest:
     """One conditional counting write, as ``limits`` computed it.
 
-    ``secret_hash`` is None for a JWT subject (the token was verified instead) and then the item
-    may be created by this very write. ``config_version`` is None for JWT subjects too.
+    ``kind`` is ``api_key`` (the secret hash, status, expiry and ``config_version`` are checked),
+    ``jwt`` (the token was verified instead; the item may be created by this very write) or
+    ``shard`` (a sharded key's counting item: only its ``config_version``, which every admin change
+    moves with the key's, is checked). ``stamp`` makes the write idempotent and prunes
+    (``security.writers``); ``stale_attrs`` are rate windows to remove.
     """
 
     pk: str
@@ -90,9 +91,7 @@ class ChargeRequest:
     rate_attr: str
     rate_left: int
     budget_left: int | None
-    request_attr: str
-    previous_request_attr: str
-    request_digest: str
+    stamp: Stamp
     stale_attrs: tuple[str, ...]
     secret_hash: str | None = None
     config_version: int | None = None
@@ -102,14 +101,12 @@ class ChargeRequest:
 
 @dataclass(frozen=True, slots=True)
 class ChargeOutcome:
-    """The result of a charge: ``item`` is ALL_NEW when ``ok``, else ALL_OLD (None if absent).
-
-    When ``ok``, the ``rq_*`` request-id digest sets are present by name only (value None): they
-    are needed only to tell a retry on a failed condition, and then ALL_OLD has them in full.
-    """
+    """The result of a charge: when ``ok``, what the write updated (``UPDATED_NEW``, or the whole
+    item when the stamp asked for ``ALL_NEW``); else ``ALL_OLD`` (None if there is no item)."""
 
     ok: bool
     item: Item | None
+    full: bool = True
 
 
 class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
@@ -184,46 +181,62 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
         if names:
             kwargs["ExpressionAttributeNames"] = names
         if condition:
-            kwargs["ConditionExpression"] = condition
+            # A sharded key's suspension must move its shards' config_version too (below).
+            kwargs["ConditionExpression"] = f"({condition}) AND attribute_not_exists(shards)"
+            kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         try:
             with _translated():
                 response = self._client.update_item(**kwargs)
         except ConditionFailed as failed:
-            if not suspend:
+            if not suspend or condition is None:
                 raise StoreUnavailableError(detail="ClientError") from failed
+            old = _load(failed.item) or {}
+            shards = int(old.get("shards", 1))
+            if shards > 1 and old.get("status") != "revoked":
+                changed = self.update_with_shards(
+                    principal_id,
+                    shards,
+                    update=update,
+                    condition=condition,
+                    names=names,
+                    values=values,
+                    now=now,
+                )
+                if changed is not None:
+                    return changed
             return self.flag_principal(principal_id, reason=reason, suspend=False, now=now)
         return _load(response.get("Attributes"))
 
     def charge(self, request: ChargeRequest) -> ChargeOutcome:
         """The one conditional counting write of an admission (see ``docs/limits.md``).
 
-        Checks the principal (status, secret hash, expiry, config version), the rate window, the
-        budget and that this request id was not already counted; if all hold, adds the rows to the
-        window and the budget, records the request id and removes stale windows and buckets, all
-        in one ``UpdateItem``. Returns ALL_NEW, or on a failed condition ALL_OLD.
+        Checks the principal (status, secret hash, expiry, config version; a shard: its config
+        version), the rate window, the budget and that this write did not land already (the
+        stamp); if all hold, adds the rows to the window and the budget, sets the lane's sequence
+        and removes stale windows and lanes, all in one ``UpdateItem``. Returns what it updated
+        (``UPDATED_NEW``, or ``ALL_NEW`` if the stamp asks), or on a failed condition ALL_OLD.
 
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        names = {
-            "#status": "status",
-            "#w": request.rate_attr,
-            "#rq": request.request_attr,
-            "#rqp": request.previous_request_attr,
-        }
+        names = {"#w": request.rate_attr}
         values: dict[str, Any] = {
             ":now": _dump(request.now),
             ":rows": _dump(request.rows),
             ":one": _dump(1),
-            ":active": _dump("active"),
             ":rate_left": _dump(request.rate_left),
-            ":rid": {"SS": [request.request_digest]},
-            ":ridv": _dump(request.request_digest),
         }
-        sets = ["last_used_at = :now"]
+        stamp_set, stamp_conditions, removals = request.stamp.expression(names, values)
+        sets = ["last_used_at = :now", stamp_set]
         conditions: list[str] = []
-        if request.secret_hash is None:
+        if request.kind == "shard":
+            # The key item is the authority (read through the verification cache); every change
+            # of it moves the shards' config_version in the same transaction.
+            values[":version"] = _dump(request.config_version or 0)
+            conditions.append("config_version = :version")
+        elif request.secret_hash is None:
             # A token subject: the token was verified, the item is created by its first charge.
+            names["#status"] = "status"
             sets += [
                 "kind = if_not_exists(kind, :kind)",
                 "created_at = if_not_exists(created_at, :now)",
@@ -231,6 +244,7 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
                 "subject = :subject",
                 "issuer = :issuer",
             ]
+            values[":active"] = _dump("active")
             values[":kind"] = _dump(request.kind)
             values[":subject"] = _dump(request.subject or "")
             values[":issuer"] = _dump(request.issuer or "")
@@ -238,6 +252,8 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
         else:
             # The secret is checked here, in the same write, so a key rotated or revoked by another
             # instance a millisecond ago is refused; the previous hash only while its grace lasts.
+            names["#status"] = "status"
+            values[":active"] = _dump("active")
             values[":hash"] = _dump(request.secret_hash)
             values[":version"] = _dump(request.config_version or 0)
             conditions += [
@@ -250,18 +266,16 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
         if request.budget_left is not None:
             values[":budget_left"] = _dump(request.budget_left)
             conditions.append("(attribute_not_exists(rows_used) OR rows_used <= :budget_left)")
-        # Idempotency: a retried request (same id) finds its digest in the current or the
-        # previous bucket and fails here; limits reads ALL_OLD and treats it as already counted.
-        conditions.append("NOT contains(#rq, :ridv) AND NOT contains(#rqp, :ridv)")
-        update = (
-            "SET " + ", ".join(sets) + " ADD rows_used :rows, requests :one, #w :rows, #rq :rid"
-        )
-        stale = [a for a in dict.fromkeys(request.stale_attrs) if a not in names.values()]
-        if stale:
-            removals = []
-            for index, attr in enumerate(stale):
-                names[f"#s{index}"] = attr
-                removals.append(f"#s{index}")
+        # Idempotency: a retried write (same sequence) finds its lane's attribute at that sequence
+        # and fails here; limits reads ALL_OLD and treats it as already counted.
+        conditions += stamp_conditions
+        update = "SET " + ", ".join(sets) + " ADD rows_used :rows, requests :one, #w :rows"
+        taken = set(names.values())
+        stale = [a for a in dict.fromkeys(request.stale_attrs) if a not in taken]
+        for index, attr in enumerate(stale):
+            names[f"#s{index}"] = attr
+            removals.append(f"#s{index}")
+        if removals:
             update += " REMOVE " + ", ".join(removals)
         try:
             with _translated():
@@ -272,12 +286,12 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
                     ConditionExpression=" AND ".join(conditions),
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues=values,
-                    ReturnValues="ALL_NEW",
+                    ReturnValues=request.stamp.return_values,
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
         except ConditionFailed as failed:
             old: Any = failed.item
             return ChargeOutcome(ok=False, item=_load(old))
         return ChargeOutcome(
-            ok=True, item=_load(response.get("Attributes"), names_only=REQUEST_ATTR_PREFIX)
+            ok=True, item=_load(response.get("Attributes")) or {}, full=request.stamp.full
         )

@@ -282,6 +282,7 @@ def build_predict_app(
     audit: AuditLog | None = None,
     docs: bool = False,
     clock: Callable[[], float] = time.time,
+    gatekeeper: Gatekeeper | None = None,
 ) -> FastAPI:
     """The prediction app from settings and clients.
 
@@ -291,7 +292,7 @@ def build_predict_app(
     smoothing defences, the authenticator, the gatekeeper over ``PrincipalStore`` and the
     extraction queue sink when a queue is configured. ``clock`` is the gatekeeper's and the
     sink's time (the functions use the default; ``mlmoat bench --capacity`` replays simulated
-    seconds through it).
+    seconds through it, and its own ``gatekeeper`` standing for many execution environments).
 
     Raises:
         ModelIntegrityError: ``docs`` (the OpenAPI tooling) and a model is unavailable.
@@ -348,7 +349,7 @@ def build_predict_app(
             ).values()
         },
         authenticator=_authenticator(settings, clients.ssm),
-        gatekeeper=_gatekeeper(settings, _store(settings, clients.dynamodb), clock),
+        gatekeeper=gatekeeper or _gatekeeper(settings, _store(settings, clients.dynamodb), clock),
         audit=audit,
         squeezer=squeezer,
         query_sink=sink,
@@ -393,7 +394,10 @@ def predict_function(settings: Settings, *, factory: ClientFactory | None = None
     )
     audit = AuditLog(service=settings.service_name)
     app = build_predict_app(settings, clients, audit=audit)
-    return ApiFunction(settings, clients, _hooks_for(clients), audit, app)
+    hooks = _hooks_for(clients)
+    # Restored environments share the snapshot's memory: each draws its own writer lanes.
+    hooks.after_restore(app.state.gate.gatekeeper.after_restore)
+    return ApiFunction(settings, clients, hooks, audit, app)
 
 
 def admin_function(settings: Settings, *, factory: ClientFactory | None = None) -> ApiFunction:

@@ -3,12 +3,13 @@
 (a) the size and unit rules against items computed by hand; (b) the meter, attached to a client
 of the session's moto server, on real calls, agreeing with those rules; (c) the replay of one
 key at a simulated 100 requests/s through the real prediction app and monitor, whose counter
-write units are checked against the sizes the meter observed, and today's figure stated.
+write units are checked against the sizes the meter observed; one write unit per prediction on
+the counter at every simulated rate; and one sharded key at a simulated 10,000 requests/s with
+no item above the partition's 1,000 write units a second.
 """
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,9 +19,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from mlmoat.bench.capacity import CallRecord, CapacityMeter, peak
-from mlmoat.bench.capacity_report import counter_steady_state, summarise
+from mlmoat.bench.capacity_report import lanes_under_1_kb, summarise
 from mlmoat.bench.itemsize import (
     ITEM_LIMIT_BYTES,
+    KB,
+    PARTITION_WRITE_UNITS_PER_SECOND,
     ItemTooLargeError,
     item_size,
     number_size,
@@ -133,22 +136,17 @@ def test_peak_of_a_sub_second_window_stands_for_its_rate() -> None:
         peak(records, start=START, end=START + 1, kind="both")
 
 
-def test_counter_steady_state_follows_the_buckets_and_the_400_kb_cap() -> None:
-    item = CounterItem("key#x", size=1000 + 12 * 10, digests=10, digest_bytes=120, window_attrs=())
-    slow = counter_steady_state(item, 1.0)
-    assert slow is not None
-    # 30-60 digests on 1,000 bytes: 1,372-1,720 bytes, always 2 write units
-    assert slow["digests_held_max"] == 60 and slow["max_item_bytes"] == 1720
-    assert slow["write_units_per_write"] == 2.0 and slow["refused_share"] == 0.0
-    assert slow["item_write_units_per_second"] == pytest.approx(2.0, rel=0.02)
-    fast = counter_steady_state(item, 1000.0)
-    assert fast is not None
-    room = (ITEM_LIMIT_BYTES - 1000) // 12  # digests that fit: 34,050
-    assert fast["digests_held_max"] == room and fast["max_item_bytes"] <= ITEM_LIMIT_BYTES
-    # buckets alternate 30,000 and room - 30,000 accepted writes of the 30,000 each sends
-    assert fast["refused_share"] == pytest.approx(1 - room / 60_000, abs=1e-3)
-    empty = CounterItem("key#y", size=300, digests=0, digest_bytes=0, window_attrs=())
-    assert counter_steady_state(empty, 100.0) is None
+def test_lanes_under_1_kb_follow_the_measured_item() -> None:
+    # 300 bytes of other attributes and 10 lanes of 15 bytes: (1,024 - 300) / 15 = 48 lanes
+    item = CounterItem("key#x", size=300 + 150, lanes=10, lane_bytes=150, window_attrs=())
+    projected = lanes_under_1_kb(item)
+    assert projected is not None
+    assert projected["bytes_per_lane"] == 15.0 and projected["other_bytes"] == 300
+    assert projected["lanes_under_1_kb"] == 48
+    assert write_units(300 + 48 * 15, 300 + 48 * 15) == 1.0
+    assert write_units(300 + 49 * 15, 300 + 49 * 15) == 2.0
+    empty = CounterItem("key#y", size=300, lanes=0, lane_bytes=0, window_attrs=())
+    assert lanes_under_1_kb(empty) is None
 
 
 # ------------------------------------------------------------------ (b) the meter, real calls
@@ -366,18 +364,23 @@ def test_replay_counter_units_are_the_models_of_the_sizes_it_observed(
     (pk,) = result.key_pks
     counter = [r for r in result.records if r.pk == pk]
     writes = [r for r in counter if r.is_write]
-    assert [r.operation for r in counter if not r.is_write] == ["GetItem"]  # cold instance
+    # 100/s at 25 ms an invocation: 3 environments, each reading the key once (a cold cache)
+    assert result.environments == 3
+    assert [r.operation for r in counter if not r.is_write] == ["GetItem"] * 3
     assert len(writes) == 150 and {r.operation for r in writes} == {"UpdateItem"}
-    # the simulated clock drove the gatekeeper: 1.5 s at 100/s, one rate window, one bucket
+    # the simulated clock drove the gatekeeper: 1.5 s at 100/s, one rate window
     assert [r.simulated for r in writes] == pytest.approx([START + i / 100 for i in range(150)])
     (item,) = result.counter_items
-    assert item.window_attrs == (f"rq_{int(START) // 30}", f"rw_{int(START)}")
+    assert item.window_attrs == (f"rw_{int(START)}",)
     # the meter's reads around the writes saw one item evolving, as the final read sees it
     for earlier, later in zip(writes, writes[1:], strict=False):
         assert later.size_before == earlier.size_after
-    assert writes[-1].size_after == item.size and item.digests == 150
-    growth = (writes[-1].size_after - writes[0].size_after) / 149
-    assert 12 <= growth < 12.5  # a 12-byte digest per request (and a number's digit now and then)
+    assert writes[-1].size_after == item.size and item.lanes == 3
+    # and it does not grow with the requests: one lane per environment, not one entry per
+    # request (147 more requests once the 3 lanes exist; the replaced design's digests grew the
+    # item 12 bytes a request: 1,764 bytes); only numbers gain a digit now and then
+    sizes = [r.size_after for r in writes[2:]]
+    assert max(sizes) - min(sizes) <= 24 and max(sizes) < 400
     # every counter write is charged what the model computes from the sizes observed ...
     expected = [write_units(r.size_before, r.size_after) for r in writes]
     assert [r.write_units for r in writes] == expected
@@ -389,13 +392,65 @@ def test_replay_counter_units_are_the_models_of_the_sizes_it_observed(
     assert sum(r.is_write for r in monitor) == 150 and len(monitor) == 300
 
 
-def test_replay_counter_item_grows_with_the_rate_today(replay_100: ScenarioResult) -> None:
-    # A measured fact of today's design: each request adds its 12-byte digest to the key's
-    # item (rq_<bucket> string sets, kept 30-60 s), so at 100 requests/s the counter item
-    # passes 1 KB within a second and every prediction's write costs more than one unit.
-    # Issue #14 item 2 (the counter redesign) is to make this exactly one: flip the assertion
-    # below to `== 1` then.
-    summary = summarise(replay_100)
-    assert summary["counter"]["write_units"] > 1
-    assert summary["counter_item"]["bytes"] > 1024
-    assert math.isfinite(summary["monitor"]["write_units"])
+@pytest.fixture(scope="module")
+def replay(moto_server: Any) -> CapacityReplay:
+    if not (REPO / "models" / "iris" / "manifest.json").is_file():
+        pytest.skip("models/ not trained yet (mlmoat train)")
+    return CapacityReplay(REPO, moto_server.endpoint)
+
+
+@pytest.fixture(scope="module")
+def replay_10000_sharded(replay: CapacityReplay) -> ScenarioResult:
+    # 10,000/s at 25 ms an invocation: 250 environments; 500 requests (each environment twice)
+    scenario = Scenario("1 key (20 shards) x 10,000/s", 1, 10_000.0, 0.05, shards=20, monitor=False)
+    return replay.run(scenario)
+
+
+def test_replay_counter_costs_one_write_unit_per_prediction_at_every_rate(
+    replay: CapacityReplay, replay_100: ScenarioResult, replay_10000_sharded: ScenarioResult
+) -> None:
+    # One key at 1, 10, 100 and 1,000 requests/s (1, 1, 3 and 25 environments), and a sharded
+    # key at 10,000/s (250): the counting write costs one unit per prediction whatever the rate.
+    # (The design this replaced added a 12-byte digest per request to the key's item: 1.07 units
+    # per prediction at 1/s, 4.36 at 10/s, 12.55 at 100/s, the item reaching 400 KB at ~570/s.)
+    results = [
+        replay.run(Scenario("1 key x 1/s", 1, 1.0, 40.0, monitor=False)),
+        replay.run(Scenario("1 key x 10/s", 1, 10.0, 4.0, monitor=False)),
+        replay_100,
+        replay.run(Scenario("1 key x 1,000/s", 1, 1_000.0, 0.1, monitor=False)),
+        replay_10000_sharded,
+    ]
+    for result in results:
+        summary = summarise(result)
+        label = summary["scenario"]
+        assert summary["allowed"] == summary["requests"], label
+        writes = [r for r in result.records if r.is_write and r.pk in result.key_pks]
+        assert len(writes) == summary["allowed"], label  # one counting write per prediction
+        assert {r.write_units for r in writes} == {1.0}, label
+        assert summary["counter"]["write_units"] == 1.0, label
+        assert max(item.size for item in result.counter_items) < KB, label
+
+
+def test_replay_one_sharded_key_sustains_10000_requests_per_second(
+    replay_10000_sharded: ScenarioResult,
+) -> None:
+    result = replay_10000_sharded
+    summary = summarise(result)
+    assert result.statuses == {200: 500} and result.environments == 250
+    # the key's item is the authority, read once per environment, never written by a request
+    (key,) = {pk for pk in result.key_pks if "#s" not in pk}
+    key_records = [r for r in result.records if r.pk == key]
+    assert {r.operation for r in key_records} == {"GetItem"} and len(key_records) == 250
+    # the counting goes to the 20 shards, each within its partition's limit with room to spare
+    # (the whole key writes 10,000 units a second: on one item, ten times the limit)
+    shards = {r.pk for r in result.records if r.is_write}
+    assert len(shards) == 20 and all(pk.startswith(key + "#s") for pk in shards)
+    hottest = summary["counter"]["hottest_write"]
+    assert hottest["units_per_second"] < PARTITION_WRITE_UNITS_PER_SECOND
+    assert hottest["share_of_limit"] < 0.8
+    table = summary["table"]["write_units_per_second"]
+    assert table == pytest.approx(10_000, rel=0.01)
+    # and every shard item stays under 1 KB: one write unit per prediction
+    assert len(result.counter_items) == 20
+    assert max(item.size for item in result.counter_items) < KB
+    assert not result.violations

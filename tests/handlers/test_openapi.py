@@ -136,9 +136,15 @@ def test_the_admin_document_states_the_request_bodies_and_every_admin_reason() -
     assert create["requestBody"]["required"] is True
     body = document["components"]["schemas"]["CreateKeyBody"]
     assert body["required"] == ["owner"] and body["additionalProperties"] is False
-    assert {"owner", "scopes", "rate_limit", "budget", "output_policy", "expires_in"} == set(
-        body["properties"]
-    )
+    assert {
+        "owner",
+        "scopes",
+        "rate_limit",
+        "budget",
+        "output_policy",
+        "expires_in",
+        "shards",
+    } == set(body["properties"])
     rotate = document["paths"]["/admin/keys/{key_id}/rotate"]["post"]
     assert rotate["requestBody"]["required"] is False
     assert "grace" in document["components"]["schemas"]["RotateKeyBody"]["properties"]

@@ -44,3 +44,21 @@ def test_a_restore_rebuilds_every_client_and_the_next_request_is_served(
     # and the app, holding the same RefreshableClient objects, serves through the new clients
     response = invoke(predict_module, load_event("rest/predict-ok-single.json", keys))
     assert response["statusCode"] == 200, response_body(response)
+
+
+def test_a_restore_draws_new_writer_lanes(
+    predict_module: Any, handler_env: dict[str, str], monkeypatch: Any
+) -> None:
+    # given the gatekeeper's lane as the snapshot holds it (every restored environment would
+    # share it: two environments writing under one lane would defeat the retry check)
+    gatekeeper = predict_module.function.app.state.gate.gatekeeper
+    with gatekeeper._writers.lane() as lane:
+        before = lane.id
+    # when the runtime runs the after-restore hooks
+    with monkeypatch.context() as env:
+        for name, value in handler_env.items():
+            env.setenv(name, value)
+        predict_module.hooks.run_after_restore()
+    # then the environment writes under a lane of its own
+    with gatekeeper._writers.lane() as lane:
+        assert lane.id != before

@@ -359,3 +359,32 @@ def test_every_admin_route_refuses_an_admin_scope_key(api: AdminApi, event: str)
     assert api.admin.show(target["key_id"])["status"] == "active"
     assert api.admin.show_subject("target-subject", issuer=ISSUER)["status"] == "suspended"
     assert len(api.admin.list()) == 2
+
+
+def test_keys_command_creates_a_sharded_key_and_sums_its_shards(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    core_endpoint: str,
+    core_table: str,
+) -> None:
+    run = lambda *argv: _keys(monkeypatch, capsys, core_endpoint, core_table, *argv)  # noqa: E731
+    code, created, _ = run(
+        "create", "--owner", "big-user", "--rate-limit", "6000/minute", "--shards", "8"
+    )
+    assert code == 0 and created["key"]["shards"] == 8
+    key_id = created["key_id"]
+    store = PrincipalStore(client=make_client(core_endpoint), table_name=core_table)
+    for index in range(8):  # as if requests had counted on every shard
+        store._client.update_item(
+            TableName=core_table,
+            Key={"pk": {"S": f"key#{key_id}#s{index}"}},
+            UpdateExpression="ADD rows_used :n, requests :one",
+            ExpressionAttributeValues={":n": {"N": str(index + 1)}, ":one": {"N": "1"}},
+        )
+    usage = run("usage", key_id)[1]["usage"]
+    assert usage["rows_used"] == 36 and usage["requests"] == 8
+    assert run("suspend", key_id)[1]["status"] == "suspended"  # one transaction with its shards
+    shard = store.get(f"key#{key_id}#s7")
+    assert shard is not None and shard["config_version"] == 2
+    code, _, err = run("create", "--owner", "big-user", "--shards", "65")
+    assert code == 1 and json.loads(err) == {"error": "invalid_shards"}

@@ -17,11 +17,12 @@ import pytest
 from coresupport import make_client
 
 from security.keys import generate_key, hash_secret
-from security.store import ChargeRequest, PrincipalStore, key_pk, rate_attr, request_attr
+from security.store import ChargeRequest, PrincipalStore, key_pk, rate_attr
+from security.writers import Stamp
 
 NOW = 1_900_001_030
 WINDOW = rate_attr(NOW - NOW % 60)
-BUCKET = NOW // 30
+_SEQUENCE = iter(range(1, 10**9))
 
 
 @pytest.fixture()
@@ -67,10 +68,8 @@ def _request(pk: str, secret_hash: str | None = None, **over: Any) -> ChargeRequ
         rate_attr=WINDOW,
         rate_left=10**6 - 1,
         budget_left=10**6 - 1,
-        request_attr=request_attr(BUCKET),
-        previous_request_attr=request_attr(BUCKET - 1),
-        request_digest=uuid.uuid4().hex[:16],
-        stale_attrs=(rate_attr(NOW - NOW % 60 - 60), request_attr(BUCKET - 2)),
+        stamp=Stamp("e_" + uuid.uuid4().hex[:5], next(_SEQUENCE)),
+        stale_attrs=(rate_attr(NOW - NOW % 60 - 60),),
         secret_hash=secret_hash,
         config_version=1,
     )
@@ -113,21 +112,30 @@ def test_rate_window_condition_and_stale_window_removal(dyn: tuple[PrincipalStor
     assert item is not None and item[WINDOW] == 3 and old_window not in item
 
 
-def test_same_request_digest_is_counted_once(dyn: tuple[PrincipalStore, Any]) -> None:
+def test_same_lane_sequence_is_counted_once(dyn: tuple[PrincipalStore, Any]) -> None:
     store, _ = dyn
     pk, secret_hash = _key(store)
     request = _request(pk, secret_hash, rows=2)
     assert store.charge(request).ok
     assert not store.charge(request).ok  # an SDK retry of the same write
-    next_bucket = replace(
-        request,
-        request_attr=request_attr(BUCKET + 1),
-        previous_request_attr=request_attr(BUCKET),
-        now=NOW + 30,
-    )
-    assert not store.charge(next_bucket).ok  # still found in the previous bucket
+    earlier = replace(request, stamp=Stamp(request.stamp.attr, request.stamp.sequence - 1))
+    assert not store.charge(earlier).ok  # a sequence behind the lane's is refused too
+    later = replace(request, stamp=Stamp(request.stamp.attr, request.stamp.sequence + 1))
+    assert store.charge(later).ok  # the lane's next write counts
     item = store.get(pk)
-    assert item is not None and item["rows_used"] == 2 and item["requests"] == 1
+    assert item is not None and item["rows_used"] == 4 and item["requests"] == 2
+    assert item[request.stamp.attr] == request.stamp.sequence + 1
+
+
+def test_successful_charge_returns_updated_new_and_prunes(dyn: tuple[PrincipalStore, Any]) -> None:
+    store, _ = dyn
+    pk, secret_hash = _key(store, e_old01=5)
+    stamp = Stamp("e_mine1", 10_000, prune=("e_old01",), prune_before=1000)
+    outcome = store.charge(_request(pk, secret_hash, stamp=stamp))
+    assert outcome.ok and outcome.item is not None and "secret_hash" not in outcome.item
+    assert outcome.item["rows_used"] == 1 and outcome.item["e_mine1"] == 10_000
+    item = store.get(pk)
+    assert item is not None and "e_old01" not in item
 
 
 @pytest.mark.parametrize(
@@ -169,7 +177,8 @@ def test_missing_key_is_refused_and_subject_item_is_created_by_its_first_charge(
         subject_pk, None, kind="jwt", config_version=None, subject="s", issuer="i", budget_left=0
     )
     assert store.charge(subject).ok
-    assert not store.charge(replace(subject, request_digest="another")).ok  # budget of 1 row
+    another = replace(subject, stamp=Stamp("e_other", 1))
+    assert not store.charge(another).ok  # budget of 1 row
     item = store.get(subject_pk)
     assert item is not None and item["status"] == "active" and item["rows_used"] == 1
 

@@ -1,18 +1,21 @@
 """``mlmoat bench --capacity``: DynamoDB capacity per prediction, from replays at simulated rates.
 
-One key at 1, 10, 100, 1,000 and 10,000 requests per simulated second, and 10,000 keys at one
-request per second each (``mlmoat.bench.replay``), each metered by ``CapacityMeter`` against an
-embedded moto server. Every scenario simulates up to ``WINDOW_SECONDS`` but sends at most
-``FULL_REQUESTS`` real requests (``QUICK_REQUESTS`` with ``--quick``): the fast scenarios
+One key at 1, 10, 100, 1,000 and 10,000 requests per simulated second, one key with
+``SHARDS`` shards at 10,000, and 10,000 keys at one request per second each
+(``mlmoat.bench.replay``), each metered by ``CapacityMeter`` against an embedded moto server and
+served by as many execution environments as Lambda would run (Little's law,
+``replay.INVOCATION_SECONDS``). Every scenario simulates up to ``WINDOW_SECONDS`` but sends at
+most ``FULL_REQUESTS`` real requests (``QUICK_REQUESTS`` with ``--quick``): the fast scenarios
 simulate a shorter window, which the table states. Figures per allowed prediction are split
-into the key's item ("counter"), the monitor's items (``mon#...``) and everything ("total");
-the hottest item's units per second are set against the partition limits.
+into the key's items ("counter": its item and its shards), the monitor's items (``mon#...``)
+and everything ("total"); the hottest item's units per second are set against the partition
+limits.
 
-The projection table extends what was measured with the model alone: the counter item holds
-the digests of the live 30 s idempotency buckets (between 30 and 60 seconds of requests), so
-its steady-state size, write units and the share of writes over 400 KB follow from the
-measured bytes per digest and the rest of the item. The monitor's state is bounded: the largest
-monitor item of the run stands for its plateau.
+The projection extends what was measured with the model alone: a counting item's size is its
+other attributes plus one writer lane (``e_<id>``) per environment that wrote it within the
+lanes' horizon, so the measured bytes per lane give how many environments one item holds under
+1 KB (one write unit). The monitor's state is bounded: the largest monitor item of the run
+stands for its plateau.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ WINDOW_SECONDS = 60.0
 FULL_REQUESTS = 2_000
 QUICK_REQUESTS = 50
 MONITOR_PREFIX = "mon#"
-#: The idempotency buckets a counter item holds: the current one and the previous one.
-BUCKET_SECONDS = 30
+#: The sharded scenario: one key over this many shards at the highest rate.
+SHARDS = 20
 
 
 def plan(*, quick: bool) -> list[Scenario]:
@@ -55,6 +58,16 @@ def plan(*, quick: bool) -> list[Scenario]:
         Scenario(f"1 key x {rate:,}/s", 1, float(rate), min(WINDOW_SECONDS, cap / rate))
         for rate in RATES
     ]
+    top = RATES[-1]
+    scenarios.append(
+        Scenario(
+            f"1 key ({SHARDS} shards) x {top:,}/s",
+            1,
+            float(top),
+            min(WINDOW_SECONDS, cap / top),
+            shards=SHARDS,
+        )
+    )
     scenarios.append(
         Scenario(f"{MANY_KEYS:,} keys x 1/s", MANY_KEYS, 1.0, min(WINDOW_SECONDS, cap / MANY_KEYS))
     )
@@ -95,50 +108,18 @@ def _part(result: ScenarioResult, select: Callable[[str], bool]) -> dict[str, An
     }  # fmt: skip
 
 
-def counter_steady_state(
-    item: CounterItem, rate_per_key: float, *, cycles: int = 6
-) -> dict[str, Any] | None:
-    """The counter item at a steady ``rate_per_key``, by the model, from a measured item.
-
-    Bucket by bucket (30 s each): the item holds the previous bucket's digests and the current
-    one's; the first write of a bucket removes the one before the previous (and is billed on the
-    larger item before it); a write that would take the item over 400 KB is refused (a
-    ``ValidationException``: not charged, a 503 for the caller), so a full bucket leaves less
-    room for the next. Every other attribute keeps its measured size. Two buckets warm up, then
-    ``cycles`` buckets are counted. None when the item has no digest to measure.
-    """
-    if item.digests == 0:
+def lanes_under_1_kb(item: CounterItem) -> dict[str, Any] | None:
+    """How many writer lanes a counting item holds under 1 KB (one write unit), from a measured
+    item: the bytes of its other attributes and the mean bytes of a lane. None without lanes."""
+    if item.lanes == 0:
         return None
-    per_digest = item.digest_bytes / item.digests
-    base = item.size - item.digest_bytes
-    per_bucket = round(BUCKET_SECONDS * rate_per_key)
-    room = math.floor((ITEM_LIMIT_BYTES - base) / per_digest)
-    older = previous = 0
-    accepted_total = refused_total = 0
-    units_total = 0
-    most = 0
-    for bucket in range(2 + cycles):
-        accepted = max(0, min(per_bucket, room - previous))
-        units = 0
-        for j in range(1, accepted + 1):
-            after = math.ceil(base + (previous + j) * per_digest)
-            before = math.ceil(base + ((older + previous) if j == 1 else (previous + j - 1))
-                               * per_digest)  # fmt: skip
-            units += write_units(before, after)
-        if bucket >= 2:
-            accepted_total += accepted
-            refused_total += per_bucket - accepted
-            units_total += units
-            most = max(most, previous + accepted)
-        older, previous = previous, accepted
+    per_lane = item.lane_bytes / item.lanes
+    other = item.size - item.lane_bytes
     return {
-        "digests_held_max": most,
-        "bytes_per_digest": per_digest,
-        "other_bytes": base,
-        "max_item_bytes": math.ceil(base + most * per_digest),
-        "write_units_per_write": units_total / accepted_total if accepted_total else math.nan,
-        "refused_share": refused_total / (accepted_total + refused_total),
-        "item_write_units_per_second": units_total / (cycles * BUCKET_SECONDS),
+        "lanes": item.lanes,
+        "bytes_per_lane": per_lane,
+        "other_bytes": other,
+        "lanes_under_1_kb": max(0, math.floor((KB - other) / per_lane)),
     }
 
 
@@ -147,7 +128,7 @@ def _whole(pk: str) -> str:
 
 
 def summarise(result: ScenarioResult) -> dict[str, Any]:
-    """One scenario's figures per allowed prediction, its peaks and its steady-state projection."""
+    """One scenario's figures per allowed prediction, its peaks and its lanes projection."""
     parts = {name: _part(result, select) for name, select in _selectors(result).items()}
     table_w, table_r = (
         peak(result.records, start=result.start, end=result.end, kind=kind, group=_whole)
@@ -175,12 +156,12 @@ def summarise(result: ScenarioResult) -> dict[str, Any]:
             "write_units_per_second": table_w.units_per_second,
             "read_units_per_second": table_r.units_per_second,
         },
+        "shards": scenario.shards,
+        "environments": result.environments,
         "counter_item": None
         if largest is None
-        else {"bytes": largest.size, "digests": largest.digests},
-        "steady_state": None
-        if largest is None
-        else counter_steady_state(largest, scenario.rate_per_key),
+        else {"bytes": largest.size, "lanes": largest.lanes},
+        "lanes": None if largest is None else lanes_under_1_kb(largest),
         "wall_seconds": result.wall_seconds,
     }
 
@@ -286,14 +267,15 @@ def render_capacity(report: dict[str, Any]) -> str:
         "",
         "Per allowed prediction (write units, read units, billed bytes written):",
         "",
-        "| scenario | simulated | requests (200) | counter WCU | counter RCU | monitor WCU "
-        "| monitor RCU | total WCU | total RCU | bytes written: counter / monitor |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | simulated | environments | requests (200) | counter WCU | counter RCU "
+        "| monitor WCU | monitor RCU | total WCU | total RCU | bytes written: counter / monitor |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         c, m, t = row["counter"], row["monitor"], row["total"]
         lines.append(
-            f"| {row['scenario']} | {_window(row)} | {row['requests']:,} ({row['allowed']:,}) "
+            f"| {row['scenario']} | {_window(row)} | {row['environments']:,} "
+            f"| {row['requests']:,} ({row['allowed']:,}) "
             f"| {_n(c['write_units'])} | {_n(c['read_units'])} | {_n(m['write_units'])} "
             f"| {_n(m['read_units'])} | {_n(t['write_units'])} | {_n(t['read_units'])} "
             f"| {_n(c['bytes_written'], 0)} / {_n(m['bytes_written'], 0)} |"
@@ -305,50 +287,45 @@ def render_capacity(report: dict[str, Any]) -> str:
         " the whole table's units per second for scale:",
         "",
         "| scenario | counter item WCU/s | monitor item WCU/s | monitor item RCU/s "
-        "| table WCU/s | table RCU/s | counter item at end | items over 400 KB |",
+        "| table WCU/s | table RCU/s | largest counting item at end | items over 400 KB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         cw, mw = row["counter"]["hottest_write"], row["monitor"]["hottest_write"]
         mr = row["monitor"]["hottest_read"]
-        item = row["counter_item"] or {"bytes": 0, "digests": 0}
+        item = row["counter_item"] or {"bytes": 0, "lanes": 0}
         lines.append(
             f"| {row['scenario']} | {_n(cw['units_per_second'], 0)} ({cw['share_of_limit']:.0%}) "
             f"| {_n(mw['units_per_second'], 0)} ({mw['share_of_limit']:.0%}) "
             f"| {_n(mr['units_per_second'], 0)} ({mr['share_of_limit']:.0%}) "
             f"| {_n(row['table']['write_units_per_second'], 0)} "
             f"| {_n(row['table']['read_units_per_second'], 0)} "
-            f"| {item['bytes'] / KB:,.1f} KB, {item['digests']:,} "
-            f"digest{'' if item['digests'] == 1 else 's'} "
+            f"| {item['bytes'] / KB:,.2f} KB, {item['lanes']:,} "
+            f"lane{'' if item['lanes'] == 1 else 's'} "
             f"| {len(row['violations'])} |"
         )
-    lines += _render_steady(report)
+    lines += _render_lanes(report)
     return "\n".join(lines)
 
 
-def _render_steady(report: dict[str, Any]) -> list[str]:
+def _render_lanes(report: dict[str, Any]) -> list[str]:
     plateau = report["monitor_plateau"]
     lines = [
         "",
-        "Steady state by the model (a counter item holds 30-60 s of request digests; measured "
-        "bytes per digest and other attributes):",
+        "Counting items by the model (one writer lane per environment that wrote the item in the "
+        "last 60-120 s; measured bytes per lane and other attributes):",
         "",
-        "| per-key rate | digests held (max) | max counter item | counter WCU/write "
-        "| writes refused (over 400 KB) | counter item WCU/s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| scenario | lanes on the largest item | bytes per lane | other bytes "
+        "| lanes under 1 KB (1 WCU) |",
+        "|---|---:|---:|---:|---:|",
     ]
-    seen: set[float] = set()
     for row in report["scenarios"]:
-        steady = row["steady_state"]
-        if steady is None or row["rate_per_key"] in seen:
+        lanes = row["lanes"]
+        if lanes is None:
             continue
-        seen.add(row["rate_per_key"])
         lines.append(
-            f"| {row['rate_per_key']:,g}/s | {steady['digests_held_max']:,} "
-            f"| {steady['max_item_bytes'] / KB:,.1f} KB | {_n(steady['write_units_per_write'], 1)} "
-            f"| {steady['refused_share']:.0%} "
-            f"| {_n(steady['item_write_units_per_second'], 0)} "
-            f"({steady['item_write_units_per_second'] / PARTITION_WRITE_UNITS_PER_SECOND:.0%}) |"
+            f"| {row['scenario']} | {lanes['lanes']:,} | {lanes['bytes_per_lane']:.1f} "
+            f"| {lanes['other_bytes']:,} | {lanes['lanes_under_1_kb']:,} |"
         )
     if plateau is not None:
         lines += [

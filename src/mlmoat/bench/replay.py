@@ -24,6 +24,7 @@ import io
 import json
 import math
 import random
+import string
 import time
 import uuid
 from collections import Counter
@@ -36,7 +37,11 @@ import numpy as np
 
 from mlmoat.bench.capacity import CallRecord, CapacityMeter, Violation
 from mlmoat.bench.events import rest_event
-from mlmoat.bench.itemsize import utf8_len
+from security.auth import Credentials, Principal
+from security.errors import AuthenticationError, SecurityError
+from security.limits import Gatekeeper
+from security.shards import shard_pk
+from security.writers import WriterPool
 
 #: The simulated start: a minute boundary, so the window starts a rate window and a bucket.
 START = 1_800_000_000.0
@@ -45,6 +50,10 @@ MONITOR_BATCH = 10
 #: The monitor drains the messages queued within this many simulated seconds (one batch at
 #: most): one message per batch at 10 requests/s and below, full batches from 100/s.
 MONITOR_WINDOW_SECONDS = 0.1
+#: One PredictFunction invocation on Lambda, for Little's law (environments = rate x this): the
+#: in-process p50 measured here (6.4 ms on a full core, docs/performance.md) x 1.7 at 1,024 MB,
+#: plus one DynamoDB write and one SQS send in-region (about 5 and 8 ms).
+INVOCATION_SECONDS = 0.025
 _REGION = "us-east-1"
 _QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue"
 _SEED = 20261204
@@ -63,12 +72,18 @@ class SimulatedClock:
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """``keys`` keys, each sending ``rate_per_key`` requests per simulated second, for
-    ``seconds`` simulated seconds (requests interleaved round-robin over the keys)."""
+    ``seconds`` simulated seconds (requests interleaved round-robin over the keys), each key
+    created with ``shards`` shards, served by ``environments`` execution environments (by
+    default as many as Lambda would run: the rate times ``INVOCATION_SECONDS``); ``monitor``:
+    whether the extraction monitor runs (off: no queue, the counter alone)."""
 
     label: str
     keys: int
     rate_per_key: float
     seconds: float
+    shards: int = 1
+    environments: int | None = None
+    monitor: bool = True
 
     @property
     def rate(self) -> float:
@@ -80,22 +95,30 @@ class Scenario:
         """Real requests the scenario sends."""
         return max(1, round(self.rate * self.seconds))
 
+    @property
+    def environment_count(self) -> int:
+        """Execution environments serving the scenario (Little's law unless given)."""
+        if self.environments is not None:
+            return self.environments
+        return max(1, math.ceil(self.rate * INVOCATION_SECONDS))
+
 
 @dataclass(frozen=True, slots=True)
 class CounterItem:
-    """A key's item at the end of a scenario: its size, its idempotency digests and the names of
-    its rate-window (``rw_``) and bucket (``rq_``) attributes."""
+    """A counting item at the end of a scenario (a key's item, or a shard of a sharded key): its
+    size, its writer lanes (``e_`` attributes) and their bytes, and its rate windows."""
 
     pk: str
     size: int
-    digests: int
-    digest_bytes: int
+    lanes: int
+    lane_bytes: int
     window_attrs: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class ScenarioResult:
-    """What one scenario measured."""
+    """What one scenario measured (``key_pks``: the keys' items and their shards' items;
+    ``counter_items``: the counting items at the end, shards for a sharded key)."""
 
     scenario: Scenario
     start: float
@@ -107,11 +130,60 @@ class ScenarioResult:
     counter_items: tuple[CounterItem, ...]
     monitor_failures: int
     wall_seconds: float
+    environments: int = 1
 
     @property
     def allowed(self) -> int:
         """Predictions answered 200."""
         return self.statuses.get(200, 0)
+
+
+class SimulatedEnvironments(Gatekeeper):
+    """``count`` Lambda execution environments behind one app: each its own ``Gatekeeper`` (its
+    writer lanes, key cache, item views), the one serving a request set in ``current`` (the
+    replay goes round-robin: Lambda hands a request to any idle environment). Lane ids are drawn
+    from ``seed``, so a replay's shard homes are the same every run."""
+
+    def __init__(
+        self, *, store: Any, settings: Any, clock: Callable[[], float], count: int, seed: int
+    ) -> None:
+        super().__init__(store=store, settings=settings, clock=clock)
+        rng = random.Random(seed)  # noqa: S311 - simulated lane ids, not secrets
+        alphabet = string.ascii_letters + string.digits
+
+        def ids() -> str:
+            return "".join(rng.choice(alphabet) for _ in range(5))
+
+        self.environments = [
+            Gatekeeper(store=store, settings=settings, clock=clock, writers=WriterPool(ids=ids))
+            for _ in range(count)
+        ]
+        self.current = 0
+
+    def _here(self) -> Gatekeeper:
+        return self.environments[self.current]
+
+    def admit(
+        self, credentials: Credentials, *, model: str, rows: int, request_id: str, source_ip: str
+    ) -> Any:
+        return self._here().admit(
+            credentials, model=model, rows=rows, request_id=request_id, source_ip=source_ip
+        )
+
+    def authenticate_with_headers(
+        self, credentials: Credentials, *, model: str | None, source_ip: str
+    ) -> tuple[Principal, dict[str, str]]:
+        return self._here().authenticate_with_headers(credentials, model=model, source_ip=source_ip)
+
+    def refuse(
+        self, credentials: Credentials, *, model: str | None, request_id: str, source_ip: str
+    ) -> dict[str, str]:
+        return self._here().refuse(
+            credentials, model=model, request_id=request_id, source_ip=source_ip
+        )
+
+    def credential_failure(self, error: AuthenticationError, *, source_ip: str) -> SecurityError:
+        return self._here().credential_failure(error, source_ip=source_ip)
 
 
 class _Discard(io.StringIO):
@@ -213,14 +285,15 @@ class CapacityReplay:
         """Run ``scenario``: create its keys, send its requests, drain the monitor."""
         started = time.perf_counter()
         clock = SimulatedClock(START)
-        table, queue_url = self._fresh_table_and_queue()
+        table, queue_url = self._fresh_table_and_queue(queue=scenario.monitor)
         settings = dataclasses.replace(
             self._settings, table_name=table, extraction_queue_url=queue_url
         )
         meter = CapacityMeter(reader=self._plain, clock=clock)
         keys = self._create_keys(settings, scenario, clock)
-        handler = self._predict_handler(settings, meter, clock)
-        monitor = self._monitor_handler(settings, meter)
+        environments = self._environments(settings, meter, clock, scenario.environment_count)
+        handler = self._predict_handler(settings, meter, clock, environments)
+        monitor = self._monitor_handler(settings, meter) if queue_url else None
         rows = benign_rows(self._root, min(scenario.requests, 4096))
         rng = random.Random(_SEED)  # noqa: S311 - request ids, not secrets
         statuses: Counter[int] = Counter()
@@ -229,6 +302,7 @@ class CapacityReplay:
         batch = min(MONITOR_BATCH, max(1, math.floor(scenario.rate * MONITOR_WINDOW_SECONDS)))
         for index in range(scenario.requests):
             clock.now = START + index * step
+            environments.current = index % scenario.environment_count
             api_key, _ = keys[index % len(keys)]
             event = rest_event(
                 path="/predict",
@@ -238,11 +312,20 @@ class CapacityReplay:
             event["requestContext"]["requestId"] = str(uuid.UUID(int=rng.getrandbits(128)))
             response = handler(event, _Context("PredictFunction"))
             statuses[int(response["statusCode"])] += 1
-            if (index + 1) % batch == 0 or index + 1 == scenario.requests:
+            done = (index + 1) % batch == 0 or index + 1 == scenario.requests
+            if monitor is not None and queue_url and done:
                 failures += self._drain(queue_url, monitor)
             if log is not None and (index + 1) % 1000 == 0:
                 log(f"  {scenario.label}: {index + 1}/{scenario.requests} requests")
-        pks = frozenset(pk for _, pk in keys)
+        counting = [
+            pk
+            for _, key in keys
+            for pk in (
+                [key]
+                if scenario.shards == 1
+                else [shard_pk(key, k) for k in range(scenario.shards)]
+            )
+        ]
         result = ScenarioResult(
             scenario=scenario,
             start=START,
@@ -250,16 +333,18 @@ class CapacityReplay:
             records=tuple(meter.records),
             violations=tuple(meter.violations),
             statuses=dict(statuses),
-            key_pks=pks,
-            counter_items=tuple(self._counter_item(table, pk) for pk in sorted(pks)[:100]),
+            key_pks=frozenset(counting) | {pk for _, pk in keys},
+            counter_items=tuple(self._counter_item(table, pk) for pk in counting[:100]),
             monitor_failures=failures,
             wall_seconds=time.perf_counter() - started,
+            environments=scenario.environment_count,
         )
         self._plain.delete_table(TableName=table)
-        self._sqs.delete_queue(QueueUrl=queue_url)
+        if queue_url:
+            self._sqs.delete_queue(QueueUrl=queue_url)
         return result
 
-    def _fresh_table_and_queue(self) -> tuple[str, str]:
+    def _fresh_table_and_queue(self, *, queue: bool) -> tuple[str, str | None]:
         name = f"capacity-{uuid.uuid4().hex[:12]}"
         self._plain.create_table(
             TableName=name,
@@ -276,6 +361,8 @@ class CapacityReplay:
                     "Enabled": True,
                 },
             )
+        if not queue:
+            return name, None
         queue_url = self._sqs.create_queue(QueueName=name)["QueueUrl"]
         return name, str(queue_url)
 
@@ -300,18 +387,37 @@ class CapacityReplay:
                 rate_limit=f"{per_minute}/minute",
                 budget=10**9,
                 output_policy=settings.default_output_policy,
+                shards=scenario.shards,
             )
             keys.append((str(created["api_key"]), key_pk(str(created["key_id"]))))
         return keys
 
+    def _environments(
+        self, settings: Any, meter: CapacityMeter, clock: SimulatedClock, count: int
+    ) -> SimulatedEnvironments:
+        from security.store import PrincipalStore
+
+        store = PrincipalStore(
+            client=meter.attach(self._dynamodb()), table_name=settings.table_name
+        )
+        return SimulatedEnvironments(
+            store=store, settings=settings, clock=clock, count=count, seed=_SEED
+        )
+
     def _predict_handler(
-        self, settings: Any, meter: CapacityMeter, clock: SimulatedClock
+        self,
+        settings: Any,
+        meter: CapacityMeter,
+        clock: SimulatedClock,
+        environments: SimulatedEnvironments,
     ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
         from security.snapstart import SnapStartHooks
         from security.wiring import ApiFunction, Clients, build_predict_app
 
         clients = Clients(dynamodb=meter.attach(self._dynamodb()), sqs=self._sqs_client())
-        app = build_predict_app(settings, clients, audit=self._audit, clock=clock)
+        app = build_predict_app(
+            settings, clients, audit=self._audit, clock=clock, gatekeeper=environments
+        )
         function = ApiFunction(settings, clients, SnapStartHooks(), self._audit, app)
         handler: Callable[[dict[str, Any], Any], dict[str, Any]] = function.lambda_handler()
         return handler
@@ -376,26 +482,18 @@ class CapacityReplay:
 
     def _counter_item(self, table: str, pk: str) -> CounterItem:
         from mlmoat.bench.itemsize import item_size
-        from security.store import RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX
+        from security.store import RATE_ATTR_PREFIX
+        from security.writers import WRITER_ATTR_PREFIX
 
         item = self._plain.get_item(TableName=table, Key={"pk": {"S": pk}}, ConsistentRead=True)
         found = item.get("Item") or {}
-        members = [
-            member
-            for name, value in found.items()
-            if name.startswith(REQUEST_ATTR_PREFIX)
-            for member in value.get("SS", [])
-        ]
+        lanes = {
+            name: value for name, value in found.items() if name.startswith(WRITER_ATTR_PREFIX)
+        }
         return CounterItem(
             pk=pk,
             size=item_size(found),
-            digests=len(members),
-            digest_bytes=sum(utf8_len(member) for member in members),
-            window_attrs=tuple(
-                sorted(
-                    name
-                    for name in found
-                    if name.startswith((RATE_ATTR_PREFIX, REQUEST_ATTR_PREFIX))
-                )
-            ),
+            lanes=len(lanes),
+            lane_bytes=item_size(lanes),
+            window_attrs=tuple(sorted(name for name in found if name.startswith(RATE_ATTR_PREFIX))),
         )

@@ -38,6 +38,7 @@ class CreateKeyBody(BaseModel):
     budget: int | None = Field(default=None, ge=1, le=10**12)
     output_policy: str | None = Field(default=None, max_length=64)
     expires_in: str | None = Field(default=None, max_length=16)
+    shards: int = Field(default=1, ge=1, le=64)
 
 
 class RotateKeyBody(BaseModel):
@@ -92,6 +93,7 @@ def admin_router(admin: KeyAdmin, *, docs: bool = False) -> APIRouter:
             budget=body.budget,
             output_policy=body.output_policy,
             expires_in=body.expires_in,
+            shards=body.shards,
         )
         return JSONResponse(created, status_code=201)
 

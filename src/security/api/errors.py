@@ -113,6 +113,7 @@ ADMIN_REASON_RESPONSES: dict[str, ErrorResponse] = {
             "invalid_budget": "The budget is not valid.",
             "invalid_output_policy": "The output policy is not valid.",
             "invalid_duration": "The duration is not valid.",
+            "invalid_shards": "The shard count is not valid.",
             "invalid_key_id": "The key id is not valid.",
             "invalid_subject": "The token subject is not valid.",
             "issuer_required": "No token issuer is configured.",

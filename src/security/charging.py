@@ -1,0 +1,102 @@
+"""Sending a counting write under a lane's stamp, and telling what a failed one means.
+
+``Sender.send`` stamps the write with the lane's attribute and next sequence, the stale windows
+and lane attributes ``ItemViews`` says it may remove, and ``UPDATED_NEW`` (or ``ALL_NEW`` when
+the item was not seen whole for a while). A failed condition's ``ALL_OLD`` is the whole current
+item; before the caller judges it (a limit, a stale configuration, a revoked key), three cases
+are the stamp's own:
+
+* the lane's attribute is at this write's sequence: an earlier attempt of this very write (an SDK
+  retry after a lost answer) landed: **already counted**, admitted once;
+* the attribute is past the sequence: another lane drew the same id: redraw, write again;
+* an attribute the write meant to prune was written again meanwhile: write again without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from security.errors import StoreUnavailableError
+from security.itemviews import ItemViews
+from security.store import ChargeOutcome, Item
+from security.writers import Lane, Stamp
+
+R = TypeVar("R")
+_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A sent counting write: ``counted`` (now, or by an earlier attempt: ``already``), and the
+    item: what the write updated, or the whole item (``full``: ALL_NEW, ALL_OLD), None when there
+    is no such item."""
+
+    counted: bool
+    item: Item | None
+    full: bool
+    already: bool = False
+
+
+class Sender:
+    """Sends stamped counting writes for one environment."""
+
+    def __init__(self, *, views: ItemViews, clock: Callable[[], float]) -> None:
+        self._views = views
+        self._clock = clock
+
+    @property
+    def views(self) -> ItemViews:
+        """What this environment knows of each counting item."""
+        return self._views
+
+    def send(
+        self,
+        lane: Lane,
+        pk: str,
+        *,
+        build: Callable[[Stamp, tuple[str, ...]], R],
+        call: Callable[[R], ChargeOutcome],
+        window_start: int = 0,
+        previous_window: str | None = None,
+        full: bool = False,
+    ) -> Sent:
+        """Send ``build(stamp, stale windows)`` through ``call``, writing again (a new sequence)
+        when the stamp itself made it fail. ``previous_window``: the rate window before
+        ``window_start`` (None: the write removes no window); ``full``: always ask ALL_NEW.
+
+        Raises:
+            StoreUnavailableError: DynamoDB failed, or the stamp failed three times.
+        """
+        for _ in range(_ATTEMPTS):
+            moment = self._clock()
+            plan = self._views.plan(
+                pk, own=lane.attr, now=moment, window_start=window_start, previous=previous_window
+            )
+            stamp = Stamp(
+                attr=lane.attr,
+                sequence=lane.next_sequence(moment),
+                prune=plan.writers,
+                prune_before=plan.prune_before,
+                full=full or plan.full,
+            )
+            outcome = call(build(stamp, plan.windows))
+            if outcome.ok:
+                item = outcome.item or {}
+                removed = (*plan.windows, *plan.writers)
+                self._views.note(pk, item, now=moment, full=outcome.full, removed=removed)
+                return Sent(counted=True, item=item, full=outcome.full)
+            old = outcome.item
+            if old is None:
+                return Sent(counted=False, item=None, full=True)
+            self._views.note(pk, old, now=moment, full=True)
+            if stamp.counted(old):
+                return Sent(counted=True, item=old, full=True, already=True)
+            if stamp.overtaken(old):
+                lane.redraw()
+                continue
+            if stamp.prune_raced(old):
+                continue
+            return Sent(counted=False, item=old, full=True)
+        raise StoreUnavailableError("writer_contention", detail="stamp refused three times")

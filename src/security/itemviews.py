@@ -1,0 +1,143 @@
+"""What this environment last saw of each counting item: lane attributes and rate windows.
+
+A write returns ``UPDATED_NEW`` (only what it changed), so the other lanes' attributes are known
+from the last time this environment saw the item whole: the read of a cold start, the
+``ALL_OLD`` of a failed write, or an ``ALL_NEW`` asked for when that is ``HORIZON_SECONDS`` old.
+``ItemViews.plan`` turns that into what the next write removes: the rate windows before the
+current one, and up to ``PRUNE_PER_WRITE`` lane attributes older than the horizon (see
+``security.writers``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from security.store import RATE_ATTR_PREFIX
+from security.writers import HORIZON_SECONDS, PRUNE_PER_WRITE, WRITER_ATTR_PREFIX
+
+_VIEWS = 4096
+
+
+@dataclass(slots=True)
+class _View:
+    writers: dict[str, int]
+    windows: dict[str, int]
+    rows_used: int | None
+    full_at: float
+
+
+def _older_window(attr: str, window_start: int) -> bool:
+    suffix = attr.removeprefix(RATE_ATTR_PREFIX)
+    return suffix.lstrip("-").isdigit() and int(suffix) < window_start
+
+
+def _numbers(item: Mapping[str, Any], prefix: str) -> dict[str, int]:
+    return {
+        name: value
+        for name, value in item.items()
+        if name.startswith(prefix) and isinstance(value, int)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the next write to an item should remove and ask for."""
+
+    windows: tuple[str, ...]
+    writers: tuple[str, ...]
+    prune_before: int
+    full: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """An item's counters as last seen: rows in a window (None: not seen), rows used."""
+
+    window_rows: int | None
+    rows_used: int | None
+
+
+class ItemViews:
+    """What this environment last saw of each counting item (bounded LRU, thread-safe)."""
+
+    def __init__(self, *, size: int = _VIEWS) -> None:
+        self._lock = threading.Lock()
+        self._views: OrderedDict[str, _View] = OrderedDict()
+        self._size = size
+
+    def note(
+        self,
+        pk: str,
+        item: Mapping[str, Any],
+        *,
+        now: float,
+        full: bool,
+        removed: Iterable[str] = (),
+    ) -> None:
+        """Record an item as a write or read returned it: ``full`` when it is the whole item
+        (a read, ALL_OLD, ALL_NEW), else the attributes a write updated (UPDATED_NEW)."""
+        writers = _numbers(item, WRITER_ATTR_PREFIX)
+        windows = _numbers(item, RATE_ATTR_PREFIX)
+        rows_used = item.get("rows_used")
+        rows_used = rows_used if isinstance(rows_used, int) else None
+        with self._lock:
+            view = self._views.get(pk)
+            if full or view is None:
+                view = _View(writers, windows, rows_used, now if full else float("-inf"))
+            else:
+                view.writers.update(writers)
+                view.windows.update(windows)
+                view.rows_used = view.rows_used if rows_used is None else rows_used
+            for name in removed:
+                view.writers.pop(name, None)
+                view.windows.pop(name, None)
+            self._views[pk] = view
+            self._views.move_to_end(pk)
+            while len(self._views) > self._size:
+                self._views.popitem(last=False)
+
+    def plan(
+        self, pk: str, *, own: str, now: float, window_start: int, previous: str | None
+    ) -> Plan:
+        """The stale windows (``previous`` and any older one seen; none if ``previous`` is None),
+        the other lanes' attributes older than the horizon (oldest first, at most
+        ``PRUNE_PER_WRITE``), and whether to ask for the whole item back."""
+        before = int((now - HORIZON_SECONDS) * 1000)
+        first = () if previous is None else (previous,)
+        with self._lock:
+            view = self._views.get(pk)
+            if view is None:
+                return Plan(first, (), before, True)
+            windows = set(first)
+            if previous is not None:
+                windows |= {w for w in view.windows if _older_window(w, window_start)}
+            stale = sorted(
+                (value, name)
+                for name, value in view.writers.items()
+                if name != own and value < before
+            )
+            full = now - view.full_at >= HORIZON_SECONDS
+        return Plan(
+            tuple(sorted(windows)),
+            tuple(name for _, name in stale[:PRUNE_PER_WRITE]),
+            before,
+            full,
+        )
+
+    def counts(self, pk: str, window: str) -> Counts:
+        """The rows in ``window`` and the rows used, as last seen on ``pk``."""
+        with self._lock:
+            view = self._views.get(pk)
+            if view is None:
+                return Counts(None, None)
+            return Counts(view.windows.get(window), view.rows_used)
+
+    def writers(self, pk: str) -> dict[str, int]:
+        """The lane attributes last seen on ``pk`` (a copy)."""
+        with self._lock:
+            view = self._views.get(pk)
+            return dict(view.writers) if view else {}

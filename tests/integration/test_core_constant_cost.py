@@ -1,0 +1,178 @@
+"""The counting write's cost does not grow with the key's rate (moto server over HTTP).
+
+Each ``Gatekeeper`` here stands for one Lambda execution environment (its own lanes, key cache
+and item views), all sharing one client that the capacity meter bills by DynamoDB's rules
+(``mlmoat.bench.capacity``): what matters is the item's size before and after each write, and
+what the write asks DynamoDB to return.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from coresupport import make_client, settings_for
+
+from mlmoat.bench.capacity import CapacityMeter
+from mlmoat.bench.itemsize import item_size
+from security.admin import KeyAdmin
+from security.auth import Authenticator
+from security.limits import Gatekeeper
+from security.store import PrincipalStore, key_pk
+from security.writers import HORIZON_SECONDS
+
+NOW = 1_900_001_030.0
+#: Environments that write one key's item within the lanes' horizon and still fit in 1 KB.
+ENVIRONMENTS_UNDER_1_KB = 40
+
+
+class Clock:
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _key(endpoint: str, table: str, clock: Clock, **limits: Any) -> tuple[str, Any]:
+    store = PrincipalStore(client=make_client(endpoint), table_name=table)
+    admin = KeyAdmin(store=store, settings=settings_for(table), clock=clock)
+    created = admin.create(owner=f"cost-{uuid.uuid4().hex[:6]}", **limits)
+    credentials = Authenticator(settings=settings_for(table), token_verifier=None).read_credentials(
+        {"X-API-Key": created["api_key"]}
+    )
+    return str(created["key_id"]), credentials
+
+
+def _environments(client: Any, table: str, clock: Clock, count: int) -> list[Gatekeeper]:
+    store = PrincipalStore(client=client, table_name=table)
+    return [
+        Gatekeeper(store=store, settings=settings_for(table), clock=clock) for _ in range(count)
+    ]
+
+
+def _admit(gatekeeper: Gatekeeper, credentials: Any, rows: int = 1) -> Any:
+    return gatekeeper.admit(
+        credentials, model="iris", rows=rows, request_id=str(uuid.uuid4()), source_ip="10.4.4.4"
+    )
+
+
+def _raw(client: Any, table: str, pk: str) -> dict[str, Any]:
+    item: dict[str, Any] = client.get_item(
+        TableName=table, Key={"pk": {"S": pk}}, ConsistentRead=True
+    )["Item"]
+    return item
+
+
+def test_one_write_unit_per_request_at_any_rate_and_only_the_counters_returned(
+    core_endpoint: str, core_table: str
+) -> None:
+    # given a key, and one environment whose client is metered and whose requests are recorded
+    clock = Clock()
+    key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/minute")
+    plain = make_client(core_endpoint)
+    meter = CapacityMeter(reader=plain, clock=clock)
+    client = meter.attach(make_client(core_endpoint))
+    asked: list[dict[str, Any]] = []
+    client.meta.events.register(
+        "provide-client-params.dynamodb.UpdateItem", lambda params, **_: asked.append(dict(params))
+    )
+    (gatekeeper,) = _environments(client, core_table, clock, 1)
+    # when it sends 600 requests in 6 s (100 a second: the old design's request digests grew
+    # the item past 7 KB by then)
+    for index in range(600):
+        clock.now = NOW + index / 100
+        admission = _admit(gatekeeper, credentials)
+    # then every counting write cost exactly one write unit, the item never passed 1 KB
+    writes = [r for r in meter.records if r.is_write and r.pk == key_pk(key_id)]
+    assert len(writes) == 600
+    assert {r.write_units for r in writes} == {1.0}
+    assert max(r.billed_bytes for r in writes) < 1024
+    # and the steady-path write asked for the updated counters only (the first, on a cold
+    # environment, follows a read of the whole item: it needs nothing more either)
+    assert {params["ReturnValues"] for params in asked} == {"UPDATED_NEW"}
+    assert {params["ReturnValuesOnConditionCheckFailure"] for params in asked} == {"ALL_OLD"}
+    # and the headers still come from the counters the write returned (one window: NOW is 50 s
+    # into its minute)
+    assert admission.rate_remaining == 100_000 - 600
+
+
+def test_the_item_stays_under_1_kb_for_forty_environments(
+    core_endpoint: str, core_table: str
+) -> None:
+    # given a key written by 40 environments (Little's law: ~1,000 requests/s at 40 ms each)
+    clock = Clock()
+    key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/minute")
+    plain = make_client(core_endpoint)
+    meter = CapacityMeter(reader=plain, clock=clock)
+    client = meter.attach(make_client(core_endpoint))
+    environments = _environments(client, core_table, clock, ENVIRONMENTS_UNDER_1_KB)
+    # when each admits five requests, taking turns, and one request refused for its body is
+    # counted (the refusal counter's attributes are on the item too)
+    for turn in range(5):
+        for index, gatekeeper in enumerate(environments):
+            clock.now = NOW + turn + index / 1000
+            _admit(gatekeeper, credentials)
+    environments[0].refuse(credentials, model="iris", request_id="r-1", source_ip="10.4.4.4")
+    # then the item holds one lane attribute per environment and no per-request state
+    item = _raw(plain, core_table, key_pk(key_id))
+    lanes = [name for name in item if name.startswith("e_")]
+    assert len(lanes) == ENVIRONMENTS_UNDER_1_KB
+    assert not [name for name in item if name.startswith("rq_")]
+    # and it is under 1 KB: every counting write was billed one unit
+    assert item_size(item) < 1024
+    charges = [r for r in meter.records if r.is_write and r.operation == "UpdateItem"]
+    assert len(charges) == 5 * ENVIRONMENTS_UNDER_1_KB + 1
+    assert {r.write_units for r in charges} == {1.0}
+    assert int(item["rows_used"]["N"]) == 200
+
+
+def test_stale_lanes_are_pruned_and_live_ones_kept(core_endpoint: str, core_table: str) -> None:
+    # given ten environments that wrote a key once, then went quiet
+    clock = Clock()
+    key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/hour")
+    client = make_client(core_endpoint)
+    survivor, *others = _environments(client, core_table, clock, 10)
+    _admit(survivor, credentials)
+    for gatekeeper in others:
+        _admit(gatekeeper, credentials)
+    # and one of them wrote again 30 s later (inside the horizon: live)
+    clock.now = NOW + 30
+    _admit(others[0], credentials)
+    # when the survivor keeps writing past the horizon
+    for step in range(4):
+        clock.now = NOW + HORIZON_SECONDS + 1 + step
+        _admit(survivor, credentials)
+    # then the lanes idle for longer than the horizon are gone; the live one and its own stay
+    item = _raw(client, core_table, key_pk(key_id))
+    lanes = sorted(int(value["N"]) for name, value in item.items() if name.startswith("e_"))
+    assert lanes == [int((NOW + 30) * 1000), int((NOW + HORIZON_SECONDS + 4) * 1000)]
+    assert int(item["rows_used"]["N"]) == 15 and int(item["requests"]["N"]) == 15
+
+
+def test_two_environments_drawing_one_lane_id_never_count_a_request_twice(
+    core_endpoint: str, core_table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given two environments whose first lanes got the same id (1 in 10^9 per pair), the
+    # second one's clock 5 ms behind the first's
+    import security.writers as writers
+
+    drawn = iter(["Dupl1", "Dupl1", "Other", "Else1", "Else2"])
+    monkeypatch.setattr(writers, "new_writer_id", lambda: next(drawn))
+    clock = Clock()
+    key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100/hour", budget=50)
+    client = make_client(core_endpoint)
+    store = PrincipalStore(client=client, table_name=core_table)
+    ahead = Gatekeeper(store=store, settings=settings_for(core_table), clock=clock)
+    behind = Gatekeeper(
+        store=store, settings=settings_for(core_table), clock=lambda: clock.now - 0.005
+    )
+    # when the one ahead writes, then the one behind (its sequence lower than the attribute's)
+    _admit(ahead, credentials, rows=2)
+    admission = _admit(behind, credentials, rows=3)
+    # then the second was not taken for a retry of the first: it redrew its lane and counted
+    assert admission.rows == 3 and admission.budget_remaining == 45
+    item = _raw(client, core_table, key_pk(key_id))
+    assert int(item["rows_used"]["N"]) == 5 and int(item["requests"]["N"]) == 2
+    assert {name for name in item if name.startswith("e_")} == {"e_Dupl1", "e_Other"}
