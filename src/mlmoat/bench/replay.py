@@ -319,13 +319,6 @@ class CapacityReplay:
     def _monitor_handler(
         self, settings: Any, meter: CapacityMeter
     ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-        from aws_lambda_powertools.utilities.batch import (
-            BatchProcessor,
-            EventType,
-            process_partial_response,
-        )
-
-        from security.extraction import QueryMessage
         from security.wiring import monitor_function
 
         def factory(service: str, *, config: Any = None) -> Any:
@@ -334,17 +327,11 @@ class CapacityReplay:
             return self._sqs_client()
 
         function = monitor_function(settings, factory=factory)
-        processor = BatchProcessor(event_type=EventType.SQS)
-
-        def record_handler(record: Any) -> None:
-            function.monitor.process(QueryMessage.from_json(record.body))
 
         def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            # handlers/monitor.py's body
             function.audit.enter(context)
-            result = process_partial_response(
-                event=event, record_handler=record_handler, processor=processor, context=context
-            )
-            return dict(result)
+            return function.monitor.process_sqs_event(event)
 
         return handler
 
