@@ -306,7 +306,12 @@ def build_predict_app(
     audit = audit or AuditLog(service=settings.service_name)
     registry = ModelRegistry.load(settings.model_dir, expected=(settings.default_model,))
     sink = (
-        QuerySink(client=clients.sqs, queue_url=settings.extraction_queue_url, clock=clock)
+        QuerySink(
+            client=clients.sqs,
+            queue_url=settings.extraction_queue_url,
+            clock=clock,
+            max_delay=settings.extraction_send_max_delay,
+        )
         if settings.extraction_queue_url and clients.sqs is not None
         else None
     )
@@ -374,7 +379,14 @@ def predict_function(settings: Settings, *, factory: ClientFactory | None = None
     )
     audit = AuditLog(service=settings.service_name)
     app = build_predict_app(settings, clients, audit=audit)
-    return ApiFunction(settings, clients, _hooks_for(clients), audit, app)
+    hooks = _hooks_for(clients)
+    sink = app.state.query_sink
+    if sink is not None:  # the buffered queries leave before a snapshot and at shutdown
+        from security.extraction.sink import flush_at_shutdown
+
+        hooks.before_snapshot(sink.flush)
+        flush_at_shutdown(sink, audit.queue_lost)
+    return ApiFunction(settings, clients, hooks, audit, app)
 
 
 def admin_function(settings: Settings, *, factory: ClientFactory | None = None) -> ApiFunction:

@@ -171,7 +171,7 @@ class PredictService:
                     credentials, model=model_name, request_id=request_id, source_ip=source_ip
                 )
             )
-            self._report_refusal(credentials.principal_id, model_name, request_id, exc.reason)
+            self._report_refusal(credentials.principal_id, model_name, event, exc.reason)
             raise
         event.record_input(parsed.rows, raw=self.settings.audit_raw_features)
         # Before admission: a request refused for an unreadable runtime document costs nothing.
@@ -187,7 +187,7 @@ class PredictService:
             )
         except RateLimitedError as exc:
             if exc.detail == NEVER_FITS:  # a batch larger than any window: a counted refusal
-                self._report_refusal(credentials.principal_id, model_name, request_id, exc.reason)
+                self._report_refusal(credentials.principal_id, model_name, event, exc.reason)
             raise
         principal = admission.principal
         event.identify(principal)
@@ -201,7 +201,7 @@ class PredictService:
             self.gatekeeper.refuse(
                 credentials, model=model_name, request_id=request_id, source_ip=source_ip
             )
-            self._report_refusal(principal.principal_id, model_name, request_id, exc.reason)
+            self._report_refusal(principal.principal_id, model_name, event, exc.reason)
             raise
         policy = OutputPolicy.parse(principal.output_policy or self.settings.default_output_policy)
         event.output_policy = str(policy)
@@ -287,13 +287,16 @@ class PredictService:
             raise ModelIntegrityError("defences_missing", detail=f"model={model_name}")
         return self.squeezer.with_policy(policy)
 
-    def _report_refusal(self, principal_id: str, model: str, request_id: str, reason: str) -> None:
+    def _report_refusal(
+        self, principal_id: str, model: str, event: AuditEvent, reason: str
+    ) -> None:
         # Sustained refusals are a signal of their own to the extraction monitor (probing the
         # envelope or the decision boundary through refusals); never raises.
         if self.query_sink is not None:
-            self.query_sink.send_refusal(
-                principal_id=principal_id, model=model, request_id=request_id, reason=reason
+            delivery = self.query_sink.send_refusal(
+                principal_id=principal_id, model=model, request_id=event.request_id, reason=reason
             )
+            _record_delivery(event, delivery.lost)
 
     def _send_to_monitor(
         self,
@@ -304,12 +307,14 @@ class PredictService:
         request_id: str,
         event: AuditEvent,
     ) -> None:
-        # The extraction queue's single call site: never raises. A query that did not reach the
-        # queue is a gap in the monitor's view: the audit record says so and a metric counts it.
+        # The extraction queue's single call site for served queries: never raises. The sink
+        # buffers and sends in batches; a query that did not reach the queue is a gap in the
+        # monitor's view: the audit record of the request whose send found out names it and a
+        # metric counts it (docs/audit.md).
         if self.query_sink is None:
             return
         best = served.labels
-        sent = self.query_sink.send(
+        delivery = self.query_sink.send(
             principal_id=principal.principal_id,
             model=model.name,
             request_id=request_id,
@@ -317,8 +322,13 @@ class PredictService:
             labels=[str(model.classes[int(i)]) for i in best],
             confidences=served.probabilities[np.arange(len(best)), best],
         )
-        if not sent:
-            event.flags.append(MONITOR_QUEUE_FAILED)
+        _record_delivery(event, delivery.lost)
+
+
+def _record_delivery(event: AuditEvent, lost: Sequence[str]) -> None:
+    if lost:
+        event.flags.append(MONITOR_QUEUE_FAILED)
+        event.monitor_queue_lost = list(lost)
 
 
 def predict_router(service: PredictService, *, docs: bool = False) -> APIRouter:
