@@ -46,9 +46,13 @@ class MemoryStore:
         self.writes = 0
         self.conflicts = conflicts
         self.flags: list[tuple[str, str, bool]] = []
+        self.consistent: list[bool] = []
 
-    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
+    def load_monitor_state(
+        self, principal_id: str, model: str, *, consistent: bool = True
+    ) -> tuple[bytes | None, int]:
         self.reads += 1
+        self.consistent.append(consistent)
         return self.items.get((principal_id, model), (None, 0))
 
     def save_monitor_state(
@@ -193,6 +197,8 @@ def test_a_lost_race_is_applied_again_to_the_winners_state() -> None:
     monitor, _ = _monitor(store, {"iris": reference})
     assert monitor.process_batch(_batches(messages, 20)[0]).failed == []
     assert (store.reads, store.writes) == (3, 1)
+    # the first read eventually consistent (half the units), the rereads strongly consistent
+    assert store.consistent == [False, True, True]
     assert DetectorState.from_bytes(store.items[("key#b", "iris")][0]).rows_seen == 20
     # and one that keeps losing gives up: its records are redelivered by SQS
     store = MemoryStore(conflicts=3)

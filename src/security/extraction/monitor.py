@@ -43,8 +43,11 @@ UNMONITORED_EVENT = "unmonitored"
 class MonitorStateStore(Protocol):
     """The DynamoDB operations the monitor needs (implemented by ``store.PrincipalStore``)."""
 
-    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
-        """The serialised state and its version (0 when there is none)."""
+    def load_monitor_state(
+        self, principal_id: str, model: str, *, consistent: bool = True
+    ) -> tuple[bytes | None, int]:
+        """The serialised state and its version (0 when there is none); ``consistent=False``
+        may return an older one (the save's version check then refuses the write)."""
         ...
 
     def save_monitor_state(
@@ -190,7 +193,11 @@ class ExtractionMonitor:
             return [self._unmonitored(message) for message in messages]
         flagged = False
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-            blob, version = self._store.load_monitor_state(principal_id, model)
+            # The first read is eventually consistent (half the read units); a stale one only
+            # costs a refused write and a strongly consistent read again.
+            blob, version = self._store.load_monitor_state(
+                principal_id, model, consistent=attempt > 1
+            )
             state = DetectorState.from_bytes(blob) if blob else DetectorState()
             outcomes, detection = _apply(detector, state, messages)
             if detection is not None and not flagged:
@@ -209,8 +216,8 @@ class ExtractionMonitor:
                     now=int(self._clock()),
                 )
             except StoreUnavailableError as exc:
-                # Another monitor instance wrote this state since it was read: apply the
-                # messages again to what it wrote.
+                # Another monitor instance wrote this state since it was read, or the read was
+                # stale: apply the messages again to the state as it is.
                 if exc.reason != "monitor_state_conflict" or attempt == CONFLICT_ATTEMPTS:
                     raise
                 continue
