@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import IO, TYPE_CHECKING, Any
@@ -123,6 +123,9 @@ class AuditEvent:
     # flushed the sink's buffer (this request's and those sent with it): with the
     # ``monitor_queue_failed`` flag, counted by ``MonitorQueueFailures``.
     monitor_queue_lost: list[str] | None = None
+    # Where the execution environment's extraction queue buffer stood after this request:
+    # {"env": id, "queued": entries so far, "flushed": of them sent or lost}.
+    monitor_queue: dict[str, str | int] | None = None
     function_request_id: str | None = None
     cold_start: bool | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
@@ -172,6 +175,8 @@ class AuditEvent:
                 value = [list(row) for row in value]
             elif name in ("flags", "certified_radius", "monitor_queue_lost"):
                 value = list(value)
+            elif name == "monitor_queue":
+                value = dict(value)
             values[name] = value
         return values
 
@@ -263,23 +268,27 @@ class AuditLog:
             metrics.add_metric(name="MonitorQueueFailures", unit=MetricUnit.Count, value=lost)
         return dict(metrics.serialize_metric_set())
 
-    def queue_lost(self, lost: Sequence[str]) -> None:
-        """One record for served queries lost outside any request (the extraction sink's flush
-        at shutdown): ``event`` ``monitor_queue``, the request ids, ``MonitorQueueFailures``."""
-        metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=self._service)
-        metrics.add_dimension(name="reason", value=MONITOR_QUEUE_FAILED)
-        metrics.add_dimensions(service=self._service)
-        metrics.add_metric(name="MonitorQueueFailures", unit=MetricUnit.Count, value=len(lost))
-        self.logger.set_correlation_id(None)
-        record = {
+    def queue_flushed(self, lost: Sequence[str], position: Mapping[str, str | int]) -> None:
+        """One record for the extraction sink's flush outside any request (at shutdown):
+        ``event`` ``monitor_queue``, the buffer's final ``monitor_queue`` position, and the
+        request ids lost with ``MonitorQueueFailures`` if any was."""
+        record: dict[str, Any] = {
             "event": "monitor_queue",
             "decision": "skip",
-            "reason": MONITOR_QUEUE_FAILED,
-            "flags": [MONITOR_QUEUE_FAILED],
-            "monitor_queue_lost": list(lost),
+            "reason": "monitor_queue_flushed",
+            "monitor_queue": dict(position),
         }
-        fields = {**dict(metrics.serialize_metric_set()), **self.invocation.fields(), **record}
-        self.logger.info(AUDIT_MESSAGE, extra=fields)
+        metrics: dict[str, Any] = {}
+        if lost:
+            emf = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=self._service)
+            emf.add_dimension(name="reason", value=MONITOR_QUEUE_FAILED)
+            emf.add_dimensions(service=self._service)
+            emf.add_metric(name="MonitorQueueFailures", unit=MetricUnit.Count, value=len(lost))
+            metrics = dict(emf.serialize_metric_set())
+            record.update(reason=MONITOR_QUEUE_FAILED, flags=[MONITOR_QUEUE_FAILED],
+                          monitor_queue_lost=list(lost))  # fmt: skip
+        self.logger.set_correlation_id(None)
+        self.logger.info(AUDIT_MESSAGE, extra={**metrics, **self.invocation.fields(), **record})
 
     def emit(self, event: AuditEvent) -> dict[str, Any]:
         """Write the request's one audit record (with its metrics); return the logged fields."""

@@ -385,7 +385,8 @@ def predict_function(settings: Settings, *, factory: ClientFactory | None = None
         from security.extraction.sink import flush_at_shutdown
 
         hooks.before_snapshot(sink.flush)
-        flush_at_shutdown(sink, audit.queue_lost)
+        hooks.after_restore(sink.new_environment)
+        flush_at_shutdown(sink, lambda done: audit.queue_flushed(done.lost, done.position()))
     return ApiFunction(settings, clients, hooks, audit, app)
 
 

@@ -177,5 +177,10 @@ def test_a_buffered_sink_sends_ten_requests_in_one_call_exactly(
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
     # every served query arrived once, with its rows bit for bit, and no record flags a loss
     assert {rid: [list(r) for r in m.rows] for rid, m in queued.items()} == sent
-    flagged = [r for r in log_sink.audit_records() if r["request_id"] in sent and r.get("flags")]
-    assert all(MONITOR_QUEUE_FAILED not in r["flags"] for r in flagged)
+    records = [r for r in log_sink.audit_records() if r["request_id"] in sent]
+    assert all(MONITOR_QUEUE_FAILED not in r.get("flags", []) for r in records)
+    # and each record says where the environment's buffer stood: queued, of them flushed
+    positions = [(r["monitor_queue"]["queued"], r["monitor_queue"]["flushed"]) for r in records]
+    start = positions[0][0] - 1
+    assert positions == [(start + i, start if i < 10 else start + 10) for i in range(1, 11)]
+    assert len({r["monitor_queue"]["env"] for r in records}) == 1

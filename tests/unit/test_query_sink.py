@@ -78,7 +78,9 @@ def test_ten_requests_leave_in_one_call_in_the_order_they_were_served() -> None:
         assert _send(sink, f"r{i}")  # nothing lost
         clock.now += 0.01
     assert client.calls == [] and sink.pending == 9
-    _send(sink, "r9")
+    delivery = _send(sink, "r9")
+    # where the environment's buffer stands: 10 queued, 10 of them sent
+    assert delivery.position() == {"env": sink.environment, "queued": 10, "flushed": 10}
     (call,) = client.calls
     assert _ids(call) == [f"r{i}" for i in range(10)] and sink.pending == 0
     # and each entry is the packed message the monitor parses
@@ -117,6 +119,7 @@ def test_an_unreachable_queue_names_every_lost_query_to_the_request_that_flushed
     deliveries = [_send(sink, f"r{i}") for i in range(10)]
     # the first nine were buffered (nothing known yet); the tenth's send lost all ten
     assert all(deliveries[:9]) and not deliveries[9]
+    assert [(d.queued, d.flushed) for d in deliveries[8:]] == [(9, 0), (10, 10)]
     assert deliveries[9].lost == tuple(f"r{i}" for i in range(10))
     assert sink.failures == 10 and sink.pending == 0
 
@@ -186,7 +189,10 @@ def test_sigterm_sends_the_buffer_before_the_environment_goes(tmp_path: Path) ->
                 return {{"Successful": [{{"Id": e["Id"]}} for e in Entries]}}
 
         sink = QuerySink(client=Client(), queue_url="q")
-        flush_at_shutdown(sink, lambda lost: None)
+        def report(delivery):
+            with open({str(sent)!r}, "a") as out:
+                out.write(json.dumps(delivery.position() | {{"lost": list(delivery.lost)}}) + "\\n")
+        flush_at_shutdown(sink, report)
         for i in range(3):
             sink.send(principal_id="key#t", model="iris", request_id=f"r{{i}}", rows=[[1.0]])
         os.kill(os.getpid(), signal.SIGTERM)
@@ -197,6 +203,9 @@ def test_sigterm_sends_the_buffer_before_the_environment_goes(tmp_path: Path) ->
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, timeout=60, check=False
     )
-    # then the buffer left once, and the process still ended by SIGTERM (the default action)
+    # then the buffer left once and was reported (nothing lost, all three sent), and the process
+    # still ended by SIGTERM (the default action)
     assert result.returncode == -signal.SIGTERM, result.stderr.decode()
-    assert [json.loads(line) for line in sent.read_text().splitlines()] == [["r0", "r1", "r2"]]
+    batch, report = [json.loads(line) for line in sent.read_text().splitlines()]
+    assert batch == ["r0", "r1", "r2"]
+    assert report["lost"] == [] and (report["queued"], report["flushed"]) == (3, 3)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from security.auth import Authenticator, Credentials, Principal
     from security.defences import Squeezer
     from security.extraction import QuerySink
+    from security.extraction.sink import Delivery
     from security.limits import Gatekeeper
     from security.runtime_config import RuntimeConfigSource
     from security.settings import Settings
@@ -296,7 +297,7 @@ class PredictService:
             delivery = self.query_sink.send_refusal(
                 principal_id=principal_id, model=model, request_id=event.request_id, reason=reason
             )
-            _record_delivery(event, delivery.lost)
+            _record_delivery(event, delivery)
 
     def _send_to_monitor(
         self,
@@ -322,13 +323,14 @@ class PredictService:
             labels=[str(model.classes[int(i)]) for i in best],
             confidences=served.probabilities[np.arange(len(best)), best],
         )
-        _record_delivery(event, delivery.lost)
+        _record_delivery(event, delivery)
 
 
-def _record_delivery(event: AuditEvent, lost: Sequence[str]) -> None:
-    if lost:
+def _record_delivery(event: AuditEvent, delivery: Delivery) -> None:
+    event.monitor_queue = delivery.position()
+    if delivery.lost:
         event.flags.append(MONITOR_QUEUE_FAILED)
-        event.monitor_queue_lost = list(lost)
+        event.monitor_queue_lost = list(delivery.lost)
 
 
 def predict_router(service: PredictService, *, docs: bool = False) -> APIRouter:

@@ -15,6 +15,7 @@ import atexit
 import json
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -48,12 +49,25 @@ MAX_DELAY_SECONDS = 1.0
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """What a ``send`` (or ``flush``) found out: the request ids whose queries were lost, this
-    request's or earlier ones' sent with it. True when nothing was lost."""
+    request's or earlier ones' sent with it (true when none was), and where the execution
+    environment's buffer stands: ``queued`` entries so far, ``flushed`` of them sent or lost.
+
+    The audit record carries the last two with the environment's id (``monitor_queue``): the
+    last record of an environment that ended with ``queued > flushed`` names a buffer that
+    never left (docs/ml-defences.md, "Delivery").
+    """
 
     lost: tuple[str, ...] = ()
+    environment: str = ""
+    queued: int = 0
+    flushed: int = 0
 
     def __bool__(self) -> bool:
         return not self.lost
+
+    def position(self) -> dict[str, str | int]:
+        """The audit record's ``monitor_queue`` field."""
+        return {"env": self.environment, "queued": self.queued, "flushed": self.flushed}
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +117,14 @@ class QuerySink:
         self.failures = 0
         #: SendMessageBatch calls made.
         self.calls = 0
+        self.new_environment()
+
+    def new_environment(self) -> None:
+        """A new id for this execution environment's buffer, its counts from zero (at init, and
+        after a SnapStart restore: restored environments must not share one)."""
+        self.environment = secrets.token_hex(4)
+        self.queued = 0
+        self.flushed = 0
 
     @property
     def pending(self) -> int:
@@ -173,7 +195,10 @@ class QuerySink:
 
     def flush(self) -> Delivery:
         """Send everything buffered now (shutdown, snapshot, the end of a replay)."""
-        return Delivery(tuple(dict.fromkeys(self._flush())))
+        return self._delivery(self._flush())
+
+    def _delivery(self, lost: list[str]) -> Delivery:
+        return Delivery(tuple(dict.fromkeys(lost)), self.environment, self.queued, self.flushed)
 
     def _flush(self) -> list[str]:
         lost: list[str] = []
@@ -187,6 +212,7 @@ class QuerySink:
                 batch.append(self._pending.pop(0))
                 size += len(entry.body)
             lost += self._send(batch)
+            self.flushed += len(batch)
         return lost
 
     def _queue(self, entries: list[_Entry], now: float) -> Delivery:
@@ -195,9 +221,10 @@ class QuerySink:
             if sum(len(e.body) for e in self._pending) + len(entry.body) > _MAX_BATCH_BYTES:
                 lost += self._flush()
             self._pending.append(entry)
+            self.queued += 1
         if self._due(now):
             lost += self._flush()
-        return Delivery(tuple(dict.fromkeys(lost)))
+        return self._delivery(lost)
 
     def _due(self, now: float) -> bool:
         return (
@@ -228,8 +255,9 @@ class QuerySink:
         return ids
 
 
-def flush_at_shutdown(sink: QuerySink, on_lost: Callable[[tuple[str, ...]], None]) -> None:
-    """Send ``sink``'s buffer when the execution environment ends, and report what is lost.
+def flush_at_shutdown(sink: QuerySink, report: Callable[[Delivery], None]) -> None:
+    """Send ``sink``'s buffer when the execution environment ends, and ``report`` the delivery
+    (what was lost, and the buffer's final counts) when there was anything to send.
 
     Lambda sends SIGTERM before it shuts an environment down when the function has an extension
     registered; the interpreter's exit runs ``atexit``. The previous SIGTERM handler is kept
@@ -239,9 +267,8 @@ def flush_at_shutdown(sink: QuerySink, on_lost: Callable[[tuple[str, ...]], None
     """
 
     def flush() -> None:
-        delivery = sink.flush()
-        if delivery.lost:
-            on_lost(delivery.lost)
+        if sink.pending:
+            report(sink.flush())
 
     atexit.register(flush)
     if threading.current_thread() is not threading.main_thread():
