@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
+from interpreter import PATH_ENV, PYTHON
 from security.extraction import QueryMessage, QuerySink
 
 ROW = np.array([[5.1, 3.5, 1.4, 0.2]])
@@ -199,10 +200,9 @@ def test_sigterm_sends_the_buffer_before_the_environment_goes(tmp_path: Path) ->
         time.sleep(5)
         """
     )
-    env = dict(os.environ)
-    env.setdefault("PYTHONPATH", str(SRC))  # the 3.13 run sets its own (the Lambda build)
+    env = {**os.environ, "PYTHONPATH": str(SRC), **PATH_ENV}  # the 3.13 run: its own path
     result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, timeout=60, check=False
+        [PYTHON, "-c", script], env=env, capture_output=True, timeout=60, check=False
     )
     # then the buffer left once and was reported (nothing lost, all three sent), and the process
     # still ended by SIGTERM (the default action)
