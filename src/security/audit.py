@@ -4,9 +4,10 @@ Exactly one audit record is written per request, allowed or refused. The record 
 JSON line (Powertools Logger, ``message == "audit"``) carrying the request id both as
 ``request_id`` and as Powertools' ``correlation_id``. The same line is also a CloudWatch
 Embedded Metric Format document (Powertools Metrics, EMF): ``Requests``, ``RowsPredicted``,
-``Latency`` and ``MonitorQueueFailures`` (a served query that did not reach the extraction
-queue), each by ``decision`` and ``reason``, by ``http_status`` and by ``service`` alone (the
-series the template's alarms and dashboard read), so metrics and audit can never disagree.
+``Latency`` and ``MonitorQueueFailures`` (served queries that did not reach the extraction
+queue, counted on the record of the request whose send found out), each by ``decision`` and
+``reason``, by ``http_status`` and by ``service`` alone (the series the template's alarms and
+dashboard read), so metrics and audit can never disagree.
 Each record also says which Lambda invocation wrote it (``function_request_id``) and whether
 that was the execution environment's first (``cold_start``); Powertools adds ``xray_trace_id``
 from the trace header Lambda sets for every invocation.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import IO, TYPE_CHECKING, Any
@@ -38,8 +40,9 @@ if TYPE_CHECKING:
     from security.auth import Credentials, Principal
 
 AUDIT_MESSAGE = "audit"
-#: The flag on an allowed request whose query did not reach the extraction queue (also counted
-#: in the ``MonitorQueueFailures`` metric).
+#: The flag on a request whose send to the extraction queue lost queries (its own or earlier
+#: ones of its execution environment, listed in ``monitor_queue_lost``; counted in the
+#: ``MonitorQueueFailures`` metric).
 MONITOR_QUEUE_FAILED = "monitor_queue_failed"
 METRICS_NAMESPACE = "mlmoat"
 _FINGERPRINT_DOMAIN = b"mlmoat-input-v1:"
@@ -116,6 +119,13 @@ class AuditEvent:
     # Input smoothing's certified L2 radius per served row (normalised units): audit only.
     certified_radius: list[float] | None = None
     flags: list[str] = field(default_factory=list)
+    # The request ids of served queries the extraction queue's send lost while this request
+    # flushed the sink's buffer (this request's and those sent with it): with the
+    # ``monitor_queue_failed`` flag, counted by ``MonitorQueueFailures``.
+    monitor_queue_lost: list[str] | None = None
+    # Where the execution environment's extraction queue buffer stood after this request:
+    # {"env": id, "queued": entries so far, "flushed": of them sent or lost}.
+    monitor_queue: dict[str, str | int] | None = None
     function_request_id: str | None = None
     cold_start: bool | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
@@ -163,8 +173,10 @@ class AuditEvent:
                 continue
             if name == "features":
                 value = [list(row) for row in value]
-            elif name in ("flags", "certified_radius"):
+            elif name in ("flags", "certified_radius", "monitor_queue_lost"):
                 value = list(value)
+            elif name == "monitor_queue":
+                value = dict(value)
             values[name] = value
         return values
 
@@ -252,8 +264,31 @@ class AuditLog:
         if event.decision == "allow":
             metrics.add_metric(name="RowsPredicted", unit=MetricUnit.Count, value=event.rows)
         if MONITOR_QUEUE_FAILED in event.flags:
-            metrics.add_metric(name="MonitorQueueFailures", unit=MetricUnit.Count, value=1)
+            lost = len(event.monitor_queue_lost or ()) or 1
+            metrics.add_metric(name="MonitorQueueFailures", unit=MetricUnit.Count, value=lost)
         return dict(metrics.serialize_metric_set())
+
+    def queue_flushed(self, lost: Sequence[str], position: Mapping[str, str | int]) -> None:
+        """One record for the extraction sink's flush outside any request (at shutdown):
+        ``event`` ``monitor_queue``, the buffer's final ``monitor_queue`` position, and the
+        request ids lost with ``MonitorQueueFailures`` if any was."""
+        record: dict[str, Any] = {
+            "event": "monitor_queue",
+            "decision": "skip",
+            "reason": "monitor_queue_flushed",
+            "monitor_queue": dict(position),
+        }
+        metrics: dict[str, Any] = {}
+        if lost:
+            emf = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=self._service)
+            emf.add_dimension(name="reason", value=MONITOR_QUEUE_FAILED)
+            emf.add_dimensions(service=self._service)
+            emf.add_metric(name="MonitorQueueFailures", unit=MetricUnit.Count, value=len(lost))
+            metrics = dict(emf.serialize_metric_set())
+            record.update(reason=MONITOR_QUEUE_FAILED, flags=[MONITOR_QUEUE_FAILED],
+                          monitor_queue_lost=list(lost))  # fmt: skip
+        self.logger.set_correlation_id(None)
+        self.logger.info(AUDIT_MESSAGE, extra={**metrics, **self.invocation.fields(), **record})
 
     def emit(self, event: AuditEvent) -> dict[str, Any]:
         """Write the request's one audit record (with its metrics); return the logged fields."""

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from security.dynamo import ConditionFailed, Item
+from security.dynamo import ConditionFailed
 from security.dynamo import dump as _dump
 from security.dynamo import translated as _translated
 from security.errors import StoreUnavailableError
@@ -24,27 +24,37 @@ def monitor_pk(principal_id: str, model: str) -> str:
 
 
 class MonitorStateMixin:
-    """Monitor-state methods of ``PrincipalStore`` (it gives ``_client``, ``_table``, ``get``)."""
+    """Monitor-state methods of ``PrincipalStore`` (it gives ``_client`` and ``_table``)."""
 
     _client: Any
     _table: str
 
-    if TYPE_CHECKING:
-
-        def get(self, pk: str) -> Item | None:
-            """Read one item (consistent): ``PrincipalStore.get``."""
-
-    def load_monitor_state(self, principal_id: str, model: str) -> tuple[bytes | None, int]:
+    def load_monitor_state(
+        self, principal_id: str, model: str, *, consistent: bool = True
+    ) -> tuple[bytes | None, int]:
         """The monitor's serialised detector state for a principal and model, and its version.
+
+        ``consistent=False`` reads eventually consistent, half the read units: the monitor
+        does so first and relies on ``save_monitor_state``'s version check, which refuses a
+        write based on a stale read (then it reads again, strongly consistent).
 
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        item = self.get(monitor_pk(principal_id, model))
+        with _translated():
+            response = self._client.get_item(
+                TableName=self._table,
+                Key={"pk": {"S": monitor_pk(principal_id, model)}},
+                ProjectionExpression="#state, state_version",
+                ExpressionAttributeNames={"#state": "state"},
+                ConsistentRead=consistent,
+            )
+        item = response.get("Item")
         if item is None:
             return None, 0
-        blob = item.get("state")
-        return (bytes(blob) if blob is not None else None), int(item.get("state_version", 0))
+        blob = item.get("state", {}).get("B")
+        version = int(item.get("state_version", {}).get("N", "0"))
+        return (bytes(blob) if blob is not None else None), version
 
     def save_monitor_state(
         self, principal_id: str, model: str, blob: bytes, *, expected_version: int, now: int

@@ -83,6 +83,10 @@ class Settings:
     jwt_max_lifetime_seconds: int = 86400
     jwt_secret_max_age_seconds: int = 300
     extraction_queue_url: str | None = None
+    #: The extraction queue sink's buffer: a served query waits at most this long for others
+    #: of the same execution environment (while it serves requests) before they are sent
+    #: together; 0 sends each request's query as it is served (``security.extraction.sink``).
+    extraction_send_max_delay: float = 1.0
     service_name: str = "mlmoat"
     extraction_action: str = "flag"
     # The HMAC key of input smoothing's noise (security.smoothing). Unset: a random key per
@@ -144,6 +148,9 @@ class Settings:
                 "JWT_KEY_MAX_AGE_SECONDS", 300, low=0, high=86400
             ),
             extraction_queue_url=reader.optional("EXTRACTION_QUEUE_URL"),
+            extraction_send_max_delay=reader.number(
+                "EXTRACTION_SEND_MAX_DELAY", 1.0, low=0.0, high=60.0
+            ),
             service_name=reader.text("SERVICE_NAME", "mlmoat", pattern=r"^[A-Za-z0-9_-]{1,64}$"),
             extraction_action=reader.choice("EXTRACTION_ACTION", "flag", ("flag", "suspend")),
             smoothing_secret=reader.secret("SMOOTHING_SECRET", minimum=32),

@@ -309,7 +309,12 @@ def build_predict_app(
     audit = audit or AuditLog(service=settings.service_name)
     registry = ModelRegistry.load(settings.model_dir, expected=(settings.default_model,))
     sink = (
-        QuerySink(client=clients.sqs, queue_url=settings.extraction_queue_url, clock=clock)
+        QuerySink(
+            client=clients.sqs,
+            queue_url=settings.extraction_queue_url,
+            clock=clock,
+            max_delay=settings.extraction_send_max_delay,
+        )
         if settings.extraction_queue_url and clients.sqs is not None
         else None
     )
@@ -397,6 +402,13 @@ def predict_function(settings: Settings, *, factory: ClientFactory | None = None
     hooks = _hooks_for(clients)
     # Restored environments share the snapshot's memory: each draws its own writer lanes.
     hooks.after_restore(app.state.gate.gatekeeper.after_restore)
+    sink = app.state.query_sink
+    if sink is not None:  # the buffered queries leave before a snapshot and at shutdown
+        from security.extraction.sink import flush_at_shutdown
+
+        hooks.before_snapshot(sink.flush)
+        hooks.after_restore(sink.new_environment)
+        flush_at_shutdown(sink, lambda done: audit.queue_flushed(done.lost, done.position()))
     return ApiFunction(settings, clients, hooks, audit, app)
 
 

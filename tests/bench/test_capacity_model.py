@@ -5,7 +5,9 @@ of the session's moto server, on real calls, agreeing with those rules; (c) the 
 key at a simulated 100 requests/s through the real prediction app and monitor, whose counter
 write units are checked against the sizes the meter observed; one write unit per prediction on
 the counter at every simulated rate; and one sharded key at a simulated 10,000 requests/s with
-no item above the partition's 1,000 write units a second.
+no item above the partition's 1,000 write units a second. (d) the monitor's bound: at most one
+write unit and one read unit per prediction, amortised, at 100 requests/s and at 1,000 rows/s
+from one principal, every row monitored.
 """
 
 from __future__ import annotations
@@ -387,9 +389,12 @@ def test_replay_counter_units_are_the_models_of_the_sizes_it_observed(
     # ... and the report's figure per prediction is their mean
     summary = summarise(result)
     assert summary["counter"]["write_units"] == pytest.approx(sum(expected) / 150)
-    # the monitor consumed every message: one state read and one state write per prediction
+    # the monitor consumed every message, in the event source's batches (100 messages or a 20 s
+    # window): one state read and one state write per batch, not per prediction
+    assert result.monitor_batches == (100, 50) and result.rows_monitored == 150
+    assert result.queue_calls == 15  # the predict path's SendMessageBatch: 10 requests a call
     monitor = [r for r in result.records if r.pk.startswith("mon#")]
-    assert sum(r.is_write for r in monitor) == 150 and len(monitor) == 300
+    assert sum(r.is_write for r in monitor) == 2 and len(monitor) == 4
 
 
 @pytest.fixture(scope="module")
@@ -454,3 +459,41 @@ def test_replay_one_sharded_key_sustains_10000_requests_per_second(
     assert len(result.counter_items) == 20
     assert max(item.size for item in result.counter_items) < KB
     assert not result.violations
+
+
+# ------------------------------------------------------------------ (d) the monitor's bound
+@pytest.fixture(scope="module")
+def monitor_replays(moto_server: Any) -> dict[str, ScenarioResult]:
+    if not (REPO / "models" / "iris" / "manifest.json").is_file():
+        pytest.skip("models/ not trained yet (mlmoat train)")
+    replay = CapacityReplay(REPO, moto_server.endpoint)
+    return {
+        # past the state's plateau: 300 rows fill the detectors' windows and PRADA's sets
+        "100 requests/s": replay.run(Scenario("1 key x 100/s", 1, 100.0, seconds=3.0)),
+        "1,000 rows/s": replay.run(
+            Scenario("1 key x 100/s x 10 rows", 1, 100.0, seconds=2.0, rows_per_request=10)
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["100 requests/s", "1,000 rows/s"])
+def test_the_monitor_costs_at_most_one_write_and_one_read_unit_per_prediction(
+    monitor_replays: dict[str, ScenarioResult], name: str
+) -> None:
+    result = monitor_replays[name]
+    scenario = result.scenario
+    assert result.statuses == {200: scenario.requests} and not result.violations
+    # every served row reached the monitor's state (the sink's buffer, the event source's
+    # batches and the grouped state writes lose nothing)
+    assert result.monitor_failures == 0
+    assert result.rows_monitored == scenario.requests * scenario.rows_per_request
+    monitor = summarise(result)["monitor"]
+    # amortised per allowed prediction: the issue's bound, 1 write unit and 1 read unit
+    assert monitor["write_units"] <= 1.0, monitor
+    assert monitor["read_units"] <= 1.0, monitor
+    # and the principal's one monitor item stays far from the partition's 1,000 WCU/s
+    assert monitor["hottest_write"]["share_of_limit"] < 0.1, monitor["hottest_write"]
+    # because its state is read and written once per batch and stays within one read unit
+    writes = [r for r in result.records if r.pk.startswith("mon#") and r.is_write]
+    assert len(writes) == len(result.monitor_batches) < scenario.requests
+    assert max(r.size_after for r in writes) <= 4096

@@ -40,6 +40,10 @@ def handler_env(moto_server: Any, create_security_table: Callable[..., str]) -> 
         "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
         "AWS_ENDPOINT_URL_SQS": dynamodb_endpoint,
         "SECURITY_EXTRACTION_QUEUE_URL": queue_url,
+        # These tests read each request's query from the queue right after it: the sink sends
+        # it as it is served. Its buffered default (1 s) has tests of its own
+        # (test_extraction_queue_failures.py, tests/unit/test_query_sink.py).
+        "SECURITY_EXTRACTION_SEND_MAX_DELAY": "0",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

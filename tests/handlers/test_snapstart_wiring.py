@@ -62,3 +62,21 @@ def test_a_restore_draws_new_writer_lanes(
     # then the environment writes under a lane of its own
     with gatekeeper._writers.lane() as lane:
         assert lane.id != before
+
+
+def test_a_restored_environment_gets_a_queue_buffer_of_its_own(
+    predict_module: Any, handler_env: dict[str, str], monkeypatch: Any
+) -> None:
+    # given the extraction sink of the function built at init
+    sink = predict_module.function.app.state.query_sink
+    before = sink.environment
+    # when a snapshot is taken and restored, then the buffer was empty in the snapshot and the
+    # restored environment's queue position has an id of its own (environments restored from
+    # one snapshot must not share one: docs/ml-defences.md, "Delivery")
+    predict_module.hooks.run_before_snapshot()
+    assert sink.pending == 0
+    with monkeypatch.context() as env:
+        for name, value in handler_env.items():
+            env.setenv(name, value)
+        predict_module.hooks.run_after_restore()
+    assert sink.environment != before and (sink.queued, sink.flushed) == (0, 0)

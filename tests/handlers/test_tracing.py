@@ -105,15 +105,15 @@ def test_a_traced_prediction_sends_its_dynamodb_and_sqs_calls_as_subsegments(
         assert child.returncode == 0, child.stderr[-3000:]
         assert json.loads(child.stdout.strip().splitlines()[-1]) == {"status": 200}
         documents = _segments(daemon)
-    # then the counting UpdateItem and the monitor's SendMessage reached X-Ray as subsegments of
-    # the invocation's trace
+    # then the counting UpdateItem and the monitor's SendMessageBatch reached X-Ray as
+    # subsegments of the invocation's trace
     calls = {
         (doc["name"], doc.get("aws", {}).get("operation"))
         for doc in documents
         if doc.get("namespace") == "aws"
     }
     assert ("dynamodb", "UpdateItem") in calls, documents
-    assert ("sqs", "SendMessage") in calls, documents
+    assert ("sqs", "SendMessageBatch") in calls, documents
     assert {doc["trace_id"] for doc in documents} == {TRACE_ROOT}
     # and nothing secret is in any of them: no key, no item, no message body
     sent = json.dumps(documents)

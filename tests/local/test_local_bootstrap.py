@@ -81,7 +81,7 @@ def test_bootstrapped_queue_redrives_to_its_dead_letter_queue(
     redrive = json.loads(attributes["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"].endswith(":mlmoat-local-ExtractionDeadLetterQueue")
     assert int(redrive["maxReceiveCount"]) == 5
-    assert attributes["VisibilityTimeout"] == "180"
+    assert attributes["VisibilityTimeout"] == "200"
 
 
 def test_bootstrap_without_an_endpoint_says_what_to_do() -> None:

@@ -209,6 +209,19 @@ def test_monitor_consumes_the_encrypted_extraction_queue_with_a_dlq(doc: dict[st
     assert resources["ExtractionDeadLetterQueue"]["Properties"]["KmsMasterKeyId"]
 
 
+def test_the_monitor_batches_within_lambdas_rules_for_sqs(doc: dict[str, Any]) -> None:
+    # The monitor reads and writes a principal's state once per batch: large batches at a
+    # bounded delay (docs/ml-defences.md, "Processing"), within what the event source accepts.
+    resources = _resources(doc)
+    mapping = resources["MonitorEventSource"]["Properties"]
+    batch, window = mapping["BatchSize"], mapping["MaximumBatchingWindowInSeconds"]
+    assert 10 < batch <= 10_000 and 1 <= window <= 300  # above 10 a window is required
+    # the queue's visibility timeout: at least six times the function's timeout plus the window
+    timeout = resources["MonitorFunction"]["Properties"]["Timeout"]
+    visibility = resources["ExtractionQueue"]["Properties"]["VisibilityTimeout"]
+    assert visibility >= 6 * timeout + window
+
+
 def test_no_function_dead_letter_queue_that_nothing_could_reach(doc: dict[str, Any]) -> None:
     # A Lambda DLQ receives failed asynchronous invocations only; API Gateway and the SQS event
     # source mapping invoke synchronously, so such a queue would stay empty while failures pass.

@@ -145,3 +145,16 @@ def test_the_root_redaction_filter_masks_other_loggers_lines() -> None:
     text = stream.getvalue()
     assert "sending *** to somewhere" in text and "failed" in text
     assert key not in text and key.split("_")[2] not in text
+
+
+def test_a_flush_outside_any_request_is_a_record_of_its_own(sink) -> None:
+    # the extraction sink's buffer flushed at shutdown: where it stood, and what it lost
+    log, stream = sink
+    log.queue_flushed(["r1", "r2"], {"env": "0a1b2c3d", "queued": 12, "flushed": 12})
+    log.queue_flushed([], {"env": "0a1b2c3d", "queued": 14, "flushed": 14})
+    lost, clean = lines(stream)
+    assert lost["event"] == clean["event"] == "monitor_queue"
+    assert lost["monitor_queue_lost"] == ["r1", "r2"] and lost["MonitorQueueFailures"] == [2.0]
+    assert "monitor_queue_failed" in lost["flags"]
+    assert clean["monitor_queue"] == {"env": "0a1b2c3d", "queued": 14, "flushed": 14}
+    assert "MonitorQueueFailures" not in clean and "flags" not in clean

@@ -122,9 +122,11 @@ def test_message_round_trip_and_validation() -> None:
 
 @mock_aws
 def test_sink_sends_one_message_per_request_and_never_raises() -> None:
+    # unbuffered (max_delay=0): each request's query leaves as it is served
+    # (tests/unit/test_query_sink.py: the buffered default)
     sqs = boto3.client("sqs", region_name="eu-west-1")
     url = sqs.create_queue(QueueName="extraction-unit-1")["QueueUrl"]
-    sink = QuerySink(client=sqs, queue_url=url, clock=lambda: 42.0)
+    sink = QuerySink(client=sqs, queue_url=url, clock=lambda: 42.0, max_delay=0)
     assert sink.send(
         principal_id="key#s1",
         model="iris",
@@ -137,7 +139,7 @@ def test_sink_sends_one_message_per_request_and_never_raises() -> None:
     message = QueryMessage.from_json(body)
     assert message.principal_id == "key#s1" and message.ts == 42.0 and message.labels == ("setosa",)
     # a queue that does not exist: the send fails, is counted, and does not raise
-    broken = QuerySink(client=sqs, queue_url=url + "-missing")
+    broken = QuerySink(client=sqs, queue_url=url + "-missing", max_delay=0)
     assert not broken.send(principal_id="key#s1", model="iris", request_id="r", rows=[[1.0]])
     assert broken.failures == 1
 

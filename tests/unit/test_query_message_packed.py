@@ -16,7 +16,7 @@ from security.extraction import QueryMessage, QuerySink
 def _sent_body(rows: np.ndarray, labels: list[str], confidences: list[float]) -> str:
     sqs = boto3.client("sqs", region_name="eu-west-1")
     url = sqs.create_queue(QueueName="packed-unit-1")["QueueUrl"]
-    sink = QuerySink(client=sqs, queue_url=url, clock=lambda: 7.0)
+    sink = QuerySink(client=sqs, queue_url=url, clock=lambda: 7.0, max_delay=0)
     assert sink.send(
         principal_id="key#p1",
         model="toy",

@@ -163,12 +163,24 @@ def summarise(result: ScenarioResult) -> dict[str, Any]:
         else {"bytes": largest.size, "lanes": largest.lanes},
         "lanes": None if largest is None else lanes_under_1_kb(largest),
         "wall_seconds": result.wall_seconds,
+        "delivery": {
+            "queue_calls_per_request": result.queue_calls / max(1, scenario.requests),
+            "monitor_batches": len(result.monitor_batches),
+            "messages_per_batch": (
+                sum(result.monitor_batches) / len(result.monitor_batches)
+                if result.monitor_batches
+                else 0.0
+            ),
+            "rows_served": result.allowed * scenario.rows_per_request,
+            "rows_monitored": result.rows_monitored,
+        },
     }
 
 
 def monitor_plateau(results: list[ScenarioResult]) -> dict[str, Any] | None:
     """The largest monitor item of the run (its state is bounded: this stands for the plateau),
-    with what one message costs at that size."""
+    with what one state write and one state read cost at that size (one of each per principal
+    and monitor batch)."""
     best: tuple[int, str, int] | None = None
     for result in results:
         counts: dict[str, int] = {}
@@ -179,10 +191,10 @@ def monitor_plateau(results: list[ScenarioResult]) -> dict[str, Any] | None:
                     best = (record.size_after, record.pk, counts[record.pk])
     if best is None:
         return None
-    size, _, messages = best
+    size, _, writes = best
     return {
         "bytes": size,
-        "after_messages": messages,
+        "after_writes": writes,
         "write_units": write_units(size, size),
         "read_units": read_units(size, consistent=True),
     }
@@ -331,8 +343,24 @@ def _render_lanes(report: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"Monitor item: largest seen {plateau['bytes']:,} bytes (after "
-            f"{plateau['after_messages']:,} messages; its state is bounded), i.e. "
-            f"{plateau['write_units']} WCU + {plateau['read_units']:g} RCU per message "
-            "(one message per prediction).",
+            f"{plateau['after_writes']:,} writes; its state is bounded), i.e. "
+            f"{plateau['write_units']} WCU + {plateau['read_units']:g} RCU per write "
+            "(one state read and one write per principal and monitor batch).",
         ]
+    lines += [
+        "",
+        "Delivery to the monitor (SendMessageBatch calls of the predict path per request; the "
+        "event source's batches; rows the monitor's states counted against rows served):",
+        "",
+        "| scenario | queue calls per request | monitor batches | messages per batch "
+        "| rows monitored / served |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in report["scenarios"]:
+        delivery = row["delivery"]
+        lines.append(
+            f"| {row['scenario']} | {delivery['queue_calls_per_request']:.2f} "
+            f"| {delivery['monitor_batches']:,} | {delivery['messages_per_batch']:,.1f} "
+            f"| {delivery['rows_monitored']:,} / {delivery['rows_served']:,} |"
+        )
     return lines

@@ -4,17 +4,23 @@ Each ``Scenario`` runs on a fresh table and extraction queue of one moto server,
 prediction app (``security.wiring.build_predict_app`` behind ``ApiFunction.lambda_handler``, the
 PredictFunction handler's path: the edge screen, then Mangum) and its own MonitorFunction
 (``security.wiring.monitor_function``, fed SQS events of the queue's messages through the
-handler's Powertools batch processing). Both DynamoDB clients are metered; the meter reads items
-around writes with a third client it never meters.
+handler's body, ``ExtractionMonitor.process_sqs_event``). Both DynamoDB clients are metered; the
+meter reads items around writes with a third client it never meters.
 
 The clock is simulated: the gatekeeper (rate windows, 30 s idempotency buckets), the query
-sink and the meter read ``SimulatedClock``, which steps ``1 / rate`` per request from
-``START`` (a minute boundary); requests run one after another as fast as the machine goes.
-The monitor drains the queue at the simulated time of the last request of each batch: the
-requests of ``MONITOR_WINDOW_SECONDS``, at most 10 (the SQS event source's default batch).
+sink (its buffer's delay) and the meter read ``SimulatedClock``, which steps ``1 / rate`` per
+request from ``START`` (a minute boundary); requests run one after another as fast as the
+machine goes, through one execution environment (one sink buffer). The monitor is fed as the
+template's event source mapping feeds it (``EventSourceModel``: ``MonitorEventSource``'s
+``BatchSize`` and ``MaximumBatchingWindowInSeconds``): one poller gathers what the sink has
+sent and invokes the monitor when it holds a full batch or when its oldest message has waited
+the window; at the end of the scenario the sink's buffer is flushed (the environment's next
+request, or its shutdown, would send it) and the last batches are delivered. Lambda polls a
+queue with several pollers at once (at least five), so at low rates a principal's messages are
+split over more, smaller batches than this one-poller model gives: see docs/performance.md.
 Keys are created through ``KeyAdmin`` with limits twice what the scenario sends, so no request
-is refused. The monitor stamps its items with wall time
-(``monitor_function`` takes no clock): a 10-digit epoch either way, a byte or two at most.
+is refused. The monitor stamps its items with wall time (``monitor_function`` takes no clock):
+a 10-digit epoch either way, a byte or two at most.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import string
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,15 +51,12 @@ from security.writers import WriterPool
 
 #: The simulated start: a minute boundary, so the window starts a rate window and a bucket.
 START = 1_800_000_000.0
-#: The SQS event source's default batch size: the monitor's batches hold at most this many.
-MONITOR_BATCH = 10
-#: The monitor drains the messages queued within this many simulated seconds (one batch at
-#: most): one message per batch at 10 requests/s and below, full batches from 100/s.
-MONITOR_WINDOW_SECONDS = 0.1
 #: One PredictFunction invocation on Lambda, for Little's law (environments = rate x this): the
 #: in-process p50 measured here (6.4 ms on a full core, docs/performance.md) x 1.7 at 1,024 MB,
 #: plus one DynamoDB write and one SQS send in-region (about 5 and 8 ms).
 INVOCATION_SECONDS = 0.025
+#: ReceiveMessage's limit: the poller receives at most this many per call.
+RECEIVE_MAX = 10
 _REGION = "us-east-1"
 _QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue"
 _SEED = 20261204
@@ -70,12 +73,34 @@ class SimulatedClock:
 
 
 @dataclass(frozen=True, slots=True)
+class EventSourceModel:
+    """The SQS event source mapping of MonitorFunction: a batch closes at ``batch_size``
+    messages or ``window_seconds`` after its first message, whichever comes first."""
+
+    batch_size: int
+    window_seconds: float
+
+    @classmethod
+    def from_template(
+        cls, template: Any, logical_id: str = "MonitorEventSource"
+    ) -> EventSourceModel:
+        """The mapping's ``BatchSize`` (default 10) and ``MaximumBatchingWindowInSeconds``
+        (default 0) in template.yaml."""
+        props = template.resources("AWS::Lambda::EventSourceMapping")[logical_id]["Properties"]
+        return cls(
+            batch_size=int(props.get("BatchSize", 10)),
+            window_seconds=float(props.get("MaximumBatchingWindowInSeconds", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """``keys`` keys, each sending ``rate_per_key`` requests per simulated second, for
     ``seconds`` simulated seconds (requests interleaved round-robin over the keys), each key
     created with ``shards`` shards, served by ``environments`` execution environments (by
-    default as many as Lambda would run: the rate times ``INVOCATION_SECONDS``); ``monitor``:
-    whether the extraction monitor runs (off: no queue, the counter alone)."""
+    default as many as Lambda would run: the rate times ``INVOCATION_SECONDS``), each request of
+    ``rows_per_request`` rows; ``monitor``: whether the extraction monitor runs (off: no queue,
+    the counter alone)."""
 
     label: str
     keys: int
@@ -84,6 +109,7 @@ class Scenario:
     shards: int = 1
     environments: int | None = None
     monitor: bool = True
+    rows_per_request: int = 1
 
     @property
     def rate(self) -> float:
@@ -131,6 +157,12 @@ class ScenarioResult:
     monitor_failures: int
     wall_seconds: float
     environments: int = 1
+    #: Messages of each monitor invocation, in order.
+    monitor_batches: tuple[int, ...] = ()
+    #: SendMessageBatch calls the predict path made (``QuerySink.calls``).
+    queue_calls: int = 0
+    #: Rows the monitor's states counted at the end (``DetectorState.rows_seen``, summed).
+    rows_monitored: int = 0
 
     @property
     def allowed(self) -> int:
@@ -277,12 +309,13 @@ class CapacityReplay:
         self._audit = AuditLog(service=self._settings.service_name, stream=_Discard())
         self._plain = self._dynamodb()
         self._sqs = self._sqs_client()
+        self._event_source = EventSourceModel.from_template(template)
 
     # ------------------------------------------------------------------ one scenario
     def run(
         self, scenario: Scenario, *, log: Callable[[str], None] | None = None
     ) -> ScenarioResult:
-        """Run ``scenario``: create its keys, send its requests, drain the monitor."""
+        """Run ``scenario``: create its keys, send its requests, feed the monitor."""
         started = time.perf_counter()
         clock = SimulatedClock(START)
         table, queue_url = self._fresh_table_and_queue(queue=scenario.monitor)
@@ -292,31 +325,45 @@ class CapacityReplay:
         meter = CapacityMeter(reader=self._plain, clock=clock)
         keys = self._create_keys(settings, scenario, clock)
         environments = self._environments(settings, meter, clock, scenario.environment_count)
-        handler = self._predict_handler(settings, meter, clock, environments)
-        monitor = self._monitor_handler(settings, meter) if queue_url else None
-        rows = benign_rows(self._root, min(scenario.requests, 4096))
+        handler, sink = self._predict_handler(settings, meter, clock, environments)
+        poller = (
+            _Poller(self, queue_url, self._monitor_handler(settings, meter), clock)
+            if queue_url
+            else None
+        )
+        width = scenario.rows_per_request
+        rows = benign_rows(self._root, min(scenario.requests * width, 4096))
         rng = random.Random(_SEED)  # noqa: S311 - request ids, not secrets
         statuses: Counter[int] = Counter()
-        failures = 0
         step = 1.0 / scenario.rate
-        batch = min(MONITOR_BATCH, max(1, math.floor(scenario.rate * MONITOR_WINDOW_SECONDS)))
         for index in range(scenario.requests):
             clock.now = START + index * step
             environments.current = index % scenario.environment_count
+            if poller is not None:
+                poller.tick()
             api_key, _ = keys[index % len(keys)]
-            event = rest_event(
-                path="/predict",
-                body={"features": rows[index % len(rows)]},
-                headers={"X-API-Key": api_key},
+            first = (index * width) % len(rows)
+            body = (
+                {"features": rows[first]}
+                if width == 1
+                else {"instances": [rows[(first + j) % len(rows)] for j in range(width)]}
             )
+            event = rest_event(path="/predict", body=body, headers={"X-API-Key": api_key})
             event["requestContext"]["requestId"] = str(uuid.UUID(int=rng.getrandbits(128)))
             response = handler(event, _Context("PredictFunction"))
             statuses[int(response["statusCode"])] += 1
-            done = (index + 1) % batch == 0 or index + 1 == scenario.requests
-            if monitor is not None and queue_url and done:
-                failures += self._drain(queue_url, monitor)
+            if poller is not None:
+                poller.receive_if(sink is None or sink.calls != poller.seen_calls, sink)
             if log is not None and (index + 1) % 1000 == 0:
                 log(f"  {scenario.label}: {index + 1}/{scenario.requests} requests")
+        # The environment's buffer leaves with its next request (or at shutdown); the poller's
+        # open batches close when their windows end.
+        clock.now = START + scenario.requests * step
+        if sink is not None:
+            sink.flush()
+        if poller is not None:
+            poller.receive_if(True, sink)
+            poller.finish()
         counting = [
             pk
             for _, key in keys
@@ -335,14 +382,27 @@ class CapacityReplay:
             statuses=dict(statuses),
             key_pks=frozenset(counting) | {pk for _, pk in keys},
             counter_items=tuple(self._counter_item(table, pk) for pk in counting[:100]),
-            monitor_failures=failures,
+            monitor_failures=poller.failures if poller is not None else 0,
             wall_seconds=time.perf_counter() - started,
             environments=scenario.environment_count,
+            monitor_batches=tuple(poller.batches) if poller is not None else (),
+            queue_calls=sink.calls if sink is not None else 0,
+            rows_monitored=self._rows_monitored(table),
         )
         self._plain.delete_table(TableName=table)
         if queue_url:
             self._sqs.delete_queue(QueueUrl=queue_url)
         return result
+
+    def _rows_monitored(self, table: str) -> int:
+        from security.extraction import DetectorState
+
+        total = 0
+        pages = self._plain.get_paginator("scan").paginate(TableName=table)
+        for item in (item for page in pages for item in page.get("Items", [])):
+            if item["pk"]["S"].startswith("mon#") and "state" in item:
+                total += DetectorState.from_bytes(bytes(item["state"]["B"])).rows_seen
+        return total
 
     def _fresh_table_and_queue(self, *, queue: bool) -> tuple[str, str | None]:
         name = f"capacity-{uuid.uuid4().hex[:12]}"
@@ -378,7 +438,7 @@ class CapacityReplay:
             settings=uncapped(settings),
             clock=clock,
         )
-        per_minute = max(2, math.ceil(scenario.rate_per_key * 60 * 2))
+        per_minute = max(2, math.ceil(scenario.rate_per_key * scenario.rows_per_request * 120))
         keys = []
         # Only the keys that send in the window are created (requests go round-robin).
         for index in range(min(scenario.keys, scenario.requests)):
@@ -410,7 +470,8 @@ class CapacityReplay:
         meter: CapacityMeter,
         clock: SimulatedClock,
         environments: SimulatedEnvironments,
-    ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    ) -> tuple[Callable[[dict[str, Any], Any], dict[str, Any]], Any]:
+        """The handler, and its app's query sink (the execution environment's buffer)."""
         from security.snapstart import SnapStartHooks
         from security.wiring import ApiFunction, Clients, build_predict_app
 
@@ -420,18 +481,11 @@ class CapacityReplay:
         )
         function = ApiFunction(settings, clients, SnapStartHooks(), self._audit, app)
         handler: Callable[[dict[str, Any], Any], dict[str, Any]] = function.lambda_handler()
-        return handler
+        return handler, app.state.query_sink
 
     def _monitor_handler(
         self, settings: Any, meter: CapacityMeter
     ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-        from aws_lambda_powertools.utilities.batch import (
-            BatchProcessor,
-            EventType,
-            process_partial_response,
-        )
-
-        from security.extraction import QueryMessage
         from security.wiring import monitor_function
 
         def factory(service: str, *, config: Any = None) -> Any:
@@ -440,37 +494,24 @@ class CapacityReplay:
             return self._sqs_client()
 
         function = monitor_function(settings, factory=factory)
-        processor = BatchProcessor(event_type=EventType.SQS)
-
-        def record_handler(record: Any) -> None:
-            function.monitor.process(QueryMessage.from_json(record.body))
 
         def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            # handlers/monitor.py's body
             function.audit.enter(context)
-            result = process_partial_response(
-                event=event, record_handler=record_handler, processor=processor, context=context
-            )
-            return dict(result)
+            return function.monitor.process_sqs_event(event)
 
         return handler
 
-    def _drain(
-        self, queue_url: str, monitor: Callable[[dict[str, Any], Any], dict[str, Any]]
-    ) -> int:
-        failures = 0
-        for batch in self._batches(queue_url):
-            result = monitor(sqs_event(batch), _Context("MonitorFunction"))
-            failures += len(result.get("batchItemFailures", []))
-        return failures
-
-    def _batches(self, queue_url: str) -> Iterator[list[dict[str, Any]]]:
+    def receive(self, queue_url: str) -> list[dict[str, Any]]:
+        """Every message visible in the queue now, deleted as received (the poller holds them)."""
+        received: list[dict[str, Any]] = []
         while True:
             response = self._sqs.receive_message(
-                QueueUrl=queue_url, MaxNumberOfMessages=MONITOR_BATCH, WaitTimeSeconds=0
+                QueueUrl=queue_url, MaxNumberOfMessages=RECEIVE_MAX, WaitTimeSeconds=0
             )
             batch = [dict(message) for message in response.get("Messages", [])]
             if not batch:
-                return
+                return received
             self._sqs.delete_message_batch(
                 QueueUrl=queue_url,
                 Entries=[
@@ -478,7 +519,12 @@ class CapacityReplay:
                     for i, m in enumerate(batch)
                 ],
             )
-            yield batch
+            received += batch
+
+    @property
+    def event_source(self) -> EventSourceModel:
+        """MonitorEventSource as template.yaml declares it."""
+        return self._event_source
 
     def _counter_item(self, table: str, pk: str) -> CounterItem:
         from mlmoat.bench.itemsize import item_size
@@ -497,3 +543,53 @@ class CapacityReplay:
             lane_bytes=item_size(lanes),
             window_attrs=tuple(sorted(name for name in found if name.startswith(RATE_ATTR_PREFIX))),
         )
+
+
+class _Poller:
+    """One event-source poller: it holds received messages until a batch is due, then invokes
+    the monitor with it (``EventSourceModel``)."""
+
+    def __init__(
+        self,
+        replay: CapacityReplay,
+        queue_url: str,
+        monitor: Callable[[dict[str, Any], Any], dict[str, Any]],
+        clock: SimulatedClock,
+    ) -> None:
+        self._replay = replay
+        self._queue_url = queue_url
+        self._monitor = monitor
+        self._clock = clock
+        self._model = replay.event_source
+        self._held: list[tuple[float, dict[str, Any]]] = []
+        self.seen_calls = 0
+        self.failures = 0
+        self.batches: list[int] = []
+
+    def receive_if(self, sent: bool, sink: Any) -> None:
+        """Receive what the sink has sent (only after it sent: no call otherwise)."""
+        if sink is not None:
+            self.seen_calls = sink.calls
+        if sent:
+            now = self._clock()
+            self._held += [(now, m) for m in self._replay.receive(self._queue_url)]
+            self.tick()
+
+    def tick(self) -> None:
+        """Invoke the monitor with every batch due at the simulated time now."""
+        while self._held and (
+            len(self._held) >= self._model.batch_size
+            or self._clock() - self._held[0][0] >= self._model.window_seconds
+        ):
+            self._invoke(self._model.batch_size)
+
+    def finish(self) -> None:
+        """Deliver what is held (the windows close after the last request)."""
+        while self._held:
+            self._invoke(self._model.batch_size)
+
+    def _invoke(self, size: int) -> None:
+        batch, self._held = self._held[:size], self._held[size:]
+        result = self._monitor(sqs_event([m for _, m in batch]), _Context("MonitorFunction"))
+        self.failures += len(result.get("batchItemFailures", []))
+        self.batches.append(len(batch))

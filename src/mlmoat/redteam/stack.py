@@ -148,6 +148,10 @@ class LocalStack:
             "SECURITY_MODEL_DIR": str(self.model_dir),
             "SECURITY_MAX_ROWS": "100",
             "SECURITY_DEFAULT_MODEL": default if default in served else served[0],
+            # Detection is measured per row and the drain after each request reads each query:
+            # the sink sends it as it is served. Its buffer keeps a principal's order, so it
+            # cannot change which row fires; the capacity replay runs the buffered default.
+            "SECURITY_EXTRACTION_SEND_MAX_DELAY": "0",
         }
 
     def _set_env(self, env: dict[str, str]) -> None:

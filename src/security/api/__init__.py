@@ -76,7 +76,11 @@ def create_app(
         title="mlmoat",
         description=_DESCRIPTION,
         docs=docs,
-        state={"gate": Gate(authenticator=authenticator, gatekeeper=gatekeeper)},
+        # The sink is also the function's: it flushes its buffer at shutdown (security.wiring).
+        state={
+            "gate": Gate(authenticator=authenticator, gatekeeper=gatekeeper),
+            "query_sink": query_sink,
+        },
     )
     service = PredictService(
         settings=settings,

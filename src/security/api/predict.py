@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from security.auth import Authenticator, Credentials, Principal
     from security.defences import Squeezer
     from security.extraction import QuerySink
+    from security.extraction.sink import Delivery
     from security.limits import Gatekeeper
     from security.runtime_config import RuntimeConfigSource
     from security.settings import Settings
@@ -177,7 +178,7 @@ class PredictService:
                     credentials, model=model_name, request_id=request_id, source_ip=source_ip
                 )
             )
-            self._report_refusal(credentials.principal_id, model_name, request_id, exc.reason)
+            self._report_refusal(credentials.principal_id, model_name, event, exc.reason)
             raise
         event.record_input(parsed.rows, raw=self.settings.audit_raw_features)
         # Before admission: a request refused for an unreadable runtime document costs nothing.
@@ -193,7 +194,7 @@ class PredictService:
             )
         except RateLimitedError as exc:
             if exc.detail == NEVER_FITS:  # a batch larger than any window: a counted refusal
-                self._report_refusal(credentials.principal_id, model_name, request_id, exc.reason)
+                self._report_refusal(credentials.principal_id, model_name, event, exc.reason)
             raise
         principal = admission.principal
         event.identify(principal)
@@ -207,7 +208,7 @@ class PredictService:
             self.gatekeeper.refuse(
                 credentials, model=model_name, request_id=request_id, source_ip=source_ip
             )
-            self._report_refusal(principal.principal_id, model_name, request_id, exc.reason)
+            self._report_refusal(principal.principal_id, model_name, event, exc.reason)
             raise
         policy = own.narrowed(
             OutputPolicy.parse(principal.output_policy or self.settings.default_output_policy)
@@ -299,13 +300,16 @@ class PredictService:
             raise ModelIntegrityError("defences_missing", detail=f"model={model_name}")
         return self.squeezer.with_policy(policy)
 
-    def _report_refusal(self, principal_id: str, model: str, request_id: str, reason: str) -> None:
+    def _report_refusal(
+        self, principal_id: str, model: str, event: AuditEvent, reason: str
+    ) -> None:
         # Sustained refusals are a signal of their own to the extraction monitor (probing the
         # envelope or the decision boundary through refusals); never raises.
         if self.query_sink is not None:
-            self.query_sink.send_refusal(
-                principal_id=principal_id, model=model, request_id=request_id, reason=reason
+            delivery = self.query_sink.send_refusal(
+                principal_id=principal_id, model=model, request_id=event.request_id, reason=reason
             )
+            _record_delivery(event, delivery)
 
     def _send_to_monitor(
         self,
@@ -316,12 +320,14 @@ class PredictService:
         request_id: str,
         event: AuditEvent,
     ) -> None:
-        # The extraction queue's single call site: never raises. A query that did not reach the
-        # queue is a gap in the monitor's view: the audit record says so and a metric counts it.
+        # The extraction queue's single call site for served queries: never raises. The sink
+        # buffers and sends in batches; a query that did not reach the queue is a gap in the
+        # monitor's view: the audit record of the request whose send found out names it and a
+        # metric counts it (docs/audit.md).
         if self.query_sink is None:
             return
         best = served.labels
-        sent = self.query_sink.send(
+        delivery = self.query_sink.send(
             principal_id=principal.principal_id,
             model=model.name,
             request_id=request_id,
@@ -329,8 +335,14 @@ class PredictService:
             labels=[str(model.classes[int(i)]) for i in best],
             confidences=served.probabilities[np.arange(len(best)), best],
         )
-        if not sent:
-            event.flags.append(MONITOR_QUEUE_FAILED)
+        _record_delivery(event, delivery)
+
+
+def _record_delivery(event: AuditEvent, delivery: Delivery) -> None:
+    event.monitor_queue = delivery.position()
+    if delivery.lost:
+        event.flags.append(MONITOR_QUEUE_FAILED)
+        event.monitor_queue_lost = list(delivery.lost)
 
 
 def predict_router(service: PredictService, *, docs: bool = False) -> APIRouter:

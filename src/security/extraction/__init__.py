@@ -1,11 +1,13 @@
 """Per-principal model-extraction detection, off the hot path.
 
-The predict path hands each served request to ``QuerySink.send``, which puts one SQS message
+The predict path hands each served request to ``QuerySink.send``, which queues one SQS message
 (``QueryMessage``: principal, model, request id, time, rows, predicted labels and top-1
-confidences) on the extraction queue and never raises. ``MonitorFunction`` feeds those messages
-to ``ExtractionMonitor.process``, which keeps a bounded ``DetectorState`` per principal and model
-in DynamoDB (item ``mon#<principal>#<model>``) and flags or suspends the principal when a detector
-fires (``Settings.extraction_action``), writing an audit record and a metric.
+confidences) for the extraction queue and never raises. ``MonitorFunction`` feeds each SQS batch
+to ``ExtractionMonitor.process_sqs_event``, which groups it by principal and model and, per
+group, reads the principal's bounded ``DetectorState`` once from DynamoDB (item
+``mon#<principal>#<model>``), applies the group's messages in order, writes it back once, and
+flags or suspends the principal when a detector fires (``Settings.extraction_action``), writing
+an audit record and a metric.
 
 Three detectors run on every row, all in the space of the manifest envelope
 (``z = (x - min) / (max - min)``), each calibrated per model on benign held-out traffic by
@@ -23,9 +25,10 @@ Three detectors run on every row, all in the space of the manifest envelope
   query joins the set when that distance exceeds the class's mean minus one standard deviation.
   Benign distances are close to normal; Shapiro-Wilk's W below the calibrated ``delta`` flags.
 
-State stays bounded whatever the traffic: growing sets are capped FIFO per class, windows are
-fixed-length, and running statistics are O(1). A serialised state is a few tens of KB at most
-(well under DynamoDB's 400 KB item limit).
+State stays bounded whatever the traffic and the model's feature count: growing sets are capped
+FIFO per class within a byte budget, windows are fixed-length, running statistics are O(1), and
+the binary layout (``security.extraction.state``) keeps a state item under 4 KB on the shipped
+models: one strongly consistent read unit and at most four write units per batch.
 
 The package, by concern:
 
@@ -34,9 +37,10 @@ The package, by concern:
 - ``sink``: ``QuerySink``, the predict path's producer (its client: ``security.wiring``).
 - ``stats``: Shapiro-Wilk's W (``shapiro_w``) and the binomial critical counts.
 - ``reference``: ``MonitorReference`` and ``load_monitor_references`` (defences.json).
-- ``detectors``: ``DetectorState``, ``ExtractionDetector`` and its ``Verdict``.
-- ``monitor``: ``ExtractionMonitor``, ``MonitorOutcome``, the store and audit protocols, and
-  ``flag_audit_sink``.
+- ``state``: ``DetectorState`` and its compact binary layout.
+- ``detectors``: ``ExtractionDetector`` and its ``Verdict``.
+- ``monitor``: ``ExtractionMonitor``, ``MonitorOutcome``, ``BatchResult``, the store and audit
+  protocols, and ``flag_audit_sink``.
 
 Every public name is re-exported here. The predict path's names (``message``, ``sink``) are
 imported eagerly; the monitor's side is imported on first use (PEP 562), so the predict hot path
@@ -52,29 +56,32 @@ from security.extraction.message import MESSAGE_VERSION, PACKED_VERSION, FloatAr
 from security.extraction.sink import QuerySink
 
 if TYPE_CHECKING:
-    from security.extraction.detectors import DetectorState, ExtractionDetector, Verdict
+    from security.extraction.detectors import ExtractionDetector, Verdict
     from security.extraction.monitor import (
         EXTRACTION_ACTIONS,
         UNMONITORED_EVENT,
         AuditSink,
+        BatchResult,
         ExtractionMonitor,
         MonitorOutcome,
         MonitorStateStore,
         flag_audit_sink,
     )
     from security.extraction.reference import MonitorReference, load_monitor_references
+    from security.extraction.state import DetectorState
     from security.extraction.stats import shapiro_w
 
 _LAZY: dict[str, str] = {
     "shapiro_w": "security.extraction.stats",
     "MonitorReference": "security.extraction.reference",
     "load_monitor_references": "security.extraction.reference",
-    "DetectorState": "security.extraction.detectors",
+    "DetectorState": "security.extraction.state",
     "ExtractionDetector": "security.extraction.detectors",
     "Verdict": "security.extraction.detectors",
     "EXTRACTION_ACTIONS": "security.extraction.monitor",
     "UNMONITORED_EVENT": "security.extraction.monitor",
     "AuditSink": "security.extraction.monitor",
+    "BatchResult": "security.extraction.monitor",
     "ExtractionMonitor": "security.extraction.monitor",
     "MonitorOutcome": "security.extraction.monitor",
     "MonitorStateStore": "security.extraction.monitor",
@@ -87,6 +94,7 @@ __all__ = [
     "PACKED_VERSION",
     "UNMONITORED_EVENT",
     "AuditSink",
+    "BatchResult",
     "DetectorState",
     "ExtractionDetector",
     "ExtractionMonitor",

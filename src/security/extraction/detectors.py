@@ -1,19 +1,17 @@
 """The three detectors over one principal's rows, and their bounded, serialisable state.
 
 ``ExtractionDetector.observe`` feeds rows through ``off_manifold``, ``low_confidence`` and
-``prada`` (see the package docstring) and updates a ``DetectorState``: growing sets capped FIFO
-per class, fixed-length windows and O(1) running statistics, so a serialised state stays a few
-tens of KB at most (well under DynamoDB's 400 KB item limit).
+``prada`` (see the package docstring) and updates a ``DetectorState``
+(``security.extraction.state``): growing sets capped FIFO per class within a byte budget,
+fixed-length windows and O(1) running statistics, so a serialised state stays under 4 KB on the
+shipped models whatever their feature count (one read unit, at most four write units).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import math
-import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,86 +19,8 @@ import numpy.typing as npt
 
 from security.extraction.message import FloatArray
 from security.extraction.reference import MonitorReference
+from security.extraction.state import DetectorState, quantise_distance, quantise_rows
 from security.extraction.stats import critical_count, shapiro_w
-
-
-def _pack(array: npt.NDArray[Any]) -> str:
-    return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
-
-
-def _unpack(text: str, dtype: type[np.generic], width: int | None = None) -> npt.NDArray[Any]:
-    flat = np.frombuffer(base64.b64decode(text), dtype=dtype).copy()
-    return flat.reshape(-1, width) if width else flat
-
-
-@dataclass(slots=True)
-class DetectorState:
-    """Bounded per-principal, per-model detector state (serialised into one DynamoDB item)."""
-
-    rows_seen: int = 0
-    flagged: bool = False
-    flag_reason: str = ""
-    flagged_at_row: int = 0
-    off_bits: list[int] = field(default_factory=list)
-    low_bits: list[int] = field(default_factory=list)
-    distances: list[float] = field(default_factory=list)
-    class_sets: dict[str, FloatArray] = field(default_factory=dict)
-    class_stats: dict[str, list[float]] = field(default_factory=dict)
-    recent_requests: list[str] = field(default_factory=list)
-    #: The principal's last requests to this model: 1 refused, 0 served (``refusal_bits``).
-    refusal_bits: list[int] = field(default_factory=list)
-
-    def to_bytes(self) -> bytes:
-        """Compressed, versioned serialisation."""
-        width = next((s.shape[1] for s in self.class_sets.values()), 0)
-        doc = {
-            "v": 1,
-            "rows_seen": self.rows_seen,
-            "flagged": self.flagged,
-            "flag_reason": self.flag_reason,
-            "flagged_at_row": self.flagged_at_row,
-            "off_bits": _pack(np.asarray(self.off_bits, dtype=np.uint8)),
-            "low_bits": _pack(np.asarray(self.low_bits, dtype=np.uint8)),
-            "distances": _pack(np.asarray(self.distances, dtype=np.float32)),
-            "width": width,
-            "class_sets": {k: _pack(v.astype(np.float32)) for k, v in self.class_sets.items()},
-            "class_stats": self.class_stats,
-            "recent_requests": self.recent_requests,
-            "refusal_bits": _pack(np.asarray(self.refusal_bits, dtype=np.uint8)),
-        }
-        return zlib.compress(json.dumps(doc, separators=(",", ":")).encode("utf-8"), 6)
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> DetectorState:
-        """Inverse of ``to_bytes``.
-
-        Raises:
-            ValueError: the blob is not a serialised state.
-        """
-        try:
-            doc = json.loads(zlib.decompress(blob).decode("utf-8"))
-            if doc.get("v") != 1:
-                raise ValueError("unknown state version")
-            width = int(doc["width"])
-            return cls(
-                rows_seen=int(doc["rows_seen"]),
-                flagged=bool(doc["flagged"]),
-                flag_reason=str(doc["flag_reason"]),
-                flagged_at_row=int(doc["flagged_at_row"]),
-                off_bits=[int(v) for v in _unpack(doc["off_bits"], np.uint8)],
-                low_bits=[int(v) for v in _unpack(doc["low_bits"], np.uint8)],
-                distances=[float(v) for v in _unpack(doc["distances"], np.float32)],
-                class_sets={
-                    k: _unpack(v, np.float32, width).astype(np.float64)
-                    for k, v in doc["class_sets"].items()
-                },
-                class_stats={k: [float(x) for x in v] for k, v in doc["class_stats"].items()},
-                recent_requests=[str(v) for v in doc["recent_requests"]],
-                # States written before refusals were sent have none.
-                refusal_bits=[int(v) for v in _unpack(doc.get("refusal_bits", ""), np.uint8)],
-            )
-        except (zlib.error, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"malformed detector state: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +92,11 @@ class ExtractionDetector:
         ref = self.reference
         known = state.class_sets.get(label)
         if known is None or known.shape[0] == 0:
-            state.class_sets[label] = z.reshape(1, -1).copy()
+            state.class_sets[label] = quantise_rows(z.reshape(1, -1))
+            _trim_sets(state, ref)
             return False
         distance = float(np.sqrt(((known - z) ** 2).sum(axis=1)).min())
-        _push(state.distances, distance, ref.prada_window)
+        _push(state.distances, quantise_distance(distance), ref.prada_window)
         count, mean, m2 = state.class_stats.get(label, [0.0, 0.0, 0.0])
         count += 1
         delta = distance - mean
@@ -184,11 +105,28 @@ class ExtractionDetector:
         state.class_stats[label] = [count, mean, m2]
         threshold = mean - math.sqrt(m2 / count)
         if distance > threshold:
-            grown = np.vstack([known, z.reshape(1, -1)])
-            state.class_sets[label] = grown[-ref.prada_set_cap :]
+            grown = np.vstack([known, quantise_rows(z.reshape(1, -1))])
+            state.class_sets[label] = grown[-set_cap(ref, len(state.class_sets), z.size) :]
         if len(state.distances) < ref.prada_min_distances:
             return False
         return shapiro_w(state.distances) < ref.prada_delta
+
+
+def set_cap(reference: MonitorReference, classes: int, width: int) -> int:
+    """Rows each class's PRADA set keeps: ``prada_set_cap``, fewer when the model is so wide (or
+    has so many classes) that ``classes`` sets of that many rows would pass
+    ``prada_set_bytes`` (2 bytes a coordinate); at least one row."""
+    fits = reference.prada_set_bytes // max(1, 2 * classes * width)
+    return max(1, min(reference.prada_set_cap, fits))
+
+
+def _trim_sets(state: DetectorState, reference: MonitorReference) -> None:
+    # A new class shares the budget: every set keeps its newest rows within the new cap.
+    width = next(iter(state.class_sets.values())).shape[1]
+    cap = set_cap(reference, len(state.class_sets), width)
+    for label, rows in state.class_sets.items():
+        if rows.shape[0] > cap:
+            state.class_sets[label] = rows[-cap:]
 
 
 #: Requests per principal and model over which refusals are judged, and the signal: at least

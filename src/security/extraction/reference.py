@@ -36,6 +36,8 @@ class MonitorReference:
     prada_min_distances: int = 100
     prada_window: int = 400
     prada_set_cap: int = 128
+    #: Bytes all of a principal's PRADA sets may take together (2 per coordinate).
+    prada_set_bytes: int = 2304
     window: int = 200
     min_rows: int = 20
     alpha: float = 1e-7
@@ -62,6 +64,7 @@ class MonitorReference:
                 prada_min_distances=int(data.get("prada_min_distances", 100)),
                 prada_window=int(data.get("prada_window", 400)),
                 prada_set_cap=int(data.get("prada_set_cap", 128)),
+                prada_set_bytes=int(data.get("prada_set_bytes", 2304)),
                 window=int(data.get("window", 200)),
                 min_rows=int(data.get("min_rows", 20)),
                 alpha=float(data.get("alpha", 1e-7)),
@@ -79,6 +82,8 @@ class MonitorReference:
             raise ValueError("p0 and alpha must be probabilities")
         if ref.prada_window > 2000 or ref.prada_set_cap > 512 or ref.window > 1000:
             raise ValueError("state bounds too large")
+        if not 0 < ref.prada_set_bytes <= 65536:
+            raise ValueError("prada_set_bytes must be between 1 and 65536")
         return ref
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +101,7 @@ class MonitorReference:
             "prada_min_distances": self.prada_min_distances,
             "prada_window": self.prada_window,
             "prada_set_cap": self.prada_set_cap,
+            "prada_set_bytes": self.prada_set_bytes,
             "window": self.window,
             "min_rows": self.min_rows,
             "alpha": self.alpha,
