@@ -18,7 +18,7 @@ import pytest
 from handlersupport import REPO, load_event, new_key
 
 from interpreter import PATH_ENV, PYTHON
-from security.wiring import tracing_enabled
+from security.tracing import tracing_enabled
 
 TRACE_ROOT = "1-67a8c3f1-5b2d9e0c4a7f3b1d8e6c2a90"
 TRACE_HEADER = f"Root={TRACE_ROOT};Parent=53995c3f42cd8ad8;Sampled=1"
