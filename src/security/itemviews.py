@@ -20,6 +20,12 @@ from security.store import RATE_ATTR_PREFIX
 from security.writers import HORIZON_SECONDS, PRUNE_PER_WRITE, WRITER_ATTR_PREFIX
 
 _VIEWS = 4096
+#: The request-digest sets of the design before writer lanes (``rq_<now // 30>``): an item
+#: written by it is cleaned by the next writes. Only buckets older than the previous one are
+#: removed, as that design removed them itself, so instances still running it during a deploy
+#: keep their idempotency.
+LEGACY_PREFIX = "rq_"
+LEGACY_BUCKET_SECONDS = 30
 
 
 @dataclass(slots=True)
@@ -28,11 +34,17 @@ class _View:
     windows: dict[str, int]
     rows_used: int | None
     full_at: float
+    legacy: set[str]
 
 
 def _older_window(attr: str, window_start: int) -> bool:
     suffix = attr.removeprefix(RATE_ATTR_PREFIX)
     return suffix.lstrip("-").isdigit() and int(suffix) < window_start
+
+
+def _older_bucket(attr: str, bucket: int) -> bool:
+    suffix = attr.removeprefix(LEGACY_PREFIX)
+    return suffix.lstrip("-").isdigit() and int(suffix) < bucket
 
 
 def _numbers(item: Mapping[str, Any], prefix: str) -> dict[str, int]:
@@ -84,10 +96,12 @@ class ItemViews:
         windows = _numbers(item, RATE_ATTR_PREFIX)
         rows_used = item.get("rows_used")
         rows_used = rows_used if isinstance(rows_used, int) else None
+        legacy = {name for name in item if name.startswith(LEGACY_PREFIX)}
         with self._lock:
             view = self._views.get(pk)
             if full or view is None:
-                view = _View(writers, windows, rows_used, now if full else float("-inf"))
+                seen_at = now if full else float("-inf")
+                view = _View(writers, windows, rows_used, seen_at, legacy)
             else:
                 view.writers.update(writers)
                 view.windows.update(windows)
@@ -95,6 +109,7 @@ class ItemViews:
             for name in removed:
                 view.writers.pop(name, None)
                 view.windows.pop(name, None)
+                view.legacy.discard(name)
             self._views[pk] = view
             self._views.move_to_end(pk)
             while len(self._views) > self._size:
@@ -103,9 +118,10 @@ class ItemViews:
     def plan(
         self, pk: str, *, own: str, now: float, window_start: int, previous: str | None
     ) -> Plan:
-        """The stale windows (``previous`` and any older one seen; none if ``previous`` is None),
-        the other lanes' attributes older than the horizon (oldest first, at most
-        ``PRUNE_PER_WRITE``), and whether to ask for the whole item back."""
+        """The stale windows (``previous`` and any older one seen; none if ``previous`` is None)
+        and old request-digest sets of the previous design, the other lanes' attributes older than
+        the horizon (oldest first, at most ``PRUNE_PER_WRITE``), and whether to ask for the whole
+        item back."""
         before = int((now - HORIZON_SECONDS) * 1000)
         first = () if previous is None else (previous,)
         with self._lock:
@@ -115,6 +131,8 @@ class ItemViews:
             windows = set(first)
             if previous is not None:
                 windows |= {w for w in view.windows if _older_window(w, window_start)}
+            bucket = int(now) // LEGACY_BUCKET_SECONDS
+            windows |= {name for name in view.legacy if _older_bucket(name, bucket - 1)}
             stale = sorted(
                 (value, name)
                 for name, value in view.writers.items()

@@ -176,3 +176,38 @@ def test_two_environments_drawing_one_lane_id_never_count_a_request_twice(
     item = _raw(client, core_table, key_pk(key_id))
     assert int(item["rows_used"]["N"]) == 5 and int(item["requests"]["N"]) == 2
     assert {name for name in item if name.startswith("e_")} == {"e_Dupl1", "e_Other"}
+
+
+def test_an_item_written_by_the_digest_design_is_cleaned_without_breaking_it(
+    core_endpoint: str, core_table: str
+) -> None:
+    # given a key item as the previous design left it: request-digest sets of three 30 s buckets
+    # (the current one, the previous one, and one older than both)
+    clock = Clock()
+    key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/hour")
+    client = make_client(core_endpoint)
+    bucket = int(NOW) // 30
+    digests = {f"rq_{b}": {"SS": [uuid.uuid4().hex[:12] for _ in range(50)]} for b in
+               (bucket, bucket - 1, bucket - 2)}  # fmt: skip
+    names = {f"#b{i}": name for i, name in enumerate(digests)}
+    client.update_item(
+        TableName=core_table,
+        Key={"pk": {"S": key_pk(key_id)}},
+        UpdateExpression="SET " + ", ".join(f"{n} = :v{i}" for i, n in enumerate(names)),
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues={f":v{i}": v for i, v in enumerate(digests.values())},
+    )
+    (gatekeeper,) = _environments(client, core_table, clock, 1)
+    # when a request is admitted now, the older bucket goes (as the old design removed it
+    # itself: an instance still running it keeps its current and previous buckets)
+    _admit(gatekeeper, credentials)
+    item = _raw(client, core_table, key_pk(key_id))
+    assert f"rq_{bucket - 2}" not in item
+    assert f"rq_{bucket}" in item and f"rq_{bucket - 1}" in item
+    # and a minute later (the environment sees the item whole again) every digest set is gone
+    clock.now = NOW + HORIZON_SECONDS
+    _admit(gatekeeper, credentials)
+    _admit(gatekeeper, credentials)
+    item = _raw(client, core_table, key_pk(key_id))
+    assert not [name for name in item if name.startswith("rq_")]
+    assert item_size(item) < 1024 and int(item["rows_used"]["N"]) == 3
