@@ -57,6 +57,10 @@ def _fast_fail() -> Config:
     return Config(connect_timeout=0.2, read_timeout=0.2, retries={"total_max_attempts": 1})
 
 
+def _patient() -> Config:
+    return Config(connect_timeout=5, read_timeout=30, retries={"total_max_attempts": 2})
+
+
 def emitted_series(records: list[dict[str, Any]]) -> set[Series]:
     """The (metric, dimensions with values) series the EMF part of ``records`` defines."""
     series: set[Series] = set()
@@ -167,18 +171,20 @@ class _Stack:
         )
 
     def handler(self, *, dynamodb: str | None = None, sqs: str | None = None) -> Mangum:
+        # Only a dead endpoint gets the fast-fail client: the live moto server can take longer
+        # than 0.2 s to answer on a loaded machine, which made a served request a 503.
         clients = self._clients(
             dynamodb=boto3.client(
                 "dynamodb",
                 endpoint_url=dynamodb or self.env["AWS_ENDPOINT_URL_DYNAMODB"],
                 region_name="us-east-1",
-                config=_fast_fail(),
+                config=_fast_fail() if dynamodb else _patient(),
             ),
             sqs=boto3.client(
                 "sqs",
                 endpoint_url=sqs or self.env["AWS_ENDPOINT_URL_SQS"],
                 region_name="us-east-1",
-                config=_fast_fail(),
+                config=_fast_fail() if sqs else _patient(),
             ),
         )
         app = self._build(
