@@ -10,7 +10,8 @@ build can afford and a cold start cannot:
   ``security.smoothing``), and its monitor reference loads (``security.extraction``);
 - parity: if the manifest records a parity sample (section ``parity``: ``rows``,
   ``probabilities``, optional ``atol``, default 1e-5), the served graph reproduces it (same
-  labels, probabilities within ``atol``). A manifest without one is reported, not failed.
+  labels, probabilities within ``atol``; a regressor's ``values`` within ``rtol`` relative to
+  the value or ``scale``). A manifest without one is reported, not failed.
 
 One line per model, ``ok`` or the first check it failed; exit status 1 if any model (or the
 directory) fails, so ``make build`` never packages a model the function would refuse.
@@ -64,6 +65,10 @@ def check_parity(model: ServedModel) -> str:
     if section is None:
         return NO_PARITY
     name = model.name
+    if model.kind == "regressor":
+        from mlmoat.models_regress import check_value_parity
+
+        return check_value_parity(model, section)
     try:
         if not isinstance(section, Mapping):
             raise TypeError("parity is not an object")

@@ -96,7 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     rb.add_argument("name")
     rb.add_argument("--max-fidelity", type=float, required=True, help="e.g. 0.9")
-    rb.add_argument("--policy", choices=("label", "probabilities:2"), default="label")
+    rb.add_argument(
+        "--policy",
+        help="the output policy served: label | probabilities:2 for a classifier (default "
+        "label; fidelity is label agreement), value:N | buckets:K for a regressor (default "
+        "value:2; fidelity is the clone's R^2)",
+    )
     rb.add_argument("--data", type=Path, help="an imported model's CSV (checked by hash)")
     rb.add_argument("--seeds", type=int, default=5)
     rb.add_argument("--model-dir", type=Path, default=_REPO_MODELS)
@@ -127,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
 def _settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-policy",
-        help="the most any caller sees of this model: label | probabilities:N[:topK][:minT]",
+        help="the most any caller sees of this model: label | probabilities:N[:topK][:minT] "
+        "(classifiers) | value:N | buckets:K (regressors)",
     )
     parser.add_argument("--squeeze-policy", choices=("off", "flag", "refuse"))
     parser.add_argument(
@@ -166,11 +172,11 @@ def write_settings(directory: Path, settings: Any) -> Path | None:
 def import_model(args: argparse.Namespace) -> dict[str, Any]:
     """Run the import; return the summary printed (raises ``ImportRefused``)."""
     from mlmoat import models_import as mi
-    from mlmoat.redteam.calibrate import calibrate_case, write_defences
+    from mlmoat.redteam.calibrate import calibrate_case
     from mlmoat.redteam.cases import ModelCase
     from mlmoat.train import ONNX_FILE, ONNX_OPSETS, _opsets_of, _round, manifest_bytes
     from security.errors import ModelIntegrityError
-    from security.model import MANIFEST_FILE, Manifest, ServedModel
+    from security.model import Manifest, ServedModel
     from security.model_settings import ModelSettings
 
     if not mi_valid_name(args.name):
@@ -189,6 +195,14 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         if args.test_data
         else None
     )
+    loaded = None
+    if args.estimator is not None:
+        trust = [t.strip() for t in args.trust.split(",") if t.strip()]
+        loaded = mi.load_estimator(args.estimator, allow_pickle=args.allow_pickle, trust=trust)
+        from mlmoat import models_regress as mr
+
+        if mr.is_regressor(loaded[0]):
+            return mr.import_regressor(args, data, test, *loaded, own)
     x_train, y_train, x_test, y_test = mi.split(
         data, test=test, test_fraction=args.test_fraction, seed=args.seed
     )
@@ -198,11 +212,8 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
     adversarial: dict[str, Any] | None = None
     if args.adversarial and args.estimator is None:
         raise mi.ImportRefused("--adversarial re-fits the estimator: give it with --estimator")
-    if args.estimator is not None:
-        trust = [t.strip() for t in args.trust.split(",") if t.strip()]
-        estimator, fmt = mi.load_estimator(
-            args.estimator, allow_pickle=args.allow_pickle, trust=trust
-        )
+    if loaded is not None:
+        estimator, fmt = loaded
         classes = mi.check_classifier(estimator, len(data.columns))
         if args.adversarial:
             estimator, adversarial = _adversarial(
@@ -310,18 +321,7 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         policy="label" if own.output_policy == "label" else "probabilities:2",
         seeds=3,
     )
-    # Written aside, then moved into place: a failed import leaves no half model behind.
-    args.model_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=args.model_dir, prefix=f".{args.name}-") as tmp:
-        staged = Path(tmp) / args.name
-        staged.mkdir()
-        (staged / ONNX_FILE).write_bytes(onnx_bytes)
-        (staged / MANIFEST_FILE).write_bytes(manifest_bytes(manifest))
-        write_defences(defences, Path(tmp))
-        write_settings(staged, own)
-        if target_dir.exists():
-            shutil.rmtree(target_dir)
-        staged.rename(target_dir)
+    target_dir = stage_model(args, onnx_bytes, manifest_bytes(manifest), defences, own)
     return {
         "model": args.name,
         "version": manifest["version"],
@@ -342,6 +342,30 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         "budget_note": budget["note"],
         "smoothing": defences["smoothing"].get("enabled"),
     }
+
+
+def stage_model(
+    args: argparse.Namespace, onnx_bytes: bytes, manifest: bytes, defences: Any, own: Any
+) -> Path:
+    """Write ``models/NAME/`` (model.onnx, manifest.json, defences.json, settings.json) aside,
+    then move it into place: a failed import leaves no half model behind."""
+    from mlmoat.redteam.calibrate import write_defences
+    from mlmoat.train import ONNX_FILE
+    from security.model import MANIFEST_FILE
+
+    target_dir: Path = args.model_dir / args.name
+    args.model_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.model_dir, prefix=f".{args.name}-") as tmp:
+        staged = Path(tmp) / args.name
+        staged.mkdir()
+        (staged / ONNX_FILE).write_bytes(onnx_bytes)
+        (staged / MANIFEST_FILE).write_bytes(manifest)
+        write_defences(defences, Path(tmp))
+        write_settings(staged, own)
+        if target_dir.exists():
+            shutil.rmtree(target_dir)
+        staged.rename(target_dir)
+    return target_dir
 
 
 def _adversarial(
@@ -401,8 +425,10 @@ def _summary(directory: Path) -> dict[str, Any]:
         "version": manifest["version"],
         "estimator": manifest.get("estimator"),
         "features": len(manifest["feature_names"]),
+        "kind": manifest.get("kind", "classifier"),
         "classes": manifest["classes"],
         "accuracy": manifest.get("metrics", {}).get("accuracy"),
+        **({"r2": manifest["metrics"].get("r2")} if manifest.get("kind") == "regressor" else {}),
         "imported": manifest.get("imported", {}).get("source"),
         "defences": defences.is_file()
         and json.loads(defences.read_text()).get("model_version") == manifest["version"],
@@ -434,9 +460,22 @@ def main(argv: list[str]) -> int:
         try:
             data = {args.name: args.data} if args.data else None
             (case,) = load_cases(root, [args.name], data)
-            result = recommend(
-                case, max_fidelity=args.max_fidelity, policy=args.policy, seeds=args.seeds
-            )
+            from mlmoat.redteam import regression
+
+            if isinstance(case, regression.RegressorCase):
+                result = regression.recommend(
+                    case,
+                    max_fidelity=args.max_fidelity,
+                    policy=args.policy or "value:2",
+                    seeds=args.seeds,
+                )
+            else:
+                result = recommend(
+                    case,
+                    max_fidelity=args.max_fidelity,
+                    policy=args.policy or "label",
+                    seeds=args.seeds,
+                )
         except (ValueError, KeyError) as exc:
             print(f"mlmoat models recommend-budget: {exc}", file=sys.stderr)
             return 2

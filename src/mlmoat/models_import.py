@@ -210,9 +210,10 @@ def check_classifier(estimator: Any, n_features: int) -> tuple[str, ...]:
 
 
 def split(
-    data: Dataset, *, test: Dataset | None, test_fraction: float, seed: int
+    data: Dataset, *, test: Dataset | None, test_fraction: float, seed: int, stratify: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train and held-out rows: ``test`` when given, else a stratified split of ``data``."""
+    """Train and held-out rows: ``test`` when given, else a split of ``data`` (stratified by
+    the target unless ``stratify`` is false: a regressor's target has no strata)."""
     if test is not None:
         if test.columns != data.columns:
             raise ImportRefused("--test-data has other feature columns than --data")
@@ -223,7 +224,11 @@ def split(
 
     try:
         x_train, x_test, y_train, y_test = train_test_split(
-            data.x, data.y, test_size=test_fraction, random_state=seed, stratify=data.y
+            data.x,
+            data.y,
+            test_size=test_fraction,
+            random_state=seed,
+            stratify=data.y if stratify else None,
         )
     except ValueError as exc:
         raise ImportRefused(f"cannot split the data stratified: {exc}") from exc

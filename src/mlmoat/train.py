@@ -303,6 +303,12 @@ def export_onnx(
         target_opset=dict(ONNX_OPSETS),
         options={id(estimator): {"zipmap": False}},
     )
+    return deterministic_bytes(model, meta)
+
+
+def deterministic_bytes(model: Any, meta: dict[str, str]) -> bytes:
+    """A converted ``ModelProto`` as deterministic bytes: mlmoat as producer, sorted opsets and
+    metadata, checked by ``onnx.checker``."""
     # Everything that identifies the producer is set here, explicitly, so no timestamp, host or
     # random identifier can reach the bytes.
     model.producer_name = "mlmoat"

@@ -46,8 +46,12 @@ _KNOWN_KEYS = frozenset(
         "dp_epsilon",
         "dp_data_norm",
         "onnx",
+        "kind",
+        "target",
     }
 )
+#: What a model outputs: a classifier's classes and probabilities, or a regressor's value.
+MODEL_KINDS = ("classifier", "regressor")
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -75,6 +79,12 @@ class Manifest:
     dp_data_norm: float | None
     # Other top-level sections (e.g. ``defences``), kept read-only for the modules that own them.
     extra: Mapping[str, Any]
+    # ``classifier`` (the default: manifests written before regressors) or ``regressor``; a
+    # regressor has no classes, one ``value`` output (its label/probabilities names are "")
+    # and the training target's range ``(min, max)``.
+    kind: str
+    value_output: str
+    target_range: tuple[float, float] | None
     # The envelope as arrays in feature order, for vectorised checks (read-only views).
     envelope_min: FloatArray = field(compare=False, repr=False)
     envelope_max: FloatArray = field(compare=False, repr=False)
@@ -119,7 +129,13 @@ class Manifest:
         if not version.startswith(f"{name}-"):
             _malformed("version does not start with the model name")
         feature_names = _text_list(doc, "feature_names", minimum=1)
-        classes = _text_list(doc, "classes", minimum=2)
+        kind = doc.get("kind", "classifier")
+        if kind not in MODEL_KINDS:
+            _malformed("kind is not classifier or regressor")
+        regressor = kind == "regressor"
+        classes = () if regressor else _text_list(doc, "classes", minimum=2)
+        if regressor and doc.get("classes", []) != []:
+            _malformed("a regressor has no classes")
         envelope_doc = _mapping(doc.get("envelope"), "envelope")
         if set(envelope_doc) != set(feature_names):
             _malformed("envelope does not cover exactly the features")
@@ -141,6 +157,7 @@ class Manifest:
         if onnx_doc.get("input_dtype", "float32") != "float32":
             _malformed("onnx.input_dtype must be float32")
         outputs = _mapping(onnx_doc.get("outputs"), "onnx.outputs")
+        target_range = _target_range(doc) if regressor else None
         metrics = _mapping(doc.get("metrics"), "metrics")
         for key in metrics:
             _number(metrics, key)
@@ -162,8 +179,8 @@ class Manifest:
             onnx_file=onnx_file,
             onnx_sha256=sha,
             input_name=_text(onnx_doc, "input"),
-            label_output=_text(outputs, "label"),
-            probabilities_output=_text(outputs, "probabilities"),
+            label_output="" if regressor else _text(outputs, "label"),
+            probabilities_output="" if regressor else _text(outputs, "probabilities"),
             metrics=MappingProxyType({k: float(v) for k, v in metrics.items()}),
             framework=MappingProxyType(dict(framework)),
             train_split=MappingProxyType(dict(train_split)),
@@ -171,9 +188,20 @@ class Manifest:
             dp_epsilon=_optional_number(doc, "dp_epsilon"),
             dp_data_norm=_optional_number(doc, "dp_data_norm"),
             extra=MappingProxyType({k: v for k, v in doc.items() if k not in _KNOWN_KEYS}),
+            kind=kind,
+            value_output=_text(outputs, "value") if regressor else "",
+            target_range=target_range,
             envelope_min=low_arr,
             envelope_max=high_arr,
         )
+
+
+def _target_range(doc: Mapping[str, Any]) -> tuple[float, float]:
+    target = _mapping(doc.get("target"), "target")
+    low, high = _number(target, "min"), _number(target, "max")
+    if not low < high:
+        _malformed("target has min >= max")
+    return low, high
 
 
 def _refuse_constant(token: str) -> float:

@@ -93,7 +93,7 @@ class ServedModel:
         _check_signature(session, manifest)
         self.manifest = manifest
         self._session = session
-        self._output_names = [manifest.probabilities_output]
+        self._output_names = [manifest.value_output or manifest.probabilities_output]
         self.load_seconds = time.perf_counter() - started
 
     @classmethod
@@ -137,10 +137,34 @@ class ServedModel:
         (``validation``) has already checked it is finite and in range.
 
         Raises:
-            ValueError: ``rows`` does not have ``n_features`` columns or is empty.
+            ValueError: ``rows`` does not have ``n_features`` columns or is empty, or the model
+                is a regressor.
         """
+        if self.manifest.kind != "classifier":
+            raise ValueError(f"{self.name} is a {self.manifest.kind}: it has no probabilities")
         # The one allocation per request: the float32 copy onnxruntime needs (none when the
         # caller already passes a C-contiguous float32 array).
+        result = self._run(rows)
+        # The graph computes in float32; renormalise so each row sums to 1 in float64 too.
+        result /= result.sum(axis=1, keepdims=True)
+        return result
+
+    @property
+    def kind(self) -> str:
+        """``classifier`` or ``regressor`` (``security.manifest``)."""
+        return self.manifest.kind
+
+    def predict_values(self, rows: npt.ArrayLike) -> FloatArray:
+        """A regressor's value for each row, shape ``(n,)`` float64 (rows as ``predict_proba``).
+
+        Raises:
+            ValueError: not a regressor, or ``rows`` does not have ``n_features`` columns.
+        """
+        if self.manifest.kind != "regressor":
+            raise ValueError(f"{self.name} is a {self.manifest.kind}: it has no values")
+        return self._run(rows).reshape(-1)
+
+    def _run(self, rows: npt.ArrayLike) -> FloatArray:
         batch = np.ascontiguousarray(rows, dtype=np.float32)
         if batch.ndim == 1:
             batch = batch.reshape(1, -1)
@@ -148,11 +172,8 @@ class ServedModel:
             raise ValueError(
                 f"expected rows of {self.n_features} features, got shape {batch.shape}"
             )
-        (proba,) = self._session.run(self._output_names, {self.manifest.input_name: batch})
-        result = np.asarray(proba, dtype=np.float64)
-        # The graph computes in float32; renormalise so each row sums to 1 in float64 too.
-        result /= result.sum(axis=1, keepdims=True)
-        return result
+        (out,) = self._session.run(self._output_names, {self.manifest.input_name: batch})
+        return np.asarray(out, dtype=np.float64)
 
     def labels(self, proba: FloatArray) -> list[str]:
         """Return the most probable class label for each row of ``proba``."""
@@ -166,6 +187,12 @@ def _check_signature(session: Any, manifest: Manifest) -> None:
         raise ModelIntegrityError("model_signature", detail=f"{manifest.name}: input name")
     if inputs[0].type != "tensor(float)" or inputs[0].shape[-1] != manifest.n_features:
         raise ModelIntegrityError("model_signature", detail=f"{manifest.name}: input shape")
+    if manifest.kind == "regressor":
+        value = outputs.get(manifest.value_output)
+        # One value per row: (n, 1) or (n,).
+        if value is None or value.type != "tensor(float)" or value.shape[-1] not in (1, None):
+            raise ModelIntegrityError("model_signature", detail=f"{manifest.name}: value output")
+        return
     proba = outputs.get(manifest.probabilities_output)
     if proba is None or proba.type != "tensor(float)" or proba.shape[-1] != len(manifest.classes):
         raise ModelIntegrityError("model_signature", detail=f"{manifest.name}: probabilities")

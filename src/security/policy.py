@@ -7,15 +7,32 @@ Grammar (set per key, or from a token's claims; the default is
     probabilities:N               every class, probabilities rounded to N decimals (0-6)
     probabilities:N:topK          only the K most probable classes
     probabilities:N[:topK]:minT   below a top probability of T, the label alone
+    value:N                       a regressor's value rounded to N significant digits (1-6)
+    buckets:K                     a regressor's value as one of K equal-width buckets (2-100)
+                                  over the training target range: the bucket's bounds
 
-Every policy returns the label. Rounding, top-k and the confidence threshold each remove
-information an attacker would use for model extraction, inversion or membership inference.
+Every classifier policy returns the label. Rounding, top-k and the confidence threshold each
+remove information an attacker would use for model extraction, inversion or membership inference.
 
-The order: ``a.reveals_no_more_than(b)`` holds when every answer under ``a`` can be computed
-from the answer under ``b``: ``label`` reveals least; otherwise ``a`` needs no more decimals,
-no more classes (no top-k means every class) and no lower confidence threshold (no threshold
-means 0) than ``b``. Settings, the key admin and the token bounds all use this one order, so a
-claim cannot widen a default in any of the four dimensions.
+One policy applies to both kinds of model (a key is not tied to one), through its two views:
+
+* on a classifier (``for_classifier``), ``value:N`` and ``buckets:K`` are ``label``: a
+  regressor's policy says nothing about probabilities, so a classifier shows the least;
+* on a regressor (``for_regressor``), ``probabilities:N[...]`` is ``value:max(N, 1)`` (N
+  decimals of a probability become N significant digits) and ``label`` is the coarsest answer,
+  ``buckets:1``: the training target range, whatever the row (not writable: only ``label``
+  reaches it).
+
+The order: ``a.reveals_no_more_than(b)`` holds when it holds for both views. On classifiers,
+every answer under ``a`` can be computed from the answer under ``b``: ``label`` reveals least;
+otherwise ``a`` needs no more decimals, no more classes (no top-k means every class) and no lower
+confidence threshold (no threshold means 0) than ``b``. On regressors: ``buckets:1`` reveals
+least; ``value:N`` needs no more digits than ``value:M``; ``buckets:K`` reveals no more than
+``buckets:L`` when L is a multiple of K (each of its buckets is a union of L's); buckets and
+values are not comparable (a rounded value does not say which bucket holds it). The views are
+one-to-one on distinct policies, so this is a partial order. Settings, the key admin and the
+token bounds all use this one order (and ``meet``, its greatest lower bound), so a claim cannot
+widen a default in any dimension or on either kind of model.
 
 Pure code: no I/O and no imports from the rest of the layer.
 """
@@ -28,8 +45,11 @@ from dataclasses import dataclass
 
 _POLICY_RE = re.compile(
     r"^(?:(?P<label>label)|probabilities:(?P<decimals>[0-6])"
-    r"(?::top(?P<top>[1-9][0-9]?))?(?::min(?P<min>0\.[0-9]{1,4}))?)$"
+    r"(?::top(?P<top>[1-9][0-9]?))?(?::min(?P<min>0\.[0-9]{1,4}))?"
+    r"|value:(?P<digits>[1-6])|buckets:(?P<buckets>[2-9]|[1-9][0-9]|100))$"
 )
+MAX_DIGITS = 6
+MAX_BUCKETS = 100
 
 
 class OutputPolicyError(ValueError):
@@ -49,10 +69,13 @@ class OutputPolicy:
     decimals: int = 2
     top_k: int | None = None
     min_confidence: float | None = None
+    #: A regressor's policy: significant digits (``value:N``) or bucket count (``buckets:K``).
+    digits: int | None = None
+    buckets: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> OutputPolicy:
-        """Parse ``label`` / ``probabilities:N[:topK][:minT]``.
+        """Parse ``label`` / ``probabilities:N[:topK][:minT]`` / ``value:N`` / ``buckets:K``.
 
         Raises:
             OutputPolicyError: the text does not follow the grammar.
@@ -62,6 +85,10 @@ class OutputPolicy:
             raise OutputPolicyError("not an output policy")
         if match["label"]:
             return cls(probabilities=False)
+        if match["digits"]:
+            return cls(probabilities=False, digits=int(match["digits"]))
+        if match["buckets"]:
+            return cls(probabilities=False, buckets=int(match["buckets"]))
         return cls(
             probabilities=True,
             decimals=int(match["decimals"]),
@@ -69,23 +96,39 @@ class OutputPolicy:
             min_confidence=float(match["min"]) if match["min"] else None,
         )
 
-    def reveals_no_more_than(self, other: OutputPolicy) -> bool:
-        """Whether every answer under this policy can be derived from the answer under ``other``."""
+    @property
+    def for_regression(self) -> bool:
+        """Whether this is a regressor's policy (``value:N`` or ``buckets:K``)."""
+        return self.digits is not None or self.buckets is not None
+
+    def for_classifier(self) -> OutputPolicy:
+        """What this policy shows of a classifier: a regressor's policy shows the label."""
+        return OutputPolicy(probabilities=False) if self.for_regression else self
+
+    def for_regressor(self) -> OutputPolicy:
+        """What this policy shows of a regressor: ``value:N`` or ``buckets:K`` (``label`` is
+        ``buckets:1``, the training range; ``probabilities:N[...]`` is ``value:max(N, 1)``)."""
+        if self.for_regression:
+            return self
         if not self.probabilities:
-            return True
-        if not other.probabilities:
-            return False
-        own_top = math.inf if self.top_k is None else self.top_k
-        other_top = math.inf if other.top_k is None else other.top_k
-        return (
-            self.decimals <= other.decimals
-            and own_top <= other_top
-            and (self.min_confidence or 0.0) >= (other.min_confidence or 0.0)
+            return OutputPolicy(probabilities=False, buckets=1)
+        return OutputPolicy(probabilities=False, digits=max(1, self.decimals))
+
+    def reveals_no_more_than(self, other: OutputPolicy) -> bool:
+        """Whether every answer under this policy can be derived from the answer under
+        ``other``, on a classifier and on a regressor."""
+        return _classifier_le(self.for_classifier(), other.for_classifier()) and _regressor_le(
+            self.for_regressor(), other.for_regressor()
         )
 
     def meet(self, other: OutputPolicy) -> OutputPolicy:
         """The most that reveals no more than either policy (fewer decimals, fewer classes, the
-        higher confidence threshold; ``label`` when either is)."""
+        higher confidence threshold; ``label`` when either is; on regressors fewer digits, the
+        common divisor of the bucket counts, ``label`` for a bucket count and a value)."""
+        if self.for_regression or other.for_regression:
+            # One side shows a classifier its label only, so the meet does too: it is the meet
+            # of the regressor views (``label`` for ``buckets:1``).
+            return _regressor_meet(self.for_regressor(), other.for_regressor())
         if not (self.probabilities and other.probabilities):
             return OutputPolicy(probabilities=False)
         tops = [t for t in (self.top_k, other.top_k) if t is not None]
@@ -98,6 +141,10 @@ class OutputPolicy:
         )
 
     def __str__(self) -> str:
+        if self.digits is not None:
+            return f"value:{self.digits}"
+        if self.buckets is not None:
+            return f"buckets:{self.buckets}"
         if not self.probabilities:
             return "label"
         text = f"probabilities:{self.decimals}"
@@ -106,6 +153,39 @@ class OutputPolicy:
         if self.min_confidence is not None:
             text += f":min{self.min_confidence:g}"
         return text
+
+
+def _classifier_le(own: OutputPolicy, other: OutputPolicy) -> bool:
+    if not own.probabilities:
+        return True
+    if not other.probabilities:
+        return False
+    own_top = math.inf if own.top_k is None else own.top_k
+    other_top = math.inf if other.top_k is None else other.top_k
+    return (
+        own.decimals <= other.decimals
+        and own_top <= other_top
+        and (own.min_confidence or 0.0) >= (other.min_confidence or 0.0)
+    )
+
+
+def _regressor_le(own: OutputPolicy, other: OutputPolicy) -> bool:
+    # Both are regressor views: exactly one of digits and buckets is set.
+    if own.buckets == 1:
+        return True
+    if own.buckets is not None:
+        return other.buckets is not None and other.buckets % own.buckets == 0
+    return other.digits is not None and (own.digits or 0) <= other.digits
+
+
+def _regressor_meet(own: OutputPolicy, other: OutputPolicy) -> OutputPolicy:
+    if own.digits is not None and other.digits is not None:
+        return OutputPolicy(probabilities=False, digits=min(own.digits, other.digits))
+    if own.buckets is not None and other.buckets is not None:
+        common = math.gcd(own.buckets, other.buckets)
+        if common > 1:
+            return OutputPolicy(probabilities=False, buckets=common)
+    return OutputPolicy(probabilities=False)
 
 
 def narrower_policy(claimed: str | None, default: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,11 +68,14 @@ def load_cases(
     from security.model import ModelRegistry
 
     registry = ModelRegistry.load(str(model_dir))
-    cases = []
+    cases: list[Any] = []
     for name in names:
         served = registry.get(name)
         manifest = _manifest_dict(model_dir, name)
         lower, upper = envelope_bounds(manifest["envelope"], list(manifest["feature_names"]))
+        if manifest.get("kind") == "regressor":
+            cases.append(_regressor_case(manifest, served, lower, upper, (data or {}).get(name)))
+            continue
         if manifest.get("train_split", {}).get("dataset") == "csv":
             x_train, y_train, x_test, y_test = imported_split(manifest, (data or {}).get(name))
         else:
@@ -94,8 +98,29 @@ def load_cases(
     return cases
 
 
+def _regressor_case(
+    manifest: dict[str, Any], served: Any, lower: np.ndarray, upper: np.ndarray, path: Path | None
+) -> Any:
+    """An imported regressor (``mlmoat.redteam.regression.RegressorCase``) and its split."""
+    from mlmoat.redteam.regression import RegressorCase
+
+    x_train, y_train, x_test, y_test = imported_split(manifest, path, regressor=True)
+    return RegressorCase(
+        name=str(manifest["name"]),
+        version=str(manifest["version"]),
+        lower=lower,
+        upper=upper,
+        target_range=(float(manifest["target"]["min"]), float(manifest["target"]["max"])),
+        predict_values=served.predict_values,
+        x_train=x_train,
+        y_train=y_train.astype(np.float64),
+        x_test=x_test,
+        y_test=y_test.astype(np.float64),
+    )
+
+
 def imported_split(
-    manifest: dict[str, Any], path: Path | None
+    manifest: dict[str, Any], path: Path | None, *, regressor: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """An imported model's train and held-out rows, from the CSV it was imported from."""
     from mlmoat import models_import as mi
@@ -112,9 +137,19 @@ def imported_split(
         raise ValueError(f"{path} is not the {split['file']} that {name} was imported from")
     if "test_file" in split:
         raise ValueError(f"{name} was imported with --test-data: the red team splits one CSV only")
+    if regressor:
+        from mlmoat.models_regress import targets
+
+        dataset = dataclasses.replace(dataset, y=targets(dataset))
     x_train, y_train, x_test, y_test = mi.split(
-        dataset, test=None, test_fraction=float(split["test_fraction"]), seed=int(split["seed"])
+        dataset,
+        test=None,
+        test_fraction=float(split["test_fraction"]),
+        seed=int(split["seed"]),
+        stratify=not regressor,
     )
+    if regressor:
+        return x_train, y_train, x_test, y_test
     as_text = np.vectorize(str)
     return x_train, as_text(y_train), x_test, as_text(y_test)
 

@@ -101,16 +101,22 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.models is None:
         args.models = list(QUICK_MODELS if args.quick else DEFAULT_MODELS)
+    args.data_given = list(args.data)
     data = _data_paths(args.data, list(args.models))
     from mlmoat.redteam.cases import load_cases
 
     if args.action == "calibrate":
         from mlmoat.redteam.calibrate import calibrate_case, write_defences
+        from mlmoat.redteam.regression import RegressorCase, calibrate_regressor
 
         for case in load_cases(args.model_dir, list(args.models), data):
-            path = write_defences(calibrate_case(case), args.model_dir)
+            calibrate = calibrate_regressor if isinstance(case, RegressorCase) else calibrate_case
+            path = write_defences(calibrate(case), args.model_dir)
             print(f"wrote {path}")
         return 0
+    regressors = [m for m in args.models if _kind(args.model_dir, m) == "regressor"]
+    if args.action == "run" and regressors:
+        return _run_with_regressors(args, regressors, data)
     if args.action == "leak":
         from mlmoat.redteam.squeeze_leak import measure, render
 
@@ -159,6 +165,50 @@ def main(argv: list[str]) -> int:
     print(f"\n{robustness_tables(results)}")
     print(f"\nreport: {report}")
     return 0 if all(t["met"] is not False for t in targets(results)) else 1
+
+
+def _kind(model_dir: Path, name: str) -> str:
+    path = model_dir / name / "manifest.json"
+    if not path.is_file():
+        return "classifier"
+    return str(json.loads(path.read_text(encoding="utf-8")).get("kind", "classifier"))
+
+
+def _run_with_regressors(
+    args: argparse.Namespace, regressors: list[str], data: dict[str, Path]
+) -> int:
+    """The red team on the regressors (``mlmoat.redteam.regression``: in process, R^2
+    fidelity), then the classifiers as usual; one results.json and report.md."""
+    from mlmoat.redteam import regression
+    from mlmoat.redteam.cases import load_cases
+
+    cases = load_cases(args.model_dir, regressors, data)
+    figures = regression.run(cases, args.model_dir, quick=args.quick, seed=args.seed)
+    others = [m for m in args.models if m not in regressors]
+    status = 0
+    if others:
+        args.models = others
+        status = main(_argv_of(args))
+        results = json.loads((args.out / "results.json").read_text(encoding="utf-8"))
+        report = (args.out / "report.md").read_text(encoding="utf-8")
+    else:
+        results = {"seed": args.seed, "plan": "quick" if args.quick else "full", "models": {}}
+        report = "# mlmoat red-team report\n"
+    results["regressors"] = figures
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    section = "\n".join(regression.markdown(figures, args.seed))
+    (args.out / "report.md").write_text(report.rstrip("\n") + "\n\n" + section)
+    print(section)
+    print(f"\nreport: {args.out / 'report.md'}")
+    return status
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    argv = ["run", "--out", str(args.out), "--model-dir", str(args.model_dir), "--seed"]
+    argv += [str(args.seed), "--adv-model-dir", str(args.adv_model_dir), "--models", *args.models]
+    argv += [f"--data={value}" for value in args.data_given]
+    return [*argv, "--quick"] if args.quick else argv
 
 
 if __name__ == "__main__":

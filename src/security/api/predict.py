@@ -34,6 +34,7 @@ from security.errors import (
 from security.limits import NEVER_FITS
 from security.model_settings import ModelSettings
 from security.policy import OutputPolicy
+from security.regression import ServedValues, apply_value_policy, serve_values
 from security.sanitize import apply_output_policy
 from security.smoothing import Served, serve
 from security.validation import FeatureSchema, parse_prediction_request
@@ -200,8 +201,12 @@ class PredictService:
         event.identify(principal)
         rate_headers = admission.headers()
 
+        values: ServedValues | None = None
         try:
-            served = self._predict(model, parsed.rows, event, rate_headers, squeezer)
+            if getattr(model, "kind", "classifier") == "regressor":
+                values = self._predict_values(model, parsed.rows, event, rate_headers, squeezer)
+            else:
+                served = self._predict(model, parsed.rows, event, rate_headers, squeezer)
         except AdversarialInputError as exc:
             # Its rows were charged by the admission; the refusal is counted too, so squeezing
             # refusals spend the same allowance as any other.
@@ -213,11 +218,17 @@ class PredictService:
         policy = own.narrowed(
             OutputPolicy.parse(principal.output_policy or self.settings.default_output_policy)
         )
-        event.output_policy = str(policy)
-        predictions = apply_output_policy(
-            policy, model.classes, served.probabilities, served.labels
-        )
-        self._send_to_monitor(principal, model, parsed.rows, served, request_id, event)
+        if values is not None:
+            event.output_policy = str(policy.for_regressor())
+            target_range = model.manifest.target_range  # type: ignore[attr-defined]
+            predictions = apply_value_policy(policy, values.values, target_range)
+            self._send_to_monitor(principal, model, parsed.rows, None, request_id, event)
+        else:
+            event.output_policy = str(policy)
+            predictions = apply_output_policy(
+                policy, model.classes, served.probabilities, served.labels
+            )
+            self._send_to_monitor(principal, model, parsed.rows, served, request_id, event)
 
         body_out = {
             "model": model.name,
@@ -277,6 +288,25 @@ class PredictService:
             event.certified_radius = [round(float(r), 4) for r in served.radii]
         return served
 
+    def _predict_values(
+        self,
+        model: ServedModelLike,
+        rows: np.ndarray,
+        event: AuditEvent,
+        rate_headers: Mapping[str, str],
+        squeezer: Squeezer | None,
+    ) -> ServedValues:
+        # A regressor's defences (security.regression): squeezing by value, no smoothing.
+        low, high = model.manifest.target_range  # type: ignore[attr-defined]
+        try:
+            served = serve_values(model, rows, squeezer=squeezer, spread=high - low)  # type: ignore[arg-type]
+        except AdversarialInputError as exc:
+            exc.headers.update(rate_headers)
+            raise
+        if served.flagged:
+            event.flags.append(f"squeeze_flagged:{served.flagged}")
+        return served
+
     def _squeezer_for(self, model_name: str) -> Squeezer | None:
         """The squeezer under the policy in effect for ``model_name`` now.
 
@@ -316,7 +346,7 @@ class PredictService:
         principal: Principal,
         model: ServedModelLike,
         rows: np.ndarray,
-        served: Served,
+        served: Served | None,
         request_id: str,
         event: AuditEvent,
     ) -> None:
@@ -325,6 +355,15 @@ class PredictService:
         # monitor's view: the audit record of the request whose send found out names it and a
         # metric counts it (docs/audit.md).
         if self.query_sink is None:
+            return
+        if served is None:  # a regressor: its rows alone (off-manifold and PRADA detectors)
+            delivery = self.query_sink.send(
+                principal_id=principal.principal_id,
+                model=model.name,
+                request_id=request_id,
+                rows=rows,
+            )
+            _record_delivery(event, delivery)
             return
         best = served.labels
         delivery = self.query_sink.send(
