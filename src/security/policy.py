@@ -8,6 +8,7 @@ Grammar (set per key, or from a token's claims; the default is
     probabilities:N:topK          only the K most probable classes
     probabilities:N[:topK]:minT   below a top probability of T, the label alone
     value:N                       a regressor's value rounded to N significant digits (1-6)
+                                  of its training target range (one step for every value)
     buckets:K                     a regressor's value as one of K equal-width buckets (2-100)
                                   over the training target range: the bucket's bounds
 
@@ -26,13 +27,16 @@ One policy applies to both kinds of model (a key is not tied to one), through it
 The order: ``a.reveals_no_more_than(b)`` holds when it holds for both views. On classifiers,
 every answer under ``a`` can be computed from the answer under ``b``: ``label`` reveals least;
 otherwise ``a`` needs no more decimals, no more classes (no top-k means every class) and no lower
-confidence threshold (no threshold means 0) than ``b``. On regressors: ``buckets:1`` reveals
-least; ``value:N`` needs no more digits than ``value:M``; ``buckets:K`` reveals no more than
-``buckets:L`` when L is a multiple of K (each of its buckets is a union of L's); buckets and
-values are not comparable (a rounded value does not say which bucket holds it). The views are
-one-to-one on distinct policies, so this is a partial order. Settings, the key admin and the
-token bounds all use this one order (and ``meet``, its greatest lower bound), so a claim cannot
-widen a default in any dimension or on either kind of model.
+confidence threshold (no threshold means 0) than ``b``. On regressors the order is by resolution
+across the training target range: ``buckets:1`` reveals least; ``value:N`` no more than
+``value:M`` when N <= M, ``buckets:K`` no more than ``buckets:L`` when K <= L; across the two,
+``value:N`` (rounded at the range's N-th significant digit, so 10^(N-1) to 10^N - 1 distinct
+answers across it) reveals no more than ``buckets:K`` when 10^N - 1 <= K, and ``buckets:K`` no
+more than ``value:N`` when K <= 10^(N-1) (``buckets:10`` <= ``value:2``, ``value:1`` <=
+``buckets:10``; ``buckets:20`` and ``value:2`` are not comparable, their meet is ``buckets:10``).
+The views are one-to-one on distinct policies, so this is a partial order. Settings, the key
+admin and the token bounds all use this one order (and ``meet``, its greatest lower bound), so
+a claim cannot widen a default in any dimension or on either kind of model.
 
 Pure code: no I/O and no imports from the rest of the layer.
 """
@@ -169,23 +173,38 @@ def _classifier_le(own: OutputPolicy, other: OutputPolicy) -> bool:
     )
 
 
+def _levels(view: OutputPolicy) -> tuple[int, int]:
+    """The fewest and the most answers a regressor view can give across the training range:
+    ``buckets:K`` exactly K; ``value:N`` at least 10^(N-1) and fewer than 10^N (its rounding
+    step is the N-th significant digit of the range)."""
+    if view.buckets is not None:
+        return view.buckets, view.buckets
+    digits = view.digits or 1
+    return 10 ** (digits - 1), 10**digits - 1
+
+
 def _regressor_le(own: OutputPolicy, other: OutputPolicy) -> bool:
     # Both are regressor views: exactly one of digits and buckets is set.
-    if own.buckets == 1:
+    if own.buckets == 1 or own == other:
         return True
-    if own.buckets is not None:
-        return other.buckets is not None and other.buckets % own.buckets == 0
-    return other.digits is not None and (own.digits or 0) <= other.digits
+    if (own.buckets is None) == (other.buckets is None):  # the same family
+        return (own.buckets or 0) <= (other.buckets or 0) and (own.digits or 0) <= (
+            other.digits or 0
+        )
+    # Across the families: no more answers at most than the other gives at least.
+    return _levels(own)[1] <= _levels(other)[0]
 
 
 def _regressor_meet(own: OutputPolicy, other: OutputPolicy) -> OutputPolicy:
-    if own.digits is not None and other.digits is not None:
-        return OutputPolicy(probabilities=False, digits=min(own.digits, other.digits))
-    if own.buckets is not None and other.buckets is not None:
-        common = math.gcd(own.buckets, other.buckets)
-        if common > 1:
-            return OutputPolicy(probabilities=False, buckets=common)
-    return OutputPolicy(probabilities=False)
+    if _regressor_le(own, other):
+        low = own
+    elif _regressor_le(other, own):
+        low = other
+    else:
+        # ``buckets:K`` and ``value:N`` with 10^(N-1) < K < 10^N: the most buckets below both.
+        digits = own.digits or other.digits or 1
+        low = OutputPolicy(probabilities=False, buckets=10 ** (digits - 1))
+    return OutputPolicy(probabilities=False) if low.buckets == 1 else low
 
 
 def narrower_policy(claimed: str | None, default: str) -> str:

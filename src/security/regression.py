@@ -12,10 +12,12 @@ defences and the output policy do with it:
 * **Smoothing** does not apply: certified input smoothing is a vote over classes (HopSkipJump,
   the attack it answers, needs a decision boundary).
 * **Output** (``apply_value_policy``): the regressor view of the caller's policy
-  (``OutputPolicy.for_regressor``): ``value:N`` answers ``{"value": v}`` rounded to N significant
-  digits; ``buckets:K`` answers ``{"bucket": {"low": a, "high": b}}``, one of K equal-width
-  buckets over the training target range (a value beyond the range answers the extreme bucket);
-  ``label`` is ``buckets:1``, the training range itself.
+  (``OutputPolicy.for_regressor``): ``value:N`` answers ``{"value": v}`` rounded at the N-th
+  significant digit of the training target range (range 321: ``value:2`` rounds to tens,
+  ``value:6`` to thousandths; one step for every value, so the order by resolution in
+  ``security.policy`` holds on every model); ``buckets:K`` answers
+  ``{"bucket": {"low": a, "high": b}}``, one of K equal-width buckets over the training target
+  range (a value beyond the range answers the extreme bucket); ``label`` is ``buckets:1``, the training range itself.
 
 numpy only; never raises for a row's content beyond the documented errors.
 """
@@ -122,6 +124,19 @@ def significant(value: float, digits: int) -> float:
     return float(f"{value:.{digits}g}")
 
 
+def rounding_step(digits: int, spread: float) -> float:
+    """The step of ``value:N``: the N-th significant digit of the target range ``spread``."""
+    magnitude = math.floor(math.log10(spread)) if spread > 0 else 0
+    return float(10.0 ** (magnitude - digits + 1))
+
+
+def round_value(value: float, digits: int, spread: float) -> float:
+    """``value`` rounded to a multiple of ``rounding_step`` (as a float without binary noise)."""
+    step = rounding_step(digits, spread)
+    places = max(0, -math.floor(math.log10(step)))
+    return round(round(value / step) * step, places) + 0.0
+
+
 def bucket_bounds(value: float, buckets: int, low: float, high: float) -> tuple[float, float]:
     """The bounds of the one of ``buckets`` equal-width buckets over ``[low, high]`` holding
     ``value`` (clipped into the range), as floats rounded to 6 significant digits."""
@@ -141,7 +156,7 @@ def apply_value_policy(
     predictions: list[dict[str, Any]] = []
     for value in np.asarray(values, dtype=np.float64).reshape(-1).tolist():
         if view.digits is not None:
-            predictions.append({"value": significant(value, view.digits)})
+            predictions.append({"value": round_value(value, view.digits, high - low)})
         else:
             start, end = bucket_bounds(value, view.buckets or 1, low, high)
             predictions.append({"bucket": {"low": start, "high": end}})
