@@ -17,7 +17,8 @@ defences and the output policy do with it:
   ``value:6`` to thousandths; one step for every value, so the order by resolution in
   ``security.policy`` holds on every model); ``buckets:K`` answers
   ``{"bucket": {"low": a, "high": b}}``, one of K equal-width buckets over the training target
-  range (a value beyond the range answers the extreme bucket); ``label`` is ``buckets:1``, the training range itself.
+  range (a value beyond the range answers the extreme bucket); ``label`` is ``buckets:1``, the
+  training range itself.
 
 numpy only; never raises for a row's content beyond the documented errors.
 """
