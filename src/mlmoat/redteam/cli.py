@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODELS = ("iris", "breast-cancer", "breast-cancer-forest")
 # --quick (make test): the smallest and the overfit model, the two with the most to show.
@@ -110,8 +111,13 @@ def main(argv: list[str]) -> int:
         from mlmoat.redteam.regression import RegressorCase, calibrate_regressor
 
         for case in load_cases(args.model_dir, list(args.models), data):
-            calibrate = calibrate_regressor if isinstance(case, RegressorCase) else calibrate_case
-            path = write_defences(calibrate(case), args.model_dir)
+            any_case: Any = case
+            document = (
+                calibrate_regressor(any_case)
+                if isinstance(any_case, RegressorCase)
+                else calibrate_case(case)
+            )
+            path = write_defences(document, args.model_dir)
             print(f"wrote {path}")
         return 0
     regressors = [m for m in args.models if _kind(args.model_dir, m) == "regressor"]
@@ -182,7 +188,7 @@ def _run_with_regressors(
     from mlmoat.redteam import regression
     from mlmoat.redteam.cases import load_cases
 
-    cases = load_cases(args.model_dir, regressors, data)
+    cases: list[Any] = list(load_cases(args.model_dir, regressors, data))
     figures = regression.run(cases, args.model_dir, quick=args.quick, seed=args.seed)
     others = [m for m in args.models if m not in regressors]
     status = 0
