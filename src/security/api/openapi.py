@@ -49,13 +49,33 @@ class Prediction(BaseModel):
     )
 
 
+class Bucket(BaseModel):
+    """A regressor's value as the bounds of one of ``buckets:K``'s buckets over the training
+    target range (``label``: the range itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+    low: float
+    high: float
+
+
+class ValuePrediction(BaseModel):
+    """One row's answer from a regressor: ``value`` (``value:N``, and a classifier's
+    ``probabilities:N`` as ``value:max(N, 1)``) or ``bucket`` (``buckets:K``, ``label``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: float | None = Field(
+        default=None, description="Rounded at the N-th significant digit of the target range"
+    )
+    bucket: Bucket | None = None
+
+
 class PredictResponse(BaseModel):
-    """The 200 answer of the predict routes."""
+    """The 200 answer of the predict routes: a classifier's labels, or a regressor's values."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model: str
     model_version: str
-    predictions: list[Prediction]
+    predictions: list[Prediction] | list[ValuePrediction]
     request_id: str
 
 
