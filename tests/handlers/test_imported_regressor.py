@@ -241,3 +241,54 @@ def test_squeezing_on_serves_and_the_quick_red_team_reports_r2(
     assert figures["hopskipjump"].startswith("not applicable")
     report = (out / "report.md").read_text()
     assert "| adaptive value:6 |" in report and "R^2" in report
+
+
+def test_the_monitor_applies_a_regressors_queries(
+    imported: dict[str, Any], handler_env: dict[str, str], log_sink: Any
+) -> None:
+    import time
+    import uuid
+
+    import boto3
+    from handlersupport import LambdaContext
+
+    from security.extraction import QueryMessage
+    from security.store import PrincipalStore
+
+    # given the monitor with the imported regressor's reference loaded at init
+    since = len(log_sink.records())
+    monitor = import_handler(
+        "handlers.monitor", {**handler_env, "SECURITY_MODEL_DIR": str(imported["model_dir"])}
+    )
+    unavailable = [
+        r for r in log_sink.records()[since:] if r.get("message") == "monitor_reference_unavailable"
+    ]
+    assert unavailable == []
+    # when a regressor's query arrives as the predict function sends it: rows, no labels
+    principal = f"key#reg{uuid.uuid4().hex[:9]}"
+    rows = tuple(tuple(float(v) for v in row) for row in imported["x_test"][:3])
+    message = QueryMessage(principal, "progress", f"req-{uuid.uuid4().hex[:8]}", time.time(), rows)
+    record = {
+        "messageId": str(uuid.uuid4()),
+        "receiptHandle": "handle-0",
+        "body": message.to_json(),
+        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue",
+        "awsRegion": "us-east-1",
+    }
+    result = monitor.handler({"Records": [record]}, LambdaContext())
+    # then it is applied (no failure, no "unmonitored" record) and the principal's state counts it
+    assert result == {"batchItemFailures": []}
+    assert not [r for r in log_sink.records()[since:] if r.get("event") == "unmonitored"]
+    store = PrincipalStore(
+        client=boto3.client(
+            "dynamodb",
+            endpoint_url=handler_env["AWS_ENDPOINT_URL_DYNAMODB"],
+            region_name="us-east-1",
+        ),
+        table_name=handler_env["SECURITY_TABLE_NAME"],
+    )
+    assert store.load_monitor_state(principal, "progress")[1] == 1
