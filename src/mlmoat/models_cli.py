@@ -260,20 +260,7 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
             "n_train": int(len(y_train)),
             "n_test": int(len(y_test)),
         },
-        "train_split": {
-            "dataset": "csv",
-            "file": data.file_name,
-            "sha256": data.sha256,
-            "target": args.target,
-            "columns": dict(zip(data.feature_names, data.columns, strict=True)),
-            "seed": args.seed,
-            "stratified": test is None,
-            **(
-                {"test_file": test.file_name, "test_sha256": test.sha256}
-                if test is not None
-                else {"test_fraction": args.test_fraction}
-            ),
-        },
+        "train_split": mi.split_record(data, test, args, stratified=test is None),
         "imported": {"source": source_name, "format": fmt},
         "dp_epsilon": None,
         "dp_data_norm": None,

@@ -1,4 +1,5 @@
-"""``mlmoat models import NAME``: a fitted scikit-learn classifier and its data -> ``models/NAME/``.
+"""``mlmoat models import NAME``: a fitted scikit-learn classifier and its data -> ``models/NAME/``
+(a regressor: ``mlmoat.models_regress``).
 
 Writes the three files every served model has, so that the next ``make build`` / ``make local``
 / ``sam deploy`` serves it at ``/models/NAME/predict`` with every defence:
@@ -235,6 +236,26 @@ def split(
     return x_train, y_train, x_test, y_test
 
 
+def split_record(
+    data: Dataset, test: Dataset | None, args: Any, *, stratified: bool
+) -> dict[str, Any]:
+    """The manifest's ``train_split``: where the rows came from (never a row of them)."""
+    return {
+        "dataset": "csv",
+        "file": data.file_name,
+        "sha256": data.sha256,
+        "target": args.target,
+        "columns": dict(zip(data.feature_names, data.columns, strict=True)),
+        "seed": args.seed,
+        "stratified": stratified,
+        **(
+            {"test_file": test.file_name, "test_sha256": test.sha256}
+            if test is not None
+            else {"test_fraction": args.test_fraction}
+        ),
+    }
+
+
 def convert(name: str, estimator: Any, n_features: int, n_classes: int, description: str) -> bytes:
     """skl2onnx at the pinned opsets, deterministic bytes (``mlmoat.train.export_onnx``).
 
@@ -246,14 +267,23 @@ def convert(name: str, estimator: Any, n_features: int, n_classes: int, descript
     meta = {"description": description, "mlmoat.model": name}
     try:
         return export_onnx(name, estimator, n_features, n_classes, meta)
-    except (RuntimeError, NameError, TypeError, ValueError) as exc:
-        step = re.search(r"<class '([^']+)'>", str(exc))
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        what = f"no converter for {step.group(1)}" if step else first[:160]
-        raise ImportRefused(
-            f"skl2onnx cannot convert {describe(estimator)} at the pinned opsets "
-            f"(ai.onnx 17, ai.onnx.ml 3): {what}"
-        ) from exc
+    except CONVERSION_ERRORS as exc:
+        raise conversion_refused(estimator, exc) from exc
+
+
+#: What skl2onnx raises for a step it cannot convert.
+CONVERSION_ERRORS = (RuntimeError, NameError, TypeError, ValueError)
+
+
+def conversion_refused(estimator: Any, exc: BaseException) -> ImportRefused:
+    """The refusal of a conversion skl2onnx failed, naming the step where it can."""
+    step = re.search(r"<class '([^']+)'>", str(exc))
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    what = f"no converter for {step.group(1)}" if step else first[:160]
+    return ImportRefused(
+        f"skl2onnx cannot convert {describe(estimator)} at the pinned opsets "
+        f"(ai.onnx 17, ai.onnx.ml 3): {what}"
+    )
 
 
 def onnx_outputs(onnx_bytes: bytes, n_features: int, n_classes: int) -> tuple[str, str, str]:

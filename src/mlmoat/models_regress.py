@@ -20,12 +20,17 @@ scale)``. The held-out split is a plain random one (no strata for a continuous t
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any
 
 import numpy as np
 
-from mlmoat.models_import import Dataset, ImportRefused, describe
+from mlmoat.models_import import (
+    CONVERSION_ERRORS,
+    Dataset,
+    ImportRefused,
+    conversion_refused,
+    describe,
+)
 
 PARITY_RTOL = 1e-5
 PARITY_SAMPLE_ROWS = 32
@@ -103,14 +108,8 @@ def convert(name: str, estimator: Any, n_features: int, description: str) -> byt
             target_opset=dict(ONNX_OPSETS),
         )
         return deterministic_bytes(model, meta)
-    except (RuntimeError, NameError, TypeError, ValueError) as exc:
-        step = re.search(r"<class '([^']+)'>", str(exc))
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        what = f"no converter for {step.group(1)}" if step else first[:160]
-        raise ImportRefused(
-            f"skl2onnx cannot convert {describe(estimator)} at the pinned opsets "
-            f"(ai.onnx 17, ai.onnx.ml 3): {what}"
-        ) from exc
+    except CONVERSION_ERRORS as exc:
+        raise conversion_refused(estimator, exc) from exc
 
 
 def onnx_values(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
@@ -279,20 +278,7 @@ def import_regressor(
         served_test=served_test,
     )
     document["framework"] = _framework(onnx_bytes, ONNX_OPSETS, _opsets_of, imported=fmt)
-    document["train_split"] = {
-        "dataset": "csv",
-        "file": data.file_name,
-        "sha256": data.sha256,
-        "target": args.target,
-        "columns": dict(zip(data.feature_names, data.columns, strict=True)),
-        "seed": args.seed,
-        "stratified": False,
-        **(
-            {"test_file": test.file_name, "test_sha256": test.sha256}
-            if test is not None
-            else {"test_fraction": args.test_fraction}
-        ),
-    }
+    document["train_split"] = mi.split_record(data, test, args, stratified=False)
     document["imported"] = {"source": args.estimator.name, "format": fmt}
     document["parity"] = parity_sample(estimator, lower, upper, args.seed, scale)
     served = ServedModel(Manifest.from_dict(json.loads(manifest_bytes(document))), onnx_bytes)

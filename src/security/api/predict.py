@@ -201,12 +201,8 @@ class PredictService:
         event.identify(principal)
         rate_headers = admission.headers()
 
-        values: ServedValues | None = None
         try:
-            if getattr(model, "kind", "classifier") == "regressor":
-                values = self._predict_values(model, parsed.rows, event, rate_headers, squeezer)
-            else:
-                served = self._predict(model, parsed.rows, event, rate_headers, squeezer)
+            served = self._predict(model, parsed.rows, event, rate_headers, squeezer)
         except AdversarialInputError as exc:
             # Its rows were charged by the admission; the refusal is counted too, so squeezing
             # refusals spend the same allowance as any other.
@@ -218,10 +214,10 @@ class PredictService:
         policy = own.narrowed(
             OutputPolicy.parse(principal.output_policy or self.settings.default_output_policy)
         )
-        if values is not None:
+        if isinstance(served, ServedValues):
             event.output_policy = str(policy.for_regressor())
             target_range = model.manifest.target_range  # type: ignore[attr-defined]
-            predictions = apply_value_policy(policy, values.values, target_range)
+            predictions = apply_value_policy(policy, served.values, target_range)
             self._send_to_monitor(principal, model, parsed.rows, None, request_id, event)
         else:
             event.output_policy = str(policy)
@@ -273,38 +269,25 @@ class PredictService:
         event: AuditEvent,
         rate_headers: Mapping[str, str],
         squeezer: Squeezer | None,
-    ) -> Served:
+    ) -> Served | ServedValues:
         # The defences' single call site, between validation and prediction: squeeze and score
-        # (under the policy in effect now), smooth (one batched model call either way). The
-        # radii go to the audit record only.
+        # (under the policy in effect now), smooth (one batched model call either way); a
+        # regressor is squeezed by value and not smoothed (security.regression). The radii go
+        # to the audit record only.
+        served: Served | ServedValues
         try:
-            served = serve(model, rows, squeezer=squeezer, smoother=self.smoother)
+            if getattr(model, "kind", "classifier") == "regressor":
+                low, high = model.manifest.target_range  # type: ignore[attr-defined]
+                served = serve_values(model, rows, squeezer=squeezer, spread=high - low)  # type: ignore[arg-type]
+            else:
+                served = serve(model, rows, squeezer=squeezer, smoother=self.smoother)
         except AdversarialInputError as exc:
             exc.headers.update(rate_headers)
             raise
         if served.flagged:
             event.flags.append(f"squeeze_flagged:{served.flagged}")
-        if served.radii is not None:
+        if isinstance(served, Served) and served.radii is not None:
             event.certified_radius = [round(float(r), 4) for r in served.radii]
-        return served
-
-    def _predict_values(
-        self,
-        model: ServedModelLike,
-        rows: np.ndarray,
-        event: AuditEvent,
-        rate_headers: Mapping[str, str],
-        squeezer: Squeezer | None,
-    ) -> ServedValues:
-        # A regressor's defences (security.regression): squeezing by value, no smoothing.
-        low, high = model.manifest.target_range  # type: ignore[attr-defined]
-        try:
-            served = serve_values(model, rows, squeezer=squeezer, spread=high - low)  # type: ignore[arg-type]
-        except AdversarialInputError as exc:
-            exc.headers.update(rate_headers)
-            raise
-        if served.flagged:
-            event.flags.append(f"squeeze_flagged:{served.flagged}")
         return served
 
     def _squeezer_for(self, model_name: str) -> Squeezer | None:
