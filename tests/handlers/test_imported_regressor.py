@@ -292,3 +292,27 @@ def test_the_monitor_applies_a_regressors_queries(
         table_name=handler_env["SECURITY_TABLE_NAME"],
     )
     assert store.load_monitor_state(principal, "progress")[1] == 1
+
+
+def test_recommend_budget_measures_r2_for_a_regressor(
+    imported: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["recommend-budget", "progress", "--max-fidelity", "0.8", "--seeds", "1"]
+    argv += ["--data", str(imported["root"] / "diabetes.csv")]
+    assert models_main([*argv, "--model-dir", str(imported["model_dir"])]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kind"] == "regressor" and result["output_policy"] == "value:2"
+    assert result["fidelity"].startswith("R^2")
+    counts = (5, 10, 20, 50, 100, 200, 500, 1000)
+    curve = [result["curve"][str(c)] for c in counts]
+    assert all(r <= 1 for r in curve) and max(curve) > 0.5  # the clone does learn
+    # the budget is the largest count whose clone (and every smaller one's) stays below 0.8
+    expected = None
+    for count, fidelity in zip(counts, curve, strict=True):
+        if fidelity >= 0.8:
+            break
+        expected = count
+    assert result["budget"] == expected
+    bad = ["recommend-budget", "progress", "--max-fidelity", "0.8", "--policy", "value:9"]
+    bad += ["--data", str(imported["root"] / "diabetes.csv")]
+    assert models_main([*bad, "--model-dir", str(imported["model_dir"])]) == 2
