@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--rate-limit", help="rows per window, e.g. 60/minute")
     create.add_argument("--budget", type=int, help="rows the key may ever predict")
     create.add_argument(
-        "--output", dest="output_policy", help="label | probabilities:N[:topK][:minT] | value:N | buckets:K"
+        "--output",
+        dest="output_policy",
+        help="label | probabilities:N[:topK][:minT] | value:N | buckets:K",
     )
     create.add_argument("--expires-in", help="e.g. 30d, 12h")
     create.add_argument(

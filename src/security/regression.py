@@ -71,6 +71,8 @@ class ServedValues:
     values: FloatArray
     flagged: int
     scores: FloatArray
+    #: The training target's (min, max): what the output policy answers over.
+    target_range: tuple[float, float]
 
 
 def relative_scores(raw: FloatArray, squeezed: FloatArray, spread: float) -> FloatArray:
@@ -85,7 +87,7 @@ def serve_values(
     rows: npt.NDArray[Any],
     *,
     squeezer: SqueezeGrid | None,
-    spread: float,
+    target_range: tuple[float, float],
 ) -> ServedValues:
     """Run squeezing (when on) and the regressor on one request's rows: one model call.
 
@@ -98,17 +100,17 @@ def serve_values(
     count = raw.shape[0]
     if squeezer is None or squeezer.policy == "off":
         values = _finite(model, np.asarray(model.predict_values(raw), dtype=np.float64))
-        return ServedValues(values, 0, np.zeros(count))
+        return ServedValues(values, 0, np.zeros(count), target_range)
     config = squeezer.config(model.name)
     if config is None:
         raise ModelIntegrityError("defences_missing", detail=f"model={model.name}")
     both = np.asarray(model.predict_values(np.vstack([raw, config.squeeze(raw)])), np.float64)
     raw_v, squeezed_v = both[:count], _finite(model, both[count:])
-    scores = relative_scores(raw_v, squeezed_v, spread)
+    scores = relative_scores(raw_v, squeezed_v, target_range[1] - target_range[0])
     flagged = scores > config.threshold
     if squeezer.policy == "refuse" and bool(flagged.any()):
         raise AdversarialInputError(detail=f"rows_flagged={int(flagged.sum())}")
-    return ServedValues(squeezed_v, int(flagged.sum()), scores)
+    return ServedValues(squeezed_v, int(flagged.sum()), scores, target_range)
 
 
 def _finite(model: ValueModel, values: FloatArray) -> FloatArray:

@@ -223,7 +223,9 @@ class ValueTarget:
             chunk = rows[start : start + self.batch_rows]
             self.queries += chunk.shape[0]
             try:
-                result = serve_values(self, chunk, squeezer=self._squeezer, spread=self.case.spread)
+                result = serve_values(
+                    self, chunk, squeezer=self._squeezer, target_range=self.case.target_range
+                )
             except AdversarialInputError:
                 self.refused += chunk.shape[0]
                 served[start : start + chunk.shape[0]] = False

@@ -13,7 +13,7 @@ reason of a refusal goes to the audit record, never to the client.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from security.extraction import QuerySink
     from security.extraction.sink import Delivery
     from security.limits import Gatekeeper
+    from security.regression import ValueModel
     from security.runtime_config import RuntimeConfigSource
     from security.settings import Settings
     from security.smoothing import Smoother
@@ -201,8 +202,9 @@ class PredictService:
         event.identify(principal)
         rate_headers = admission.headers()
 
+        target_range = _regressor_range(model)
         try:
-            served = self._predict(model, parsed.rows, event, rate_headers, squeezer)
+            served = self._predict(model, parsed.rows, event, rate_headers, squeezer, target_range)
         except AdversarialInputError as exc:
             # Its rows were charged by the admission; the refusal is counted too, so squeezing
             # refusals spend the same allowance as any other.
@@ -216,8 +218,7 @@ class PredictService:
         )
         if isinstance(served, ServedValues):
             event.output_policy = str(policy.for_regressor())
-            target_range = model.manifest.target_range  # type: ignore[attr-defined]
-            predictions = apply_value_policy(policy, served.values, target_range)
+            predictions = apply_value_policy(policy, served.values, served.target_range)
             self._send_to_monitor(principal, model, parsed.rows, None, request_id, event)
         else:
             event.output_policy = str(policy)
@@ -269,6 +270,7 @@ class PredictService:
         event: AuditEvent,
         rate_headers: Mapping[str, str],
         squeezer: Squeezer | None,
+        target_range: tuple[float, float] | None,
     ) -> Served | ServedValues:
         # The defences' single call site, between validation and prediction: squeeze and score
         # (under the policy in effect now), smooth (one batched model call either way); a
@@ -276,9 +278,11 @@ class PredictService:
         # to the audit record only.
         served: Served | ServedValues
         try:
-            if getattr(model, "kind", "classifier") == "regressor":
-                low, high = model.manifest.target_range  # type: ignore[attr-defined]
-                served = serve_values(model, rows, squeezer=squeezer, spread=high - low)  # type: ignore[arg-type]
+            if target_range is not None:
+                values_model = cast("ValueModel", model)
+                served = serve_values(
+                    values_model, rows, squeezer=squeezer, target_range=target_range
+                )
             else:
                 served = serve(model, rows, squeezer=squeezer, smoother=self.smoother)
         except AdversarialInputError as exc:
@@ -358,6 +362,15 @@ class PredictService:
             confidences=served.probabilities[np.arange(len(best)), best],
         )
         _record_delivery(event, delivery)
+
+
+def _regressor_range(model: ServedModelLike) -> tuple[float, float] | None:
+    """A regressor's training target range (``security.manifest``); None for a classifier."""
+    manifest = getattr(model, "manifest", None)
+    if getattr(manifest, "kind", "classifier") != "regressor":
+        return None
+    low, high = manifest.target_range  # type: ignore[union-attr]
+    return float(low), float(high)
 
 
 def _record_delivery(event: AuditEvent, delivery: Delivery) -> None:
