@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from security.errors import ModelIntegrityError
+from security.features import parse_categories
 
 __all__ = ["MANIFEST_FILE", "FloatArray", "Manifest"]
 
@@ -46,6 +47,7 @@ _KNOWN_KEYS = frozenset(
         "dp_epsilon",
         "dp_data_norm",
         "onnx",
+        "categories",
     }
 )
 
@@ -78,6 +80,8 @@ class Manifest:
     # The envelope as arrays in feature order, for vectorised checks (read-only views).
     envelope_min: FloatArray = field(compare=False, repr=False)
     envelope_max: FloatArray = field(compare=False, repr=False)
+    # Categorical features and their categories (``security.features``); empty: all numeric.
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def n_features(self) -> int:
@@ -173,6 +177,7 @@ class Manifest:
             extra=MappingProxyType({k: v for k, v in doc.items() if k not in _KNOWN_KEYS}),
             envelope_min=low_arr,
             envelope_max=high_arr,
+            categories=parse_categories(doc.get("categories"), feature_names, bounds),
         )
 
 

@@ -29,11 +29,19 @@ class ModelCase:
     x_test: np.ndarray
     y_test: np.ndarray
     dp_epsilon: float | None = None
+    # Indices of the categorical features (values are category indices 0..k-1).
+    categorical: tuple[int, ...] = ()
 
     @property
     def domain(self) -> Domain:
         """The input space as the callers see it."""
-        return Domain(self.lower, self.upper, self.x_train.std(axis=0) + 1e-12)
+        std = self.x_train.std(axis=0) + 1e-12
+        return Domain(self.lower, self.upper, std, categorical=self.categorical)
+
+    @property
+    def category_counts(self) -> dict[int, int]:
+        """Each categorical feature's index -> its number of categories."""
+        return {j: int(self.upper[j]) + 1 for j in self.categorical}
 
     def label_index(self, labels: np.ndarray) -> np.ndarray:
         """Class labels (strings) to class indices."""
@@ -89,9 +97,16 @@ def load_cases(
                 x_test=x_test,
                 y_test=y_test,
                 dp_epsilon=manifest.get("dp_epsilon"),
+                categorical=categorical_indices(manifest),
             )
         )
     return cases
+
+
+def categorical_indices(manifest: dict[str, Any]) -> tuple[int, ...]:
+    """The positions of a manifest's categorical features (``security.features``)."""
+    categories = manifest.get("categories") or {}
+    return tuple(i for i, f in enumerate(manifest["feature_names"]) if f in categories)
 
 
 def imported_split(
@@ -107,7 +122,11 @@ def imported_split(
             f"{name} was imported from {split['file']}: give it with --data {name}=FILE"
         )
     columns = [split["columns"][feature] for feature in manifest["feature_names"]]
-    dataset = mi.read_csv(path, target=split["target"], features=columns)
+    categories = {
+        split["columns"][feature]: tuple(values)
+        for feature, values in (manifest.get("categories") or {}).items()
+    }
+    dataset = mi.read_csv(path, target=split["target"], features=columns, categories=categories)
     if dataset.sha256 != split["sha256"]:
         raise ValueError(f"{path} is not the {split['file']} that {name} was imported from")
     if "test_file" in split:
