@@ -206,9 +206,7 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
     reference: Any = None
     if estimator is not None:
         classes = mi.check_classifier(estimator, len(data.columns))
-        reference = (
-            FrameEstimator(estimator, data.columns, data.categories) if found else estimator
-        )
+        reference = FrameEstimator(estimator, data.columns, data.categories) if found else estimator
         if args.adversarial and found:
             raise mi.ImportRefused("--adversarial supports numeric features only")
         if args.adversarial:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ class ModelCase:
     dp_epsilon: float | None = None
     # Indices of the categorical features (values are category indices 0..k-1).
     categorical: tuple[int, ...] = ()
+    # Their categories (feature index -> names, in index order): what the API is sent.
+    category_names: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def domain(self) -> Domain:
@@ -42,6 +44,19 @@ class ModelCase:
     def category_counts(self) -> dict[int, int]:
         """Each categorical feature's index -> its number of categories."""
         return {j: int(self.upper[j]) + 1 for j in self.categorical}
+
+    def wire_rows(self, rows: np.ndarray) -> list[list[Any]]:
+        """Rows as a request carries them: a categorical feature as its category string."""
+        snapped = self.domain.snap(np.atleast_2d(rows))
+        if not self.category_names:
+            return list(snapped.tolist())
+        return [
+            [
+                self.category_names[j][int(v)] if j in self.category_names else v
+                for j, v in enumerate(row)
+            ]
+            for row in snapped.tolist()
+        ]
 
     def label_index(self, labels: np.ndarray) -> np.ndarray:
         """Class labels (strings) to class indices."""
@@ -98,6 +113,11 @@ def load_cases(
                 y_test=y_test,
                 dp_epsilon=manifest.get("dp_epsilon"),
                 categorical=categorical_indices(manifest),
+                category_names={
+                    i: tuple(manifest["categories"][f])
+                    for i, f in enumerate(manifest["feature_names"])
+                    if f in (manifest.get("categories") or {})
+                },
             )
         )
     return cases

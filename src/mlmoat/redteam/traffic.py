@@ -64,7 +64,9 @@ def uniform_rows(domain: Domain, count: int, rng: np.random.Generator) -> np.nda
     unit = rng.random((count, domain.lower.size))
     rows: np.ndarray = domain.lower + unit * (domain.upper - domain.lower)
     for j in domain.categorical:
-        rows[:, j] = np.floor(unit[:, j] * (domain.upper[j] - domain.lower[j] + 1)) + domain.lower[j]
+        rows[:, j] = (
+            np.floor(unit[:, j] * (domain.upper[j] - domain.lower[j] + 1)) + domain.lower[j]
+        )
     return rows
 
 
