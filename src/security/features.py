@@ -53,7 +53,7 @@ def parse_categories(
     if value is None:
         return MappingProxyType({})
     if not isinstance(value, dict) or not value:
-        _malformed("categories is not a non-empty object")
+        raise ModelIntegrityError("manifest_malformed", detail="categories is not an object")
     parsed: dict[str, tuple[str, ...]] = {}
     for name, categories in value.items():
         if name not in feature_names:

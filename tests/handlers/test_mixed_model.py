@@ -207,7 +207,7 @@ def test_the_mixed_model_answers_as_the_pipeline_by_name_and_positionally(
                 answered += response_body(response)["predictions"]
             assert len(answered) == len(rows) == 90
             got = np.asarray([[p["probabilities"][c] for c in CLASSES] for p in answered])
-            assert np.abs(got - expected).max() <= 1e-5 + 5e-5  # parity + 4-decimal rounding (the key cap)
+            assert np.abs(got - expected).max() <= 1e-5 + 5e-5  # parity + 4 decimals (key cap)
             assert [p["label"] for p in answered] == labels
     one = dict(zip(names, rows[0], strict=True))
     single = _post(served, "/models/churn/predict", key, {"features": one})

@@ -80,7 +80,7 @@ def train_surrogate(
     scaler: Any = StandardScaler()
     if categories:
         from sklearn.compose import ColumnTransformer  # type: ignore[import-untyped]
-        from sklearn.preprocessing import OneHotEncoder  # type: ignore[import-untyped]
+        from sklearn.preprocessing import OneHotEncoder
 
         cat = sorted(categories)
         codes = [np.arange(categories[j], dtype=np.float64) for j in cat]
