@@ -215,8 +215,9 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
             )
             description += f" Adversarially trained ({adversarial['attack']})."
             reference = estimator
+        mixed = {"data": data} if data.categories else {}
         onnx_bytes = mi.convert(
-            args.name, estimator, len(data.columns), len(classes), description, data=data
+            args.name, estimator, len(data.columns), len(classes), description, **mixed
         )
         source_name = args.estimator.name
     else:
