@@ -22,49 +22,14 @@ pd = pytest.importorskip("pandas")
 import joblib  # noqa: E402
 import skops.io as sio  # noqa: E402
 from handlersupport import REPO, import_handler, invoke, new_key, response_body, rest_event  # noqa: E402
-from sklearn.compose import ColumnTransformer  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler  # noqa: E402
+from sklearn.preprocessing import FunctionTransformer  # noqa: E402
 
+from mixedsupport import CLASSES, COLUMNS, churn_frame, churn_pipeline  # noqa: E402
 from mlmoat import models_import  # noqa: E402
 from mlmoat.models_check import main as check_main  # noqa: E402
 from mlmoat.models_cli import main as models_main  # noqa: E402
 
 JSON_CT = {"Content-Type": "application/json"}
-CLASSES = ("churn", "stay")
-COLUMNS = ["Tenure months", "spend", "plan", "region"]
-
-
-def churn_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
-    """A churn-like table: numeric tenure and spend, string plan and region, a string label."""
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame(
-        {
-            "Tenure months": rng.uniform(0, 72, n).round(1),
-            "spend": rng.uniform(10, 120, n).round(2),
-            "plan": rng.choice(["basic", "plus", "pro"], n),
-            "region": rng.choice(["north", "south", "east", "west"], n),
-        }
-    )
-    score = (
-        -0.05 * frame["Tenure months"]
-        + 0.02 * frame["spend"]
-        + 1.5 * (frame["plan"] == "basic")
-        - 1.0 * (frame["region"] == "west")
-    )
-    frame["churned"] = np.where(score + rng.normal(0, 0.5, n) > 0, "churn", "stay")
-    return frame
-
-
-def churn_pipeline(extra: Any = None) -> Pipeline:
-    numeric: Any = (
-        StandardScaler() if extra is None else Pipeline([("f", extra), ("s", StandardScaler())])
-    )
-    prep = ColumnTransformer(
-        [("num", numeric, ["Tenure months", "spend"]), ("cat", OneHotEncoder(), ["plan", "region"])]
-    )
-    return Pipeline([("prep", prep), ("clf", LogisticRegression())])
 
 
 def _import(root: Path, model_dir: Path, name: str, estimator: Path, *extra: str) -> int:
@@ -92,12 +57,13 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         manifest["train_split"]["columns"][f]: v for f, v in manifest["categories"].items()
     }
     data = models_import.read_csv(root / "churn.csv", target="churned", categories=categories)
-    _, _, x_test, _ = models_import.split(data, test=None, test_fraction=0.3, seed=3)
+    _, _, x_test, y_test = models_import.split(data, test=None, test_fraction=0.3, seed=3)
     return {
         "root": root,
         "model_dir": model_dir,
         "pipeline": pipeline,
         "x_test": x_test,
+        "y_test": [str(v) for v in y_test],
         "manifest": manifest,
     }
 
@@ -120,6 +86,13 @@ def test_the_manifest_records_each_feature_type_and_the_graph_is_the_same_from_b
     assert (model_dir / "churn-skops" / "model.onnx").read_bytes() != b""
     skops_manifest = json.loads((model_dir / "churn-skops" / "manifest.json").read_text())
     assert skops_manifest["onnx"]["sha256"] != manifest["onnx"]["sha256"]  # name in metadata
+    # the defences keep each category: squeezing's grid is the index itself, smoothing's noise
+    # is zero on the categorical features
+    defences = json.loads((model_dir / "churn" / "defences.json").read_text())
+    assert defences["squeeze"]["origin"][2:] == [0.0, 0.0]
+    assert defences["squeeze"]["step"][2:] == [1.0, 1.0]
+    assert defences["smoothing"]["fixed"] == [2, 3]
+    assert len(defences["monitor"]["lower"]) == 4  # the monitor has its reference
     # and models check verifies both (hash, defences, parity on the recorded rows)
     capsys.readouterr()
     assert check_main(["--model-dir", str(model_dir)]) == 0
@@ -267,3 +240,47 @@ def test_a_corrupted_mixed_graph_makes_only_that_model_503_while_iris_answers(
     assert _post(module, "/models/churn-skops/predict", key, {"features": row})["statusCode"] == 200
     iris = _post(module, "/models/iris/predict", key, {"features": [5.1, 3.5, 1.4, 0.2]})
     assert iris["statusCode"] == 200
+
+
+def test_the_openapi_document_with_the_mixed_model_is_valid_and_types_each_feature(
+    mixed: dict[str, Any],
+) -> None:
+    from openapi_spec_validator import validate
+
+    from mlmoat.openapi import openapi_document
+
+    document = openapi_document(
+        model_dir=str(mixed["model_dir"]), default_model="iris", max_rows=100
+    )
+    validate(document)
+    schema = document["components"]["schemas"]["PredictRequest_churn"]
+    row, named = schema["oneOf"][0]["properties"]["features"]["oneOf"]
+    assert [item["type"] for item in row["prefixItems"]] == ["number", "number", "string", "string"]
+    assert named["properties"]["plan"]["type"] == "string"
+    text = json.dumps(document)
+    assert "basic" not in text and "north" not in text  # the categories are not published
+
+
+def test_under_squeezing_the_mixed_rows_are_served_and_flagged_rows_counted(
+    mixed: dict[str, Any], handler_env: dict[str, str], admin: Any
+) -> None:
+    # the calibrated grid keeps each category index: squeezed rows are still valid categories
+    module = import_handler(
+        "handlers.predict",
+        {
+            **handler_env,
+            "SECURITY_MODEL_DIR": str(mixed["model_dir"]),
+            "SECURITY_SQUEEZE_POLICY": "flag",
+        },
+    )
+    key = new_key(admin, output_policy="probabilities:4", rate_limit="1000/minute")["api_key"]
+    rows = _rows(mixed["x_test"], mixed["manifest"])
+    labels: list[str] = []
+    for start in range(0, len(rows), 45):
+        response = _post(
+            module, "/models/churn/predict", key, {"instances": rows[start : start + 45]}
+        )
+        assert response["statusCode"] == 200, response_body(response)
+        labels += [p["label"] for p in response_body(response)["predictions"]]
+    accuracy = float(np.mean(np.asarray(labels) == np.asarray(mixed["y_test"])))
+    assert accuracy >= mixed["manifest"]["metrics"]["accuracy"] - 0.02

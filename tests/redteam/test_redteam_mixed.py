@@ -10,7 +10,6 @@ surrogates one-hot encode them.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +19,11 @@ pytest.importorskip("pandas")
 
 import joblib  # noqa: E402
 
+from mixedsupport import COLUMNS, churn_frame, churn_pipeline  # noqa: E402
 from mlmoat.models_cli import main as models_main  # noqa: E402
 from mlmoat.redteam.cases import load_cases  # noqa: E402
 from mlmoat.redteam.cli import main as redteam_main  # noqa: E402
 from mlmoat.redteam.traffic import data_rows, uniform_rows  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "handlers"))
-from test_mixed_model import COLUMNS, churn_frame, churn_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="module")
