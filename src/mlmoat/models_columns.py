@@ -259,7 +259,12 @@ def _column_names(columns: Any, names: list[str], kind: str) -> list[str]:
     selected = [columns] if isinstance(columns, str) else list(np.atleast_1d(columns))
     if all(isinstance(c, str) for c in selected):
         return [str(c) for c in selected]
+    # Positions (or a mask) into a DataFrame the pipeline was fitted on: its column names.
+    if names and all(isinstance(c, int | np.integer | bool | np.bool_) for c in selected):
+        if all(isinstance(c, bool | np.bool_) for c in selected):
+            return [name for name, keep in zip(names, selected, strict=True) if keep]
+        return [names[int(c)] for c in selected]
     raise ColumnsRefused(
-        f"{kind} selects its columns by position: fit the pipeline on a DataFrame and select "
-        "categorical columns by name (the CSV's header names them)"
+        f"{kind} selects its columns by position in an array: fit the pipeline on a DataFrame "
+        "(the CSV's header names its columns)"
     )
