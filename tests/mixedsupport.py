@@ -21,8 +21,9 @@ def churn_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(
         {
-            "Tenure months": rng.uniform(0, 72, n).round(1),
-            "spend": rng.uniform(10, 120, n).round(2),
+            # skewed and bell-shaped, as real tenure and spend are (uniform queries stand out)
+            "Tenure months": np.minimum(rng.exponential(18.0, n), 72.0).round(1),
+            "spend": np.clip(rng.normal(65.0, 15.0, n), 10.0, 120.0).round(2),
             "plan": rng.choice(["basic", "plus", "pro"], n),
             "region": rng.choice(["north", "south", "east", "west"], n),
         }
@@ -32,6 +33,7 @@ def churn_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
         + 0.02 * frame["spend"]
         + 1.5 * (frame["plan"] == "basic")
         - 1.0 * (frame["region"] == "west")
+        - 0.6
     )
     frame["churned"] = np.where(score + rng.normal(0, 0.5, n) > 0, "churn", "stay")
     return frame

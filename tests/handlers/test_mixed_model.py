@@ -58,6 +58,15 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
     data = models_import.read_csv(root / "churn.csv", target="churned", categories=categories)
     _, _, x_test, y_test = models_import.split(data, test=None, test_fraction=0.3, seed=3)
+    # the held-out rows the API accepts: inside the training envelope widened by its margin
+    # (the default 10 %; rows beyond it are refused by design: tests/unit/test_validation.py)
+    envelope = [manifest["envelope"][f] for f in manifest["feature_names"]]
+    low = np.asarray([e["min"] for e in envelope])
+    high = np.asarray([e["max"] for e in envelope])
+    width = np.where(high > low, high - low, 1.0)
+    inside = ((x_test >= low - 0.1 * width) & (x_test <= high + 0.1 * width)).all(axis=1)
+    assert inside.sum() >= 85  # of 90
+    x_test, y_test = x_test[inside], y_test[inside]
     return {
         "root": root,
         "model_dir": model_dir,
@@ -179,7 +188,7 @@ def test_the_mixed_model_answers_as_the_pipeline_by_name_and_positionally(
                 response = _post(served, f"/models/{model}/predict", key, {"instances": batch})
                 assert response["statusCode"] == 200, response_body(response)
                 answered += response_body(response)["predictions"]
-            assert len(answered) == len(rows) == 90
+            assert len(answered) == len(rows) >= 85
             got = np.asarray([[p["probabilities"][c] for c in CLASSES] for p in answered])
             assert np.abs(got - expected).max() <= 1e-5 + 5e-5  # parity + 4 decimals (key cap)
             assert [p["label"] for p in answered] == labels
