@@ -79,8 +79,11 @@ def test_the_quick_red_team_reports_on_the_mixed_model(
     # benign callers (real categories) are not flagged: no refusals, no poison messages
     assert figures["benign_false_flags"] == [None, None]
     assert all(rows > 0 for rows in figures["benign_rows_monitored"])
-    # the boundary-probing attacker is seen by the monitor
-    assert all(row is not None for row in figures["detection"]["boundary"])
+    # and the monitor, which sees every query (rows monitored, no poison messages), flags the
+    # attackers: the boundary prober and the uniform one, within the 300 quick rows
+    detection = figures["detection"]
+    assert any(row is not None for row in detection["boundary"])
+    assert any(row is not None for row in detection["uniform"] + detection["uniform_batches_of_10"])
     table = figures["robustness"]
     assert {"none", "squeeze flag", "squeeze refuse", "smoothing"} <= set(table)
     assert all(row["rows"] == 30 and len(row["success_ci"]) == 2 for row in table.values())
