@@ -249,7 +249,13 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         "feature_names": list(data.feature_names),
         "classes": list(classes),
         **(
-            {"categories": {data.feature_names[j]: list(v) for j, v in data.categories.items()}}
+            {
+                "categories": {data.feature_names[j]: list(v) for j, v in data.categories.items()},
+                "feature_types": {
+                    name: "categorical" if j in data.categories else "numeric"
+                    for j, name in enumerate(data.feature_names)
+                },
+            }
             if data.categories
             else {}
         ),

@@ -4,7 +4,11 @@ A manifest without a ``categories`` section describes a model whose features are
 (every manifest written before categorical features existed). With one, it maps each categorical
 feature's name to the list of its training categories (strings, in the fitted encoder's order)::
 
-    "categories": {"plan": ["basic", "plus", "pro"]}
+    "categories": {"plan": ["basic", "plus", "pro"]},
+    "feature_types": {"tenure": "numeric", "plan": "categorical"}
+
+``feature_types`` (optional, written by ``mlmoat models import`` beside ``categories``) names
+every feature's type; it must agree with ``categories``.
 
 Inside the security layer a row stays a float vector: a categorical feature is carried as its
 category's index in that list (``0.0 .. k-1``), so the envelope, squeezing, smoothing and the
@@ -26,6 +30,7 @@ __all__ = [
     "MAX_CATEGORIES",
     "MAX_CATEGORY_CHARS",
     "category_codes",
+    "check_feature_types",
     "encode_row",
     "parse_categories",
 ]
@@ -70,6 +75,22 @@ def parse_categories(
             _malformed(f"envelope.{name} is not the category indices 0..k-1")
         parsed[name] = tuple(categories)
     return MappingProxyType(parsed)
+
+
+def check_feature_types(
+    value: object, feature_names: Sequence[str], categories: Categories
+) -> None:
+    """Validate a manifest's optional ``feature_types`` against its ``categories``.
+
+    Raises:
+        ModelIntegrityError: (``manifest_malformed``) not exactly the features, each
+            ``numeric`` or ``categorical`` as ``categories`` says.
+    """
+    if value is None:
+        return
+    expected = {f: "categorical" if f in categories else "numeric" for f in feature_names}
+    if value != expected:
+        _malformed("feature_types does not match the features and their categories")
 
 
 def category_codes(categories: Sequence[str]) -> Mapping[str, float]:

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from security.errors import ModelIntegrityError
-from security.features import parse_categories
+from security.features import check_feature_types, parse_categories
 
 __all__ = ["MANIFEST_FILE", "FloatArray", "Manifest"]
 
@@ -48,6 +48,7 @@ _KNOWN_KEYS = frozenset(
         "dp_data_norm",
         "onnx",
         "categories",
+        "feature_types",
     }
 )
 
@@ -153,6 +154,8 @@ class Manifest:
         description = doc.get("description", "")
         if not isinstance(description, str):
             _malformed("description is not a string")
+        categories = parse_categories(doc.get("categories"), feature_names, bounds)
+        check_feature_types(doc.get("feature_types"), feature_names, categories)
         low_arr = np.array([bounds[f]["min"] for f in feature_names], dtype=np.float64)
         high_arr = np.array([bounds[f]["max"] for f in feature_names], dtype=np.float64)
         low_arr.flags.writeable = False
@@ -177,7 +180,7 @@ class Manifest:
             extra=MappingProxyType({k: v for k, v in doc.items() if k not in _KNOWN_KEYS}),
             envelope_min=low_arr,
             envelope_max=high_arr,
-            categories=parse_categories(doc.get("categories"), feature_names, bounds),
+            categories=categories,
         )
 
 

@@ -87,6 +87,12 @@ def test_the_manifest_records_each_feature_type_and_the_graph_is_the_same_from_b
         "plan": ["basic", "plus", "pro"],
         "region": ["east", "north", "south", "west"],
     }
+    assert manifest["feature_types"] == {
+        "tenure_months": "numeric",
+        "spend": "numeric",
+        "plan": "categorical",
+        "region": "categorical",
+    }
     assert manifest["envelope"]["plan"] == {"min": 0.0, "max": 2.0}
     assert manifest["envelope"]["tenure_months"]["max"] <= 72
     # one float input, as for a numeric model; joblib and skops give the same bytes

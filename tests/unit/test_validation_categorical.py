@@ -111,6 +111,12 @@ def _manifest(**changes: object) -> dict[str, object]:
 def test_the_manifest_parses_categories_and_a_manifest_without_them_is_all_numeric() -> None:
     manifest = Manifest.from_dict(_manifest())
     assert manifest.categories == {"plan": ("basic", "plus", "pro")}
+    types = {"tenure": "numeric", "plan": "categorical", "spend": "numeric"}
+    assert Manifest.from_dict(_manifest(feature_types=types)).categories == manifest.categories
+    for wrong in ({**types, "plan": "numeric"}, {**types, "spend": "categorical"}, {"plan": "x"}):
+        with pytest.raises(ModelIntegrityError) as caught:
+            Manifest.from_dict(_manifest(feature_types=wrong))
+        assert caught.value.reason == "manifest_malformed"
     legacy = _manifest(envelope={**ENVELOPE, "plan": {"min": 0, "max": 5}})
     del legacy["categories"]
     assert dict(Manifest.from_dict(legacy).categories) == {}
