@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from mlmoat.models_columns import FrameEstimator
+
 _REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
@@ -189,38 +191,50 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
     except ModelIntegrityError as exc:
         raise mi.ImportRefused(f"settings: {exc.detail}") from exc
     features = [f.strip() for f in args.features.split(",")] if args.features else None
-    data = mi.read_csv(args.data, target=args.target, features=features)
-    test = (
-        mi.read_csv(args.test_data, target=args.target, features=list(data.columns))
-        if args.test_data
-        else None
-    )
-    loaded = None
-    if args.estimator is not None:
-        trust = [t.strip() for t in args.trust.split(",") if t.strip()]
-        loaded = mi.load_estimator(args.estimator, allow_pickle=args.allow_pickle, trust=trust)
-        from mlmoat import models_regress as mr
-
-        if mr.is_regressor(loaded[0]):
-            return mr.import_regressor(args, data, test, *loaded, own)
-    x_train, y_train, x_test, y_test = mi.split(
-        data, test=test, test_fraction=args.test_fraction, seed=args.seed
-    )
-    lower, upper = x_train.min(axis=0), x_train.max(axis=0)
-    description = args.description or f"Imported from {data.file_name} (target {args.target})."
     estimator: Any | None = None
     adversarial: dict[str, Any] | None = None
     if args.adversarial and args.estimator is None:
         raise mi.ImportRefused("--adversarial re-fits the estimator: give it with --estimator")
-    if loaded is not None:
-        estimator, fmt = loaded
+    if args.estimator is not None:
+        trust = [t.strip() for t in args.trust.split(",") if t.strip()]
+        estimator, fmt = mi.load_estimator(
+            args.estimator, allow_pickle=args.allow_pickle, trust=trust
+        )
+    data, test, found = _read_data(args, features, estimator)
+    if estimator is not None:
+        from mlmoat import models_regress as mr
+
+        if mr.is_regressor(estimator):
+            if found:
+                raise mi.ImportRefused(
+                    "a regressor with categorical columns is not imported yet: categorical "
+                    "features are supported for classifiers"
+                )
+            return mr.import_regressor(args, data, test, estimator, fmt, own)
+    x_train, y_train, x_test, y_test = mi.split(
+        data, test=test, test_fraction=args.test_fraction, seed=args.seed
+    )
+    lower, upper = x_train.min(axis=0), x_train.max(axis=0)
+    for j, values in data.categories.items():  # category indices: exactly 0..k-1
+        lower[j], upper[j] = 0.0, float(len(values) - 1)
+    description = args.description or f"Imported from {data.file_name} (target {args.target})."
+    # The parity reference: the pipeline itself, fed DataFrames when it has categorical columns.
+    reference: Any = None
+    if estimator is not None:
         classes = mi.check_classifier(estimator, len(data.columns))
+        reference = FrameEstimator(estimator, data.columns, data.categories) if found else estimator
+        if args.adversarial and found:
+            raise mi.ImportRefused("--adversarial supports numeric features only")
         if args.adversarial:
             estimator, adversarial = _adversarial(
                 estimator, args.seed, x_train, y_train, x_test, y_test
             )
             description += f" Adversarially trained ({adversarial['attack']})."
-        onnx_bytes = mi.convert(args.name, estimator, len(data.columns), len(classes), description)
+            reference = estimator
+        mixed = {"data": data} if data.categories else {}
+        onnx_bytes = mi.convert(
+            args.name, estimator, len(data.columns), len(classes), description, **mixed
+        )
         source_name = args.estimator.name
     else:
         fmt, source_name = "onnx", args.onnx.name
@@ -229,7 +243,7 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
     input_name, label_out, proba_out = mi.onnx_outputs(onnx_bytes, len(data.columns), len(classes))
     proba_test = mi.onnx_probabilities(onnx_bytes, input_name, proba_out, x_test)
     if estimator is not None:
-        failures = mi.parity_failures(estimator, proba_test, x_test, classes)
+        failures = mi.parity_failures(reference, proba_test, x_test, classes)
         if failures:
             raise mi.ImportRefused(
                 f"the ONNX graph disagrees with the estimator on {len(failures)} held-out rows "
@@ -250,6 +264,17 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         "framework": _framework(onnx_bytes, ONNX_OPSETS, _opsets_of, imported=fmt),
         "feature_names": list(data.feature_names),
         "classes": list(classes),
+        **(
+            {
+                "categories": {data.feature_names[j]: list(v) for j, v in data.categories.items()},
+                "feature_types": {
+                    name: "categorical" if j in data.categories else "numeric"
+                    for j, name in enumerate(data.feature_names)
+                },
+            }
+            if data.categories
+            else {}
+        ),
         "envelope": {
             name: {"min": float(lower[i]), "max": float(upper[i])}
             for i, name in enumerate(data.feature_names)
@@ -280,11 +305,12 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
             adversarial["undefended_accuracy"] - accuracy
         )
     manifest["parity"] = mi.parity_sample(
-        estimator,
+        reference,
         lambda rows: mi.onnx_probabilities(onnx_bytes, input_name, proba_out, rows),
         lower,
         upper,
         args.seed,
+        categorical=sorted(data.categories),
     )
     served = ServedModel(Manifest.from_dict(json.loads(manifest_bytes(manifest))), onnx_bytes)
     case = ModelCase(
@@ -298,6 +324,7 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         y_train=np.asarray([str(v) for v in y_train]),
         x_test=x_test,
         y_test=np.asarray([str(v) for v in y_test]),
+        categorical=tuple(sorted(data.categories)),
     )
     defences = calibrate_case(case)
     from mlmoat.redteam.budget import recommend
@@ -317,6 +344,7 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         "format": fmt,
         # In the model's order: feature name (the API's) <- CSV column.
         "features": [[n, c] for n, c in zip(data.feature_names, data.columns, strict=True)],
+        "categorical": [data.feature_names[j] for j in sorted(data.categories)],
         "classes": list(classes),
         "accuracy": manifest["metrics"]["accuracy"],
         "n_train": manifest["metrics"]["n_train"],
@@ -353,6 +381,36 @@ def stage_model(
             shutil.rmtree(target_dir)
         staged.rename(target_dir)
     return target_dir
+
+
+def _read_data(
+    args: argparse.Namespace, features: list[str] | None, estimator: Any | None
+) -> tuple[Any, Any, dict[str, tuple[str, ...]]]:
+    """The CSV (and held-out CSV), its categorical columns read as the estimator's encoders'
+    categories (``mlmoat.models_columns``); returns them and those categories by column."""
+    from mlmoat import models_import as mi
+    from mlmoat.models_columns import ColumnsRefused, check_categories, encoder_categories
+
+    try:
+        found = encoder_categories(estimator) if estimator is not None else {}
+    except ColumnsRefused as exc:
+        raise mi.ImportRefused(str(exc)) from exc
+    data = mi.read_csv(args.data, target=args.target, features=features, categories=found)
+    missing = sorted(set(found) - set(data.columns))
+    if missing:
+        raise mi.ImportRefused(f"the estimator encodes columns the features lack: {missing}")
+    test = (
+        mi.read_csv(
+            args.test_data, target=args.target, features=list(data.columns), categories=found
+        )
+        if args.test_data
+        else None
+    )
+    try:
+        check_categories(data.x, data.columns, found)
+    except ColumnsRefused as exc:
+        raise mi.ImportRefused(str(exc)) from exc
+    return data, test, found
 
 
 def _adversarial(

@@ -29,8 +29,8 @@ import csv
 import hashlib
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,11 @@ class ImportRefused(ValueError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """A CSV's numeric feature columns (normalised names, in order) and its target column."""
+    """A CSV's feature columns (normalised names, in order) and its target column.
+
+    ``x`` is float: a categorical column (``categories``: column index -> its categories) holds
+    each value's category index (``mlmoat.models_columns``).
+    """
 
     feature_names: tuple[str, ...]
     columns: tuple[str, ...]
@@ -57,6 +61,7 @@ class Dataset:
     y: np.ndarray
     sha256: str
     file_name: str
+    categories: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 def safe_names(columns: Sequence[str]) -> tuple[str, ...]:
@@ -73,12 +78,22 @@ def safe_names(columns: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def read_csv(path: Path, *, target: str, features: Sequence[str] | None = None) -> Dataset:
+def read_csv(
+    path: Path,
+    *,
+    target: str,
+    features: Sequence[str] | None = None,
+    categories: Mapping[str, Sequence[str]] | None = None,
+) -> Dataset:
     """Read a CSV with a header row: ``features`` (default: every column but ``target``).
 
+    A column named in ``categories`` is categorical: kept as strings, each one of its
+    categories, stored as its index. Every other column must be numbers.
+
     Raises:
-        ImportRefused: no such file or column, a non-numeric or non-finite feature value (the
-            row and column are named), too few rows.
+        ImportRefused: no such file or column, a non-numeric or non-finite value in a numeric
+            column, a value outside a categorical column's categories (the row and column are
+            named), too few rows.
     """
     try:
         raw = path.read_bytes()
@@ -100,6 +115,11 @@ def read_csv(path: Path, *, target: str, features: Sequence[str] | None = None) 
         )
     index = [header.index(c) for c in chosen]
     target_index = header.index(target)
+    lookup = {
+        j: {value: i for i, value in enumerate(categories[c])}
+        for j, c in enumerate(chosen)
+        if categories and c in categories
+    }
     x = np.empty((len(rows) - 1, len(chosen)), dtype=np.float64)
     y: list[str] = []
     for r, row in enumerate(rows[1:], start=2):
@@ -108,11 +128,21 @@ def read_csv(path: Path, *, target: str, features: Sequence[str] | None = None) 
                 f"{path.name}, line {r}: {len(row)} fields, header has {len(header)}"
             )
         for j, i in enumerate(index):
+            if j in lookup:
+                if row[i] not in lookup[j]:
+                    raise ImportRefused(
+                        f"{path.name}, line {r}: column {chosen[j]!r} holds a value its "
+                        "encoder was not fitted on"
+                    )
+                x[r - 2, j] = lookup[j][row[i]]
+                continue
             try:
                 value = float(row[i])
             except ValueError:
                 raise ImportRefused(
-                    f"{path.name}, line {r}: column {chosen[j]!r} is not a number"
+                    f"{path.name}, line {r}: column {chosen[j]!r} is not a number (a "
+                    "categorical column needs a OneHotEncoder or OrdinalEncoder in the "
+                    "estimator's ColumnTransformer)"
                 ) from None
             if not math.isfinite(value):
                 raise ImportRefused(f"{path.name}, line {r}: column {chosen[j]!r} is not finite")
@@ -125,6 +155,7 @@ def read_csv(path: Path, *, target: str, features: Sequence[str] | None = None) 
         y=np.asarray(y, dtype=object),
         sha256=hashlib.sha256(raw).hexdigest(),
         file_name=path.name,
+        categories={j: tuple(categories[chosen[j]]) for j in lookup} if categories else {},
     )
 
 
@@ -256,16 +287,28 @@ def split_record(
     }
 
 
-def convert(name: str, estimator: Any, n_features: int, n_classes: int, description: str) -> bytes:
-    """skl2onnx at the pinned opsets, deterministic bytes (``mlmoat.train.export_onnx``).
+def convert(
+    name: str,
+    estimator: Any,
+    n_features: int,
+    n_classes: int,
+    description: str,
+    *,
+    data: Dataset | None = None,
+) -> bytes:
+    """skl2onnx at the pinned opsets, deterministic bytes (``mlmoat.train.export_onnx``); with
+    categorical columns in ``data``, one float input all the same (``mlmoat.models_columns``).
 
     Raises:
         ImportRefused: skl2onnx cannot convert a step (the message names it).
     """
+    from mlmoat.models_columns import export_mixed
     from mlmoat.train import export_onnx
 
     meta = {"description": description, "mlmoat.model": name}
     try:
+        if data is not None and data.categories:
+            return export_mixed(name, estimator, data.columns, data.categories, n_classes, meta)
         return export_onnx(name, estimator, n_features, n_classes, meta)
     except CONVERSION_ERRORS as exc:
         raise conversion_refused(estimator, exc) from exc
@@ -362,10 +405,15 @@ def parity_sample(
     lower: np.ndarray,
     upper: np.ndarray,
     seed: int,
+    categorical: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Rows uniform in the envelope with the reference probabilities (estimator's, else graph's)."""
+    """Rows uniform in the envelope with the reference probabilities (estimator's, else graph's);
+    a categorical feature's index uniform among its categories."""
     rng = np.random.default_rng(seed)
     rows = rng.uniform(lower, upper, size=(PARITY_SAMPLE_ROWS, lower.shape[0]))
+    for j in categorical:
+        top = upper[j]
+        rows[:, j] = np.minimum(np.floor(rows[:, j] * (top + 1) / max(top, 1.0)), top)
     rows = np.asarray(rows, dtype=np.float32).astype(np.float64)
     reference = estimator.predict_proba(rows) if estimator is not None else onnx_proba_of(rows)
     return {

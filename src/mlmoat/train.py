@@ -278,11 +278,22 @@ def _register_dp_converter() -> None:
 
 
 def export_onnx(
-    name: str, estimator: Any, n_features: int, n_classes: int, meta: dict[str, str]
+    name: str,
+    estimator: Any,
+    n_features: int,
+    n_classes: int,
+    meta: dict[str, str],
+    *,
+    initial_types: list[tuple[str, Any]] | None = None,
+    prepare: Any = None,
 ) -> bytes:
     """Convert a fitted classifier with skl2onnx: float32 input ``features``, outputs ``label``
     (string or int64, as the classes) and ``probabilities``, pinned opsets, no ZipMap, and
-    deterministic bytes (no producer timestamp, sorted opsets and metadata)."""
+    deterministic bytes (no producer timestamp, sorted opsets and metadata).
+
+    ``initial_types`` replaces the one float input (one input per column of a pipeline with
+    categorical columns); ``prepare(model)`` then rewrites the converted graph before it is
+    checked and serialised (``mlmoat.models_columns`` puts the float input back in front)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import (  # type: ignore[import-untyped]
         FloatTensorType,
@@ -295,7 +306,7 @@ def export_onnx(
     model = convert_sklearn(
         estimator,
         name=f"mlmoat_{name.replace('-', '_')}",
-        initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+        initial_types=initial_types or [(INPUT_NAME, FloatTensorType([None, n_features]))],
         final_types=[
             (LABEL_OUTPUT, label_type([None])),
             (PROBA_OUTPUT, FloatTensorType([None, n_classes])),
@@ -303,6 +314,8 @@ def export_onnx(
         target_opset=dict(ONNX_OPSETS),
         options={id(estimator): {"zipmap": False}},
     )
+    if prepare is not None:
+        prepare(model)
     return deterministic_bytes(model, meta)
 
 

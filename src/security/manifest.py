@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from security.errors import ModelIntegrityError
+from security.features import check_feature_types, parse_categories
 
 __all__ = ["MANIFEST_FILE", "FloatArray", "Manifest"]
 
@@ -48,6 +49,8 @@ _KNOWN_KEYS = frozenset(
         "onnx",
         "kind",
         "target",
+        "categories",
+        "feature_types",
     }
 )
 #: What a model outputs: a classifier's classes and probabilities, or a regressor's value.
@@ -88,6 +91,8 @@ class Manifest:
     # The envelope as arrays in feature order, for vectorised checks (read-only views).
     envelope_min: FloatArray = field(compare=False, repr=False)
     envelope_max: FloatArray = field(compare=False, repr=False)
+    # Categorical features and their categories (``security.features``); empty: all numeric.
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def n_features(self) -> int:
@@ -166,6 +171,8 @@ class Manifest:
         description = doc.get("description", "")
         if not isinstance(description, str):
             _malformed("description is not a string")
+        categories = parse_categories(doc.get("categories"), feature_names, bounds)
+        check_feature_types(doc.get("feature_types"), feature_names, categories)
         low_arr = np.array([bounds[f]["min"] for f in feature_names], dtype=np.float64)
         high_arr = np.array([bounds[f]["max"] for f in feature_names], dtype=np.float64)
         low_arr.flags.writeable = False
@@ -193,6 +200,7 @@ class Manifest:
             target_range=target_range,
             envelope_min=low_arr,
             envelope_max=high_arr,
+            categories=categories,
         )
 
 

@@ -61,7 +61,9 @@ class SmoothingConfig:
 
     ``width`` is each feature's training range: the normalised space is ``x / width`` (up to an
     offset noise does not see), in which the noise has scale ``sigma``; ``alpha`` is the radius
-    bound's error level.
+    bound's error level. ``fixed`` lists the features noise never touches: a model's
+    categorical features (category indices, ``security.features``), so smoothing never invents
+    a category; the certified radius is then one in the numeric features' subspace.
     """
 
     model: str
@@ -71,6 +73,7 @@ class SmoothingConfig:
     sigma: float
     alpha: float
     width: tuple[float, ...]
+    fixed: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SmoothingConfig:
@@ -88,6 +91,7 @@ class SmoothingConfig:
                 sigma=float(data["sigma"]),
                 alpha=float(data["alpha"]),
                 width=tuple(float(v) for v in data["width"]),
+                fixed=tuple(int(v) for v in data.get("fixed", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed smoothing section: {exc}") from exc
@@ -99,6 +103,8 @@ class SmoothingConfig:
             raise ValueError("smoothing alpha must be in (0, 0.5)")
         if not config.width or not all(math.isfinite(v) and v > 0 for v in config.width):
             raise ValueError("width must be non-empty, every entry finite and positive")
+        if any(not 0 <= j < len(config.width) for j in config.fixed):
+            raise ValueError("fixed must list feature indices")
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,12 +117,16 @@ class SmoothingConfig:
             "sigma": self.sigma,
             "alpha": self.alpha,
             "width": list(self.width),
+            **({"fixed": list(self.fixed)} if self.fixed else {}),
         }
 
     def noisy_copies(self, rows: npt.NDArray[Any], secret: bytes) -> FloatArray:
         """The ``n`` keyed noisy copies of each row, shape ``(rows * n, features)``, row-major."""
         values = np.atleast_2d(np.asarray(rows, dtype=np.float64))
         width = np.asarray(self.width, dtype=np.float64)
+        if self.fixed:
+            width = width.copy()
+            width[list(self.fixed)] = 0.0
         noise = row_noise(values, secret, self.n) * self.sigma
         copies: FloatArray = values[:, None, :] + noise * width
         return copies.reshape(-1, values.shape[1])

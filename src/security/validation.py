@@ -20,10 +20,18 @@ too_many_rows          413    more rows than ``settings.max_rows``
 wrong_feature_count    422    a row (array) does not have exactly the model's feature count
 unknown_feature        422    a row (object) names a feature the model does not have
 missing_feature        422    a row (object) does not name every feature of the model
-not_a_number           422    a feature is a string, boolean, null, array or object
+not_a_number           422    a numeric feature is a string, boolean, null, array or object
+not_a_category         422    a categorical feature is not a string (a number, boolean, null...)
+string_too_long        422    a categorical feature's string is longer than any category can be
+unknown_category       422    a categorical feature's string is not one of its training categories
 non_finite_number      422    ``NaN`` / ``Infinity`` literals, or a number that overflows (1e309)
 outside_envelope       422    a feature lies outside the training envelope widened by the margin
 ====================  ======  ==============================================================
+
+A model with categorical features (``security.features``) takes each of them as a string from
+its training categories, positionally or by name; the row goes on as floats, the category
+replaced by its index. The envelope applies to the numeric features only (a category index is
+always inside ``0 .. k-1``).
 
 The envelope: for a feature seen in training between ``min`` and ``max``, a value is accepted when
 ``min - m*w <= x <= max + m*w`` where ``w = max - min`` (or ``max(|max|, 1)`` for a constant
@@ -55,6 +63,7 @@ from security.errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from security.features import MAX_CATEGORY_CHARS, category_codes, encode_row
 
 # {"instances": [[...]]} nests three deep; anything deeper is not a request we could accept.
 _MAX_DEPTH = 3
@@ -74,14 +83,17 @@ RULE_MESSAGES: dict[str, str] = {
     "wrong_root_type": "The request body must be a JSON object.",
     "unknown_field": "The request body has a field this API does not accept.",
     "missing_field": "The request body must have exactly one of 'features' or 'instances'.",
-    "not_a_list": "'features' must be an array of numbers (or an object of them by feature name) "
-    "and 'instances' an array of such rows.",
+    "not_a_list": "'features' must be an array of feature values (or an object of them by "
+    "feature name) and 'instances' an array of such rows.",
     "empty_batch": "'instances' must contain at least one row.",
     "too_many_rows": "The batch has more rows than this API accepts.",
     "wrong_feature_count": "Each row must have exactly the model's number of features.",
     "unknown_feature": "A row names a feature this model does not have.",
     "missing_feature": "A row given by name must name every feature of the model.",
-    "not_a_number": "Every feature must be a JSON number (not a string, boolean or null).",
+    "not_a_number": "Every numeric feature must be a JSON number (not a string, boolean or null).",
+    "not_a_category": "A categorical feature must be given as a string.",
+    "string_too_long": "A categorical feature's string is longer than this model accepts.",
+    "unknown_category": "A categorical feature is not one of the categories this model accepts.",
     "non_finite_number": "Every feature must be a finite number (no NaN, Infinity or overflow).",
     "outside_envelope": "A feature is outside the range this model accepts.",
 }
@@ -102,6 +114,8 @@ class FeatureBound:
     name: str
     low: float
     high: float
+    # A categorical feature: each category string -> its index (``None``: a numeric feature).
+    codes: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +145,16 @@ class FeatureSchema:
         """Feature names in the order the model expects them."""
         return tuple(bound.name for bound in self.bounds)
 
+    @property
+    def codes(self) -> tuple[Mapping[str, float] | None, ...]:
+        """Per feature, its category lookup (``None`` for a numeric feature)."""
+        return tuple(bound.codes for bound in self.bounds)
+
+    @property
+    def categorical(self) -> bool:
+        """Whether any feature is categorical (taken as a string)."""
+        return any(bound.codes is not None for bound in self.bounds)
+
     @classmethod
     def from_manifest(
         cls,
@@ -139,10 +163,12 @@ class FeatureSchema:
         envelope: Mapping[str, Mapping[str, float]] | Sequence[Mapping[str, float]],
         *,
         margin: float,
+        categories: Mapping[str, Sequence[str]] | None = None,
     ) -> FeatureSchema:
         """Build the schema from a manifest's feature names and per-feature ``min``/``max``.
 
-        ``envelope`` is either keyed by feature name or a list aligned with ``feature_names``.
+        ``envelope`` is either keyed by feature name or a list aligned with ``feature_names``;
+        ``categories`` names the categorical features and their categories (in index order).
 
         Raises:
             ValueError: the envelope does not cover every feature, or a bound is not finite.
@@ -160,6 +186,11 @@ class FeatureSchema:
             low, high = float(entry["min"]), float(entry["max"])
             if not (math.isfinite(low) and math.isfinite(high)) or low > high:
                 raise ValueError(f"envelope of feature {name!r} is not a finite range")
+            if categories and name in categories:
+                # Category indices: exactly 0..k-1, no margin (validation produced them).
+                codes = category_codes(categories[name])
+                bounds.append(FeatureBound(name, 0.0, float(len(codes) - 1), codes))
+                continue
             width = high - low if high > low else max(abs(high), 1.0)
             bounds.append(FeatureBound(name, low - margin * width, high + margin * width))
         if not bounds:
@@ -168,18 +199,29 @@ class FeatureSchema:
 
     def json_schema(self) -> dict[str, Any]:
         """The request body as JSON Schema (for OpenAPI); the envelope itself is not published."""
+        types = [
+            {"type": "number"}
+            if bound.codes is None
+            else {"type": "string", "minLength": 1, "maxLength": MAX_CATEGORY_CHARS}
+            for bound in self.bounds
+        ]
+        # Positional rows: one item schema per position when the types differ (JSON Schema
+        # 2020-12 ``prefixItems``, OpenAPI 3.1); the categories themselves are not published.
+        items: dict[str, Any] = (
+            {"prefixItems": types, "items": False} if self.categorical else {"items": types[0]}
+        )
         row: dict[str, Any] = {
             "oneOf": [
                 {
                     "type": "array",
-                    "items": {"type": "number"},
+                    **items,
                     "minItems": self.n_features,
                     "maxItems": self.n_features,
                     "description": "Feature values in this order: " + ", ".join(self.feature_names),
                 },
                 {
                     "type": "object",
-                    "properties": {name: {"type": "number"} for name in self.feature_names},
+                    "properties": dict(zip(self.feature_names, types, strict=True)),
                     "required": list(self.feature_names),
                     "additionalProperties": False,
                     "description": "Feature values by name",
@@ -306,7 +348,9 @@ def parse_json_body(body: bytes, *, max_body_bytes: int) -> Any:
         raise MalformedBodyError("malformed_body", detail=type(exc).__name__) from exc
 
 
-def _row(values: Any, names: tuple[str, ...]) -> list[Any]:
+def _row(
+    values: Any, names: tuple[str, ...], codes: tuple[Mapping[str, float] | None, ...] | None
+) -> list[Any]:
     # A row is positional (``[5.1, 3.5, ...]``) or by feature name (``{"sepal_length_cm": 5.1}``).
     if isinstance(values, dict):
         if set(values) - set(names):
@@ -318,6 +362,8 @@ def _row(values: Any, names: tuple[str, ...]) -> list[Any]:
         raise InvalidPayloadError("not_a_list")
     if len(values) != len(names):
         raise InvalidPayloadError("wrong_feature_count")
+    if codes is not None:
+        return encode_row(values, codes)
     # Exact types: bool is a subclass of int and must not be coerced to 1.0.
     if not all(type(value) is float or type(value) is int for value in values):
         raise InvalidPayloadError("not_a_number")
@@ -340,8 +386,9 @@ def validate_document(document: Any, schema: FeatureSchema, *, max_rows: int) ->
     if len(document) != 1:
         raise InvalidPayloadError("missing_field")
     names = schema.feature_names
+    codes = schema.codes if schema.categorical else None
     if "features" in document:
-        rows = [_row(document["features"], names)]
+        rows = [_row(document["features"], names, codes)]
         shape: Literal["features", "instances"] = "features"
     else:
         instances = document["instances"]
@@ -351,7 +398,7 @@ def validate_document(document: Any, schema: FeatureSchema, *, max_rows: int) ->
             raise InvalidPayloadError("empty_batch")
         if len(instances) > max_rows:
             raise PayloadTooLargeError("too_many_rows")
-        rows = [_row(values, names) for values in instances]
+        rows = [_row(values, names, codes) for values in instances]
         shape = "instances"
     matrix = np.asarray(rows, dtype=np.float64)
     if not np.isfinite(matrix).all():  # 1e309 parses to inf: refused here, not coerced

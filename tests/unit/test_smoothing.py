@@ -203,3 +203,18 @@ def test_the_smoothing_secret_setting_is_validated_and_never_shown() -> None:
     # unset: a random key of 32 bytes, different per process start (here: per read)
     first, second = Settings.from_env(env), Settings.from_env(env)
     assert len(first.smoothing_secret) == 32 and first.smoothing_secret != second.smoothing_secret
+
+
+def test_fixed_features_get_no_noise_and_the_section_round_trips() -> None:
+    # a categorical feature (a category index) is never moved to another category by the noise
+    config = SmoothingConfig("m", "m-1", True, 16, 0.3, 0.001, (1.0, 2.0, 3.0), fixed=(1,))
+    rows = np.array([[0.5, 2.0, 1.0], [0.1, 0.0, 2.0]])
+    copies = config.noisy_copies(rows, SECRET).reshape(2, 16, 3)
+    assert (copies[:, :, 1] == rows[:, None, 1]).all()
+    assert (copies[:, :, 0] != rows[:, None, 0]).all() and (
+        copies[:, :, 2] != rows[:, None, 2]
+    ).all()
+    assert SmoothingConfig.from_dict(config.to_dict()) == config
+    assert "fixed" not in dataclasses.replace(config, fixed=()).to_dict()  # old files unchanged
+    with pytest.raises(ValueError, match="fixed"):
+        SmoothingConfig.from_dict({**config.to_dict(), "fixed": [3]})

@@ -63,10 +63,35 @@ def attack_stream(
     return rows, np.asarray(answers[:count])
 
 
-def train_surrogate(rows: np.ndarray, seen: np.ndarray, *, soft: bool, n_classes: int) -> Any:
-    """Fit a surrogate: on labels, or on the visible probabilities (soft labels as weights)."""
+def train_surrogate(
+    rows: np.ndarray,
+    seen: np.ndarray,
+    *,
+    soft: bool,
+    n_classes: int,
+    categories: dict[int, int] | None = None,
+) -> Any:
+    """Fit a surrogate: on labels, or on the visible probabilities (soft labels as weights).
+
+    ``categories`` (feature index -> its number of categories) one-hot encodes the categorical
+    features, as the attacker who knows the categories would; the others are standardised.
+    """
     labels = seen.argmax(axis=1)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=10.0, max_iter=2000))
+    scaler: Any = StandardScaler()
+    if categories:
+        from sklearn.compose import ColumnTransformer  # type: ignore[import-untyped]
+        from sklearn.preprocessing import OneHotEncoder
+
+        cat = sorted(categories)
+        codes = [np.arange(categories[j], dtype=np.float64) for j in cat]
+        numeric = [j for j in range(rows.shape[1]) if j not in categories]
+        scaler = ColumnTransformer(
+            [
+                ("categories", OneHotEncoder(categories=codes, handle_unknown="ignore"), cat),
+                ("numeric", StandardScaler(), numeric),
+            ]
+        )
+    model = make_pipeline(scaler, LogisticRegression(C=10.0, max_iter=2000))
     if np.unique(labels).size < 2:
         return _Constant(int(labels[0]) if labels.size else 0)
     if not soft or np.all(seen.max(axis=1) == 1.0):
@@ -101,10 +126,13 @@ def extraction_curve(
     rng = np.random.default_rng(seed)
     rows, seen = attack_stream(kind, target, max(counts), rng)
     n_classes = len(target.case.classes)
+    categories = target.case.category_counts
     curve: dict[str, list[float]] = {"label": [], "probabilities": []}
     for count in counts:
         for soft, key in ((False, "label"), (True, "probabilities")):
-            surrogate = train_surrogate(rows[:count], seen[:count], soft=soft, n_classes=n_classes)
+            surrogate = train_surrogate(
+                rows[:count], seen[:count], soft=soft, n_classes=n_classes, categories=categories
+            )
             curve[key].append(fidelity(target.case, surrogate))
     return curve
 

@@ -70,7 +70,9 @@ def calibrate_smoothing(
 
     def config(sigma: float, n: int, enabled: bool = False) -> SmoothingConfig:
         width = tuple(float(w) for w in case.domain.width)
-        return SmoothingConfig(case.name, case.version, enabled, n, sigma, SMOOTHING_ALPHA, width)
+        return SmoothingConfig(
+            case.name, case.version, enabled, n, sigma, SMOOTHING_ALPHA, width, case.categorical
+        )
 
     most = N_CANDIDATES[-1]
     by_sigma: dict[float, float] = {}
@@ -130,6 +132,25 @@ def calibrate_smoothing(
     return config(sigma, chosen_n, enabled=helps), info
 
 
+def squeeze_grid(case: ModelCase, levels: int) -> SqueezeConfig:
+    """A grid of ``levels`` cells per numeric feature; a categorical feature keeps its
+    category index (origin 0, step 1: squeezing never moves it to another category)."""
+    config = SqueezeConfig.from_envelope(
+        model=case.name,
+        model_version=case.version,
+        lower=case.lower.tolist(),
+        upper=case.upper.tolist(),
+        levels=levels,
+        threshold=2.0,
+    )
+    if not case.categorical:
+        return config
+    origin, step = list(config.origin), list(config.step)
+    for j in case.categorical:
+        origin[j], step[j] = 0.0, 1.0
+    return SqueezeConfig(case.name, case.version, tuple(origin), tuple(step), config.threshold)
+
+
 def calibrate_squeeze(
     case: ModelCase, *, seed: int = CALIBRATION_SEED
 ) -> tuple[SqueezeConfig, dict[str, Any]]:
@@ -139,14 +160,7 @@ def calibrate_squeeze(
     chosen = LEVEL_CANDIDATES[-1]
     accuracies: dict[int, float] = {}
     for levels in LEVEL_CANDIDATES:
-        config = SqueezeConfig.from_envelope(
-            model=case.name,
-            model_version=case.version,
-            lower=case.lower.tolist(),
-            upper=case.upper.tolist(),
-            levels=levels,
-            threshold=2.0,
-        )
+        config = squeeze_grid(case, levels)
         squeezed = case.predict_proba(config.squeeze(case.x_test)).argmax(axis=1)
         accuracies[levels] = float((squeezed == y_test).mean())
     # The coarsest grid such that it and every finer candidate keep accuracy: a single lucky
@@ -158,14 +172,7 @@ def calibrate_squeeze(
             break
     rng = np.random.default_rng(seed)
     calib = np.vstack([case.x_test, benign_rows(case.x_test, case.domain, 2000, rng)])
-    config = SqueezeConfig.from_envelope(
-        model=case.name,
-        model_version=case.version,
-        lower=case.lower.tolist(),
-        upper=case.upper.tolist(),
-        levels=chosen,
-        threshold=2.0,
-    )
+    config = squeeze_grid(case, chosen)
     raw_p = case.predict_proba(calib)
     sq_p = case.predict_proba(config.squeeze(calib))
     scores = np.abs(raw_p - sq_p).sum(axis=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,34 @@ class ModelCase:
     x_test: np.ndarray
     y_test: np.ndarray
     dp_epsilon: float | None = None
+    # Indices of the categorical features (values are category indices 0..k-1).
+    categorical: tuple[int, ...] = ()
+    # Their categories (feature index -> names, in index order): what the API is sent.
+    category_names: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def domain(self) -> Domain:
         """The input space as the callers see it."""
-        return Domain(self.lower, self.upper, self.x_train.std(axis=0) + 1e-12)
+        std = self.x_train.std(axis=0) + 1e-12
+        return Domain(self.lower, self.upper, std, categorical=self.categorical)
+
+    @property
+    def category_counts(self) -> dict[int, int]:
+        """Each categorical feature's index -> its number of categories."""
+        return {j: int(self.upper[j]) + 1 for j in self.categorical}
+
+    def wire_rows(self, rows: np.ndarray) -> list[list[Any]]:
+        """Rows as a request carries them: a categorical feature as its category string."""
+        snapped = self.domain.snap(np.atleast_2d(rows))
+        if not self.category_names:
+            return list(snapped.tolist())
+        return [
+            [
+                self.category_names[j][int(v)] if j in self.category_names else v
+                for j, v in enumerate(row)
+            ]
+            for row in snapped.tolist()
+        ]
 
     def label_index(self, labels: np.ndarray) -> np.ndarray:
         """Class labels (strings) to class indices."""
@@ -93,6 +116,12 @@ def load_cases(
                 x_test=x_test,
                 y_test=y_test,
                 dp_epsilon=manifest.get("dp_epsilon"),
+                categorical=categorical_indices(manifest),
+                category_names={
+                    i: tuple(manifest["categories"][f])
+                    for i, f in enumerate(manifest["feature_names"])
+                    if f in (manifest.get("categories") or {})
+                },
             )
         )
     return cases
@@ -119,6 +148,12 @@ def _regressor_case(
     )
 
 
+def categorical_indices(manifest: dict[str, Any]) -> tuple[int, ...]:
+    """The positions of a manifest's categorical features (``security.features``)."""
+    categories = manifest.get("categories") or {}
+    return tuple(i for i, f in enumerate(manifest["feature_names"]) if f in categories)
+
+
 def imported_split(
     manifest: dict[str, Any], path: Path | None, *, regressor: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -132,7 +167,11 @@ def imported_split(
             f"{name} was imported from {split['file']}: give it with --data {name}=FILE"
         )
     columns = [split["columns"][feature] for feature in manifest["feature_names"]]
-    dataset = mi.read_csv(path, target=split["target"], features=columns)
+    categories = {
+        split["columns"][feature]: tuple(values)
+        for feature, values in (manifest.get("categories") or {}).items()
+    }
+    dataset = mi.read_csv(path, target=split["target"], features=columns, categories=categories)
     if dataset.sha256 != split["sha256"]:
         raise ValueError(f"{path} is not the {split['file']} that {name} was imported from")
     if "test_file" in split:

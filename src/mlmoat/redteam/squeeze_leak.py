@@ -104,7 +104,9 @@ def measure(model_dir: Path, name: str, *, uniform_rows: int, seed: int) -> dict
     (case,) = load_cases(model_dir, [name])
     squeezer = Squeezer.from_manifest(model_dir, [(name, served.version)], policy="flag")
     rng = np.random.default_rng(seed)
-    uniform = rng.uniform(case.lower, case.upper, size=(uniform_rows, case.lower.size))
+    uniform = case.domain.snap(
+        rng.uniform(case.lower, case.upper, size=(uniform_rows, case.lower.size))
+    )
     rows = np.vstack([case.x_test, uniform])
     result = squeezer.check(served, rows)
     raw = np.asarray(served.predict_proba(rows), dtype=np.float64)

@@ -316,7 +316,7 @@ class StackTarget:
 
     def query(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Send rows in requests of ``batch_rows``; return (what the attacker sees, served mask)."""
-        rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+        rows = self.case.domain.snap(np.atleast_2d(np.asarray(rows, dtype=np.float64)))
         seen = np.zeros((rows.shape[0], len(self.case.classes)))
         served = np.zeros(rows.shape[0], dtype=bool)
         for start in range(0, rows.shape[0], self.batch_rows):
@@ -360,7 +360,7 @@ class StackTarget:
     def _request(self, rows: np.ndarray) -> tuple[int, dict[str, Any]]:
         event = json.loads(json.dumps(self._template))
         path = f"/models/{self.case.name}/predict"
-        body = json.dumps({"instances": rows.tolist()}).encode()
+        body = json.dumps({"instances": self.case.wire_rows(rows)}).encode()
         event["path"] = path
         event["pathParameters"] = {"model": self.case.name}
         event["requestContext"]["requestId"] = str(uuid.uuid4())

@@ -71,7 +71,8 @@ class ServedTarget:
 
     def query(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Send rows in requests of ``batch_rows``; return (what the attacker sees, served mask)."""
-        rows = np.atleast_2d(np.asarray(rows, dtype=np.float64))
+        # What the API can be sent: a categorical feature only as one of its categories.
+        rows = self.case.domain.snap(np.atleast_2d(np.asarray(rows, dtype=np.float64)))
         seen = np.zeros((rows.shape[0], len(self.case.classes)))
         served = np.ones(rows.shape[0], dtype=bool)
         for start in range(0, rows.shape[0], self.batch_rows):

@@ -20,6 +20,9 @@ class Domain:
     upper: np.ndarray
     train_std: np.ndarray
     margin: float = 0.1
+    # Categorical features (their values are category indices lower..upper, i.e. 0..k-1): every
+    # stream draws valid indices for them, as the API accepts only the training categories.
+    categorical: tuple[int, ...] = ()
 
     @property
     def width(self) -> np.ndarray:
@@ -32,7 +35,16 @@ class Domain:
         low = self.lower - self.margin * self.width
         high = self.upper + self.margin * self.width
         clipped: np.ndarray = np.clip(rows, low, high)
-        return clipped
+        return self.snap(clipped)
+
+    def snap(self, rows: np.ndarray) -> np.ndarray:
+        """Rows with each categorical feature rounded to a valid category index."""
+        if not self.categorical:
+            return rows
+        cat = list(self.categorical)
+        snapped = np.array(rows, dtype=np.float64, copy=True)
+        snapped[..., cat] = np.clip(np.rint(snapped[..., cat]), self.lower[cat], self.upper[cat])
+        return snapped
 
 
 def benign_rows(
@@ -41,15 +53,20 @@ def benign_rows(
     """``count`` benign rows: base rows drawn with replacement plus realistic noise."""
     picks = base[rng.integers(0, base.shape[0], size=count)]
     noise = rng.normal(0.0, 1.0, size=picks.shape) * (BENIGN_NOISE * domain.train_std)
+    noise[:, list(domain.categorical)] = 0.0  # benign callers send real categories
     clipped: np.ndarray = domain.clip(picks + noise)
     return clipped
 
 
 def uniform_rows(domain: Domain, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` rows uniform in the training envelope (the classic extraction probe)."""
-    rows: np.ndarray = domain.lower + rng.random((count, domain.lower.size)) * (
-        domain.upper - domain.lower
-    )
+    """``count`` rows uniform in the training envelope (the classic extraction probe); each
+    categorical feature's category drawn uniformly from its allowed set."""
+    unit = rng.random((count, domain.lower.size))
+    rows: np.ndarray = domain.lower + unit * (domain.upper - domain.lower)
+    for j in domain.categorical:
+        rows[:, j] = (
+            np.floor(unit[:, j] * (domain.upper[j] - domain.lower[j] + 1)) + domain.lower[j]
+        )
     return rows
 
 
@@ -80,7 +97,7 @@ def boundary_probe(
     labels: list[int] = []
 
     def ask(batch: np.ndarray) -> np.ndarray:
-        batch = batch[: count - len(rows)]
+        batch = domain.snap(batch[: count - len(rows)])
         if batch.shape[0] == 0:
             return np.zeros(0, dtype=int)
         answer = oracle(batch)
@@ -124,7 +141,8 @@ def data_rows(
     The adaptive extraction attacker's queries: it holds rows like the model's (here the
     held-out rows) and samples near them, class by class in their proportions, inside what
     validation accepts. Each class's covariance is shrunk towards its diagonal (a class with
-    fewer rows than features has a singular covariance).
+    fewer rows than features has a singular covariance). A categorical feature is drawn from
+    its categories' frequencies among the class's rows.
     """
     labels = np.asarray([str(v) for v in y])
     classes, counts = np.unique(labels, return_counts=True)
@@ -140,5 +158,8 @@ def data_rows(
         cov = np.atleast_2d(cov)
         cov = 0.5 * cov + 0.5 * np.diag(np.diag(cov)) + 1e-9 * np.eye(x.shape[1])
         rows[chosen] = rng.multivariate_normal(mean, cov, size=int(chosen.sum()), method="eigh")
+        for j in domain.categorical:
+            values, freq = np.unique(members[:, j], return_counts=True)
+            rows[chosen, j] = rng.choice(values, size=int(chosen.sum()), p=freq / freq.sum())
     clipped: np.ndarray = domain.clip(rows)
     return clipped

@@ -97,7 +97,10 @@ def schemas_for(
         manifest = getattr(registry.get(name), "manifest", None)
         feature_names = _manifest_value(manifest, "feature_names")
         envelope = _manifest_value(manifest, "envelope")
-        result[name] = FeatureSchema.from_manifest(name, feature_names, envelope, margin=margin)
+        categories = getattr(manifest, "categories", None)
+        result[name] = FeatureSchema.from_manifest(
+            name, feature_names, envelope, margin=margin, categories=categories
+        )
     return result
 
 
