@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,30 @@ def plan(*, quick: bool) -> list[Scenario]:
         Scenario(f"{MANY_KEYS:,} keys x 1/s", MANY_KEYS, 1.0, min(WINDOW_SECONDS, cap / MANY_KEYS))
     )
     return scenarios
+
+
+class TimedReplay(CapacityReplay):
+    """``CapacityReplay`` that also times each monitor invocation (wall clock, in seconds, per
+    scenario run): an upper bound of the monitor's duration, since it includes the local
+    server's round trips and the meter's own reads around each write."""
+
+    def __init__(self, root: Path, endpoint: str) -> None:
+        super().__init__(root, endpoint)
+        self.monitor_seconds: list[float] = []
+
+    def _monitor_handler(
+        self, settings: Any, meter: Any
+    ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+        inner = super()._monitor_handler(settings, meter)
+
+        def timed(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            started = time.perf_counter()
+            try:
+                return inner(event, context)
+            finally:
+                self.monitor_seconds.append(time.perf_counter() - started)
+
+        return timed
 
 
 def _selectors(result: ScenarioResult) -> dict[str, Callable[[str], bool]]:
@@ -127,8 +152,9 @@ def _whole(pk: str) -> str:
     return "table"
 
 
-def summarise(result: ScenarioResult) -> dict[str, Any]:
-    """One scenario's figures per allowed prediction, its peaks and its lanes projection."""
+def summarise(result: ScenarioResult, monitor_seconds: list[float] | None = None) -> dict[str, Any]:
+    """One scenario's figures per allowed prediction, its peaks and its lanes projection
+    (``monitor_seconds``: the wall time of each of its monitor invocations, when timed)."""
     parts = {name: _part(result, select) for name, select in _selectors(result).items()}
     table_w, table_r = (
         peak(result.records, start=result.start, end=result.end, kind=kind, group=_whole)
@@ -173,6 +199,9 @@ def summarise(result: ScenarioResult) -> dict[str, Any]:
             ),
             "rows_served": result.allowed * scenario.rows_per_request,
             "rows_monitored": result.rows_monitored,
+            "monitor_ms_per_invocation": (
+                1000 * sum(monitor_seconds) / len(monitor_seconds) if monitor_seconds else None
+            ),
         },
     }
 
@@ -230,11 +259,14 @@ def run_capacity(
 
     server = None if endpoint else EmbeddedDynamoDB(host="127.0.0.1").start()
     try:
-        replay = CapacityReplay(root, endpoint or server.endpoint)  # type: ignore[union-attr]
+        replay = TimedReplay(root, endpoint or server.endpoint)  # type: ignore[union-attr]
         results = []
+        timings: list[list[float]] = []
         for scenario in plan(quick=quick):
             say(f"capacity: {scenario.label}, {scenario.requests} requests ...")
+            replay.monitor_seconds = []
             results.append(replay.run(scenario, log=say))
+            timings.append(replay.monitor_seconds)
     finally:
         if server is not None:
             server.stop()
@@ -249,7 +281,7 @@ def run_capacity(
             "item_write_units_per_second": PARTITION_WRITE_UNITS_PER_SECOND,
             "item_read_units_per_second": PARTITION_READ_UNITS_PER_SECOND,
         },
-        "scenarios": [summarise(result) for result in results],
+        "scenarios": [summarise(r, t) for r, t in zip(results, timings, strict=True)],
         "monitor_plateau": monitor_plateau(results),
     }
 
@@ -353,14 +385,15 @@ def _render_lanes(report: dict[str, Any]) -> list[str]:
         "event source's batches; rows the monitor's states counted against rows served):",
         "",
         "| scenario | queue calls per request | monitor batches | messages per batch "
-        "| rows monitored / served |",
-        "|---|---:|---:|---:|---:|",
+        "| rows monitored / served | monitor ms per invocation (wall, upper bound) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for row in report["scenarios"]:
         delivery = row["delivery"]
         lines.append(
             f"| {row['scenario']} | {delivery['queue_calls_per_request']:.2f} "
             f"| {delivery['monitor_batches']:,} | {delivery['messages_per_batch']:,.1f} "
-            f"| {delivery['rows_monitored']:,} / {delivery['rows_served']:,} |"
+            f"| {delivery['rows_monitored']:,} / {delivery['rows_served']:,} "
+            f"| {_n(delivery.get('monitor_ms_per_invocation'), 1)} |"
         )
     return lines
