@@ -27,10 +27,11 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlmoat.bench.capacity import CallRecord
+from mlmoat.bench.capacity import CallRecord, CapacityMeter
 from mlmoat.bench.itemsize import (
     ITEM_LIMIT_BYTES,
     KB,
@@ -75,28 +76,73 @@ def plan(*, quick: bool) -> list[Scenario]:
     return scenarios
 
 
+@dataclass(frozen=True, slots=True)
+class MonitorTiming:
+    """One monitor invocation: its wall time, the part spent in its DynamoDB calls (the meter's
+    reads around them included) and how many calls it made."""
+
+    wall_s: float
+    sdk_s: float
+    calls: int
+
+
 class TimedReplay(CapacityReplay):
-    """``CapacityReplay`` that also times each monitor invocation (wall clock, in seconds, per
-    scenario run): an upper bound of the monitor's duration, since it includes the local
-    server's round trips and the meter's own reads around each write."""
+    """``CapacityReplay`` that also times each monitor invocation (``monitor_timings``, reset per
+    scenario by the caller): the in-process time is the wall time minus the DynamoDB calls, which
+    here are a local server's and carry the meter's own reads."""
 
     def __init__(self, root: Path, endpoint: str) -> None:
         super().__init__(root, endpoint)
-        self.monitor_seconds: list[float] = []
+        self.monitor_timings: list[MonitorTiming] = []
+        self._sdk_s = 0.0
+        self._calls = 0
+        self._call_started = 0.0
+
+    def _call_begins(self, **_: Any) -> None:
+        self._call_started = time.perf_counter()
+
+    def _call_ends(self, **_: Any) -> None:
+        self._sdk_s += time.perf_counter() - self._call_started
+        self._calls += 1
 
     def _monitor_handler(
-        self, settings: Any, meter: Any
+        self, settings: Any, meter: CapacityMeter
     ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
-        inner = super()._monitor_handler(settings, meter)
+        attach = meter.attach
+
+        def timed_attach(client: Any) -> Any:
+            # Around the meter's own hooks: first before the call, last after it.
+            attached = attach(client)
+            attached.meta.events.register_first("provide-client-params.dynamodb", self._call_begins)
+            attached.meta.events.register_last("after-call.dynamodb", self._call_ends)
+            return attached
+
+        meter.attach = timed_attach  # type: ignore[method-assign]
+        try:
+            inner = super()._monitor_handler(settings, meter)
+        finally:
+            meter.attach = attach  # type: ignore[method-assign]
 
         def timed(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            self._sdk_s, self._calls = 0.0, 0
             started = time.perf_counter()
             try:
                 return inner(event, context)
             finally:
-                self.monitor_seconds.append(time.perf_counter() - started)
+                wall = time.perf_counter() - started
+                self.monitor_timings.append(MonitorTiming(wall, self._sdk_s, self._calls))
 
         return timed
+
+
+def _monitor_figures(timings: list[MonitorTiming] | None) -> dict[str, float | None]:
+    if not timings:
+        return {"monitor_ms_per_invocation": None, "monitor_calls_per_invocation": None}
+    count = len(timings)
+    return {
+        "monitor_ms_per_invocation": 1000 * sum(t.wall_s - t.sdk_s for t in timings) / count,
+        "monitor_calls_per_invocation": sum(t.calls for t in timings) / count,
+    }
 
 
 def _selectors(result: ScenarioResult) -> dict[str, Callable[[str], bool]]:
@@ -152,9 +198,11 @@ def _whole(pk: str) -> str:
     return "table"
 
 
-def summarise(result: ScenarioResult, monitor_seconds: list[float] | None = None) -> dict[str, Any]:
+def summarise(
+    result: ScenarioResult, monitor_timings: list[MonitorTiming] | None = None
+) -> dict[str, Any]:
     """One scenario's figures per allowed prediction, its peaks and its lanes projection
-    (``monitor_seconds``: the wall time of each of its monitor invocations, when timed)."""
+    (``monitor_timings``: its monitor invocations', when timed)."""
     parts = {name: _part(result, select) for name, select in _selectors(result).items()}
     table_w, table_r = (
         peak(result.records, start=result.start, end=result.end, kind=kind, group=_whole)
@@ -199,9 +247,7 @@ def summarise(result: ScenarioResult, monitor_seconds: list[float] | None = None
             ),
             "rows_served": result.allowed * scenario.rows_per_request,
             "rows_monitored": result.rows_monitored,
-            "monitor_ms_per_invocation": (
-                1000 * sum(monitor_seconds) / len(monitor_seconds) if monitor_seconds else None
-            ),
+            **_monitor_figures(monitor_timings),
         },
     }
 
@@ -261,12 +307,12 @@ def run_capacity(
     try:
         replay = TimedReplay(root, endpoint or server.endpoint)  # type: ignore[union-attr]
         results = []
-        timings: list[list[float]] = []
+        timings: list[list[MonitorTiming]] = []
         for scenario in plan(quick=quick):
             say(f"capacity: {scenario.label}, {scenario.requests} requests ...")
-            replay.monitor_seconds = []
+            replay.monitor_timings = []
             results.append(replay.run(scenario, log=say))
-            timings.append(replay.monitor_seconds)
+            timings.append(replay.monitor_timings)
     finally:
         if server is not None:
             server.stop()
@@ -385,7 +431,7 @@ def _render_lanes(report: dict[str, Any]) -> list[str]:
         "event source's batches; rows the monitor's states counted against rows served):",
         "",
         "| scenario | queue calls per request | monitor batches | messages per batch "
-        "| rows monitored / served | monitor ms per invocation (wall, upper bound) |",
+        "| rows monitored / served | monitor in-process ms / DynamoDB calls per invocation |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in report["scenarios"]:
@@ -394,6 +440,7 @@ def _render_lanes(report: dict[str, Any]) -> list[str]:
             f"| {row['scenario']} | {delivery['queue_calls_per_request']:.2f} "
             f"| {delivery['monitor_batches']:,} | {delivery['messages_per_batch']:,.1f} "
             f"| {delivery['rows_monitored']:,} / {delivery['rows_served']:,} "
-            f"| {_n(delivery.get('monitor_ms_per_invocation'), 1)} |"
+            f"| {_n(delivery.get('monitor_ms_per_invocation'), 1)} / "
+            f"{_n(delivery.get('monitor_calls_per_invocation'), 1)} |"
         )
     return lines

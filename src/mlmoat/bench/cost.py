@@ -91,7 +91,8 @@ PRICES: dict[str, Price] = {
 ASSUMPTIONS: dict[str, tuple[float, str]] = {
     "dynamodb_round_trip_ms": (
         5.0,
-        "one DynamoDB request in-region, added to the function's duration per request made",
+        "one DynamoDB request in-region, added to a function's duration per request it made "
+        "(the predict path's and the monitor's)",
     ),
     "sqs_round_trip_ms": (
         8.0,
@@ -218,7 +219,12 @@ def shape_usage(measured: Measured, scenario: Mapping[str, Any]) -> Usage:
         measured.dynamodb_requests * ASSUMPTIONS["dynamodb_round_trip_ms"][0]
         + sends * ASSUMPTIONS["sqs_round_trip_ms"][0]
     )
-    monitor_ms = float(delivery.get("monitor_ms_per_invocation") or 0.0)
+    monitor_ms = billed_ms(
+        float(delivery.get("monitor_ms_per_invocation") or 0.0),
+        measured.memory_mb,
+        round_trip_ms=float(delivery.get("monitor_calls_per_invocation") or 0.0)
+        * ASSUMPTIONS["dynamodb_round_trip_ms"][0],
+    )
     return Usage(
         billed_ms=billed_ms(
             measured.mlmoat_in_process_ms, measured.memory_mb, round_trip_ms=round_trips
@@ -228,7 +234,7 @@ def shape_usage(measured: Measured, scenario: Mapping[str, Any]) -> Usage:
         read_units=float(scenario["total"]["read_units"]),
         sqs_requests=sqs_requests(sends, measured.sqs_bytes_per_send, receives),
         monitor_invocations=monitor_invocations,
-        monitor_billed_ms=float(math.ceil(monitor_ms)),
+        monitor_billed_ms=monitor_ms if monitor_invocations else 0.0,
         monitor_memory_mb=measured.memory_mb,
         log_bytes=measured.mlmoat_log_bytes,
     )
