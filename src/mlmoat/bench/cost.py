@@ -64,7 +64,7 @@ PRICES: dict[str, Price] = {
         "Lambda requests", 0.20, MILLION, "requests", "https://aws.amazon.com/lambda/pricing/"
     ),
     "lambda_gb_seconds": Price(
-        "Lambda duration, x86", 0.0000166667, 1, "GB-seconds",
+        "Lambda duration, x86", 0.0000166667, 1, "GB-second",
         "https://aws.amazon.com/lambda/pricing/",
     ),
     "write_units": Price(
@@ -343,6 +343,12 @@ def render_cost(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _list_price(usd: float) -> str:
+    text = f"{usd:.10f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
 def render_prices(report: Mapping[str, Any]) -> str:
     """The price table and the assumptions, as markdown."""
     lines = [
@@ -351,7 +357,9 @@ def render_prices(report: Mapping[str, Any]) -> str:
     ]
     for p in report["prices"].values():
         quantity = f"{p['quantity']:,.0f} " if p["quantity"] != 1 else ""
-        lines.append(f"| {p['item']} | ${p['usd']:g} per {quantity}{p['unit']} | {p['source']} |")
+        lines.append(
+            f"| {p['item']} | {_list_price(p['usd'])} per {quantity}{p['unit']} | {p['source']} |"
+        )
     lines += ["", "| assumption | value | meaning |", "|---|---:|---|"]
     for name, a in report["assumptions"].items():
         lines.append(f"| `{name}` | {a['value']:g} | {a['meaning']} |")
