@@ -6,13 +6,18 @@ extraction queue, bootstrapped from template.yaml) and ``--instances`` ``mlmoat 
 processes (the Lambda build under CPython 3.13), each with the queue poller start-api runs for
 the template's SQS event source, so the extraction monitor consumes what the predict path sends,
 as on Lambda. One key with limits far above the traffic receives single-row predictions at a
-steady ``--rate`` for ``--duration`` seconds, the instances taking turns. Every ``--every``
-seconds, and once the monitor has drained the queue at the end, the table is scanned and every
-item of the key (its item, its counter shards, its monitor state, anything whose partition key
-names the key) is sized by the project's DynamoDB item-size rules (``mlmoat.bench.itemsize``).
+steady ``--rate`` for ``--duration`` seconds, the instances taking turns; the rows are benign
+iris rows (``mlmoat.bench.replay.benign_rows``, the capacity model's: held-out rows with
+noise). Every ``--every`` seconds, and once the monitor has drained the queue at the end, the
+table is scanned and every item of the key (its item, its counter shards, its monitor state,
+anything whose partition key names the key) is sized by the project's DynamoDB item-size rules
+(``mlmoat.bench.itemsize``).
 
 The report: requests and statuses, the achieved rate, the largest size each item reached over
-the run, the monitor's rows, and whether every item stayed under 1 KB (one write unit).
+the run, the monitor's rows, and the verdict: the key's counting items (``key#...``: its item and
+its shards) under 1 KB (one write unit a charge), and the monitor's item under its design bound,
+4 KB (``docs/ml-defences.md``, "State layout": a state at its plateau is about 3.7 KB, one read
+unit and 4 write units, written once per principal and event-source batch).
 """
 
 from __future__ import annotations
@@ -28,9 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from mlmoat.bench.itemsize import KB, item_size
-from mlmoat.local.stack import KeyPlan, LocalStack, create_key, dynamodb_client, send, table_name
+from mlmoat.bench.replay import benign_rows
+from mlmoat.local.stack import (
+    REPO,
+    KeyPlan,
+    LocalStack,
+    create_key,
+    dynamodb_client,
+    send,
+    table_name,
+)
 
-ROW = [5.1, 3.5, 1.4, 0.2]
+#: The bound of each kind of item: counting items one write unit, the monitor's its state's.
+COUNTER_BOUND = KB
+MONITOR_BOUND = 4 * KB
 #: Limits far above any run here: the run measures sizes, not refusals.
 PLAN = KeyPlan("sustained", rate=1_000_000, window_s=60, budget=100_000_000)
 #: How long the monitor gets to drain the queue after the last request (its poller waits at most
@@ -63,6 +79,19 @@ def monitor_rows(items: dict[str, dict[str, Any]]) -> int:
     )
 
 
+def within_bounds(largest: dict[str, int]) -> bool:
+    """Whether every item kept to its bound: the monitor's item under ``MONITOR_BOUND``, every
+    other item of the key (its counting items, anything else) under ``COUNTER_BOUND``; and the
+    key's item and a monitor item were both seen."""
+    seen = any(pk.startswith("key#") for pk in largest) and any(
+        pk.startswith("mon#") for pk in largest
+    )
+    return seen and all(
+        size < (MONITOR_BOUND if pk.startswith("mon#") else COUNTER_BOUND)
+        for pk, size in largest.items()
+    )
+
+
 def run(
     *, rate: float, duration_s: float, every_s: float, instances: int, work_dir: Path
 ) -> dict[str, Any]:
@@ -86,11 +115,12 @@ def run(
         stack.start_dynamodb()
         key_id, api_key = create_key(stack.env, owner="sustained", plan=PLAN)
         stack.start_apis()
-        body = json.dumps({"features": ROW}).encode()
+        rows = benign_rows(REPO, 4096)
         headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
 
         def one(index: int) -> None:
             port = stack.api_ports[index % len(stack.api_ports)]
+            body = json.dumps({"features": rows[index % len(rows)]}).encode()
             try:
                 status = str(send(port, path="/predict", body=body, headers=headers)[0])
             except OSError as exc:
@@ -116,6 +146,8 @@ def run(
     finally:
         stack.stop()
     sent = sum(statuses.values())
+    counter = {pk: n for pk, n in largest.items() if pk.startswith("key#")}
+    monitor = {pk: n for pk, n in largest.items() if pk.startswith("mon#")}
     return {
         "rate_target": rate,
         "duration_s": duration_s,
@@ -130,7 +162,11 @@ def run(
             for pk, size in sorted(largest.items())
         },  # fmt: skip
         "max_item_bytes": max(largest.values(), default=0),
-        "under_1_kb": bool(largest) and max(largest.values()) < KB,
+        "max_counter_bytes": max(counter.values(), default=0),
+        "max_monitor_bytes": max(monitor.values(), default=0),
+        "counter_under_1_kb": bool(counter) and max(counter.values()) < COUNTER_BOUND,
+        "monitor_under_4_kb": bool(monitor) and max(monitor.values()) < MONITOR_BOUND,
+        "within_bounds": within_bounds(largest),
         "monitor_items": sorted(pk for pk in final if pk.startswith("mon#")),
         "rows_monitored": monitor_rows(final),
         "rows_possibly_held": SINK_HELD_MAX * instances,
@@ -153,15 +189,17 @@ def render(report: dict[str, Any]) -> str:
     for pk, sizes in report["items"].items():
         lines.append(f"| `{pk}` | {sizes['max_bytes']:,} | {sizes['final_bytes']} |")
     lines.append(
-        f"largest item {report['max_item_bytes']:,} bytes: "
-        + ("every item under 1 KB" if report["under_1_kb"] else "NOT under 1 KB")
+        f"largest counting item {report['max_counter_bytes']:,} bytes "
+        f"({'under' if report['counter_under_1_kb'] else 'NOT under'} 1 KB); monitor item "
+        f"{report['max_monitor_bytes']:,} bytes "
+        f"({'under' if report['monitor_under_4_kb'] else 'NOT under'} its 4 KB bound)"
     )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: run once, print the summary, exit 0 only if every item stayed under 1 KB
-    and every request was answered 200."""
+    """Command line: run once, print the summary, exit 0 only if every item kept to its bound
+    (``within_bounds``) and every request was answered 200."""
     parser = argparse.ArgumentParser(prog="python -m mlmoat.bench.sustained")
     parser.add_argument("--rate", type=float, default=10.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of traffic")
@@ -182,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(report))
     if args.report is not None:
         args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    ok = report["under_1_kb"] and set(report["statuses"]) == {"200"}
+    ok = report["within_bounds"] and set(report["statuses"]) == {"200"}
     return 0 if ok else 1
 
 
