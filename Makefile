@@ -200,6 +200,16 @@ load: $(VENV)/.stamp build
 	mkdir -p reports
 	$(BIN)/python -m mlmoat.loadtest $(LOAD_ARGS) --report reports/load.json
 
+# One key's DynamoDB items under minutes of steady traffic through the real local stack
+# (start-api instances, their queue pollers feeding the extraction monitor): non-zero exit unless
+# every item of the key stays under 1 KB and every request is answered 200
+# (docs/performance.md, "Sustained traffic"). Report: reports/sustained.json.
+SUSTAINED_ARGS ?= --rate 10 --duration 180 --every 15 --instances 2
+.PHONY: sustained
+sustained: $(VENV)/.stamp build
+	mkdir -p reports
+	$(BIN)/python -m mlmoat.bench.sustained $(SUSTAINED_ARGS) --report reports/sustained.json
+
 # Longer fuzzing: Schemathesis from `mlmoat openapi` against start-api, and the Hypothesis
 # parser properties. Report: reports/schemathesis.json.
 FUZZ_EXAMPLES ?= 300

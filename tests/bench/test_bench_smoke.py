@@ -78,3 +78,14 @@ def test_batches_cost_one_dynamodb_request_whatever_their_rows(report: dict) -> 
 def test_every_served_row_was_counted_once_in_dynamodb(report: dict) -> None:
     ddb = report["dynamodb"]
     assert ddb["rows_counted_in_dynamodb"] == ddb["rows_served"]
+
+
+def test_the_audit_records_bytes_are_measured_from_the_functions_stdout(report: dict) -> None:
+    # every single-row 200 of the mlmoat process (the cold request, the 8 warm ones, the
+    # batch-1 phase) wrote one audit record; the seed's recipe writes none
+    ours, base = report["logs"]["mlmoat"], report["logs"]["baseline"]
+    assert ours["audit_records"] >= 9
+    assert 200 < ours["audit_record_bytes"] <= ours["audit_record_bytes_max"]
+    assert ours["bytes_per_prediction"] >= ours["audit_record_bytes"]
+    assert base["audit_records"] == 0
+    assert ours["invocations"] > ours["audit_records"]

@@ -25,11 +25,13 @@ import math
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlmoat.bench.capacity import CallRecord
+from mlmoat.bench.capacity import CallRecord, CapacityMeter
 from mlmoat.bench.itemsize import (
     ITEM_LIMIT_BYTES,
     KB,
@@ -72,6 +74,75 @@ def plan(*, quick: bool) -> list[Scenario]:
         Scenario(f"{MANY_KEYS:,} keys x 1/s", MANY_KEYS, 1.0, min(WINDOW_SECONDS, cap / MANY_KEYS))
     )
     return scenarios
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorTiming:
+    """One monitor invocation: its wall time, the part spent in its DynamoDB calls (the meter's
+    reads around them included) and how many calls it made."""
+
+    wall_s: float
+    sdk_s: float
+    calls: int
+
+
+class TimedReplay(CapacityReplay):
+    """``CapacityReplay`` that also times each monitor invocation (``monitor_timings``, reset per
+    scenario by the caller): the in-process time is the wall time minus the DynamoDB calls, which
+    here are a local server's and carry the meter's own reads."""
+
+    def __init__(self, root: Path, endpoint: str) -> None:
+        super().__init__(root, endpoint)
+        self.monitor_timings: list[MonitorTiming] = []
+        self._sdk_s = 0.0
+        self._calls = 0
+        self._call_started = 0.0
+
+    def _call_begins(self, **_: Any) -> None:
+        self._call_started = time.perf_counter()
+
+    def _call_ends(self, **_: Any) -> None:
+        self._sdk_s += time.perf_counter() - self._call_started
+        self._calls += 1
+
+    def _monitor_handler(
+        self, settings: Any, meter: CapacityMeter
+    ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+        attach = meter.attach
+
+        def timed_attach(client: Any) -> Any:
+            # Around the meter's own hooks: first before the call, last after it.
+            attached = attach(client)
+            attached.meta.events.register_first("provide-client-params.dynamodb", self._call_begins)
+            attached.meta.events.register_last("after-call.dynamodb", self._call_ends)
+            return attached
+
+        meter.attach = timed_attach  # type: ignore[method-assign]
+        try:
+            inner = super()._monitor_handler(settings, meter)
+        finally:
+            meter.attach = attach  # type: ignore[method-assign]
+
+        def timed(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            self._sdk_s, self._calls = 0.0, 0
+            started = time.perf_counter()
+            try:
+                return inner(event, context)
+            finally:
+                wall = time.perf_counter() - started
+                self.monitor_timings.append(MonitorTiming(wall, self._sdk_s, self._calls))
+
+        return timed
+
+
+def _monitor_figures(timings: list[MonitorTiming] | None) -> dict[str, float | None]:
+    if not timings:
+        return {"monitor_ms_per_invocation": None, "monitor_calls_per_invocation": None}
+    count = len(timings)
+    return {
+        "monitor_ms_per_invocation": 1000 * sum(t.wall_s - t.sdk_s for t in timings) / count,
+        "monitor_calls_per_invocation": sum(t.calls for t in timings) / count,
+    }
 
 
 def _selectors(result: ScenarioResult) -> dict[str, Callable[[str], bool]]:
@@ -127,8 +198,11 @@ def _whole(pk: str) -> str:
     return "table"
 
 
-def summarise(result: ScenarioResult) -> dict[str, Any]:
-    """One scenario's figures per allowed prediction, its peaks and its lanes projection."""
+def summarise(
+    result: ScenarioResult, monitor_timings: list[MonitorTiming] | None = None
+) -> dict[str, Any]:
+    """One scenario's figures per allowed prediction, its peaks and its lanes projection
+    (``monitor_timings``: its monitor invocations', when timed)."""
     parts = {name: _part(result, select) for name, select in _selectors(result).items()}
     table_w, table_r = (
         peak(result.records, start=result.start, end=result.end, kind=kind, group=_whole)
@@ -173,6 +247,7 @@ def summarise(result: ScenarioResult) -> dict[str, Any]:
             ),
             "rows_served": result.allowed * scenario.rows_per_request,
             "rows_monitored": result.rows_monitored,
+            **_monitor_figures(monitor_timings),
         },
     }
 
@@ -230,11 +305,14 @@ def run_capacity(
 
     server = None if endpoint else EmbeddedDynamoDB(host="127.0.0.1").start()
     try:
-        replay = CapacityReplay(root, endpoint or server.endpoint)  # type: ignore[union-attr]
+        replay = TimedReplay(root, endpoint or server.endpoint)  # type: ignore[union-attr]
         results = []
+        timings: list[list[MonitorTiming]] = []
         for scenario in plan(quick=quick):
             say(f"capacity: {scenario.label}, {scenario.requests} requests ...")
+            replay.monitor_timings = []
             results.append(replay.run(scenario, log=say))
+            timings.append(replay.monitor_timings)
     finally:
         if server is not None:
             server.stop()
@@ -249,7 +327,7 @@ def run_capacity(
             "item_write_units_per_second": PARTITION_WRITE_UNITS_PER_SECOND,
             "item_read_units_per_second": PARTITION_READ_UNITS_PER_SECOND,
         },
-        "scenarios": [summarise(result) for result in results],
+        "scenarios": [summarise(r, t) for r, t in zip(results, timings, strict=True)],
         "monitor_plateau": monitor_plateau(results),
     }
 
@@ -353,14 +431,16 @@ def _render_lanes(report: dict[str, Any]) -> list[str]:
         "event source's batches; rows the monitor's states counted against rows served):",
         "",
         "| scenario | queue calls per request | monitor batches | messages per batch "
-        "| rows monitored / served |",
-        "|---|---:|---:|---:|---:|",
+        "| rows monitored / served | monitor in-process ms / DynamoDB calls per invocation |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for row in report["scenarios"]:
         delivery = row["delivery"]
         lines.append(
             f"| {row['scenario']} | {delivery['queue_calls_per_request']:.2f} "
             f"| {delivery['monitor_batches']:,} | {delivery['messages_per_batch']:,.1f} "
-            f"| {delivery['rows_monitored']:,} / {delivery['rows_served']:,} |"
+            f"| {delivery['rows_monitored']:,} / {delivery['rows_served']:,} "
+            f"| {_n(delivery.get('monitor_ms_per_invocation'), 1)} / "
+            f"{_n(delivery.get('monitor_calls_per_invocation'), 1)} |"
         )
     return lines

@@ -1,8 +1,12 @@
 """``mlmoat bench``: mlmoat against the seed's recipe, side by side, alternating, with medians.
 
-Usage: ``mlmoat bench [--quick] [--repeat N] [--json FILE] [--no-build]``, or
-``mlmoat bench --capacity [--quick] [--json FILE]`` for the DynamoDB capacity table
-(``mlmoat.bench.capacity_report``: no build, no CPython 3.13, an embedded moto server).
+Usage: ``mlmoat bench [--quick] [--repeat N] [--json FILE] [--no-build]``: the side-by-side
+table, then the DynamoDB capacity table (``mlmoat.bench.capacity_report``; its quick plan with
+``--quick``), then the cost per million predictions computed from both (``mlmoat.bench.cost``).
+``mlmoat bench --capacity [--quick] [--json FILE]``: the capacity table alone (no build, no
+CPython 3.13, an embedded moto server). ``mlmoat bench --cost-doc docs/cost.md [--from FILE]``:
+rewrite the doc's generated tables from a ``--json`` report (recording its inputs in
+``docs/cost-inputs.json``), or from the recorded inputs without ``--from`` (after a price edit).
 
 Each repetition starts one fresh function process per stack (the baseline first on even
 repetitions, mlmoat first on odd ones), measures its cold start, then runs it warm; the table
@@ -20,6 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mlmoat.bench.cost import Measured, cost_report, recorded_inputs, render_all, update_doc
 from mlmoat.bench.measure import _repo_root, run
 from mlmoat.bench.plan import Plan
 from mlmoat.bench.report import render
@@ -40,7 +45,15 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="the DynamoDB capacity table instead (replays at simulated rates; needs no build)",
     )
+    parser.add_argument("--cost-doc", type=Path, help="regenerate this doc's cost tables")
+    parser.add_argument(
+        "--from", dest="source", type=Path, help="with --cost-doc: a `mlmoat bench --json` report"
+    )
     args = parser.parse_args(argv)
+    if args.cost_doc is not None:
+        return _cost_doc(args.cost_doc, args.source)
+    if args.source is not None:
+        parser.error("--from goes with --cost-doc")
     if args.capacity:
         if args.repeat is not None or args.no_build or args.profile is not None:
             parser.error("--capacity takes only --quick and --json")
@@ -56,9 +69,31 @@ def main(argv: list[str]) -> int:
         plan = Plan(args.repeat, plan.warm, plan.batch, min(plan.no_bytecode_repeat, args.repeat))
     root = _repo_root(Path.cwd())
     report = run(root, plan, build=not args.no_build, profile=args.profile)
-    print(render(report))
+    print(render(report), flush=True)
+    from mlmoat.bench.capacity_report import render_capacity, run_capacity
+
+    capacity = run_capacity(root, quick=args.quick)
+    print("\n" + render_capacity(capacity))
+    costs = cost_report(Measured.from_bench(report), capacity)
+    print("\n" + render_all(costs))
     if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        payload = {**report, "capacity": capacity, "cost": costs}
+        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+def _cost_doc(doc: Path, source: Path | None) -> int:
+    inputs_path = doc.with_name(f"{doc.stem}-inputs.json")
+    if source is not None:
+        report = json.loads(source.read_text(encoding="utf-8"))
+        if "capacity" not in report or "logs" not in report:
+            raise SystemExit(f"mlmoat bench: {source} is not a `mlmoat bench --json` report")
+        inputs = recorded_inputs(Measured.from_bench(report), report["capacity"])
+        inputs_path.write_text(json.dumps(inputs, indent=2) + "\n", encoding="utf-8")
+    else:
+        inputs = json.loads(inputs_path.read_text(encoding="utf-8"))
+    doc.write_text(update_doc(doc.read_text(encoding="utf-8"), inputs), encoding="utf-8")
+    print(f"{doc}: cost tables regenerated from {inputs_path}")
     return 0
 
 

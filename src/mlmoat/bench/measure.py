@@ -13,6 +13,7 @@ from typing import Any
 from mlmoat import python313
 from mlmoat.bench.baseline import BASELINE_KEY, build_baseline, floor_spec
 from mlmoat.bench.events import rest_event
+from mlmoat.bench.logbytes import read_log
 from mlmoat.bench.plan import BATCH_SIZES, ROWS, Plan, Samples
 from mlmoat.bench.report import _report
 from mlmoat.bench.runner import FunctionSpec, Phase, RunResult, run_function
@@ -40,6 +41,10 @@ def _record(samples: Samples, result: RunResult, *, rows_by_phase: dict[str, int
     samples.first_wire.append(result.first["wire"])
     samples.max_rss_kb.append(result.maxrss_kb)
     samples.rows_served += 1  # the cold request: one row, answered 200 (checked by the runner)
+    logs = read_log(result.stdout_path)
+    samples.audit_record_bytes += logs.audit_record_bytes
+    samples.other_log_bytes += logs.other_bytes
+    samples.invocations += 1 + sum(len(phase["samples"]) for phase in result.phases.values())
     for name, phase in result.phases.items():
         rows = rows_by_phase[name]
         for sample in phase["samples"]:
@@ -52,6 +57,8 @@ def _record(samples: Samples, result: RunResult, *, rows_by_phase: dict[str, int
                 samples.allowed += 1
                 sends = sample["sends"]
                 samples.dynamodb_sends_allowed += int(sends.get("dynamodb", 0))
+                samples.sqs_sends += int(sends.get("sqs", 0))
+                samples.sqs_bytes += int(sample.get("bytes_by_service", {}).get("sqs", 0))
                 for service, count in sends.items():
                     if service != "dynamodb":
                         samples.other_sends[service] = samples.other_sends.get(service, 0) + count

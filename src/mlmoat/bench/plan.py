@@ -60,3 +60,10 @@ class Samples:
     rows_served: int = 0
     scaling: dict[int, dict[str, list[float]]] = field(default_factory=dict)
     first_wire: list[dict[str, Any]] = field(default_factory=list)
+    #: The function's stdout (CloudWatch Logs): each single-row 200's audit record's bytes,
+    #: the other lines' bytes and the invocations they came from; the warm phase's SQS sends.
+    audit_record_bytes: list[int] = field(default_factory=list)
+    other_log_bytes: int = 0
+    invocations: int = 0
+    sqs_sends: int = 0
+    sqs_bytes: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -225,6 +226,7 @@ def _report(
         "dynamodb_requests_independent_of_rows": len(ddb_counts) == 1,
     }
     return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "mlmoat bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else []),
         "machine": _machine(),
         "plan": plan.__dict__,
@@ -246,6 +248,7 @@ def _report(
             },
             "non_200_responses": {"baseline": b.non_200, "mlmoat": m.non_200},
         },
+        "logs": {name: _logs(s) for name, s in samples.items()},
         "package": {
             "mlmoat_parts_bytes": lambda_parts,
             "mlmoat_bytes": ours_bytes,
@@ -273,6 +276,23 @@ def _report(
             }
             for name, s in samples.items()
         },
+    }
+
+
+def _logs(s: Samples) -> dict[str, Any]:
+    # What CloudWatch Logs ingests per single-row allowed prediction: its audit record (none for
+    # the baseline) and the lines that are not audit records, spread over every invocation.
+    audit = median(s.audit_record_bytes) if s.audit_record_bytes else 0.0
+    other = s.other_log_bytes / s.invocations if s.invocations else 0.0
+    return {
+        "audit_records": len(s.audit_record_bytes),
+        "audit_record_bytes": audit,
+        "audit_record_bytes_max": max(s.audit_record_bytes, default=0),
+        "other_bytes_per_invocation": other,
+        "invocations": s.invocations,
+        "bytes_per_prediction": audit + other,
+        "sqs_sends_per_prediction": s.sqs_sends / s.allowed if s.allowed else 0.0,
+        "sqs_bytes_per_send": s.sqs_bytes / s.sqs_sends if s.sqs_sends else 0.0,
     }
 
 
@@ -326,6 +346,18 @@ def render(report: dict[str, Any]) -> str:
     ]
     ddb = report["dynamodb"]
     machine = report["machine"]
+    ours, base = report["logs"]["mlmoat"], report["logs"]["baseline"]
+    lines += [
+        "",
+        f"Logs (CloudWatch Logs ingestion) per single-row allowed prediction: mlmoat "
+        f"{ours['bytes_per_prediction']:,.0f} bytes (audit record median "
+        f"{ours['audit_record_bytes']:,.0f}, max {ours['audit_record_bytes_max']:,}, over "
+        f"{ours['audit_records']:,} records; other lines {ours['other_bytes_per_invocation']:,.0f} "
+        f"per invocation over {ours['invocations']:,}); baseline "
+        f"{base['bytes_per_prediction']:,.0f} bytes. SQS on the warm path: "
+        f"{ours['sqs_sends_per_prediction']:.2f} SendMessageBatch calls per prediction, "
+        f"{ours['sqs_bytes_per_send']:,.0f} bytes per call (request + response).",
+    ]
     lines += [
         "",
         f"Steady-path AWS calls over {ddb['allowed_predictions']} allowed predictions: "
