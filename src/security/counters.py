@@ -16,6 +16,8 @@ from security.dynamo import ConditionFailed
 from security.dynamo import dump as _dump
 from security.dynamo import load as _load
 from security.dynamo import translated as _translated
+from security.records import REFUSAL_ATTR_PREFIX as REFUSAL_ATTR_PREFIX
+from security.records import refusal_attr as refusal_attr
 from security.writers import Stamp
 
 if TYPE_CHECKING:
@@ -23,12 +25,6 @@ if TYPE_CHECKING:
 
 AUTHFAIL_PREFIX = "authfail#"
 AUTHFAIL_ATTR_PREFIX = "fw_"
-REFUSAL_ATTR_PREFIX = "rf_"
-
-
-def refusal_attr(window_start: int) -> str:
-    """The attribute counting refused requests in the refusal window starting there."""
-    return f"{REFUSAL_ATTR_PREFIX}{window_start}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,14 +32,15 @@ class RefusalRequest:
     """One conditional refusal-counting write, as ``limits`` computed it.
 
     ``secret_hash`` is None for a JWT subject (the token was verified; the item may be created by
-    this write, as by a charge).
+    this write, as by a charge). ``window_start``/``window_seconds``: the refusal window counted
+    (the one before it is removed).
     """
 
     pk: str
     kind: str
     now: int
-    refusal_attr: str
-    previous_refusal_attr: str
+    window_start: int
+    window_seconds: int
     refusal_limit: int
     stamp: Stamp
     secret_hash: str | None = None
@@ -70,8 +67,8 @@ class CounterMixin:
 
         names = {
             "#status": "status",
-            "#rf": request.refusal_attr,
-            "#rfo": request.previous_refusal_attr,
+            "#rf": refusal_attr(request.window_start),
+            "#rfo": refusal_attr(request.window_start - request.window_seconds),
         }
         values: dict[str, Any] = {
             ":now": _dump(request.now),

@@ -134,7 +134,7 @@ def test_admin_api_manages_keys_end_to_end(api: AdminApi) -> None:
 def _admin_scope_key(api: AdminApi) -> str:
     # An admin-scope key as earlier versions made them, written straight into the table.
     created = api.admin.create(owner="legacy-ops")
-    item = api.store.get_key(created["key_id"])
+    item = dict(api.store.get_key(created["key_id"]).item)
     item["scopes"] = {"admin", "predict:*"}
     api.store._client.put_item(  # noqa: SLF001 - a legacy item the admin API can no longer make
         TableName=api.store._table,  # noqa: SLF001

@@ -46,7 +46,7 @@ from mlmoat.bench.events import rest_event
 from security.auth import Credentials, Principal
 from security.errors import AuthenticationError, SecurityError
 from security.limits import Gatekeeper
-from security.shards import shard_pk
+from security.store import shard_pk
 from security.writers import WriterPool
 
 #: The simulated start: a minute boundary, so the window starts a rate window and a bucket.
