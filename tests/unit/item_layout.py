@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-ATTRS = frozenset(
-    """pk secret_hash prev_secret_hash prev_secret_until status owner scopes rate_count
+_ATTR_TEXT = """pk secret_hash prev_secret_hash prev_secret_until status owner scopes rate_count
     rate_window budget output_policy expires_at config_version rows_used requests created_at
     last_used_at flags shards kind key_id subject issuer refusals rotated_at updated_at
-    flagged_at shard state state_version ttl last_refused_at""".split()
-)
-HELPERS = frozenset(
-    """rate_attr refusal_attr writer_attr key_pk subject_pk shard_pk monitor_pk issuer_hash
-    KEY_PREFIX SUBJECT_PREFIX RATE_ATTR_PREFIX REFUSAL_ATTR_PREFIX WRITER_ATTR_PREFIX
-    AUTHFAIL_PREFIX AUTHFAIL_ATTR_PREFIX MONITOR_PREFIX LEGACY_PREFIX""".split()
-)
+    flagged_at shard state state_version ttl last_refused_at"""
+ATTRS = frozenset(_ATTR_TEXT.split())
+_HELPER_TEXT = """rate_attr refusal_attr writer_attr KEY_PREFIX SUBJECT_PREFIX RATE_ATTR_PREFIX
+    REFUSAL_ATTR_PREFIX WRITER_ATTR_PREFIX AUTHFAIL_PREFIX AUTHFAIL_ATTR_PREFIX MONITOR_PREFIX
+    LEGACY_PREFIX"""
+#: Attribute names and prefixes.
+HELPERS = frozenset(_HELPER_TEXT.split())
+#: Builders of principal ids (partition keys), counted apart: an id is opaque to its users.
+ID_BUILDERS = frozenset(["key_pk", "subject_pk", "shard_pk", "monitor_pk", "issuer_hash"])
 #: The store: the modules that own the item layout.
 STORE = frozenset(
     {
@@ -47,32 +49,60 @@ def _literal(node: ast.AST) -> str | None:
     return None
 
 
-def raw_accesses(source: str) -> int:
-    """The raw item-attribute accesses in one module's source."""
-    count = 0
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Subscript) and _literal(node.slice):
-            count += 1
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "get"
-            and node.args
-            and _literal(node.args[0])
-        ):
-            count += 1
-        elif isinstance(node, ast.Compare) and _literal(node.left):
-            count += any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
-        elif isinstance(node, ast.Dict):
-            count += sum(1 for key in node.keys if key is not None and _literal(key))
-        elif isinstance(node, ast.Name) and node.id in HELPERS:
-            count += 1
-        elif isinstance(node, ast.Attribute) and node.attr in HELPERS:
-            count += 1
-    return count
+def _layout_names(tree: ast.AST, *, store: bool) -> frozenset[str]:
+    """The layout helpers a module can use: all of them in a store module, elsewhere those it
+    imports from ``security.*`` (so ``keys.KEY_PREFIX``, the API key's text prefix, is not one)."""
+    if store:
+        return HELPERS | ID_BUILDERS
+    found = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").startswith("security.")
+        and node.module != "security.keys"
+        for alias in node.names
+        if alias.name in HELPERS | ID_BUILDERS
+    }
+    return frozenset(found)
 
 
-def per_module(root: Path) -> dict[str, int]:
+def _access(node: ast.AST, helpers: frozenset[str]) -> int:
+    if isinstance(node, ast.Subscript):
+        return 1 if _literal(node.slice) else 0
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        return 1 if node.func.attr == "get" and node.args and _literal(node.args[0]) else 0
+    if isinstance(node, ast.Compare) and _literal(node.left):
+        return 1 if any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops) else 0
+    if isinstance(node, ast.Dict):  # an item built by hand (it has a "pk"), not a JSON view
+        keys = [_literal(key) for key in node.keys if key is not None]
+        return sum(1 for key in keys if key) if "pk" in keys else 0
+    if isinstance(node, ast.Name):
+        return 1 if node.id in helpers else 0
+    if isinstance(node, ast.Attribute):
+        return 1 if node.attr in helpers else 0
+    return 0
+
+
+def raw_accesses(source: str, *, store: bool = False) -> int:
+    """The raw item-attribute accesses in one module's source (id builders not counted)."""
+    tree = ast.parse(source)
+    helpers = _layout_names(tree, store=store) - ID_BUILDERS
+    return sum(_access(node, helpers) for node in ast.walk(tree))
+
+
+def id_builds(source: str, *, store: bool = False) -> int:
+    """The uses of principal-id builders (``key_pk``, ...) in one module's source."""
+    tree = ast.parse(source)
+    builders = _layout_names(tree, store=store) & ID_BUILDERS
+    return sum(
+        1
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Name) and node.id in builders)
+        or (isinstance(node, ast.Attribute) and node.attr in builders)
+    )
+
+
+def per_module(root: Path, *, count: Callable[..., int] = raw_accesses) -> dict[str, int]:
     """``{"security/limits.py": n, ...}`` for every module of ``root/src/security`` and
     ``root/src/handlers`` with at least one raw access."""
     src = root / "src"
@@ -81,20 +111,22 @@ def per_module(root: Path) -> dict[str, int]:
         for path in sorted((src / package).rglob("*.py")):
             if "__pycache__" in path.parts:
                 continue
-            if n := raw_accesses(path.read_text()):
-                counts[path.relative_to(src).as_posix()] = n
+            name = path.relative_to(src).as_posix()
+            if n := count(path.read_text(), store=name in STORE):
+                counts[name] = n
     return counts
 
 
 def main(argv: list[str]) -> int:
     root = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parents[2]
-    counts = per_module(root)
-    inside = {name: n for name, n in counts.items() if name in STORE}
-    outside = {name: n for name, n in counts.items() if name not in STORE}
-    for title, group in (("store", inside), ("outside the store", outside)):
-        print(f"{title}: {sum(group.values())}")
-        for name, n in sorted(group.items(), key=lambda pair: -pair[1]):
-            print(f"  {n:4d}  {name}")
+    for what, count in (("raw attribute accesses", raw_accesses), ("id builders", id_builds)):
+        counts = per_module(root, count=count)
+        inside = {name: n for name, n in counts.items() if name in STORE}
+        outside = {name: n for name, n in counts.items() if name not in STORE}
+        for title, group in (("store", inside), ("outside the store", outside)):
+            print(f"{what}, {title}: {sum(group.values())}")
+            for name, n in sorted(group.items(), key=lambda pair: -pair[1]):
+                print(f"  {n:4d}  {name}")
     return 0
 
 
