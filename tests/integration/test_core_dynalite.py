@@ -192,8 +192,7 @@ def test_admin_writes_pass_dynalites_stricter_validation(dyn: tuple[PrincipalSto
         "suspended"
     )
     assert (
-        store.set_status(key_id, "active", allowed_from=("suspended",), now=NOW).config_version
-        == 3
+        store.set_status(key_id, "active", allowed_from=("suspended",), now=NOW).config_version == 3
     )
     rotated = store.rotate_secret(key_id, new_hash="a" * 64, grace_until=NOW + 60, now=NOW)
     assert rotated.secret_hash == "a" * 64 and rotated.previous_secret_until == NOW + 60
