@@ -8,7 +8,6 @@ import json
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +15,10 @@ import numpy as np
 import pytest
 
 from logcapture import remember_key
+from mlmoat.local.lambda_runtime import LambdaContext as LambdaContext  # the one fake context
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = REPO / "events"
-
-
-@dataclass
-class LambdaContext:
-    """The attributes of the Lambda runtime's context object that Mangum and Powertools read."""
-
-    function_name: str = "PredictFunction"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 1024
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    log_group_name: str = "/aws/lambda/PredictFunction"
-    log_stream_name: str = "2026/11/26/[$LATEST]0123456789abcdef"
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
 
 
 def load_event(relative: str, substitutions: dict[str, str]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ import numpy as np
 
 from mlmoat.bench.capacity import CallRecord, CapacityMeter, Violation
 from mlmoat.bench.events import rest_event
+from mlmoat.local.lambda_runtime import LambdaContext
 from security.auth import Credentials, Principal
 from security.errors import AuthenticationError, SecurityError
 from security.limits import Gatekeeper
@@ -225,25 +226,6 @@ class _Discard(io.StringIO):
         return len(text)
 
 
-@dataclass
-class _Context:
-    """The parts of the Lambda context object Mangum and Powertools read."""
-
-    function_name: str
-    aws_request_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 1024
-    log_group_name: str = "/aws/lambda/capacity"
-    log_stream_name: str = "capacity"
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
-
-
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str = _QUEUE_ARN) -> dict[str, Any]:
     """The SQS event Lambda's event source delivers for ``messages`` (from ReceiveMessage)."""
     return {
@@ -350,7 +332,7 @@ class CapacityReplay:
             )
             event = rest_event(path="/predict", body=body, headers={"X-API-Key": api_key})
             event["requestContext"]["requestId"] = str(uuid.UUID(int=rng.getrandbits(128)))
-            response = handler(event, _Context("PredictFunction"))
+            response = handler(event, LambdaContext("PredictFunction", log_stream_name="capacity"))
             statuses[int(response["statusCode"])] += 1
             if poller is not None:
                 poller.receive_if(sink is None or sink.calls != poller.seen_calls, sink)
@@ -590,6 +572,9 @@ class _Poller:
 
     def _invoke(self, size: int) -> None:
         batch, self._held = self._held[:size], self._held[size:]
-        result = self._monitor(sqs_event([m for _, m in batch]), _Context("MonitorFunction"))
+        result = self._monitor(
+            sqs_event([m for _, m in batch]),
+            LambdaContext("MonitorFunction", log_stream_name="capacity"),
+        )
         self.failures += len(result.get("batchItemFailures", []))
         self.batches.append(len(batch))

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 8000
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+#: The same credentials as boto3 client keywords (the one copy: the tooling and the tests).
+DUMMY_CLIENT_CREDENTIALS = {
+    "aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+    "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+}
 
 
 class LocalEnvironmentError(RuntimeError):
@@ -97,8 +102,7 @@ def dynamodb_client(endpoint: str, region: str) -> DynamoDBClient:
         endpoint_url=endpoint,
         region_name=region,
         config=_config(),
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        **DUMMY_CLIENT_CREDENTIALS,
     )
 
 
@@ -109,8 +113,7 @@ def sqs_client(endpoint: str, region: str) -> SQSClient:
         endpoint_url=endpoint,
         region_name=region,
         config=_config(),
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        **DUMMY_CLIENT_CREDENTIALS,
     )
 
 
@@ -121,6 +124,5 @@ def ssm_client(endpoint: str, region: str) -> SSMClient:
         endpoint_url=endpoint,
         region_name=region,
         config=_config(),
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        **DUMMY_CLIENT_CREDENTIALS,
     )

@@ -21,23 +21,19 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from mlmoat.local.awsenv import DUMMY_CREDENTIALS
+from mlmoat.local.lambda_runtime import LambdaContext
 from mlmoat.redteam.cases import ModelCase
 from security.extraction import DetectorState
 
 REPO = Path(__file__).resolve().parents[3]
 _EVENT = REPO / "events" / "rest" / "models-iris-ok-single.json"
-_DUMMY_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-}
+_DUMMY_AWS = {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
 
 
 class _BuiltFunction:
@@ -58,20 +54,6 @@ class _BuiltFunction:
     def stop(self) -> None:
         """Stop the instance."""
         self._worker.stop()
-
-
-@dataclass
-class _Context:
-    function_name: str
-    aws_request_id: str
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:redteam"
-    log_group_name: str = "/aws/lambda/redteam"
-    log_stream_name: str = "redteam"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
 
 
 class LocalStack:
@@ -204,7 +186,7 @@ class LocalStack:
             if not received:
                 return processed
             event = {"Records": [_sqs_record(m) for m in received]}
-            context = _Context("MonitorFunction", str(uuid.uuid4()))
+            context = LambdaContext("MonitorFunction")
             result = self.monitor.handler(event, context)
             failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
             done = [m for m in received if m["MessageId"] not in failed]
@@ -370,7 +352,7 @@ class StackTarget:
         event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
         event["body"] = base64.b64encode(body).decode()
         event["isBase64Encoded"] = True
-        context = _Context("PredictFunction", str(uuid.uuid4()))
+        context = LambdaContext("PredictFunction")
         response = self._handler(event, context)
         raw = response.get("body") or "{}"
         if response.get("isBase64Encoded"):
