@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from logcapture import remember_key
+from mlmoat.local.events import rest_event as rest_event  # the one event builder
 from mlmoat.local.lambda_runtime import LambdaContext as LambdaContext  # the one fake context
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,35 +48,6 @@ def header(response: dict[str, Any], name: str) -> str | None:
         if key.lower() == name.lower() and values:
             return str(values[0])
     return None
-
-
-def rest_event(
-    *,
-    path: str,
-    body: bytes | None,
-    headers: dict[str, str],
-    method: str = "POST",
-    base64_body: bool = True,
-    iam_arn: str | None = None,
-) -> dict[str, Any]:
-    """A REST (v1) event built from the shape of events/rest/predict-ok-single.json; with
-    ``iam_arn``, as API Gateway passes a request it authorised with SigV4 (``AWS_IAM``)."""
-    event = json.loads((EVENTS / "rest" / "predict-ok-single.json").read_text())
-    event["path"] = path
-    event["httpMethod"] = method
-    event["requestContext"]["httpMethod"] = method
-    event["requestContext"]["requestId"] = str(uuid.uuid4())
-    event["headers"] = dict(headers)
-    event["multiValueHeaders"] = {name: [value] for name, value in headers.items()}
-    if iam_arn is not None:
-        event["requestContext"]["identity"]["userArn"] = iam_arn
-    if body is None:
-        event["body"], event["isBase64Encoded"] = None, False
-    elif base64_body:
-        event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
-    else:
-        event["body"], event["isBase64Encoded"] = body.decode("utf-8", "surrogateescape"), False
-    return event
 
 
 def new_key(admin: Any, **options: Any) -> dict[str, Any]:

@@ -102,7 +102,8 @@ def dynamodb_client(endpoint: str, region: str) -> DynamoDBClient:
         endpoint_url=endpoint,
         region_name=region,
         config=_config(),
-        **DUMMY_CLIENT_CREDENTIALS,
+        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
 
 
@@ -113,7 +114,8 @@ def sqs_client(endpoint: str, region: str) -> SQSClient:
         endpoint_url=endpoint,
         region_name=region,
         config=_config(),
-        **DUMMY_CLIENT_CREDENTIALS,
+        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
 
 
@@ -124,5 +126,6 @@ def ssm_client(endpoint: str, region: str) -> SSMClient:
         endpoint_url=endpoint,
         region_name=region,
         config=_config(),
-        **DUMMY_CLIENT_CREDENTIALS,
+        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )

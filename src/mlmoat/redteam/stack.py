@@ -8,7 +8,7 @@ warm instance each, ``mlmoat.local.workers``) with the environment template.yaml
 ``security.admin``. The functions' output (their audit records) goes to the audit file.
 
 ``StackTarget`` is what an attacker holds: one API key. Each query is a REST (v1) proxy event
-(``events/rest/models-iris-ok-single.json``'s shape) sent to the predict handler; the attacker
+(``mlmoat.local.events.rest_event``) sent to the predict handler; the attacker
 sees the response body only. After each request the extraction queue is drained into the monitor
 handler as SQS batch events, so detection happens exactly as deployed; the detector state is read
 back from the principal's ``mon#`` item and the flag from the key item.
@@ -27,12 +27,12 @@ from typing import IO, Any
 import numpy as np
 
 from mlmoat.local.awsenv import DUMMY_CREDENTIALS
+from mlmoat.local.events import rest_event
 from mlmoat.local.lambda_runtime import LambdaContext
 from mlmoat.redteam.cases import ModelCase
 from security.extraction import DetectorState
 
 REPO = Path(__file__).resolve().parents[3]
-_EVENT = REPO / "events" / "rest" / "models-iris-ok-single.json"
 _DUMMY_AWS = {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
 
 
@@ -289,7 +289,6 @@ class StackTarget:
         self.api_key, self.principal_id = stack.create_key(
             owner=owner, output_policy=policy, budget=budget
         )
-        self._template = json.loads(_EVENT.read_text(encoding="utf-8"))
 
     @property
     def state(self) -> DetectorState:
@@ -340,18 +339,12 @@ class StackTarget:
         return [None] * rows.shape[0]
 
     def _request(self, rows: np.ndarray) -> tuple[int, dict[str, Any]]:
-        event = json.loads(json.dumps(self._template))
-        path = f"/models/{self.case.name}/predict"
-        body = json.dumps({"instances": rows.tolist()}).encode()
-        event["path"] = path
-        event["pathParameters"] = {"model": self.case.name}
-        event["requestContext"]["requestId"] = str(uuid.uuid4())
-        event["requestContext"]["path"] = f"/dev{path}"
-        headers = {"Content-Type": "application/json", "X-API-Key": self.api_key}
-        event["headers"] = headers
-        event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
-        event["body"] = base64.b64encode(body).decode()
-        event["isBase64Encoded"] = True
+        event = rest_event(
+            path=f"/models/{self.case.name}/predict",
+            body=json.dumps({"instances": rows.tolist()}).encode(),
+            headers={"Content-Type": "application/json", "X-API-Key": self.api_key},
+            path_parameters={"model": self.case.name},
+        )
         context = LambdaContext("PredictFunction")
         response = self._handler(event, context)
         raw = response.get("body") or "{}"
