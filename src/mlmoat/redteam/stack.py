@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,11 +71,14 @@ class LocalStack:
         self._functions: list[_BuiltFunction] = []
 
     def __enter__(self) -> LocalStack:
-        from mlmoat.local.bootstrap import bootstrap
-        from mlmoat.local.server import EmbeddedDynamoDB
+        from mlmoat.local import stack as local
         from mlmoat.local.template import Template
 
-        self._server = EmbeddedDynamoDB().start()
+        # The one local stack's DynamoDB (its own process; tables and queues bootstrapped); its
+        # log goes to a scratch directory, not beside the report.
+        self._scratch = tempfile.TemporaryDirectory(prefix="mlmoat-redteam-")
+        self._server = local.LocalStack(work_dir=Path(self._scratch.name), instances=0)
+        self._server.start_dynamodb()
         endpoint = self._server.endpoint
         env = dict(_DUMMY_AWS)
         env["AWS_ENDPOINT_URL_DYNAMODB"] = endpoint
@@ -85,20 +89,17 @@ class LocalStack:
         self._build_dir = ensure_build(REPO)
         template = Template(REPO / "template.yaml", endpoint=endpoint, region="us-east-1")
         self._template = template
-        bootstrap(template)
         self.env = dict(template.function("PredictFunction").environment)
         self.env.update(self._served_env())
         self._set_env(self.env)
-        import boto3
-
         from security.admin import KeyAdmin, uncapped
         from security.settings import Settings
         from security.store import PrincipalStore
 
         self.settings = Settings.from_env(os.environ)
-        self.sqs = boto3.client("sqs")
+        self.sqs = local.aws_client("sqs", env)
         self.store = PrincipalStore(
-            client=boto3.client("dynamodb"), table_name=self.settings.table_name
+            client=local.dynamodb_client(env), table_name=self.settings.table_name
         )
         self.admin = KeyAdmin(store=self.store, settings=uncapped(self.settings))
         self.queue_url = str(self.settings.extraction_queue_url)
@@ -113,6 +114,7 @@ class LocalStack:
         for function in self._functions:
             function.stop()
         self._server.stop()
+        self._scratch.cleanup()
         for name, value in self._saved.items():
             if value is None:
                 os.environ.pop(name, None)
