@@ -43,6 +43,7 @@ import numpy as np
 
 from mlmoat.bench.capacity import CallRecord, CapacityMeter, Violation
 from mlmoat.bench.events import rest_event
+from mlmoat.local.events import sqs_event
 from mlmoat.local.lambda_runtime import LambdaContext
 from security.auth import Credentials, Principal
 from security.errors import AuthenticationError, SecurityError
@@ -59,7 +60,6 @@ INVOCATION_SECONDS = 0.025
 #: ReceiveMessage's limit: the poller receives at most this many per call.
 RECEIVE_MAX = 10
 _REGION = "us-east-1"
-_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue"
 _SEED = 20261204
 
 
@@ -224,26 +224,6 @@ class _Discard(io.StringIO):
 
     def write(self, text: str) -> int:
         return len(text)
-
-
-def sqs_event(messages: list[dict[str, Any]], queue_arn: str = _QUEUE_ARN) -> dict[str, Any]:
-    """The SQS event Lambda's event source delivers for ``messages`` (from ReceiveMessage)."""
-    return {
-        "Records": [
-            {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-                "messageAttributes": {},
-                "md5OfBody": message.get("MD5OfBody", ""),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": _REGION,
-            }
-            for message in messages
-        ]
-    }
 
 
 def benign_rows(root: Path, count: int, seed: int = _SEED) -> list[list[float]]:

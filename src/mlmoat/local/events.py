@@ -2,8 +2,9 @@
 
 Every event is ``events/rest/predict-ok-single.json`` (the shape ``sam local generate-event
 apigateway aws-proxy`` gives, as the handler tests and ``sam local invoke`` use it) with the
-request's own path, method, headers and body, and a fresh request id. The benchmark, the red team,
-the capacity replay and the handler tests build their events here.
+request's own path, method, headers and body, and a fresh request id; ``sqs_event`` is the batch
+the extraction queue's event source hands the monitor. The benchmark, the red team, the capacity
+replay and the handler tests build their events here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -58,3 +59,30 @@ def rest_event(
     else:
         event["body"], event["isBase64Encoded"] = body.decode("utf-8", "surrogateescape"), False
     return event
+
+
+#: The extraction queue's ARN as the local events name it.
+QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue"
+
+
+def sqs_event(
+    messages: Sequence[Mapping[str, Any]], queue_arn: str = QUEUE_ARN, region: str = "us-east-1"
+) -> dict[str, Any]:
+    """The SQS event Lambda's event source delivers for ``messages`` (as ReceiveMessage returns
+    them: ``MessageId``, ``ReceiptHandle``, ``Body``)."""
+    return {
+        "Records": [
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
+                "messageAttributes": {},
+                "md5OfBody": message.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+            for message in messages
+        ]
+    }

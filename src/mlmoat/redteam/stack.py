@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from mlmoat.local.awsenv import DUMMY_CREDENTIALS
-from mlmoat.local.events import rest_event
+from mlmoat.local.events import rest_event, sqs_event
 from mlmoat.local.lambda_runtime import LambdaContext
 from mlmoat.redteam.cases import ModelCase
 from security.extraction import DetectorState
@@ -187,7 +187,7 @@ class LocalStack:
             received = self._receive()
             if not received:
                 return processed
-            event = {"Records": [_sqs_record(m) for m in received]}
+            event = sqs_event(received)
             context = LambdaContext("MonitorFunction")
             result = self.monitor.handler(event, context)
             failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
@@ -239,20 +239,6 @@ class LocalStack:
     def key_item(self, principal_id: str) -> dict[str, Any]:
         """The principal's item (status, flags, counters)."""
         return self.store.get(principal_id) or {}
-
-
-def _sqs_record(message: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-        "messageAttributes": {},
-        "md5OfBody": message.get("MD5OfBody", ""),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue",
-        "awsRegion": "us-east-1",
-    }
 
 
 class FlaggedError(RuntimeError):
