@@ -124,6 +124,35 @@ class AdminStoreMixin:
             raise ConflictError("key_exists") from failed
         return KeyRecord(item)
 
+    def update_sharded(
+        self,
+        old: Item,
+        *,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+        now: int,
+    ) -> Item | None:
+        """``update_with_shards`` when ``old`` (the ALL_OLD of a write refused for its shards) is
+        a sharded key's item; None when it is not, or its own condition failed.
+
+        Raises:
+            StoreUnavailableError: as ``update_with_shards``.
+        """
+        shards = int(old.get("shards", 1))
+        if shards <= 1:
+            return None
+        return self.update_with_shards(
+            str(old["pk"]),
+            shards,
+            update=update,
+            condition=condition,
+            names=names,
+            values=values,
+            now=now,
+        )
+
     def update_with_shards(
         self,
         pk: str,
@@ -327,19 +356,11 @@ class AdminStoreMixin:
             old = _load(failed.item)
             if not old:
                 raise NotFoundError("unknown_key") from failed
-            shards = int(old.get("shards", 1))
-            if shards > 1:
-                changed = self.update_with_shards(
-                    pk,
-                    shards,
-                    update=update,
-                    condition=condition,
-                    names=names,
-                    values=values,
-                    now=now,
-                )
-                if changed is not None:
-                    return KeyRecord(changed)
+            changed = self.update_sharded(
+                old, update=update, condition=condition, names=names, values=values, now=now
+            )
+            if changed is not None:
+                return KeyRecord(changed)
             raise ConflictError("invalid_transition") from failed
         item = _load(response.get("Attributes"))
         if item is None:  # pragma: no cover - ALL_NEW always returns the item

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from security.admission import Admission, RecentAdmissions, rate_headers, remaining
 from security.auth import Credentials, Principal, principal_from_claims
-from security.charging import Sender
+from security.charging import Sender, Sent
 from security.errors import (
     AuthenticationError,
     ForbiddenError,
@@ -231,13 +230,7 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
                 # A shard's config_version moved: the key changed; read it (and verify) again.
                 principal, record = keys.read(credentials, source_ip=source_ip, now=now)
                 continue
-            sent = self._sender.send(
-                lane,
-                principal.principal_id,
-                build=self._charge_builder(credentials, principal, rows=rows, now=now),
-                call=self._store.charge,
-                **self._windows(principal, now),
-            )
+            sent = self._send_charge(lane, credentials, principal, rows=rows, now=now)
             if sent.counted and sent.found:
                 if sent.full:
                     keys.remember(sent.key)
@@ -272,13 +265,7 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         if not fits(principal, rows):
             _, counters = self._count_refusal(lane, credentials, source_ip, now)
             raise self._over_limit(lane, principal, counters, rows=rows, now=now, never_fits=True)
-        sent = self._sender.send(
-            lane,
-            principal.principal_id,
-            build=self._charge_builder(credentials, principal, rows=rows, now=now),
-            call=self._store.charge,
-            **self._windows(principal, now),
-        )
+        sent = self._send_charge(lane, credentials, principal, rows=rows, now=now)
         if sent.counted and sent.found:
             return self._admission(principal, sent.counters, rows=rows, now=now)
         old = sent.subject
@@ -295,13 +282,19 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         return principal, record
 
     # ------------------------------------------------------------------ shared
-    @staticmethod
-    def _windows(principal: Principal, now: int) -> dict[str, Any]:
+    def _send_charge(
+        self, lane: Lane, credentials: Credentials, principal: Principal, *, rows: int, now: int
+    ) -> Sent:
+        """The counting write of an unsharded principal (a key or a token subject)."""
         rate = principal.rate_limit
-        return {
-            "window_start": window_start(now, rate.window_seconds),
-            "window_seconds": rate.window_seconds,
-        }
+        return self._sender.send(
+            lane,
+            principal.principal_id,
+            build=self._charge_builder(credentials, principal, rows=rows, now=now),
+            call=self._store.charge,
+            window_start=window_start(now, rate.window_seconds),
+            window_seconds=rate.window_seconds,
+        )
 
     def _charge_builder(
         self, credentials: Credentials, principal: Principal, *, rows: int, now: int

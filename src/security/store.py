@@ -200,16 +200,9 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
             if not suspend or condition is None:
                 raise StoreUnavailableError(detail="ClientError") from failed
             old = _load(failed.item) or {}
-            shards = int(old.get("shards", 1))
-            if shards > 1 and old.get("status") != "revoked":
-                changed = self.update_with_shards(
-                    principal_id,
-                    shards,
-                    update=update,
-                    condition=condition,
-                    names=names,
-                    values=values,
-                    now=now,
+            if old.get("status") != "revoked":
+                changed = self.update_sharded(
+                    old, update=update, condition=condition, names=names, values=values, now=now
                 )
                 if changed is not None:
                     return changed
