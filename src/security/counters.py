@@ -21,7 +21,7 @@ from security.records import refusal_attr as refusal_attr
 from security.writers import Stamp
 
 if TYPE_CHECKING:
-    from security.store import ChargeOutcome
+    from security.dynamo import Item
 
 AUTHFAIL_PREFIX = "authfail#"
 AUTHFAIL_ATTR_PREFIX = "fw_"
@@ -48,6 +48,16 @@ class RefusalRequest:
     issuer: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ChargeOutcome:
+    """The result of a counting write: when ``ok``, what the write updated (``UPDATED_NEW``, or
+    the whole item when the stamp asked for ``ALL_NEW``); else ``ALL_OLD`` (None: no item)."""
+
+    ok: bool
+    item: Item | None
+    full: bool = True
+
+
 class CounterMixin:
     """Refusal and failed-authentication counters of ``PrincipalStore``."""
 
@@ -63,8 +73,6 @@ class CounterMixin:
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        from security.store import ChargeOutcome
-
         names = {
             "#status": "status",
             "#rf": refusal_attr(request.window_start),
@@ -107,23 +115,40 @@ class CounterMixin:
             + " ADD #rf :one, refusals :one REMOVE "
             + ", ".join(["#rfo", *removals])
         )
+        return self._counting_write(
+            request.pk, update, conditions, names=names, values=values, stamp=request.stamp
+        )
+
+    def _counting_write(
+        self,
+        pk: str,
+        update: str,
+        conditions: list[str],
+        *,
+        names: dict[str, str],
+        values: dict[str, Any],
+        stamp: Stamp,
+    ) -> ChargeOutcome:
+        """One conditional counting write under ``stamp``: what it updated, or ALL_OLD.
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
         try:
             with _translated():
                 response = self._client.update_item(
                     TableName=self._table,
-                    Key={"pk": {"S": request.pk}},
+                    Key={"pk": {"S": pk}},
                     UpdateExpression=update,
                     ConditionExpression=" AND ".join(conditions),
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues=values,
-                    ReturnValues=request.stamp.return_values,
+                    ReturnValues=stamp.return_values,
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
         except ConditionFailed as failed:
             return ChargeOutcome(ok=False, item=_load(failed.item))
-        return ChargeOutcome(
-            ok=True, item=_load(response.get("Attributes")) or {}, full=request.stamp.full
-        )
+        return ChargeOutcome(ok=True, item=_load(response.get("Attributes")) or {}, full=stamp.full)
 
     def record_auth_failure(self, scope: str, *, window_start: int, window_seconds: int) -> int:
         """Count a failed authentication under ``scope`` (``ip#<address>``, ``key#<id>``,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from security.admin_store import AdminStoreMixin
+from security.counters import ChargeOutcome as ChargeOutcome  # re-exported (the write's result)
 from security.counters import CounterMixin
 from security.dynamo import ConditionFailed
 from security.dynamo import Item as Item  # re-exported: the item type of every store call
@@ -87,16 +88,6 @@ class ChargeRequest:
     def item_pk(self) -> str:
         """The partition key written."""
         return self.pk if self.shard is None else shard_pk(self.pk, self.shard)
-
-
-@dataclass(frozen=True, slots=True)
-class ChargeOutcome:
-    """The result of a charge: when ``ok``, what the write updated (``UPDATED_NEW``, or the whole
-    item when the stamp asked for ``ALL_NEW``); else ``ALL_OLD`` (None if there is no item)."""
-
-    ok: bool
-    item: Item | None
-    full: bool = True
 
 
 class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
@@ -279,21 +270,6 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
             removals.append(f"#s{index}")
         if removals:
             update += " REMOVE " + ", ".join(removals)
-        try:
-            with _translated():
-                response = self._client.update_item(
-                    TableName=self._table,
-                    Key={"pk": {"S": request.item_pk}},
-                    UpdateExpression=update,
-                    ConditionExpression=" AND ".join(conditions),
-                    ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=values,
-                    ReturnValues=request.stamp.return_values,
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-        except ConditionFailed as failed:
-            old: Any = failed.item
-            return ChargeOutcome(ok=False, item=_load(old))
-        return ChargeOutcome(
-            ok=True, item=_load(response.get("Attributes")) or {}, full=request.stamp.full
+        return self._counting_write(
+            request.item_pk, update, conditions, names=names, values=values, stamp=request.stamp
         )
