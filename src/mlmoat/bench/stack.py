@@ -124,7 +124,7 @@ def without_bytecode(spec: FunctionSpec, into: Path, *, keep: tuple[Path, ...]) 
 
 
 @dataclass
-class LocalStack:
+class BenchStack:
     """The local DynamoDB (``mlmoat.local.stack.LocalStack``'s), bootstrapped from
     template.yaml, and a key to call with."""
 
@@ -167,7 +167,7 @@ def _value_bytes(value: dict[str, Any]) -> int:
 
 
 @contextmanager
-def local_stack(root: Path, *, log_dir: Path) -> Iterator[LocalStack]:
+def local_stack(root: Path, *, log_dir: Path) -> Iterator[BenchStack]:
     """Start the local DynamoDB (``mlmoat.local.stack.LocalStack``: its own process, tables and
     queues bootstrapped from the template) and make a key.
 
@@ -201,7 +201,7 @@ def local_stack(root: Path, *, log_dir: Path) -> Iterator[LocalStack]:
             budget=10**12,
             output_policy=settings.default_output_policy,
         )
-        yield LocalStack(
+        yield BenchStack(
             endpoint=endpoint,
             aws_env=aws_env,
             environment=environment,

@@ -1,7 +1,8 @@
 """The real stack for the red team: API Gateway events through the Lambda handlers.
 
-``LocalStack`` starts an embedded moto server (DynamoDB and SQS over HTTP on loopback), creates
-the template's table and queues (``mlmoat.local.bootstrap``), runs ``PredictFunction`` and
+``RedTeamStack`` starts the one local stack's moto server (``mlmoat.local.stack.LocalStack``:
+DynamoDB and SQS over HTTP on loopback, in its own process, the template's table and queues
+bootstrapped), runs ``PredictFunction`` and
 ``MonitorFunction`` from the Lambda build under CPython 3.13 as ``mlmoat local`` runs them (one
 warm instance each, ``mlmoat.local.workers``) with the environment template.yaml gives them
 (model dir pointed at the red team's models), and creates real API keys with budgets through
@@ -57,7 +58,7 @@ class _BuiltFunction:
         self._worker.stop()
 
 
-class LocalStack:
+class RedTeamStack:
     """An embedded DynamoDB/SQS with the template's resources and the two handlers loaded."""
 
     def __init__(self, *, model_dir: Path, audit_path: Path) -> None:
@@ -70,7 +71,7 @@ class LocalStack:
         self._unmonitored = False
         self._functions: list[_BuiltFunction] = []
 
-    def __enter__(self) -> LocalStack:
+    def __enter__(self) -> RedTeamStack:
         from mlmoat.local import stack as local
         from mlmoat.local.template import Template
 
@@ -241,6 +242,10 @@ class LocalStack:
         return self.store.get(principal_id) or {}
 
 
+#: The red team's stack under its former name (``mlmoat.redteam.run`` imports it so).
+LocalStack = RedTeamStack
+
+
 class FlaggedError(RuntimeError):
     """Raised by a target built with ``stop_when_flagged`` once the monitor has flagged it."""
 
@@ -250,7 +255,7 @@ class StackTarget:
 
     def __init__(
         self,
-        stack: LocalStack,
+        stack: RedTeamStack,
         case: ModelCase,
         policy: str,
         *,
