@@ -134,16 +134,17 @@ class AdminStoreMixin:
         values: dict[str, Any],
         now: int,
     ) -> Item | None:
-        """``update_with_shards`` when ``old`` (the ALL_OLD of a write refused for its shards) is
-        a sharded key's item; None when it is not, or its own condition failed.
+        """``_update_with_shards`` (one transaction over the key and its shards) when ``old``,
+        the ALL_OLD of a write refused for its shards, is a sharded key's item; None when it is
+        not, or its own condition failed.
 
         Raises:
-            StoreUnavailableError: as ``update_with_shards``.
+            StoreUnavailableError: as ``_update_with_shards``.
         """
         shards = int(old.get("shards", 1))
         if shards <= 1:
             return None
-        return self.update_with_shards(
+        return self._update_with_shards(
             str(old["pk"]),
             shards,
             update=update,
@@ -153,7 +154,7 @@ class AdminStoreMixin:
             now=now,
         )
 
-    def update_with_shards(
+    def _update_with_shards(
         self,
         pk: str,
         shards: int,
