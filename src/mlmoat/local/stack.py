@@ -11,6 +11,8 @@ DynamoDB here). The fault suite's ``FaultStack`` adds a fault proxy in front of 
 
 * ``LocalStack``: the DynamoDB server in its own process (restartable: SIGUSR1 stops its
   listener, SIGUSR2 starts it again, state intact) and any number of start-api instances.
+* ``start_function``: the in-process variant, one warm instance of a function from the Lambda
+  build whose handler the caller invokes (``BuiltFunction.handler``; the red team's stack).
 * helpers every caller shares: ``local_env``, ``aws_client``, ``dynamodb_client``,
   ``table_name``, ``key_admin``, ``create_key``, ``read_audit``, ``read_items``, ``send``,
   ``mlmoat_command``.
@@ -30,7 +32,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import boto3
 
@@ -192,6 +194,49 @@ class LocalStack:
         handle.close()
         self._processes.append(process)
         self._logs.append(log)
+
+
+class BuiltFunction:
+    """One function of the Lambda build behind its handler's signature: one warm instance
+    under CPython 3.13 (``mlmoat.local.workers.Worker``), as ``mlmoat local invoke`` runs it (the
+    stack's in-process variant: the caller invokes the handler, no HTTP in between)."""
+
+    def __init__(self, worker: Any) -> None:
+        self._worker = worker
+
+    def handler(self, event: Mapping[str, Any], context: Any) -> Any:
+        """Invoke the function; its error (an exception in the handler) is raised here."""
+        invocation = self._worker.invoke(event, request_id=context.aws_request_id)
+        if invocation.error is not None:
+            error = invocation.error
+            raise RuntimeError(f"{error.get('errorType')}: {error.get('errorMessage')}")
+        return invocation.response
+
+    def stop(self) -> None:
+        """Stop the instance."""
+        self._worker.stop()
+
+
+def start_function(
+    template: Any, build_dir: Path, logical_id: str, *, env: Mapping[str, str], log: IO[str]
+) -> BuiltFunction:
+    """Start one warm instance of ``logical_id`` from the Lambda build, with the template's
+    environment and ``env`` over it (the host's endpoints and credentials from ``os.environ``);
+    its output goes to ``log``.
+
+    Raises:
+        FunctionStartError: the instance did not start (its cold start failed).
+    """
+    from mlmoat.local.workers import FunctionLayout, Worker
+
+    layout = FunctionLayout(
+        template,
+        build_dir,
+        logical_id,
+        env_overrides={logical_id: dict(env)},
+        host_environ=dict(os.environ),
+    )
+    return BuiltFunction(Worker(layout, log=log))
 
 
 def table_name() -> str:

@@ -22,7 +22,6 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,26 +37,6 @@ REPO = Path(__file__).resolve().parents[3]
 _DUMMY_AWS = {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
 
 
-class _BuiltFunction:
-    """One function of the Lambda build behind its handler's signature: one warm instance
-    under CPython 3.13 (``mlmoat.local.workers.Worker``), as ``mlmoat local invoke`` runs it."""
-
-    def __init__(self, worker: Any) -> None:
-        self._worker = worker
-
-    def handler(self, event: Mapping[str, Any], context: Any) -> Any:
-        """Invoke the function; its error (an exception in the handler) is raised here."""
-        invocation = self._worker.invoke(event, request_id=context.aws_request_id)
-        if invocation.error is not None:
-            error = invocation.error
-            raise RuntimeError(f"{error.get('errorType')}: {error.get('errorMessage')}")
-        return invocation.response
-
-    def stop(self) -> None:
-        """Stop the instance."""
-        self._worker.stop()
-
-
 class RedTeamStack:
     """An embedded DynamoDB/SQS with the template's resources and the two handlers loaded."""
 
@@ -69,7 +48,7 @@ class RedTeamStack:
         self._predict: dict[str, Any] = {}
         self._audit: IO[str] | None = None
         self._unmonitored = False
-        self._functions: list[_BuiltFunction] = []
+        self._functions: list[Any] = []
 
     def __enter__(self) -> RedTeamStack:
         from mlmoat.local import stack as local
@@ -144,19 +123,17 @@ class RedTeamStack:
             self._saved.setdefault(name, os.environ.get(name))
             os.environ[name] = value
 
-    def _load(self, logical_id: str, overrides: dict[str, str]) -> _BuiltFunction:
-        from mlmoat.local.workers import FunctionLayout, Worker
+    def _load(self, logical_id: str, overrides: dict[str, str]) -> Any:
+        from mlmoat.local.stack import start_function
 
-        declared = self._served_env()
-        layout = FunctionLayout(
+        assert self._audit is not None
+        function = start_function(
             self._template,
             self._build_dir,
             logical_id,
-            env_overrides={logical_id: {**declared, **overrides}},
-            host_environ=dict(os.environ),
+            env={**self._served_env(), **overrides},
+            log=self._audit,
         )
-        assert self._audit is not None
-        function = _BuiltFunction(Worker(layout, log=self._audit))
         self._functions.append(function)
         return function
 
