@@ -56,14 +56,14 @@ import boto3
 import pytest
 
 from logcapture import LineSink, leaked_key_material
+from mlmoat.local.awsenv import DUMMY_CREDENTIALS
 from mlmoat.local.server import EmbeddedDynamoDB
 from mlmoat.local.template import Template
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _REGION = "us-east-1"
 _DUMMY = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+    **DUMMY_CREDENTIALS,
     "AWS_DEFAULT_REGION": _REGION,
     "AWS_REGION": _REGION,
     "AWS_CONFIG_FILE": os.devnull,

@@ -11,23 +11,17 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from security.errors import InvalidPayloadError, NotFoundError
 from security.keys import generate_key, hash_secret, is_key_id
 from security.limits import window_start
 from security.policy import OutputPolicy, is_output_policy, rate_capped
+from security.records import Counters, KeyRecord, NewKey, SubjectRecord, subject_pk
 from security.settings import RateSpec, Settings
 from security.shards import MAX_SHARDS
-from security.store import (
-    RATE_ATTR_PREFIX,
-    Item,
-    PrincipalStore,
-    key_pk,
-    rate_attr,
-    subject_pk,
-)
+from security.store import PrincipalStore
 
 DEFAULT_SCOPES = ("predict:*",)
 _OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
@@ -139,29 +133,22 @@ class KeyAdmin:
             raise InvalidPayloadError("invalid_shards")
         now = int(self._clock())
         parsed, api_key = generate_key()
-        item: Item = {
-            "pk": key_pk(parsed.key_id),
-            "kind": "api_key",
-            "key_id": parsed.key_id,
-            "owner": owner,
-            "status": "active",
-            "scopes": set(scope_set),
-            "rate_count": rate.count,
-            "rate_window": rate.window_seconds,
-            "budget": rows_budget,
-            "output_policy": policy,
-            "secret_hash": hash_secret(parsed.key_id, parsed.secret),
-            "config_version": 1,
-            "rows_used": 0,
-            "requests": 0,
-            "created_at": now,
-            # Every key ends: at most SECURITY_KEY_MAX_LIFETIME_SECONDS after its creation.
-            "expires_at": now + lifetime,
-        }
-        if shards > 1:
-            item["shards"] = shards
-        self._store.create_key(item)
-        return {"key_id": parsed.key_id, "api_key": api_key, "key": key_view(item, now=now)}
+        record = self._store.create_key(
+            NewKey(
+                key_id=parsed.key_id,
+                owner=owner,
+                scopes=frozenset(scope_set),
+                rate_limit=rate,
+                budget=rows_budget,
+                output_policy=policy,
+                secret_hash=hash_secret(parsed.key_id, parsed.secret),
+                created_at=now,
+                # Every key ends: at most SECURITY_KEY_MAX_LIFETIME_SECONDS after its creation.
+                expires_at=now + lifetime,
+                shards=shards,
+            )
+        )
+        return {"key_id": parsed.key_id, "api_key": api_key, "key": key_view(record, now=now)}
 
     def _grantable(self, scope: str) -> bool:
         grantable = self._settings.key_grantable_scopes
@@ -174,12 +161,12 @@ class KeyAdmin:
             StoreUnavailableError: DynamoDB failed.
         """
         now = int(self._clock())
-        return [self._view(item, now) for item in self._store.list_keys(owner=owner)]
+        return [self._view(record, now) for record in self._store.list_keys(owner=owner)]
 
-    def _view(self, item: Item, now: int) -> dict[str, Any]:
-        count = int(item.get("shards", 1))
-        shards = self._store.get_shards(str(item["pk"]), count) if count > 1 else []
-        return key_view(item, now=now, shards=shards)
+    def _view(self, record: KeyRecord, now: int) -> dict[str, Any]:
+        count = record.shards
+        shards = self._store.get_shards(record.principal_id, count) if count > 1 else []
+        return key_view(record, now=now, shards=shards)
 
     def show(self, key_id: str) -> dict[str, Any]:
         """The view of one key: status, configuration, counters, flags.
@@ -249,13 +236,13 @@ class KeyAdmin:
             raise InvalidPayloadError("invalid_duration")
         now = int(self._clock())
         parsed, api_key = generate_key(key_id)
-        item = self._store.rotate_secret(
+        record = self._store.rotate_secret(
             key_id,
             new_hash=hash_secret(parsed.key_id, parsed.secret),
             grace_until=now + grace_seconds,
             now=now,
         )
-        return {"key_id": key_id, "api_key": api_key, "key": self._view(item, now)}
+        return {"key_id": key_id, "api_key": api_key, "key": self._view(record, now)}
 
     def show_subject(self, subject: str, *, issuer: str | None = None) -> dict[str, Any]:
         """The view of one JWT subject (its status and counters).
@@ -266,10 +253,10 @@ class KeyAdmin:
             StoreUnavailableError: DynamoDB failed.
         """
         pk, _ = self._subject(subject, issuer)
-        item = self._store.get(pk)
-        if item is None:
+        record = self._store.read_subject(pk)
+        if record is None:
             raise NotFoundError("unknown_subject")
-        return subject_view(item, now=int(self._clock()))
+        return subject_view(record, now=int(self._clock()))
 
     def suspend_subject(self, subject: str, *, issuer: str | None = None) -> dict[str, Any]:
         """Suspend a JWT subject: every token for it is refused from its next request on (a
@@ -312,7 +299,7 @@ class KeyAdmin:
     ) -> dict[str, Any]:
         pk, chosen = self._subject(subject, issuer)
         now = int(self._clock())
-        item = self._store.set_subject_status(
+        record = self._store.set_subject_status(
             pk,
             status,
             allowed_from=allowed_from,
@@ -321,77 +308,71 @@ class KeyAdmin:
             now=now,
             create=create,
         )
-        return subject_view(item, now=now)
+        return subject_view(record, now=now)
 
     def _move(self, key_id: str, status: str, allowed_from: tuple[str, ...]) -> dict[str, Any]:
         _check_key_id(key_id)
         now = int(self._clock())
-        item = self._store.set_status(key_id, status, allowed_from=allowed_from, now=now)
-        return self._view(item, now)
+        record = self._store.set_status(key_id, status, allowed_from=allowed_from, now=now)
+        return self._view(record, now)
 
 
-def key_view(
-    item: Mapping[str, Any], *, now: int, shards: Iterable[Mapping[str, Any]] = ()
-) -> dict[str, Any]:
-    """A JSON-safe view of a key item, without secret hashes; a sharded key's counters are the
-    sums over its key item and its ``shards`` items."""
-    rate = RateSpec(int(item.get("rate_count", 0) or 1), int(item.get("rate_window", 60) or 60))
+def key_view(record: KeyRecord, *, now: int, shards: Iterable[Counters] = ()) -> dict[str, Any]:
+    """A JSON-safe view of a key, without secret hashes; a sharded key's counters are the sums
+    over its key item and its ``shards``."""
+    rate = record.rate_limit or RateSpec(1, 60)
     start = window_start(now, rate.window_seconds)
-    counting = [item, *shards]
-    window_rows = sum(int(part.get(rate_attr(start), 0)) for part in counting)
-    budget = item.get("budget")
-    rows_used = sum(int(part.get("rows_used", 0)) for part in counting)
-    grace_until = int(item.get("prev_secret_until", 0))
+    counting: list[Counters] = [record, *shards]
+    window_rows = sum(part.window_rows(start) or 0 for part in counting)
+    budget = record.budget
+    rows_used = sum(part.rows_used or 0 for part in counting)
+    grace_until = record.previous_secret_until
+    used_at = [at for part in counting if (at := part.last_used_at) is not None]
     return {
-        "key_id": item.get("key_id"),
-        "owner": item.get("owner"),
-        "status": item.get("status"),
-        "scopes": sorted(item.get("scopes") or ()),
+        "key_id": record.key_id,
+        "owner": record.owner,
+        "status": record.status,
+        "scopes": sorted(record.scopes),
         "rate_limit": str(rate),
         "budget": budget,
-        "output_policy": item.get("output_policy"),
-        "shards": int(item.get("shards", 1)),
-        "expires_at": item.get("expires_at"),
-        "created_at": item.get("created_at"),
-        "last_used_at": max(
-            (int(part["last_used_at"]) for part in counting if "last_used_at" in part),
-            default=None,
-        ),
-        "rotated_at": item.get("rotated_at"),
+        "output_policy": record.output_policy,
+        "shards": record.shards,
+        "expires_at": record.expires_at,
+        "created_at": record.created_at,
+        "last_used_at": max(used_at, default=None),
+        "rotated_at": record.rotated_at,
         "previous_secret_valid_until": grace_until if grace_until > now else None,
-        "config_version": item.get("config_version"),
-        "flags": sorted(item.get("flags") or ()),
-        "flagged_at": item.get("flagged_at"),
+        "config_version": record.config_version,
+        "flags": record.flags,
+        "flagged_at": record.flagged_at,
         "usage": {
             "rows_used": rows_used,
-            "requests": sum(int(part.get("requests", 0)) for part in counting),
-            "refusals": int(item.get("refusals", 0)),
-            "budget_remaining": None if budget is None else max(0, int(budget) - rows_used),
+            "requests": sum(part.requests for part in counting),
+            "refusals": record.refusals,
+            "budget_remaining": None if budget is None else max(0, budget - rows_used),
             "window_start": start,
             "window_rows": window_rows,
             "window_remaining": max(0, rate.count - window_rows),
-            "live_windows": sorted(
-                {n for part in counting for n in part if n.startswith(RATE_ATTR_PREFIX)}
-            ),
+            "live_windows": sorted({name for part in counting for name in part.live_windows}),
         },
     }
 
 
-def subject_view(item: Mapping[str, Any], *, now: int) -> dict[str, Any]:
-    """A JSON-safe view of a JWT subject's item (its limits come from its tokens' claims)."""
+def subject_view(record: SubjectRecord, *, now: int) -> dict[str, Any]:
+    """A JSON-safe view of a JWT subject (its limits come from its tokens' claims)."""
     return {
-        "subject": item.get("subject"),
-        "issuer": item.get("issuer"),
-        "status": item.get("status", "active"),
-        "created_at": item.get("created_at"),
-        "updated_at": item.get("updated_at"),
-        "last_used_at": item.get("last_used_at"),
-        "flags": sorted(item.get("flags") or ()),
+        "subject": record.subject,
+        "issuer": record.issuer,
+        "status": record.status,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "last_used_at": record.last_used_at,
+        "flags": record.flags,
         "usage": {
-            "rows_used": int(item.get("rows_used", 0)),
-            "requests": int(item.get("requests", 0)),
-            "refusals": int(item.get("refusals", 0)),
-            "live_windows": sorted(n for n in item if n.startswith(RATE_ATTR_PREFIX)),
+            "rows_used": record.rows_used or 0,
+            "requests": record.requests,
+            "refusals": record.refusals,
+            "live_windows": record.live_windows,
         },
         "as_of": now,
     }

@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
-from security.dynamo import ConditionFailed, Item
+from security.dynamo import ConditionFailed, Item, TransactionCancelled
 from security.dynamo import dump as _dump
 from security.dynamo import load as _load
 from security.dynamo import translated as _translated
 from security.errors import ConflictError, NotFoundError, StoreUnavailableError
+from security.records import KEY_PREFIX, SHARD_KIND, Counters, KeyRecord, NewKey, SubjectRecord
+from security.records import key_pk as _key_pk
+from security.records import shard_pk as _shard_pk
 
 
 class AdminStoreMixin:
@@ -33,15 +34,13 @@ class AdminStoreMixin:
         def get(self, pk: str) -> Item | None:
             """Read one item (consistent): ``PrincipalStore.get``."""
 
-    def list_keys(self, *, owner: str | None = None) -> list[Item]:
-        """Every API key item (paginated scan; admin use only, never on the request path).
+    def list_keys(self, *, owner: str | None = None) -> list[KeyRecord]:
+        """Every API key (paginated scan; admin use only, never on the request path).
 
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
         names = {"#pk": "pk"}
-        from security.store import KEY_PREFIX
-
         values: dict[str, Any] = {":prefix": {"S": KEY_PREFIX}}
         filter_expr = "begins_with(#pk, :prefix)"
         if owner is not None:
@@ -62,23 +61,22 @@ class AdminStoreMixin:
                 items.extend(
                     i
                     for raw in response.get("Items", [])
-                    if (i := _load(raw)) and i.get("kind") != "shard"  # a sharded key's counters
+                    if (i := _load(raw)) and i.get("kind") != SHARD_KIND  # a sharded key's counters
                 )
                 last = response.get("LastEvaluatedKey")
                 if not last:
                     break
                 kwargs["ExclusiveStartKey"] = last
-        return sorted(items, key=lambda i: (i.get("created_at", 0), i["pk"]))
+        items.sort(key=lambda i: (i.get("created_at", 0), i["pk"]))
+        return [KeyRecord(item) for item in items]
 
-    def get_shards(self, pk: str, shards: int) -> list[Item]:
+    def get_shards(self, pk: str, shards: int) -> list[Counters]:
         """The shard items of a sharded key (consistent reads, admin use only).
 
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        from security.shards import shard_pk
-
-        wanted = [{"pk": {"S": shard_pk(pk, index)}} for index in range(shards)]
+        wanted = [{"pk": {"S": _shard_pk(pk, index)}} for index in range(shards)]
         found: list[Item] = []
         with _translated():
             while wanted:
@@ -89,19 +87,18 @@ class AdminStoreMixin:
                 rows = response["Responses"].get(self._table, [])
                 found += [item for raw in rows if (item := _load(raw))]
                 wanted += response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
-        return found
+        return [Counters(item) for item in found]
 
-    def create_key(self, item: Item) -> None:
+    def create_key(self, key: NewKey | Item) -> KeyRecord:
         """Write a new key item (and its shard items, in one transaction, for a sharded key);
-        refuses to overwrite an existing one.
+        refuses to overwrite an existing one. Returns its record. (An ``Item`` is written as it
+        is: the tests' and tooling's hand-made items.)
 
         Raises:
             ConflictError: an item with this key id already exists (``key_exists``).
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        from security.shards import shard_items
-
-        shards = shard_items(item)
+        item, *shards = key.items() if isinstance(key, NewKey) else [key]
         if shards:
             puts = [
                 {
@@ -115,7 +112,7 @@ class AdminStoreMixin:
             ]
             if self._transact(puts) is not None:
                 raise ConflictError("key_exists")
-            return
+            return KeyRecord(item)
         try:
             with _translated():
                 self._client.put_item(
@@ -125,8 +122,39 @@ class AdminStoreMixin:
                 )
         except ConditionFailed as failed:
             raise ConflictError("key_exists") from failed
+        return KeyRecord(item)
 
-    def update_with_shards(
+    def update_sharded(
+        self,
+        old: Item,
+        *,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+        now: int,
+    ) -> Item | None:
+        """``_update_with_shards`` (one transaction over the key and its shards) when ``old``,
+        the ALL_OLD of a write refused for its shards, is a sharded key's item; None when it is
+        not, or its own condition failed.
+
+        Raises:
+            StoreUnavailableError: as ``_update_with_shards``.
+        """
+        shards = int(old.get("shards", 1))
+        if shards <= 1:
+            return None
+        return self._update_with_shards(
+            str(old["pk"]),
+            shards,
+            update=update,
+            condition=condition,
+            names=names,
+            values=values,
+            now=now,
+        )
+
+    def _update_with_shards(
         self,
         pk: str,
         shards: int,
@@ -144,8 +172,6 @@ class AdminStoreMixin:
             StoreUnavailableError: DynamoDB failed, a shard is missing, or the transaction kept
                 conflicting with counting writes.
         """
-        from security.shards import shard_pk
-
         entries: list[dict[str, Any]] = [
             {
                 "Update": {
@@ -162,7 +188,7 @@ class AdminStoreMixin:
             {
                 "Update": {
                     "TableName": self._table,
-                    "Key": {"pk": {"S": shard_pk(pk, index)}},
+                    "Key": {"pk": {"S": _shard_pk(pk, index)}},
                     "UpdateExpression": "SET updated_at = :now ADD config_version :one",
                     "ConditionExpression": "attribute_exists(pk)",
                     "ExpressionAttributeValues": {":now": _dump(now), ":one": _dump(1)},
@@ -185,25 +211,21 @@ class AdminStoreMixin:
             StoreUnavailableError: DynamoDB failed or the transaction kept conflicting.
         """
         for _attempt in range(3):
-            with _translated():
-                try:
+            try:
+                with _translated():
                     self._client.transact_write_items(TransactItems=entries)
-                except ClientError as exc:
-                    codes = None
-                    if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
-                        reasons = exc.response.get("CancellationReasons", [])
-                        codes = [str(reason.get("Code", "None")) for reason in reasons]
-                    if codes is not None and "ConditionalCheckFailed" in codes:
-                        return codes
-                    if codes is None or "TransactionConflict" not in codes:
-                        raise  # translated: StoreUnavailableError
-                    continue
+            except TransactionCancelled as cancelled:
+                if "ConditionalCheckFailed" in cancelled.codes:
+                    return cancelled.codes
+                if "TransactionConflict" not in cancelled.codes:
+                    raise StoreUnavailableError(detail="ClientError") from cancelled
+                continue
             return None
         raise StoreUnavailableError("transaction_conflict")
 
     def set_status(
         self, key_id: str, status: str, *, allowed_from: Iterable[str], now: int
-    ) -> Item:
+    ) -> KeyRecord:
         """Move a key to ``status`` if it is now in one of ``allowed_from``; bumps config_version.
 
         Raises:
@@ -224,7 +246,7 @@ class AdminStoreMixin:
             now=now,
         )
 
-    def rotate_secret(self, key_id: str, *, new_hash: str, grace_until: int, now: int) -> Item:
+    def rotate_secret(self, key_id: str, *, new_hash: str, grace_until: int, now: int) -> KeyRecord:
         """Replace a key's secret hash, keeping the old one valid until ``grace_until``.
 
         Counters (rows used, windows, budget) are untouched: rotation is no budget reset.
@@ -262,7 +284,7 @@ class AdminStoreMixin:
         issuer: str,
         now: int,
         create: bool,
-    ) -> Item:
+    ) -> SubjectRecord:
         """Move a token subject to ``status`` from one of ``allowed_from``; with ``create``, a
         subject that never called gets its item (suspended before its first request).
 
@@ -306,7 +328,7 @@ class AdminStoreMixin:
         item = _load(response.get("Attributes"))
         if item is None:  # pragma: no cover - ALL_NEW always returns the item
             raise StoreUnavailableError("empty_update_response")
-        return item
+        return SubjectRecord(item)
 
     def _update_key(
         self,
@@ -317,10 +339,8 @@ class AdminStoreMixin:
         names: dict[str, str],
         values: dict[str, Any],
         now: int,
-    ) -> Item:
-        from security.store import key_pk
-
-        pk = key_pk(key_id)
+    ) -> KeyRecord:
+        pk = _key_pk(key_id)
         try:
             with _translated():
                 response = self._client.update_item(
@@ -337,21 +357,13 @@ class AdminStoreMixin:
             old = _load(failed.item)
             if not old:
                 raise NotFoundError("unknown_key") from failed
-            shards = int(old.get("shards", 1))
-            if shards > 1:
-                changed = self.update_with_shards(
-                    pk,
-                    shards,
-                    update=update,
-                    condition=condition,
-                    names=names,
-                    values=values,
-                    now=now,
-                )
-                if changed is not None:
-                    return changed
+            changed = self.update_sharded(
+                old, update=update, condition=condition, names=names, values=values, now=now
+            )
+            if changed is not None:
+                return KeyRecord(changed)
             raise ConflictError("invalid_transition") from failed
         item = _load(response.get("Attributes"))
         if item is None:  # pragma: no cover - ALL_NEW always returns the item
             raise StoreUnavailableError("empty_update_response")
-        return item
+        return KeyRecord(item)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hmac
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from security.auth import Credentials, Principal
-from security.store import rate_attr
+
+if TYPE_CHECKING:
+    from security.records import Counters
 
 #: How long, and how many, admissions an environment remembers by request id.
 RECENT_SECONDS = 60
@@ -52,16 +53,14 @@ def rate_headers(
     return {"RateLimit-Policy": policy, "RateLimit": state}
 
 
-def remaining(
-    principal: Principal, item: Mapping[str, Any], now: int
-) -> tuple[int, int, int | None]:
+def remaining(principal: Principal, counters: Counters, now: int) -> tuple[int, int, int | None]:
     """Rows left in the current window, seconds until it ends, and rows left in the budget."""
     rate = principal.rate_limit
     start = now - now % rate.window_seconds
-    used = int(item.get(rate_attr(start), 0))
+    used = counters.window_rows(start) or 0
     budget_left = None
     if principal.budget is not None:
-        budget_left = principal.budget - int(item.get("rows_used", 0))
+        budget_left = principal.budget - (counters.rows_used or 0)
     return rate.count - used, start + rate.window_seconds - now, budget_left
 
 

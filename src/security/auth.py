@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from security.errors import AuthenticationError
 from security.keys import MalformedKeyError, fingerprint, hash_secret, parse_key
 from security.policy import is_output_policy
+from security.records import KeyRecord, key_pk
 from security.settings import RateSpec, Settings
-from security.store import key_pk
 
 if TYPE_CHECKING:
     # PyJWT and cryptography cost ~80 ms of cold start: only ``security.wiring`` imports
@@ -88,29 +88,24 @@ class Principal:
         return ADMIN_SCOPE in self.scopes
 
 
-def principal_from_item(item: Mapping[str, Any], *, settings: Settings) -> Principal:
-    """Build an API key's principal from its DynamoDB item (defaults from settings)."""
-    rate = settings.default_rate_limit
-    if "rate_count" in item and "rate_window" in item:
-        rate = RateSpec(int(item["rate_count"]), int(item["rate_window"]))
-    policy = item.get("output_policy")
-    budget = item.get("budget")
-    expires = item.get("expires_at")
+def principal_from_key(record: KeyRecord, *, settings: Settings) -> Principal:
+    """Build an API key's principal from its record (defaults from settings)."""
+    policy = record.output_policy
     return Principal(
-        principal_id=str(item["pk"]),
+        principal_id=record.principal_id,
         kind="api_key",
-        key_id=str(item.get("key_id") or str(item["pk"]).removeprefix("key#")),
+        key_id=record.key_id,
         subject=None,
-        owner=item.get("owner"),
-        scopes=frozenset(item.get("scopes") or ()),
+        owner=record.owner,
+        scopes=record.scopes,
         output_policy=policy
-        if isinstance(policy, str) and is_output_policy(policy)
+        if policy is not None and is_output_policy(policy)
         else settings.default_output_policy,
-        rate_limit=rate,
-        budget=None if budget is None else int(budget),
-        config_version=int(item.get("config_version", 0)),
-        expires_at=None if expires is None else int(expires),
-        shards=max(1, int(item.get("shards", 1))),
+        rate_limit=record.rate_limit or settings.default_rate_limit,
+        budget=record.budget,
+        config_version=record.config_version,
+        expires_at=record.expires_at,
+        shards=record.shards,
     )
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from security.errors import StoreUnavailableError
-from security.itemviews import ItemViews
+from security.itemviews import Counts, ItemViews
+from security.records import Counters, KeyRecord, SubjectRecord, rate_attr, shard_pk
 from security.store import ChargeOutcome, Item
 from security.writers import Lane, Stamp
 
@@ -38,6 +39,26 @@ class Sent:
     full: bool
     already: bool = False
 
+    @property
+    def found(self) -> bool:
+        """Whether the item exists (a failed write to no item returns nothing)."""
+        return self.item is not None
+
+    @property
+    def counters(self) -> Counters:
+        """What the write updated or the failed write saw (empty when there is no item)."""
+        return Counters(self.item)
+
+    @property
+    def key(self) -> KeyRecord:
+        """The item as an API key's record (whole when ``full``)."""
+        return KeyRecord(self.item)
+
+    @property
+    def subject(self) -> SubjectRecord:
+        """The item as a token subject's record (empty when there is no item yet)."""
+        return SubjectRecord(self.item)
+
 
 class Sender:
     """Sends stamped counting writes for one environment."""
@@ -46,10 +67,14 @@ class Sender:
         self._views = views
         self._clock = clock
 
-    @property
-    def views(self) -> ItemViews:
-        """What this environment knows of each counting item."""
-        return self._views
+    def seen(self, principal_id: str, window_start: int, *, shard: int | None = None) -> Counts:
+        """What this environment last saw of a principal's (or its shard's) counters."""
+        pk = principal_id if shard is None else shard_pk(principal_id, shard)
+        return self._views.counts(pk, rate_attr(window_start))
+
+    def saw(self, record: Counters) -> None:
+        """Note a record read whole (a consistent read) for the next writes' pruning."""
+        self._views.note(str(record.item["pk"]), record.item, now=self._clock(), full=True)
 
     def send(
         self,
@@ -59,20 +84,25 @@ class Sender:
         build: Callable[[Stamp, tuple[str, ...]], R],
         call: Callable[[R], ChargeOutcome],
         window_start: int = 0,
-        previous_window: str | None = None,
+        window_seconds: int | None = None,
+        shard: int | None = None,
         full: bool = False,
     ) -> Sent:
         """Send ``build(stamp, stale windows)`` through ``call``, writing again (a new sequence)
-        when the stamp itself made it fail. ``previous_window``: the rate window before
-        ``window_start`` (None: the write removes no window); ``full``: always ask ALL_NEW.
+        when the stamp itself made it fail. ``window_seconds``: the rate window's length (None:
+        the write removes no window); ``shard``: the write goes to that shard of ``pk``;
+        ``full``: always ask ALL_NEW.
 
         Raises:
             StoreUnavailableError: DynamoDB failed, or the stamp failed three times.
         """
+        if shard is not None:
+            pk = shard_pk(pk, shard)
+        previous = None if window_seconds is None else rate_attr(window_start - window_seconds)
         for _ in range(_ATTEMPTS):
             moment = self._clock()
             plan = self._views.plan(
-                pk, own=lane.attr, now=moment, window_start=window_start, previous=previous_window
+                pk, own=lane.attr, now=moment, window_start=window_start, previous=previous
             )
             stamp = Stamp(
                 attr=lane.attr,

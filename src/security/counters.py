@@ -16,19 +16,15 @@ from security.dynamo import ConditionFailed
 from security.dynamo import dump as _dump
 from security.dynamo import load as _load
 from security.dynamo import translated as _translated
+from security.records import REFUSAL_ATTR_PREFIX as REFUSAL_ATTR_PREFIX
+from security.records import refusal_attr as refusal_attr
 from security.writers import Stamp
 
 if TYPE_CHECKING:
-    from security.store import ChargeOutcome
+    from security.dynamo import Item
 
 AUTHFAIL_PREFIX = "authfail#"
 AUTHFAIL_ATTR_PREFIX = "fw_"
-REFUSAL_ATTR_PREFIX = "rf_"
-
-
-def refusal_attr(window_start: int) -> str:
-    """The attribute counting refused requests in the refusal window starting there."""
-    return f"{REFUSAL_ATTR_PREFIX}{window_start}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,19 +32,30 @@ class RefusalRequest:
     """One conditional refusal-counting write, as ``limits`` computed it.
 
     ``secret_hash`` is None for a JWT subject (the token was verified; the item may be created by
-    this write, as by a charge).
+    this write, as by a charge). ``window_start``/``window_seconds``: the refusal window counted
+    (the one before it is removed).
     """
 
     pk: str
     kind: str
     now: int
-    refusal_attr: str
-    previous_refusal_attr: str
+    window_start: int
+    window_seconds: int
     refusal_limit: int
     stamp: Stamp
     secret_hash: str | None = None
     subject: str | None = None
     issuer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeOutcome:
+    """The result of a counting write: when ``ok``, what the write updated (``UPDATED_NEW``, or
+    the whole item when the stamp asked for ``ALL_NEW``); else ``ALL_OLD`` (None: no item)."""
+
+    ok: bool
+    item: Item | None
+    full: bool = True
 
 
 class CounterMixin:
@@ -66,12 +73,10 @@ class CounterMixin:
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        from security.store import ChargeOutcome
-
         names = {
             "#status": "status",
-            "#rf": request.refusal_attr,
-            "#rfo": request.previous_refusal_attr,
+            "#rf": refusal_attr(request.window_start),
+            "#rfo": refusal_attr(request.window_start - request.window_seconds),
         }
         values: dict[str, Any] = {
             ":now": _dump(request.now),
@@ -110,23 +115,40 @@ class CounterMixin:
             + " ADD #rf :one, refusals :one REMOVE "
             + ", ".join(["#rfo", *removals])
         )
+        return self._counting_write(
+            request.pk, update, conditions, names=names, values=values, stamp=request.stamp
+        )
+
+    def _counting_write(
+        self,
+        pk: str,
+        update: str,
+        conditions: list[str],
+        *,
+        names: dict[str, str],
+        values: dict[str, Any],
+        stamp: Stamp,
+    ) -> ChargeOutcome:
+        """One conditional counting write under ``stamp``: what it updated, or ALL_OLD.
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
         try:
             with _translated():
                 response = self._client.update_item(
                     TableName=self._table,
-                    Key={"pk": {"S": request.pk}},
+                    Key={"pk": {"S": pk}},
                     UpdateExpression=update,
                     ConditionExpression=" AND ".join(conditions),
                     ExpressionAttributeNames=names,
                     ExpressionAttributeValues=values,
-                    ReturnValues=request.stamp.return_values,
+                    ReturnValues=stamp.return_values,
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
         except ConditionFailed as failed:
             return ChargeOutcome(ok=False, item=_load(failed.item))
-        return ChargeOutcome(
-            ok=True, item=_load(response.get("Attributes")) or {}, full=request.stamp.full
-        )
+        return ChargeOutcome(ok=True, item=_load(response.get("Attributes")) or {}, full=stamp.full)
 
     def record_auth_failure(self, scope: str, *, window_start: int, window_seconds: int) -> int:
         """Count a failed authentication under ``scope`` (``ip#<address>``, ``key#<id>``,

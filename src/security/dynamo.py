@@ -127,15 +127,30 @@ class ConditionFailed(Exception):  # noqa: N818 - a control-flow signal, not an 
         self.item = item
 
 
+class TransactionCancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """A transaction was cancelled; ``codes`` are its cancellation reasons' codes, one per item
+    (``None`` for an item that was not the reason)."""
+
+    def __init__(self, codes: list[str]) -> None:
+        super().__init__("TransactionCanceledException")
+        self.codes = codes
+
+
 @contextmanager
 def translated() -> Iterator[None]:
-    """The one botocore translation: a failed condition raises ``ConditionFailed``; every other
-    client, connection or HTTP error raises ``StoreUnavailableError`` (fail closed)."""
+    """The one botocore translation: a failed condition raises ``ConditionFailed``, a cancelled
+    transaction ``TransactionCancelled``; every other client, connection or HTTP error raises
+    ``StoreUnavailableError`` (fail closed)."""
     try:
         yield
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+        code = exc.response.get("Error", {}).get("Code")
+        if code == "ConditionalCheckFailedException":
             raise ConditionFailed(exc.response.get("Item")) from exc
+        if code == "TransactionCanceledException":
+            reasons = exc.response.get("CancellationReasons", [])
+            codes = [str(reason.get("Code", "None")) for reason in reasons]
+            raise TransactionCancelled(codes) from exc
         raise StoreUnavailableError(detail=type(exc).__name__) from exc
     except _UNAVAILABLE as exc:
         raise StoreUnavailableError(detail=type(exc).__name__) from exc

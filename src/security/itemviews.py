@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from security.store import RATE_ATTR_PREFIX
+from security.records import RATE_ATTR_PREFIX
 from security.writers import HORIZON_SECONDS, PRUNE_PER_WRITE, WRITER_ATTR_PREFIX
 
 _VIEWS = 4096

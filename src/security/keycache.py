@@ -13,12 +13,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from security.auth import Credentials, Principal, principal_from_item
+from security.auth import Credentials, Principal, principal_from_key
 from security.keys import secret_matches
 
 if TYPE_CHECKING:
+    from security.records import KeyRecord
     from security.settings import Settings
-    from security.store import Item
 
 _CACHE_SIZE = 4096
 
@@ -57,14 +57,14 @@ class KeyCache:
         # A wrong secret takes the same path as an unknown key (a fresh read).
         return None
 
-    def remember(self, item: Item) -> None:
-        """Cache a key item (kept while its config version is unchanged)."""
-        pk = str(item["pk"])
+    def remember(self, record: KeyRecord) -> None:
+        """Cache a key's record (kept while its config version is unchanged)."""
+        pk = record.principal_id
         cached = _Cached(
-            principal=principal_from_item(item, settings=self._settings),
-            secret_hash=str(item.get("secret_hash", "")),
-            prev_secret_hash=item.get("prev_secret_hash"),
-            prev_secret_until=int(item.get("prev_secret_until", 0)),
+            principal=principal_from_key(record, settings=self._settings),
+            secret_hash=record.secret_hash or "",
+            prev_secret_hash=record.previous_secret_hash,
+            prev_secret_until=record.previous_secret_until,
         )
         with self._lock:
             previous = self._keys.get(pk)

@@ -28,12 +28,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from security.admission import Admission, RecentAdmissions, rate_headers, remaining
-from security.auth import Credentials, Principal, principal_from_claims, principal_from_item
-from security.charging import Sender
+from security.auth import Credentials, Principal, principal_from_claims
+from security.charging import Sender, Sent
 from security.errors import (
     AuthenticationError,
     ForbiddenError,
@@ -42,21 +41,26 @@ from security.errors import (
     StoreUnavailableError,
 )
 from security.itemviews import ItemViews
-from security.keycache import KeyCache
-from security.keys import secret_matches
+from security.records import Counters, KeyRecord, SubjectRecord
 from security.refusals import RefusalCounting
 from security.settings import Settings
 from security.shards import ShardedCharging, fits, max_share
-from security.store import ChargeRequest, Item, PrincipalStore, rate_attr
+from security.store import ChargeRequest, PrincipalStore
 from security.throttle import GuessingThrottle
 from security.throttle import window_start as window_start  # re-exported (admin, tests)
+from security.verification import KeyVerifier
 from security.writers import Lane, Stamp, WriterPool
 
 NEVER_FITS = "never_fits"
 
 
 class Gatekeeper(RefusalCounting, ShardedCharging):
-    """Authenticates principals against DynamoDB and admits requests with one conditional write."""
+    """Authenticates principals against DynamoDB and admits requests with one conditional write.
+
+    Its parts: ``KeyVerifier`` (verification and its cache), ``GuessingThrottle`` (failed
+    authentications), ``Sender`` (the stamped counting write) and the admission loop here, with
+    its refusal counting (``security.refusals``) and sharded keys (``security.shards``).
+    """
 
     def __init__(
         self,
@@ -70,10 +74,12 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         self._store = store
         self._settings = settings
         self._clock = clock
-        self._cache = KeyCache(settings=settings)
         self._throttle = GuessingThrottle(store=store, settings=settings)
         self._writers = writers or WriterPool()
         self._sender = Sender(views=ItemViews(), clock=clock)
+        self._keys = KeyVerifier(
+            store=store, settings=settings, throttle=self._throttle, sender=self._sender
+        )
         self._recent = RecentAdmissions()
 
     def after_restore(self) -> None:
@@ -140,12 +146,13 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
             StoreUnavailableError: DynamoDB failed.
         """
         now = int(self._clock())
+        record: Counters
         if credentials.kind == "jwt":
-            principal, item = self._read_subject(credentials)
+            principal, record = self._read_subject(credentials)
         else:
-            principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+            principal, record = self._keys.read(credentials, source_ip=source_ip, now=now)
         with self._writers.lane() as lane:
-            headers = self._headers(lane, principal, item, now)
+            headers = self._headers(lane, principal, record, now)
         if model is not None and not principal.allows(model):
             error = ForbiddenError("forbidden_scope")
             error.headers.update(headers)
@@ -193,90 +200,52 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         now: int,
     ) -> Admission:
         assert credentials.key_id is not None and credentials.secret_hash is not None
-        cached = self._cache.match(credentials, now)
+        keys = self._keys
+        cached = keys.cached(credentials, now)
+        record: KeyRecord | None = None
         if cached is None:
-            principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+            principal, record = keys.read(credentials, source_ip=source_ip, now=now)
         else:
-            principal, item = cached.principal, None
+            principal = cached
         for _attempt in range(2):
             if not principal.allows(model):
-                if item is None:  # confirm a cached refusal against the table before refusing
-                    principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+                if record is None:  # confirm a cached refusal against the table before refusing
+                    principal, record = keys.read(credentials, source_ip=source_ip, now=now)
                     if principal.allows(model):
                         continue
                 self._refuse(lane, credentials, model=model, source_ip=source_ip, now=now)
                 raise ForbiddenError("forbidden_scope")  # the scope was granted meanwhile
             if not fits(principal, rows):  # can never fit: refuse (after a fresh authentication)
-                if item is None:
-                    principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+                if record is None:
+                    principal, record = keys.read(credentials, source_ip=source_ip, now=now)
                     continue  # judge again on the fresh configuration
-                principal, item = self._count_refusal(lane, credentials, source_ip, now)
-                raise self._over_limit(lane, principal, item, rows=rows, now=now, never_fits=True)
+                principal, counters = self._count_refusal(lane, credentials, source_ip, now)
+                raise self._over_limit(
+                    lane, principal, counters, rows=rows, now=now, never_fits=True
+                )
             if principal.shards > 1:
                 admission = self._charge_shards(lane, principal, rows=rows, now=now)
                 if admission is not None:
                     return admission
                 # A shard's config_version moved: the key changed; read it (and verify) again.
-                principal, item = self._read_key(credentials, source_ip=source_ip, now=now)
+                principal, record = keys.read(credentials, source_ip=source_ip, now=now)
                 continue
-            sent = self._sender.send(
-                lane,
-                principal.principal_id,
-                build=self._charge_builder(credentials, principal, rows=rows, now=now),
-                call=self._store.charge,
-                **self._windows(principal, now),
-            )
-            if sent.counted and sent.item is not None:
+            sent = self._send_charge(lane, credentials, principal, rows=rows, now=now)
+            if sent.counted and sent.found:
                 if sent.full:
-                    self._cache.remember(sent.item)
-                return self._admission(principal, sent.item, rows=rows, now=now)
-            old = sent.item
-            if old is None:
-                self._cache.forget(credentials.principal_id)
-                raise self._throttle.failure(
-                    "unknown_key", source_ip, now, key_id=credentials.key_id
-                )
-            self._cache.remember(old)  # ALL_OLD is the current item: refresh what we cache
-            fresh = self._verify_key_item(credentials, old, source_ip=source_ip, now=now)
+                    keys.remember(sent.key)
+                return self._admission(principal, sent.counters, rows=rows, now=now)
+            if not sent.found:
+                raise keys.unknown(credentials, source_ip=source_ip, now=now)
+            old = sent.key
+            keys.remember(old)  # ALL_OLD is the current item: refresh what we cache
+            fresh = keys.verify(credentials, old, source_ip=source_ip, now=now)
             if fresh.config_version != principal.config_version:
                 # Our cached configuration was stale: ALL_OLD is the current item; retry once.
-                principal, item = fresh, old
+                principal, record = fresh, old
                 continue
             raise self._over_limit(lane, principal, old, rows=rows, now=now)
         raise StoreUnavailableError("config_contention", detail="config changed twice")
-
-    def _read_key(
-        self, credentials: Credentials, *, source_ip: str, now: int
-    ) -> tuple[Principal, Item]:
-        item = self._store.get(credentials.principal_id)
-        if item is None:
-            raise self._throttle.failure("unknown_key", source_ip, now, key_id=credentials.key_id)
-        self._sender.views.note(credentials.principal_id, item, now=self._clock(), full=True)
-        principal = self._verify_key_item(credentials, item, source_ip=source_ip, now=now)
-        self._cache.remember(item)
-        return principal, item
-
-    def _verify_key_item(
-        self, credentials: Credentials, item: Item, *, source_ip: str, now: int
-    ) -> Principal:
-        presented = credentials.secret_hash or ""
-        current_ok = secret_matches(item.get("secret_hash"), presented)
-        previous_ok = int(item.get("prev_secret_until", 0)) > now and secret_matches(
-            item.get("prev_secret_hash"), presented
-        )
-        if not (current_ok or previous_ok):
-            # The cached entry stays: a wrong guess must not make the owner's next request dearer.
-            raise self._throttle.failure("bad_secret", source_ip, now, key_id=credentials.key_id)
-        status = item.get("status")
-        if status != "active":
-            self._cache.forget(credentials.principal_id)
-            reason = status if status in ("revoked", "suspended") else "inactive"
-            raise AuthenticationError(reason)
-        expires = item.get("expires_at")
-        if expires is not None and int(expires) <= now:
-            self._cache.forget(credentials.principal_id)
-            raise AuthenticationError("expired")
-        return principal_from_item(item, settings=self._settings)
 
     # ------------------------------------------------------------ token subjects
     def _admit_subject(
@@ -294,38 +263,38 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         if not principal.allows(model):
             self._refuse(lane, credentials, model=model, source_ip=source_ip, now=now)
         if not fits(principal, rows):
-            _, item = self._count_refusal(lane, credentials, source_ip, now)
-            raise self._over_limit(lane, principal, item, rows=rows, now=now, never_fits=True)
-        sent = self._sender.send(
+            _, counters = self._count_refusal(lane, credentials, source_ip, now)
+            raise self._over_limit(lane, principal, counters, rows=rows, now=now, never_fits=True)
+        sent = self._send_charge(lane, credentials, principal, rows=rows, now=now)
+        if sent.counted and sent.found:
+            return self._admission(principal, sent.counters, rows=rows, now=now)
+        old = sent.subject
+        if not old.active:
+            raise AuthenticationError(old.refusal_reason)
+        raise self._over_limit(lane, principal, old, rows=rows, now=now)
+
+    def _read_subject(self, credentials: Credentials) -> tuple[Principal, SubjectRecord]:
+        assert credentials.claims is not None
+        principal = principal_from_claims(credentials.claims)
+        record = self._store.read_subject(credentials.principal_id) or SubjectRecord(None)
+        if not record.active:
+            raise AuthenticationError(record.refusal_reason)
+        return principal, record
+
+    # ------------------------------------------------------------------ shared
+    def _send_charge(
+        self, lane: Lane, credentials: Credentials, principal: Principal, *, rows: int, now: int
+    ) -> Sent:
+        """The counting write of an unsharded principal (a key or a token subject)."""
+        rate = principal.rate_limit
+        return self._sender.send(
             lane,
             principal.principal_id,
             build=self._charge_builder(credentials, principal, rows=rows, now=now),
             call=self._store.charge,
-            **self._windows(principal, now),
+            window_start=window_start(now, rate.window_seconds),
+            window_seconds=rate.window_seconds,
         )
-        if sent.counted and sent.item is not None:
-            return self._admission(principal, sent.item, rows=rows, now=now)
-        old = sent.item or {}
-        status = old.get("status", "active")
-        if status != "active":
-            raise AuthenticationError(status if status in ("revoked", "suspended") else "inactive")
-        raise self._over_limit(lane, principal, old, rows=rows, now=now)
-
-    def _read_subject(self, credentials: Credentials) -> tuple[Principal, Item]:
-        assert credentials.claims is not None
-        principal = principal_from_claims(credentials.claims)
-        item = self._store.get(credentials.principal_id) or {}
-        status = item.get("status", "active")
-        if status != "active":
-            raise AuthenticationError(status if status in ("revoked", "suspended") else "inactive")
-        return principal, item
-
-    # ------------------------------------------------------------------ shared
-    @staticmethod
-    def _windows(principal: Principal, now: int) -> dict[str, Any]:
-        rate = principal.rate_limit
-        start = window_start(now, rate.window_seconds)
-        return {"window_start": start, "previous_window": rate_attr(start - rate.window_seconds)}
 
     def _charge_builder(
         self, credentials: Credentials, principal: Principal, *, rows: int, now: int
@@ -339,7 +308,7 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
                 kind=principal.kind,
                 rows=rows,
                 now=now,
-                rate_attr=rate_attr(window_start(now, rate.window_seconds)),
+                window_start=window_start(now, rate.window_seconds),
                 rate_left=rate.count - rows,
                 budget_left=None if principal.budget is None else principal.budget - rows,
                 stamp=stamp,
@@ -353,9 +322,9 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         return build
 
     def _admission(
-        self, principal: Principal, item: Mapping[str, Any], *, rows: int, now: int
+        self, principal: Principal, counters: Counters, *, rows: int, now: int
     ) -> Admission:
-        rate_left, reset, budget_left = remaining(principal, item, now)
+        rate_left, reset, budget_left = remaining(principal, counters, now)
         return Admission(
             principal=principal,
             rows=rows,
@@ -365,18 +334,18 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         )
 
     def _headers(
-        self, lane: Lane, principal: Principal, item: Mapping[str, Any], now: int
+        self, lane: Lane, principal: Principal, counters: Counters, now: int
     ) -> dict[str, str]:
         if principal.shards > 1:  # the key item holds no counters: what a shard last showed
             return self._shard_headers(principal, lane.homes(principal.shards)[0], now)
-        rate_left, reset, budget_left = remaining(principal, item, now)
+        rate_left, reset, budget_left = remaining(principal, counters, now)
         return rate_headers(principal, rate_left, reset, budget_left)
 
     def _over_limit(
         self,
         lane: Lane,
         principal: Principal,
-        item: Mapping[str, Any],
+        counters: Counters,
         *,
         rows: int,
         now: int,
@@ -390,7 +359,7 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
             return self._shards_refused(
                 principal, home, now=now, budget=budget, never_fits=never_fits
             )
-        rate_left, reset, budget_left = remaining(principal, item, now)
+        rate_left, reset, budget_left = remaining(principal, counters, now)
         if budget_left is not None and rows > budget_left:
             # A budget never refills: no Retry-After would be true.
             error: SecurityError = RateLimitedError("budget_exhausted", retry_after=None)

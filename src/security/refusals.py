@@ -10,20 +10,19 @@ counting write; a sharded key's refusals are counted on its key item.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from security.auth import Credentials, Principal, principal_from_claims, principal_from_item
-from security.counters import RefusalRequest, refusal_attr
+from security.auth import Credentials, Principal, principal_from_claims
+from security.counters import RefusalRequest
 from security.errors import AuthenticationError, ForbiddenError, RateLimitedError
 from security.throttle import window_start
 
 if TYPE_CHECKING:
     from security.charging import Sender
-    from security.keycache import KeyCache
+    from security.records import Counters
     from security.settings import Settings
-    from security.store import Item, PrincipalStore
-    from security.throttle import GuessingThrottle
+    from security.store import PrincipalStore
+    from security.verification import KeyVerifier
     from security.writers import Lane, Stamp
 
 
@@ -33,26 +32,20 @@ class RefusalCounting:
     _settings: Settings
     _store: PrincipalStore
     _sender: Sender
-    _cache: KeyCache
-    _throttle: GuessingThrottle
+    _keys: KeyVerifier
 
     if TYPE_CHECKING:
 
-        def _verify_key_item(
-            self, credentials: Credentials, item: Item, *, source_ip: str, now: int
-        ) -> Principal:
-            """The key item's principal, if the credentials match it (``Gatekeeper``)."""
-
         def _headers(
-            self, lane: Lane, principal: Principal, item: Mapping[str, Any], now: int
+            self, lane: Lane, principal: Principal, counters: Counters, now: int
         ) -> dict[str, str]:
             """The ``RateLimit`` headers (``Gatekeeper``)."""
 
     def _refuse(
         self, lane: Lane, credentials: Credentials, *, model: str | None, source_ip: str, now: int
     ) -> dict[str, str]:
-        principal, item = self._count_refusal(lane, credentials, source_ip, now)
-        headers = self._headers(lane, principal, item, now)
+        principal, counters = self._count_refusal(lane, credentials, source_ip, now)
+        headers = self._headers(lane, principal, counters, now)
         if model is not None and not principal.allows(model):
             error = ForbiddenError("forbidden_scope")
             error.headers.update(headers)
@@ -61,7 +54,7 @@ class RefusalCounting:
 
     def _count_refusal(
         self, lane: Lane, credentials: Credentials, source_ip: str, now: int
-    ) -> tuple[Principal, Item]:
+    ) -> tuple[Principal, Counters]:
         limit = self._settings.refusal_limit
         start = window_start(now, limit.window_seconds)
         claims = credentials.claims
@@ -71,8 +64,8 @@ class RefusalCounting:
                 pk=credentials.principal_id,
                 kind=credentials.kind,
                 now=now,
-                refusal_attr=refusal_attr(start),
-                previous_refusal_attr=refusal_attr(start - limit.window_seconds),
+                window_start=start,
+                window_seconds=limit.window_seconds,
                 refusal_limit=limit.count,
                 stamp=stamp,
                 secret_hash=credentials.secret_hash if credentials.kind == "api_key" else None,
@@ -84,26 +77,20 @@ class RefusalCounting:
         sent = self._sender.send(
             lane, credentials.principal_id, build=build, call=self._store.charge_refusal, full=True
         )
-        item = sent.item
         if claims is not None:
             principal = principal_from_claims(claims)
-            status = (item or {}).get("status", "active")
-            if not sent.counted and status != "active":
-                raise AuthenticationError(
-                    status if status in ("revoked", "suspended") else "inactive"
-                )
-        elif item is None:
-            raise self._throttle.failure("unknown_key", source_ip, now, key_id=credentials.key_id)
+            if not sent.counted and not sent.subject.active:
+                raise AuthenticationError(sent.subject.refusal_reason)
+        elif not sent.found:
+            raise self._keys.unknown(credentials, source_ip=source_ip, now=now)
         elif sent.counted:
-            principal = principal_from_item(item, settings=self._settings)
-            self._cache.remember(item)
+            principal = self._keys.admitted(sent.key)
         else:
-            principal = self._verify_key_item(credentials, item, source_ip=source_ip, now=now)
-        item = item or {}
+            principal = self._keys.verify(credentials, sent.key, source_ip=source_ip, now=now)
         if not sent.counted:
             error = RateLimitedError(
                 "refusal_limit", retry_after=start + limit.window_seconds - now
             )
-            error.headers.update(self._headers(lane, principal, item, now))
+            error.headers.update(self._headers(lane, principal, sent.counters, now))
             raise error
-        return principal, item
+        return principal, sent.counters

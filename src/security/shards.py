@@ -32,28 +32,25 @@ so no number of instances ever counts a row over a limit summed over the shards.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from security.admission import Admission, estimate, rate_headers
 from security.errors import AuthenticationError, RateLimitedError, StoreUnavailableError
-from security.store import ChargeRequest, rate_attr
+from security.records import SHARD_KIND
+from security.store import ChargeRequest
 from security.throttle import window_start
 
 if TYPE_CHECKING:
     from security.auth import Principal
     from security.charging import Sender
-    from security.keycache import KeyCache
-    from security.store import Item, PrincipalStore
+    from security.itemviews import Counts
+    from security.records import Counters
+    from security.store import PrincipalStore
+    from security.verification import KeyVerifier
     from security.writers import Lane, Stamp
 
 #: The most shards a key may have: a transaction (an admin change) holds at most 100 items.
 MAX_SHARDS = 64
-SHARD_KIND = "shard"
-
-
-def shard_pk(key_pk: str, index: int) -> str:
-    """The partition key of shard ``index`` of the key whose item is ``key_pk``."""
-    return f"{key_pk}#s{index}"
 
 
 def share(total: int, shards: int, index: int) -> int:
@@ -73,32 +70,12 @@ def fits(principal: Principal, rows: int) -> bool:
     return principal.budget is None or rows <= max_share(principal.budget, principal.shards)
 
 
-def shard_items(key_item: Item) -> list[Item]:
-    """The shard items of a new sharded key (none for one shard)."""
-    count = int(key_item.get("shards", 1))
-    if count <= 1:
-        return []
-    return [
-        {
-            "pk": shard_pk(str(key_item["pk"]), index),
-            "kind": SHARD_KIND,
-            "key_id": key_item["key_id"],
-            "shard": index,
-            "config_version": key_item["config_version"],
-            "rows_used": 0,
-            "requests": 0,
-            "created_at": key_item["created_at"],
-        }
-        for index in range(count)
-    ]
-
-
 class ShardedCharging:
     """The counting of a sharded key (a part of ``limits.Gatekeeper``)."""
 
     _sender: Sender
     _store: PrincipalStore
-    _cache: KeyCache
+    _keys: KeyVerifier
 
     def _charge_shards(
         self, lane: Lane, principal: Principal, *, rows: int, now: int
@@ -114,28 +91,28 @@ class ShardedCharging:
                 no reason ALL_OLD shows.
         """
         if principal.expires_at is not None and principal.expires_at <= now:
-            self._cache.forget(principal.principal_id)
+            self._keys.forget(principal.principal_id)
             raise AuthenticationError("expired")
         count, rate = principal.shards, principal.rate_limit
         start = window_start(now, rate.window_seconds)
-        window = rate_attr(start)
         homes = lane.homes(count)
-        order, short, full = self._shard_order(principal, homes, rows=rows, window=window)
+        order, short, full = self._shard_order(principal, homes, rows=rows, window_start=start)
         for index in order:
-            pk = shard_pk(principal.principal_id, index)
             rate_share = share(rate.count, count, index)
             budget_share = (
                 None if principal.budget is None else share(principal.budget, count, index)
             )
 
-            def build(stamp: Stamp, windows: tuple[str, ...], pk: str = pk, room: int = rate_share,
-                      budget: int | None = budget_share) -> ChargeRequest:  # fmt: skip
+            def build(stamp: Stamp, windows: tuple[str, ...], shard: int = index,
+                      room: int = rate_share, budget: int | None = budget_share
+                      ) -> ChargeRequest:  # fmt: skip
                 return ChargeRequest(
-                    pk=pk,
+                    pk=principal.principal_id,
+                    shard=shard,
                     kind=SHARD_KIND,
                     rows=rows,
                     now=now,
-                    rate_attr=window,
+                    window_start=start,
                     rate_left=room - rows,
                     budget_left=None if budget is None else budget - rows,
                     stamp=stamp,
@@ -145,37 +122,39 @@ class ShardedCharging:
 
             sent = self._sender.send(
                 lane,
-                pk,
+                principal.principal_id,
+                shard=index,
                 build=build,
                 call=self._store.charge,
                 window_start=start,
-                previous_window=rate_attr(start - rate.window_seconds),
+                window_seconds=rate.window_seconds,
             )
+            where = f"{principal.principal_id} shard {index}"
             if sent.counted:
-                return self._shard_admission(principal, index, sent.item or {}, rows=rows, now=now)
-            old = sent.item
-            if old is None:
-                raise StoreUnavailableError("shard_missing", detail=pk)
-            if int(old.get("config_version", -1)) != principal.config_version:
+                return self._shard_admission(principal, index, sent.counters, rows=rows, now=now)
+            if not sent.found:
+                raise StoreUnavailableError("shard_missing", detail=where)
+            old = sent.counters
+            if old.config_version != principal.config_version:
                 return None
-            if budget_share is not None and int(old.get("rows_used", 0)) + rows > budget_share:
+            if budget_share is not None and (old.rows_used or 0) + rows > budget_share:
                 short.add(index)
-            elif int(old.get(window, 0)) + rows > rate_share:
+            elif (old.window_rows(start) or 0) + rows > rate_share:
                 full.add(index)
             else:
-                raise StoreUnavailableError("unexplained_condition_failure", detail=pk)
+                raise StoreUnavailableError("unexplained_condition_failure", detail=where)
         raise self._shards_refused(principal, homes[0], now=now, budget=len(short) == count)
 
     def _shard_order(
-        self, principal: Principal, homes: tuple[int, int], *, rows: int, window: str
+        self, principal: Principal, homes: tuple[int, int], *, rows: int, window_start: int
     ) -> tuple[list[int], set[int], set[int]]:
         """The shards to try: the lane's two homes first (the one last seen less full in this
         window first), then the others in a random rotation, without those seen too full for
         ``rows``; with the skipped ones, as (order, short of budget, window full). The first
         home is tried when every shard is known full."""
         count, rate = principal.shards, principal.rate_limit
-        seen = {
-            index: self._sender.views.counts(shard_pk(principal.principal_id, index), window)
+        seen: dict[int, Counts] = {
+            index: self._sender.seen(principal.principal_id, window_start, shard=index)
             for index in range(count)
         }
 
@@ -204,9 +183,15 @@ class ShardedCharging:
         return order, short, full
 
     def _shard_admission(
-        self, principal: Principal, index: int, item: Item, *, rows: int, now: int
+        self, principal: Principal, index: int, counters: Counters, *, rows: int, now: int
     ) -> Admission:
-        rate_left, reset, budget_left = _shard_remaining(principal, index, item, now)
+        rate_left, reset, budget_left = _shard_remaining(
+            principal,
+            index,
+            counters.window_rows(now - now % principal.rate_limit.window_seconds),
+            counters.rows_used,
+            now,
+        )
         return Admission(
             principal=principal,
             rows=rows,
@@ -218,10 +203,12 @@ class ShardedCharging:
     def _shard_headers(self, principal: Principal, home: int, now: int) -> dict[str, str]:
         """``RateLimit`` headers estimated from what this environment last saw of a shard."""
         rate = principal.rate_limit
-        window = rate_attr(window_start(now, rate.window_seconds))
-        seen = self._sender.views.counts(shard_pk(principal.principal_id, home), window)
-        item = {window: seen.window_rows or 0, "rows_used": seen.rows_used or 0}
-        return rate_headers(principal, *_shard_remaining(principal, home, item, now))
+        seen = self._sender.seen(
+            principal.principal_id, window_start(now, rate.window_seconds), shard=home
+        )
+        return rate_headers(
+            principal, *_shard_remaining(principal, home, seen.window_rows, seen.rows_used, now)
+        )
 
     def _shards_refused(
         self, principal: Principal, home: int, *, now: int, budget: bool, never_fits: bool = False
@@ -239,17 +226,17 @@ class ShardedCharging:
 
 
 def _shard_remaining(
-    principal: Principal, index: int, item: dict[str, Any], now: int
+    principal: Principal, index: int, window_rows: int | None, rows_used: int | None, now: int
 ) -> tuple[int, int, int | None]:
-    """Rows left in the window and the budget, estimated from shard ``index``'s item, and
-    seconds until the window ends."""
+    """Rows left in the window and the budget, estimated from what shard ``index`` holds (rows
+    in the current window, rows used), and seconds until the window ends."""
     count, rate = principal.shards, principal.rate_limit
     start = window_start(now, rate.window_seconds)
     rate_share = share(rate.count, count, index)
-    rate_left = estimate(rate.count, rate_share, rate_share - int(item.get(rate_attr(start), 0)))
+    rate_left = estimate(rate.count, rate_share, rate_share - (window_rows or 0))
     budget_left = None
     if principal.budget is not None:
         budget_share = share(principal.budget, count, index)
-        spent = int(item.get("rows_used", 0))
+        spent = rows_used or 0
         budget_left = estimate(principal.budget, budget_share, budget_share - spent)
     return rate_left, start + rate.window_seconds - now, budget_left

@@ -28,13 +28,11 @@ Item shapes (partition key ``pk``; ``docs/limits.md`` has the full data model):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from security.admin_store import AdminStoreMixin
-from security.counters import AUTHFAIL_ATTR_PREFIX as AUTHFAIL_ATTR_PREFIX
-from security.counters import AUTHFAIL_PREFIX as AUTHFAIL_PREFIX
+from security.counters import ChargeOutcome as ChargeOutcome  # re-exported (the write's result)
 from security.counters import CounterMixin
 from security.dynamo import ConditionFailed
 from security.dynamo import Item as Item  # re-exported: the item type of every store call
@@ -43,34 +41,19 @@ from security.dynamo import load as _load
 from security.dynamo import translated as _translated
 from security.errors import NotFoundError, StoreUnavailableError
 from security.monitor_state import MonitorStateMixin
+from security.records import KEY_PREFIX as KEY_PREFIX  # the layout, re-exported (tooling, tests)
+from security.records import RATE_ATTR_PREFIX as RATE_ATTR_PREFIX
+from security.records import SUBJECT_PREFIX as SUBJECT_PREFIX
+from security.records import KeyRecord, SubjectRecord
+from security.records import issuer_hash as issuer_hash
+from security.records import key_pk as key_pk
+from security.records import rate_attr as rate_attr
+from security.records import shard_pk as shard_pk
+from security.records import subject_pk as subject_pk
 from security.writers import Stamp
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
-
-KEY_PREFIX = "key#"
-SUBJECT_PREFIX = "sub#"
-RATE_ATTR_PREFIX = "rw_"
-
-
-def issuer_hash(issuer: str) -> str:
-    """A short stable hash of an issuer URL (keeps the partition key short and free of '#')."""
-    return hashlib.sha256(issuer.encode("utf-8")).hexdigest()[:16]
-
-
-def subject_pk(issuer: str, subject: str) -> str:
-    """The partition key of a JWT subject's item: ``sub#<issuer-hash>#<subject>``."""
-    return f"{SUBJECT_PREFIX}{issuer_hash(issuer)}#{subject}"
-
-
-def key_pk(key_id: str) -> str:
-    """The partition key of an API key's item."""
-    return KEY_PREFIX + key_id
-
-
-def rate_attr(window_start: int) -> str:
-    """The attribute counting rows in the rate window starting at ``window_start``."""
-    return f"{RATE_ATTR_PREFIX}{window_start}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +63,17 @@ class ChargeRequest:
     ``kind`` is ``api_key`` (the secret hash, status, expiry and ``config_version`` are checked),
     ``jwt`` (the token was verified instead; the item may be created by this very write) or
     ``shard`` (a sharded key's counting item: only its ``config_version``, which every admin change
-    moves with the key's, is checked). ``stamp`` makes the write idempotent and prunes
-    (``security.writers``); ``stale_attrs`` are rate windows to remove.
+    moves with the key's, is checked). ``pk`` is the principal id (with ``shard``, the key's: the
+    write goes to its shard ``shard``); ``window_start`` is the rate window counted. ``stamp``
+    makes the write idempotent and prunes (``security.writers``); ``stale_attrs`` are rate windows
+    to remove (as ``Sender`` planned them).
     """
 
     pk: str
     kind: str
     rows: int
     now: int
-    rate_attr: str
+    window_start: int
     rate_left: int
     budget_left: int | None
     stamp: Stamp
@@ -97,16 +82,12 @@ class ChargeRequest:
     config_version: int | None = None
     subject: str | None = None
     issuer: str | None = None
+    shard: int | None = None
 
-
-@dataclass(frozen=True, slots=True)
-class ChargeOutcome:
-    """The result of a charge: when ``ok``, what the write updated (``UPDATED_NEW``, or the whole
-    item when the stamp asked for ``ALL_NEW``); else ``ALL_OLD`` (None if there is no item)."""
-
-    ok: bool
-    item: Item | None
-    full: bool = True
+    @property
+    def item_pk(self) -> str:
+        """The partition key written."""
+        return self.pk if self.shard is None else shard_pk(self.pk, self.shard)
 
 
 class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
@@ -129,17 +110,36 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
             )
         return _load(response.get("Item"))
 
-    def get_key(self, key_id: str) -> Item:
-        """The item of an API key.
+    def get_key(self, key_id: str) -> KeyRecord:
+        """The record of an API key.
 
         Raises:
             NotFoundError: no such key.
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        item = self.get(key_pk(key_id))
-        if item is None:
+        record = self.read_key(key_pk(key_id))
+        if record is None:
             raise NotFoundError("unknown_key")
-        return item
+        return record
+
+    def read_key(self, principal_id: str) -> KeyRecord | None:
+        """One strongly consistent read of an API key (None: no such key).
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        item = self.get(principal_id)
+        return None if item is None else KeyRecord(item)
+
+    def read_subject(self, principal_id: str) -> SubjectRecord | None:
+        """One strongly consistent read of a token subject (None: it never called and was
+        never suspended).
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        item = self.get(principal_id)
+        return None if item is None else SubjectRecord(item)
 
     # ---------------------------------------------------------------- writes
     def flag_principal(
@@ -191,16 +191,9 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
             if not suspend or condition is None:
                 raise StoreUnavailableError(detail="ClientError") from failed
             old = _load(failed.item) or {}
-            shards = int(old.get("shards", 1))
-            if shards > 1 and old.get("status") != "revoked":
-                changed = self.update_with_shards(
-                    principal_id,
-                    shards,
-                    update=update,
-                    condition=condition,
-                    names=names,
-                    values=values,
-                    now=now,
+            if old.get("status") != "revoked":
+                changed = self.update_sharded(
+                    old, update=update, condition=condition, names=names, values=values, now=now
                 )
                 if changed is not None:
                     return changed
@@ -219,7 +212,7 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        names = {"#w": request.rate_attr}
+        names = {"#w": rate_attr(request.window_start)}
         values: dict[str, Any] = {
             ":now": _dump(request.now),
             ":rows": _dump(request.rows),
@@ -277,21 +270,6 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
             removals.append(f"#s{index}")
         if removals:
             update += " REMOVE " + ", ".join(removals)
-        try:
-            with _translated():
-                response = self._client.update_item(
-                    TableName=self._table,
-                    Key={"pk": {"S": request.pk}},
-                    UpdateExpression=update,
-                    ConditionExpression=" AND ".join(conditions),
-                    ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=values,
-                    ReturnValues=request.stamp.return_values,
-                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                )
-        except ConditionFailed as failed:
-            old: Any = failed.item
-            return ChargeOutcome(ok=False, item=_load(old))
-        return ChargeOutcome(
-            ok=True, item=_load(response.get("Attributes")) or {}, full=request.stamp.full
+        return self._counting_write(
+            request.item_pk, update, conditions, names=names, values=values, stamp=request.stamp
         )

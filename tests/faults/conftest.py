@@ -2,43 +2,32 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 from faultproxy import FaultProxy
-from faultstack import READY_S, FaultStack
+from faultstack import FaultStack
 
-from mlmoat.local.processes import free_port, stop_process, wait_for_port
-from mlmoat.local.stack import build, dynamodb_command, mlmoat_command
+from mlmoat.local.processes import stop_process
+from mlmoat.local.stack import LocalStack, build
 
 
 @pytest.fixture(scope="package")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     """One restartable moto server + proxy for the fault suite; start-api instances on demand."""
     work = tmp_path_factory.mktemp("faults")
-    moto_port = free_port()
-    with (work / "moto.log").open("wb") as handle:
-        moto = subprocess.Popen(  # noqa: S603
-            dynamodb_command(moto_port),
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    proxy = FaultProxy(upstream_port=moto_port)
-    stack = FaultStack(work=work, moto_port=moto_port, moto=moto, proxy=proxy)
+    local = LocalStack(work_dir=work, instances=0)
+    proxy: FaultProxy | None = None
+    stack: FaultStack | None = None
     try:
-        wait_for_port(moto_port, process=moto, timeout_s=READY_S)
-        subprocess.run(  # noqa: S603
-            mlmoat_command("local", "bootstrap"),
-            env=stack.direct_env,
-            check=True,
-            capture_output=True,
-            timeout=READY_S,
-        )
+        local.start_dynamodb()
+        proxy = FaultProxy(upstream_port=local.dynamodb_port)
+        stack = FaultStack(work=work, local=local, proxy=proxy)
         build()
         yield stack
     finally:
-        for api in stack.apis:
+        for api in stack.apis if stack else []:
             stop_process(api.process)
-        proxy.close()
-        stop_process(moto)
+        if proxy is not None:
+            proxy.close()
+        local.stop()

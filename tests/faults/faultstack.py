@@ -11,7 +11,6 @@ so the evidence does not depend on the fault being injected.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -19,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 from faultproxy import FaultProxy
 
-from mlmoat.local.processes import free_port, wait_closed, wait_for_port
+from mlmoat.local.processes import free_port, wait_for_port
 from mlmoat.local.stack import (
     KeyPlan,
+    LocalStack,
+    aws_client,
     create_key,
     local_env,
     mlmoat_command,
@@ -98,13 +98,23 @@ class Api:
 
 @dataclass
 class FaultStack:
-    """The moto server, the proxy in front of it, and helpers to read the truth behind them."""
+    """The local stack (``mlmoat.local.stack.LocalStack``: its moto server, bootstrapped), the
+    fault proxy in front of it, and helpers to read the truth behind them."""
 
     work: Path
-    moto_port: int
-    moto: subprocess.Popen[bytes]
+    local: LocalStack
     proxy: FaultProxy
     apis: list[Api] = field(default_factory=list)
+
+    @property
+    def moto_port(self) -> int:
+        """The moto server's port (behind the proxy)."""
+        return self.local.dynamodb_port
+
+    @property
+    def moto(self) -> subprocess.Popen[bytes]:
+        """The moto server's process."""
+        return self.local.dynamodb_process
 
     @property
     def direct_env(self) -> dict[str, str]:
@@ -123,14 +133,7 @@ class FaultStack:
 
     def client(self, service: str) -> Any:
         """A boto3 client straight to the moto server."""
-        env = self.direct_env
-        return boto3.client(
-            service,
-            endpoint_url=f"http://127.0.0.1:{self.moto_port}",
-            region_name=env["AWS_DEFAULT_REGION"],
-            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        )
+        return aws_client(service, self.direct_env, endpoint=self.local.endpoint)
 
     def create_key(
         self, owner: str, *, rate: str = "1000/minute", budget: int = 1000
@@ -184,10 +187,8 @@ class FaultStack:
 
     def stop_moto_listener(self) -> None:
         """Stop the moto server's listener (connections refused; state kept)."""
-        self.moto.send_signal(signal.SIGUSR1)
-        wait_closed(self.moto_port)
+        self.local.stop_dynamodb_listener()
 
     def start_moto_listener(self) -> None:
         """Start the moto server's listener again on the same port."""
-        self.moto.send_signal(signal.SIGUSR2)
-        wait_for_port(self.moto_port, process=self.moto, timeout_s=READY_S)
+        self.local.start_dynamodb_listener()

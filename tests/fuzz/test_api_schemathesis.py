@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from mlmoat.loadtest import KeyPlan, LocalStack, create_key, mlmoat_command
+from mlmoat.local.stack import KeyPlan, LocalStack, create_key, mlmoat_command
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("MLMOAT_FUZZ_EXAMPLES", "25"))

@@ -23,6 +23,7 @@ import pytest
 from handlersupport import import_handler, new_key
 
 from logcapture import LineSink, remember_key
+from mlmoat.local.awsenv import DUMMY_CLIENT_CREDENTIALS, DUMMY_CREDENTIALS
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
@@ -45,8 +46,7 @@ def handler_env(moto_server: Any, create_security_table: Callable[..., str]) -> 
         # (test_extraction_queue_failures.py, tests/unit/test_query_sink.py).
         "SECURITY_EXTRACTION_SEND_MAX_DELAY": "0",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        **DUMMY_CREDENTIALS,
         "SECURITY_TABLE_NAME": table,
         "SECURITY_MODEL_DIR": str(MODELS),
         "SECURITY_DEFAULT_MODEL": "iris",
@@ -84,8 +84,7 @@ def admin(predict_module: Any, handler_env: dict[str, str]) -> Any:
         "dynamodb",
         endpoint_url=handler_env["AWS_ENDPOINT_URL_DYNAMODB"],
         region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        **DUMMY_CLIENT_CREDENTIALS,
     )
     store = PrincipalStore(client=client, table_name=handler_env["SECURITY_TABLE_NAME"])
     return KeyAdmin(store=store, settings=predict_module.settings)

@@ -8,7 +8,6 @@ import json
 import sys
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +15,11 @@ import numpy as np
 import pytest
 
 from logcapture import remember_key
+from mlmoat.local.events import rest_event as rest_event  # the one event builder
+from mlmoat.local.lambda_runtime import LambdaContext as LambdaContext  # the one fake context
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = REPO / "events"
-
-
-@dataclass
-class LambdaContext:
-    """The attributes of the Lambda runtime's context object that Mangum and Powertools read."""
-
-    function_name: str = "PredictFunction"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 1024
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    log_group_name: str = "/aws/lambda/PredictFunction"
-    log_stream_name: str = "2026/11/26/[$LATEST]0123456789abcdef"
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
 
 
 def load_event(relative: str, substitutions: dict[str, str]) -> dict[str, Any]:
@@ -66,35 +48,6 @@ def header(response: dict[str, Any], name: str) -> str | None:
         if key.lower() == name.lower() and values:
             return str(values[0])
     return None
-
-
-def rest_event(
-    *,
-    path: str,
-    body: bytes | None,
-    headers: dict[str, str],
-    method: str = "POST",
-    base64_body: bool = True,
-    iam_arn: str | None = None,
-) -> dict[str, Any]:
-    """A REST (v1) event built from the shape of events/rest/predict-ok-single.json; with
-    ``iam_arn``, as API Gateway passes a request it authorised with SigV4 (``AWS_IAM``)."""
-    event = json.loads((EVENTS / "rest" / "predict-ok-single.json").read_text())
-    event["path"] = path
-    event["httpMethod"] = method
-    event["requestContext"]["httpMethod"] = method
-    event["requestContext"]["requestId"] = str(uuid.uuid4())
-    event["headers"] = dict(headers)
-    event["multiValueHeaders"] = {name: [value] for name, value in headers.items()}
-    if iam_arn is not None:
-        event["requestContext"]["identity"]["userArn"] = iam_arn
-    if body is None:
-        event["body"], event["isBase64Encoded"] = None, False
-    elif base64_body:
-        event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
-    else:
-        event["body"], event["isBase64Encoded"] = body.decode("utf-8", "surrogateescape"), False
-    return event
 
 
 def new_key(admin: Any, **options: Any) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from handlersupport import (
 from mangum import Mangum
 
 from logcapture import remember_key
+from mlmoat.local.events import sqs_event
 from mlmoat.local.template import Template, load_template
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,25 +131,6 @@ def _uniform_rows(manifest: dict[str, Any], count: int, rng: random.Random) -> l
         ]
         for _ in range(count)
     ]
-
-
-def _sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
-    return {
-        "Records": [
-            {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-                "messageAttributes": {},
-                "md5OfBody": message.get("MD5OfBody", ""),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": "us-east-1",
-            }
-            for message in messages
-        ]
-    }
 
 
 class _Stack:
@@ -334,7 +316,7 @@ def driven_records(
             "handlers.monitor", {**handler_env, "SECURITY_EXTRACTION_ACTION": action}
         )
         for batch in stack.drain():
-            event = _sqs_event(batch, "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue")
+            event = sqs_event(batch, "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue")
             result = monitor.handler(event, LambdaContext())
             assert result == {"batchItemFailures": []}
     # a query of a model the monitor has no reference for: acknowledged, audited, counted
@@ -346,7 +328,7 @@ def driven_records(
     monitor = import_handler(
         "handlers.monitor", {**handler_env, "SECURITY_MODEL_DIR": str(damaged)}
     )
-    event = _sqs_event(
+    event = sqs_event(
         [{"MessageId": "m-1", "ReceiptHandle": "h-1", "Body": unmonitored.to_json()}],
         "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue",
     )

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from interpreter import PATH_ENV, PYTHON
+from mlmoat.local.awsenv import DUMMY_CREDENTIALS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,8 +32,7 @@ def _cold_import(extra: dict[str, str]) -> dict[str, object]:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        **DUMMY_CREDENTIALS,
         # Unroutable on purpose: building the app must not call AWS.
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
         "SECURITY_TABLE_NAME": "cold-imports",

@@ -32,6 +32,7 @@ from handlersupport import (
 )
 
 from logcapture import LineSink
+from mlmoat.local.events import sqs_event
 
 REPO = Path(__file__).resolve().parents[2]
 JSON_CT = {"Content-Type": "application/json"}
@@ -186,22 +187,12 @@ def test_with_no_model_at_all_the_function_starts_and_answers_503(
 
 
 def _sqs_event(messages: list[str]) -> dict[str, Any]:
-    return {
-        "Records": [
-            {
-                "messageId": str(uuid.uuid4()),
-                "receiptHandle": f"handle-{i}",
-                "body": body,
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue",
-                "awsRegion": "us-east-1",
-            }
+    return sqs_event(
+        [
+            {"MessageId": str(uuid.uuid4()), "ReceiptHandle": f"handle-{i}", "Body": body}
             for i, body in enumerate(messages)
         ]
-    }
+    )
 
 
 def test_the_monitor_acknowledges_and_audits_a_model_without_a_reference(

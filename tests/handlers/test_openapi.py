@@ -10,6 +10,7 @@ from handlersupport import REPO, invoke, rest_event
 from openapi_spec_validator import validate
 
 from interpreter import PATH_ENV, PYTHON
+from mlmoat.local.awsenv import DUMMY_CREDENTIALS
 from mlmoat.openapi import openapi_document
 
 
@@ -79,8 +80,7 @@ def test_the_lambda_app_does_not_pay_for_openapi_models_at_cold_start() -> None:
     env = {
         "PATH": "/usr/bin:/bin",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        **DUMMY_CREDENTIALS,
         "SECURITY_TABLE_NAME": "cold-start-check",
         "SECURITY_MODEL_DIR": str(REPO / "models"),
         **PATH_ENV,

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 from coresupport import REPO, make_client
 
-from mlmoat.loadtest import free_port, mlmoat_command, stop_process, wait_for_port
+from mlmoat.local.processes import free_port, stop_process, wait_for_port
+from mlmoat.local.stack import mlmoat_command
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from mlmoat.local.awsenv import DUMMY_CLIENT_CREDENTIALS
 from security.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,8 +23,7 @@ def make_client(endpoint: str, *, max_attempts: int = 3, read_timeout: float = 5
         "dynamodb",
         endpoint_url=endpoint,
         region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        **DUMMY_CLIENT_CREDENTIALS,
         config=Config(
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=1,

@@ -10,7 +10,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -20,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mangum import Mangum
 
 from mlmoat.cli import main as mlmoat_main
+from mlmoat.local.awsenv import DUMMY_CREDENTIALS
+from mlmoat.local.lambda_runtime import LambdaContext
 from security.admin import KeyAdmin
 from security.api import create_admin_app
 from security.audit import AuditLog
@@ -76,7 +77,7 @@ class AdminApi:
             event = _unsigned(event, unsigned)
         if body is not None:
             event["body"], event["isBase64Encoded"] = json.dumps(body), False
-        context = SimpleNamespace(aws_request_id=str(uuid.uuid4()), function_name="AdminFunction")
+        context = LambdaContext("AdminFunction")
         response = self.handler(event, context)
         headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
         for k, values in (response.get("multiValueHeaders") or {}).items():
@@ -134,7 +135,7 @@ def test_admin_api_manages_keys_end_to_end(api: AdminApi) -> None:
 def _admin_scope_key(api: AdminApi) -> str:
     # An admin-scope key as earlier versions made them, written straight into the table.
     created = api.admin.create(owner="legacy-ops")
-    item = api.store.get_key(created["key_id"])
+    item = dict(api.store.get_key(created["key_id"]).item)
     item["scopes"] = {"admin", "predict:*"}
     api.store._client.put_item(  # noqa: SLF001 - a legacy item the admin API can no longer make
         TableName=api.store._table,  # noqa: SLF001
@@ -317,8 +318,7 @@ def test_keys_command_as_a_process(core_endpoint: str, core_table: str, tmp_path
         "PATH": "/usr/bin:/bin",
         "AWS_ENDPOINT_URL_DYNAMODB": core_endpoint,
         "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        **DUMMY_CREDENTIALS,
         "SECURITY_TABLE_NAME": core_table,
         "HOME": str(tmp_path),
     }

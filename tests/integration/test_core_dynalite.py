@@ -65,7 +65,7 @@ def _request(pk: str, secret_hash: str | None = None, **over: Any) -> ChargeRequ
         kind="api_key",
         rows=1,
         now=NOW,
-        rate_attr=WINDOW,
+        window_start=NOW - NOW % 60,
         rate_left=10**6 - 1,
         budget_left=10**6 - 1,
         stamp=Stamp("e_" + uuid.uuid4().hex[:5], next(_SEQUENCE)),
@@ -188,15 +188,14 @@ def test_admin_writes_pass_dynalites_stricter_validation(dyn: tuple[PrincipalSto
     store, _ = dyn
     pk, _ = _key(store)
     key_id = pk.removeprefix("key#")
-    assert store.set_status(key_id, "suspended", allowed_from=("active",), now=NOW)["status"] == (
+    assert store.set_status(key_id, "suspended", allowed_from=("active",), now=NOW).status == (
         "suspended"
     )
     assert (
-        store.set_status(key_id, "active", allowed_from=("suspended",), now=NOW)["config_version"]
-        == 3
+        store.set_status(key_id, "active", allowed_from=("suspended",), now=NOW).config_version == 3
     )
     rotated = store.rotate_secret(key_id, new_hash="a" * 64, grace_until=NOW + 60, now=NOW)
-    assert rotated["secret_hash"] == "a" * 64 and rotated["prev_secret_until"] == NOW + 60
+    assert rotated.secret_hash == "a" * 64 and rotated.previous_secret_until == NOW + 60
     assert store.flag_principal(pk, reason="r1", suspend=False, now=NOW)["flags"] == {"r1"}
     assert store.flag_principal(pk, reason="r2", suspend=True, now=NOW)["status"] == "suspended"
     assert (
@@ -205,4 +204,4 @@ def test_admin_writes_pass_dynalites_stricter_validation(dyn: tuple[PrincipalSto
     assert (
         store.record_auth_failure("192.0.2.9", window_start=NOW - NOW % 60, window_seconds=60) == 2
     )
-    assert [item["key_id"] for item in store.list_keys(owner="o")] == [key_id]
+    assert [record.key_id for record in store.list_keys(owner="o")] == [key_id]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from coresupport import REPO, make_client, record_calls, settings_for
 from mangum import Mangum
 
+from mlmoat.local.lambda_runtime import LambdaContext
 from mlmoat.local.server import EmbeddedDynamoDB
 from security.admin import KeyAdmin
 from security.audit import AuditLog
@@ -45,7 +45,7 @@ def predict(core_endpoint: str, core_table: str) -> dict[str, Any]:
 def _invoke(predict: dict[str, Any], name: str, api_key: str) -> dict[str, Any]:
     event = json.loads((EVENTS / f"{name}.json").read_text().replace("${API_KEY}", api_key))
     event["requestContext"]["requestId"] = str(uuid.uuid4())
-    context = SimpleNamespace(aws_request_id=str(uuid.uuid4()), function_name="PredictFunction")
+    context = LambdaContext("PredictFunction")
     response: dict[str, Any] = predict["handler"](event, context)
     return response
 

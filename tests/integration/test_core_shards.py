@@ -26,8 +26,7 @@ from security.errors import (
     StoreUnavailableError,
 )
 from security.limits import Gatekeeper
-from security.shards import shard_pk
-from security.store import PrincipalStore, key_pk
+from security.store import PrincipalStore, key_pk, shard_pk
 from security.writers import Lane
 
 NOW = 1_900_001_030.0

@@ -14,6 +14,7 @@ from coresupport import make_client, record_calls, settings_for
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mlmoat.local.awsenv import DUMMY_CLIENT_CREDENTIALS
 from security.auth import Authenticator
 from security.errors import AuthenticationError, ForbiddenError, RateLimitedError
 from security.limits import Gatekeeper
@@ -33,8 +34,7 @@ def stack(core_endpoint: str, core_table: str) -> dict[str, Any]:
         "ssm",
         endpoint_url=core_endpoint,
         region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        **DUMMY_CLIENT_CREDENTIALS,
     )
     pem = (
         PRIVATE.public_key()

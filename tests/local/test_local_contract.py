@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import boto3
 import pytest
 
+from mlmoat.local.awsenv import DUMMY_CREDENTIALS
 from mlmoat.local.server import free_port, wait_for_port
 
 _SHELL = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+    **DUMMY_CREDENTIALS,
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from moto import mock_aws
 
+from mlmoat.local.awsenv import DUMMY_CLIENT_CREDENTIALS
 from security.auth import Authenticator
 from security.errors import AuthenticationError, SecretUnavailableError
 from security.settings import RateSpec, Settings
@@ -53,8 +54,7 @@ def ssm() -> Iterator[Any]:
         yield boto3.client(
             "ssm",
             region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
+            **DUMMY_CLIENT_CREDENTIALS,
         )
 
 

@@ -1,13 +1,16 @@
-"""API Gateway REST (v1) proxy events, shaped as ``sam local generate-event apigateway aws-proxy``.
+"""The benchmark's API Gateway REST (v1) proxy events (``mlmoat.local.events.rest_event``, the one
+builder, with the benchmark's headers and a JSON body).
 
-Both stacks receive byte-identical requests apart from the credential header, so neither is
-favoured by its input.
+Both stacks receive byte-identical requests apart from the credential header (and the request
+id), so neither is favoured by its input.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from mlmoat.local.events import rest_event as _rest_event
 
 
 def rest_event(
@@ -29,42 +32,11 @@ def rest_event(
         "X-Forwarded-Proto": "https",
         **headers,
     }
-    return {
-        "body": json.dumps(body),
-        "resource": path,
-        "path": path,
-        "httpMethod": method,
-        "isBase64Encoded": False,
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "headers": all_headers,
-        "multiValueHeaders": {name: [value] for name, value in all_headers.items()},
-        "requestContext": {
-            "accountId": "123456789012",
-            "resourceId": "123456",
-            "stage": "Prod",
-            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
-            "requestTime": "09/Apr/2015:12:34:56 +0000",
-            "requestTimeEpoch": 1428582896000,
-            "identity": {
-                "cognitoIdentityPoolId": None,
-                "accountId": None,
-                "cognitoIdentityId": None,
-                "caller": None,
-                "accessKey": None,
-                "sourceIp": source_ip,
-                "cognitoAuthenticationType": None,
-                "cognitoAuthenticationProvider": None,
-                "userArn": None,
-                "userAgent": "mlmoat-bench",
-                "user": None,
-            },
-            "path": f"/Prod{path}",
-            "resourcePath": path,
-            "httpMethod": method,
-            "apiId": "1234567890",
-            "protocol": "HTTP/1.1",
-        },
-    }
+    return _rest_event(
+        path=path,
+        body=json.dumps(body).encode(),
+        headers=all_headers,
+        method=method,
+        base64_body=False,
+        source_ip=source_ip,
+    )

@@ -43,10 +43,12 @@ import numpy as np
 
 from mlmoat.bench.capacity import CallRecord, CapacityMeter, Violation
 from mlmoat.bench.events import rest_event
+from mlmoat.local.events import sqs_event
+from mlmoat.local.lambda_runtime import LambdaContext
 from security.auth import Credentials, Principal
 from security.errors import AuthenticationError, SecurityError
 from security.limits import Gatekeeper
-from security.shards import shard_pk
+from security.store import shard_pk
 from security.writers import WriterPool
 
 #: The simulated start: a minute boundary, so the window starts a rate window and a bucket.
@@ -58,7 +60,6 @@ INVOCATION_SECONDS = 0.025
 #: ReceiveMessage's limit: the poller receives at most this many per call.
 RECEIVE_MAX = 10
 _REGION = "us-east-1"
-_QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue"
 _SEED = 20261204
 
 
@@ -225,45 +226,6 @@ class _Discard(io.StringIO):
         return len(text)
 
 
-@dataclass
-class _Context:
-    """The parts of the Lambda context object Mangum and Powertools read."""
-
-    function_name: str
-    aws_request_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 1024
-    log_group_name: str = "/aws/lambda/capacity"
-    log_stream_name: str = "capacity"
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
-
-
-def sqs_event(messages: list[dict[str, Any]], queue_arn: str = _QUEUE_ARN) -> dict[str, Any]:
-    """The SQS event Lambda's event source delivers for ``messages`` (from ReceiveMessage)."""
-    return {
-        "Records": [
-            {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-                "messageAttributes": {},
-                "md5OfBody": message.get("MD5OfBody", ""),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": _REGION,
-            }
-            for message in messages
-        ]
-    }
-
-
 def benign_rows(root: Path, count: int, seed: int = _SEED) -> list[list[float]]:
     """``count`` benign iris rows (held-out rows with measurement noise, as the red team's
     benign callers send), rounded to 3 decimals."""
@@ -350,7 +312,7 @@ class CapacityReplay:
             )
             event = rest_event(path="/predict", body=body, headers={"X-API-Key": api_key})
             event["requestContext"]["requestId"] = str(uuid.UUID(int=rng.getrandbits(128)))
-            response = handler(event, _Context("PredictFunction"))
+            response = handler(event, LambdaContext("PredictFunction", log_stream_name="capacity"))
             statuses[int(response["statusCode"])] += 1
             if poller is not None:
                 poller.receive_if(sink is None or sink.calls != poller.seen_calls, sink)
@@ -590,6 +552,9 @@ class _Poller:
 
     def _invoke(self, size: int) -> None:
         batch, self._held = self._held[:size], self._held[size:]
-        result = self._monitor(sqs_event([m for _, m in batch]), _Context("MonitorFunction"))
+        result = self._monitor(
+            sqs_event([m for _, m in batch]),
+            LambdaContext("MonitorFunction", log_stream_name="capacity"),
+        )
         self.failures += len(result.get("batchItemFailures", []))
         self.batches.append(len(batch))

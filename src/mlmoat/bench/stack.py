@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -125,8 +124,9 @@ def without_bytecode(spec: FunctionSpec, into: Path, *, keep: tuple[Path, ...]) 
 
 
 @dataclass
-class LocalStack:
-    """A moto server process, bootstrapped from template.yaml, and a key to call with."""
+class BenchStack:
+    """The local DynamoDB (``mlmoat.local.stack.LocalStack``'s), bootstrapped from
+    template.yaml, and a key to call with."""
 
     endpoint: str
     aws_env: dict[str, str]
@@ -167,55 +167,33 @@ def _value_bytes(value: dict[str, Any]) -> int:
 
 
 @contextmanager
-def local_stack(root: Path, *, log_dir: Path) -> Iterator[LocalStack]:
-    """Start a moto server on a free loopback port, create the tables and queues, make a key.
+def local_stack(root: Path, *, log_dir: Path) -> Iterator[BenchStack]:
+    """Start the local DynamoDB (``mlmoat.local.stack.LocalStack``: its own process, tables and
+    queues bootstrapped from the template) and make a key.
 
     The server is its own process, so its CPU time never counts inside the function process.
 
     Raises:
         StackError: the server did not start.
     """
-    import boto3
-
+    from mlmoat.local import stack as local
     from mlmoat.local.awsenv import exports
-    from mlmoat.local.bootstrap import bootstrap
-    from mlmoat.local.server import free_port, wait_for_port
     from mlmoat.local.template import DEFAULT_REGION, Template
-    from security.admin import KeyAdmin, uncapped
     from security.settings import Settings
-    from security.store import PrincipalStore
 
-    port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / "moto.log", "wb") as log:
-        server = subprocess.Popen(  # noqa: S603 - our interpreter running moto's server
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    dynamodb = local.LocalStack(work_dir=log_dir, instances=0)
     try:
         try:
-            wait_for_port("127.0.0.1", port, timeout=30.0)
-        except TimeoutError as exc:
-            raise StackError("the local DynamoDB (moto server) did not start") from exc
-        endpoint = f"http://127.0.0.1:{port}"
+            dynamodb.start_dynamodb()
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            raise StackError("the local DynamoDB did not start or bootstrap") from exc
+        endpoint = dynamodb.endpoint
         template = Template(root / "template.yaml", endpoint=endpoint, region=DEFAULT_REGION)
-        bootstrap(template)
         aws_env = exports(endpoint, DEFAULT_REGION)
         environment = dict(template.function(FUNCTION).environment)
         settings = Settings.from_env(environment)
-        client = boto3.client(
-            "dynamodb",
-            endpoint_url=endpoint,
-            region_name=DEFAULT_REGION,
-            aws_access_key_id=aws_env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=aws_env["AWS_SECRET_ACCESS_KEY"],
-        )
-        admin = KeyAdmin(
-            store=PrincipalStore(client=client, table_name=settings.table_name),
-            settings=uncapped(settings),
-        )
+        admin = local.key_admin(aws_env, settings=settings)
         # Limits far above what the benchmark sends: it measures the cost of counting, not refusals.
         created = admin.create(
             owner="bench",
@@ -223,20 +201,15 @@ def local_stack(root: Path, *, log_dir: Path) -> Iterator[LocalStack]:
             budget=10**12,
             output_policy=settings.default_output_policy,
         )
-        yield LocalStack(
+        yield BenchStack(
             endpoint=endpoint,
             aws_env=aws_env,
             environment=environment,
             api_key=created["api_key"],
             key_id=created["key_id"],
             admin=admin,
-            client=client,
+            client=local.dynamodb_client(aws_env),
             table_name=settings.table_name,
         )
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        dynamodb.stop()

@@ -8,7 +8,7 @@ SQS and SSM unless ``AWS_ENDPOINT_URL_SQS`` / ``AWS_ENDPOINT_URL_SSM`` say other
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 8000
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+#: The same credentials as boto3 client keywords (the one copy: the tooling and the tests).
+DUMMY_CLIENT_CREDENTIALS = {
+    "aws_access_key_id": DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+    "aws_secret_access_key": DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+}
 
 
 class LocalEnvironmentError(RuntimeError):
@@ -90,37 +95,30 @@ def _config() -> Config:
     )
 
 
-def dynamodb_client(endpoint: str, region: str) -> DynamoDBClient:
-    """A DynamoDB client for the local endpoint with dummy credentials when none are set."""
-    return boto3.client(
-        "dynamodb",
+def _client(service: str, endpoint: str, region: str) -> Any:
+    make: Any = boto3.client  # its overloads know service names only as literals
+    return make(
+        service,
         endpoint_url=endpoint,
         region_name=region,
         config=_config(),
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        **DUMMY_CLIENT_CREDENTIALS,
     )
+
+
+def dynamodb_client(endpoint: str, region: str) -> DynamoDBClient:
+    """A DynamoDB client for the local endpoint with dummy credentials when none are set."""
+    client: DynamoDBClient = _client("dynamodb", endpoint, region)
+    return client
 
 
 def sqs_client(endpoint: str, region: str) -> SQSClient:
     """An SQS client for the local endpoint."""
-    return boto3.client(
-        "sqs",
-        endpoint_url=endpoint,
-        region_name=region,
-        config=_config(),
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    client: SQSClient = _client("sqs", endpoint, region)
+    return client
 
 
 def ssm_client(endpoint: str, region: str) -> SSMClient:
     """An SSM (Parameter Store) client for the local endpoint."""
-    return boto3.client(
-        "ssm",
-        endpoint_url=endpoint,
-        region_name=region,
-        config=_config(),
-        aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
+    client: SSMClient = _client("ssm", endpoint, region)
+    return client

@@ -20,23 +20,40 @@ import resource
 import sys
 import time
 import traceback
+import uuid
 from typing import Any, TextIO
 
 
 class LambdaContext:
-    """The fields and method of the Lambda context object that handlers use."""
+    """The fields and method of the Lambda context object that handlers use.
 
-    def __init__(self, config: dict[str, Any], request_id: str, deadline: float) -> None:
-        self.aws_request_id = request_id
-        self.function_name = config["function_name"]
+    The one fake context of the tooling and the tests: this script's invocations, the red team's
+    and the capacity replay's in-process calls and the handler tests build it. (The benchmark's
+    child, ``mlmoat/bench/child.py``, keeps a copy: it runs with the function's path alone.)
+    """
+
+    def __init__(
+        self,
+        function_name: str = "PredictFunction",
+        *,
+        request_id: str | None = None,
+        memory_mb: int = 1024,
+        timeout_s: float = 29.0,
+        function_arn: str | None = None,
+        log_stream_name: str = "local",
+    ) -> None:
+        self.aws_request_id = request_id or str(uuid.uuid4())
+        self.function_name = function_name
         self.function_version = "$LATEST"
-        self.invoked_function_arn = config["function_arn"]
-        self.memory_limit_in_mb = int(config["memory_size"])
-        self.log_group_name = f"/aws/lambda/{self.function_name}"
-        self.log_stream_name = config["log_stream_name"]
+        self.invoked_function_arn = (
+            function_arn or f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        )
+        self.memory_limit_in_mb = memory_mb
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = log_stream_name
         self.identity = None
         self.client_context = None
-        self._deadline = deadline
+        self._deadline = time.monotonic() + timeout_s
 
     def get_remaining_time_in_millis(self) -> int:
         """Milliseconds left before the function's timeout."""
@@ -92,7 +109,12 @@ def main(argv: list[str]) -> int:
             f"Parent={os.urandom(8).hex()};Sampled=0"
         )
         context = LambdaContext(
-            config, request["request_id"], time.monotonic() + float(request["timeout"])
+            config["function_name"],
+            request_id=request["request_id"],
+            memory_mb=int(config["memory_size"]),
+            timeout_s=float(request["timeout"]),
+            function_arn=config["function_arn"],
+            log_stream_name=config["log_stream_name"],
         )
         begun = time.perf_counter()
         try:

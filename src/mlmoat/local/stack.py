@@ -1,15 +1,21 @@
-"""The local stack of the load test and the fault suite: DynamoDB, tables, keys, the API.
+"""The one local stack of the tooling and the tests: DynamoDB, tables, keys, the functions.
 
 One local DynamoDB (``mlmoat.local.server.EmbeddedDynamoDB``, the moto server over HTTP on
-loopback), bootstrapped from template.yaml (``mlmoat.local.bootstrap``), the function's
-environment as the template gives it, keys created through ``security.admin``, and the function
-served by ``mlmoat local start-api``. (The benchmark and the red team still start stacks of their
-own: ``mlmoat.bench.stack``, ``mlmoat.redteam.stack``.)
+loopback, DynamoDB calls applied one at a time as DynamoDB applies them to an item; SQS and SSM
+served beside it), bootstrapped from template.yaml (``mlmoat local bootstrap``: tables and
+queues), the functions' environment as the template gives it, keys created through
+``security.admin``, and the functions served either by ``mlmoat local start-api`` (this
+module's ``LocalStack.start_apis``: the load test) or in process from the Lambda build (the
+red team's ``mlmoat.redteam.stack``, the benchmark's ``mlmoat.bench.stack``: both start their
+DynamoDB here). The fault suite's ``FaultStack`` adds a fault proxy in front of it.
 
 * ``LocalStack``: the DynamoDB server in its own process (restartable: SIGUSR1 stops its
   listener, SIGUSR2 starts it again, state intact) and any number of start-api instances.
-* helpers every caller shares: ``local_env``, ``dynamodb_client``, ``table_name``,
-  ``create_key``, ``read_audit``, ``read_items``, ``send``, ``mlmoat_command``.
+* ``start_function``: the in-process variant, one warm instance of a function from the Lambda
+  build whose handler the caller invokes (``BuiltFunction.handler``; the red team's stack).
+* helpers every caller shares: ``local_env``, ``aws_client``, ``dynamodb_client``,
+  ``table_name``, ``key_admin``, ``create_key``, ``read_audit``, ``read_items``, ``send``,
+  ``mlmoat_command``.
 
 ``python -m mlmoat.local.stack --serve-dynamodb PORT`` serves one such DynamoDB until signalled.
 """
@@ -20,17 +26,18 @@ import argparse
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import boto3
 
 from mlmoat.local.awsenv import DUMMY_CREDENTIALS
-from mlmoat.local.processes import HOST, free_port, stop_process, wait_for_port
+from mlmoat.local.processes import HOST, free_port, stop_process, wait_closed, wait_for_port
 from mlmoat.local.server import EmbeddedDynamoDB, serve_until_signalled
 
 READY_TIMEOUT_S = 120.0
@@ -112,6 +119,26 @@ class LocalStack:
         """The combined stdout/stderr file of each start-api instance."""
         return self._logs[1:]
 
+    @property
+    def endpoint(self) -> str:
+        """The local DynamoDB's (and SQS's, SSM's) endpoint."""
+        return f"http://{HOST}:{self.dynamodb_port}"
+
+    @property
+    def dynamodb_process(self) -> subprocess.Popen[bytes]:
+        """The DynamoDB server's process (``start_dynamodb`` started it)."""
+        return self._processes[0]
+
+    def stop_dynamodb_listener(self) -> None:
+        """Stop the DynamoDB server's listener: connections refused, state kept."""
+        self.dynamodb_process.send_signal(signal.SIGUSR1)
+        wait_closed(self.dynamodb_port)
+
+    def start_dynamodb_listener(self) -> None:
+        """Start the DynamoDB server's listener again on the same port."""
+        self.dynamodb_process.send_signal(signal.SIGUSR2)
+        wait_for_port(self.dynamodb_port, process=self.dynamodb_process, timeout_s=READY_TIMEOUT_S)
+
     def start_dynamodb(self) -> None:
         """Start one serialised moto server and create the template's tables with bootstrap.
 
@@ -169,6 +196,49 @@ class LocalStack:
         self._logs.append(log)
 
 
+class BuiltFunction:
+    """One function of the Lambda build behind its handler's signature: one warm instance
+    under CPython 3.13 (``mlmoat.local.workers.Worker``), as ``mlmoat local invoke`` runs it (the
+    stack's in-process variant: the caller invokes the handler, no HTTP in between)."""
+
+    def __init__(self, worker: Any) -> None:
+        self._worker = worker
+
+    def handler(self, event: Mapping[str, Any], context: Any) -> Any:
+        """Invoke the function; its error (an exception in the handler) is raised here."""
+        invocation = self._worker.invoke(event, request_id=context.aws_request_id)
+        if invocation.error is not None:
+            error = invocation.error
+            raise RuntimeError(f"{error.get('errorType')}: {error.get('errorMessage')}")
+        return invocation.response
+
+    def stop(self) -> None:
+        """Stop the instance."""
+        self._worker.stop()
+
+
+def start_function(
+    template: Any, build_dir: Path, logical_id: str, *, env: Mapping[str, str], log: IO[str]
+) -> BuiltFunction:
+    """Start one warm instance of ``logical_id`` from the Lambda build, with the template's
+    environment and ``env`` over it (the host's endpoints and credentials from ``os.environ``);
+    its output goes to ``log``.
+
+    Raises:
+        FunctionStartError: the instance did not start (its cold start failed).
+    """
+    from mlmoat.local.workers import FunctionLayout, Worker
+
+    layout = FunctionLayout(
+        template,
+        build_dir,
+        logical_id,
+        env_overrides={logical_id: dict(env)},
+        host_environ=dict(os.environ),
+    )
+    return BuiltFunction(Worker(layout, log=log))
+
+
 def table_name() -> str:
     """The local name of the template's security table (as every local command names it)."""
     from mlmoat.local.template import Template, find_template
@@ -176,15 +246,37 @@ def table_name() -> str:
     return Template(find_template(REPO)).physical_name(SECURITY_TABLE)
 
 
-def dynamodb_client(env: Mapping[str, str]) -> Any:
-    """A boto3 DynamoDB client for the local endpoint in ``env``."""
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=env["AWS_ENDPOINT_URL_DYNAMODB"],
+def aws_client(service: str, env: Mapping[str, str], *, endpoint: str | None = None) -> Any:
+    """A boto3 client of ``service`` for the local endpoint in ``env`` (the service's own
+    ``AWS_ENDPOINT_URL_<SERVICE>``, else DynamoDB's) or at ``endpoint``."""
+    url = endpoint or env.get(f"AWS_ENDPOINT_URL_{service.upper()}")
+    make: Any = boto3.client  # its overloads know service names only as literals
+    return make(
+        service,
+        endpoint_url=url or env["AWS_ENDPOINT_URL_DYNAMODB"],
         region_name=env["AWS_DEFAULT_REGION"],
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )
+
+
+def dynamodb_client(env: Mapping[str, str]) -> Any:
+    """A boto3 DynamoDB client for the local endpoint in ``env``."""
+    return aws_client("dynamodb", env)
+
+
+def key_admin(env: Mapping[str, str], *, settings: Any = None) -> Any:
+    """``security.admin.KeyAdmin`` on the local table, its caps lifted (``uncapped``: tooling
+    that measures the system, never the admin API). ``settings``: the function's (default: the
+    table's name and the repository's models)."""
+    from security.admin import KeyAdmin, uncapped
+    from security.settings import Settings
+    from security.store import PrincipalStore
+
+    if settings is None:
+        settings = Settings(table_name=table_name(), model_dir=str(REPO))
+    store = PrincipalStore(client=dynamodb_client(env), table_name=settings.table_name)
+    return KeyAdmin(store=store, settings=uncapped(settings))
 
 
 def create_key(
@@ -204,15 +296,7 @@ def create_key(
         InvalidPayloadError: the plan is not a valid key configuration.
         StoreUnavailableError: the local DynamoDB failed.
     """
-    from security.admin import KeyAdmin, uncapped
-    from security.settings import Settings
-    from security.store import PrincipalStore
-
-    table = table_name()
-    store = PrincipalStore(client=dynamodb_client(env), table_name=table)
-    settings = uncapped(Settings(table_name=table, model_dir=str(REPO)))
-    admin = KeyAdmin(store=store, settings=settings)
-    created = admin.create(
+    created = key_admin(env).create(
         owner=owner,
         scopes=scopes,
         rate_limit=plan.rate_text,

@@ -1,14 +1,15 @@
 """The real stack for the red team: API Gateway events through the Lambda handlers.
 
-``LocalStack`` starts an embedded moto server (DynamoDB and SQS over HTTP on loopback), creates
-the template's table and queues (``mlmoat.local.bootstrap``), runs ``PredictFunction`` and
+``RedTeamStack`` starts the one local stack's moto server (``mlmoat.local.stack.LocalStack``:
+DynamoDB and SQS over HTTP on loopback, in its own process, the template's table and queues
+bootstrapped), runs ``PredictFunction`` and
 ``MonitorFunction`` from the Lambda build under CPython 3.13 as ``mlmoat local`` runs them (one
 warm instance each, ``mlmoat.local.workers``) with the environment template.yaml gives them
 (model dir pointed at the red team's models), and creates real API keys with budgets through
 ``security.admin``. The functions' output (their audit records) goes to the audit file.
 
 ``StackTarget`` is what an attacker holds: one API key. Each query is a REST (v1) proxy event
-(``events/rest/models-iris-ok-single.json``'s shape) sent to the predict handler; the attacker
+(``mlmoat.local.events.rest_event``) sent to the predict handler; the attacker
 sees the response body only. After each request the extraction queue is drained into the monitor
 handler as SQS batch events, so detection happens exactly as deployed; the detector state is read
 back from the principal's ``mon#`` item and the flag from the key item.
@@ -19,62 +20,24 @@ from __future__ import annotations
 import base64
 import json
 import os
+import tempfile
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from mlmoat.local.awsenv import DUMMY_CREDENTIALS
+from mlmoat.local.events import rest_event, sqs_event
+from mlmoat.local.lambda_runtime import LambdaContext
 from mlmoat.redteam.cases import ModelCase
 from security.extraction import DetectorState
 
 REPO = Path(__file__).resolve().parents[3]
-_EVENT = REPO / "events" / "rest" / "models-iris-ok-single.json"
-_DUMMY_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-}
+_DUMMY_AWS = {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
 
 
-class _BuiltFunction:
-    """One function of the Lambda build behind its handler's signature: one warm instance
-    under CPython 3.13 (``mlmoat.local.workers.Worker``), as ``mlmoat local invoke`` runs it."""
-
-    def __init__(self, worker: Any) -> None:
-        self._worker = worker
-
-    def handler(self, event: Mapping[str, Any], context: Any) -> Any:
-        """Invoke the function; its error (an exception in the handler) is raised here."""
-        invocation = self._worker.invoke(event, request_id=context.aws_request_id)
-        if invocation.error is not None:
-            error = invocation.error
-            raise RuntimeError(f"{error.get('errorType')}: {error.get('errorMessage')}")
-        return invocation.response
-
-    def stop(self) -> None:
-        """Stop the instance."""
-        self._worker.stop()
-
-
-@dataclass
-class _Context:
-    function_name: str
-    aws_request_id: str
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 1024
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:redteam"
-    log_group_name: str = "/aws/lambda/redteam"
-    log_stream_name: str = "redteam"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
-
-
-class LocalStack:
+class RedTeamStack:
     """An embedded DynamoDB/SQS with the template's resources and the two handlers loaded."""
 
     def __init__(self, *, model_dir: Path, audit_path: Path) -> None:
@@ -85,14 +48,17 @@ class LocalStack:
         self._predict: dict[str, Any] = {}
         self._audit: IO[str] | None = None
         self._unmonitored = False
-        self._functions: list[_BuiltFunction] = []
+        self._functions: list[Any] = []
 
-    def __enter__(self) -> LocalStack:
-        from mlmoat.local.bootstrap import bootstrap
-        from mlmoat.local.server import EmbeddedDynamoDB
+    def __enter__(self) -> RedTeamStack:
+        from mlmoat.local import stack as local
         from mlmoat.local.template import Template
 
-        self._server = EmbeddedDynamoDB().start()
+        # The one local stack's DynamoDB (its own process; tables and queues bootstrapped); its
+        # log goes to a scratch directory, not beside the report.
+        self._scratch = tempfile.TemporaryDirectory(prefix="mlmoat-redteam-")
+        self._server = local.LocalStack(work_dir=Path(self._scratch.name), instances=0)
+        self._server.start_dynamodb()
         endpoint = self._server.endpoint
         env = dict(_DUMMY_AWS)
         env["AWS_ENDPOINT_URL_DYNAMODB"] = endpoint
@@ -103,20 +69,17 @@ class LocalStack:
         self._build_dir = ensure_build(REPO)
         template = Template(REPO / "template.yaml", endpoint=endpoint, region="us-east-1")
         self._template = template
-        bootstrap(template)
         self.env = dict(template.function("PredictFunction").environment)
         self.env.update(self._served_env())
         self._set_env(self.env)
-        import boto3
-
         from security.admin import KeyAdmin, uncapped
         from security.settings import Settings
         from security.store import PrincipalStore
 
         self.settings = Settings.from_env(os.environ)
-        self.sqs = boto3.client("sqs")
+        self.sqs = local.aws_client("sqs", env)
         self.store = PrincipalStore(
-            client=boto3.client("dynamodb"), table_name=self.settings.table_name
+            client=local.dynamodb_client(env), table_name=self.settings.table_name
         )
         self.admin = KeyAdmin(store=self.store, settings=uncapped(self.settings))
         self.queue_url = str(self.settings.extraction_queue_url)
@@ -131,6 +94,7 @@ class LocalStack:
         for function in self._functions:
             function.stop()
         self._server.stop()
+        self._scratch.cleanup()
         for name, value in self._saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -159,19 +123,17 @@ class LocalStack:
             self._saved.setdefault(name, os.environ.get(name))
             os.environ[name] = value
 
-    def _load(self, logical_id: str, overrides: dict[str, str]) -> _BuiltFunction:
-        from mlmoat.local.workers import FunctionLayout, Worker
+    def _load(self, logical_id: str, overrides: dict[str, str]) -> Any:
+        from mlmoat.local.stack import start_function
 
-        declared = self._served_env()
-        layout = FunctionLayout(
+        assert self._audit is not None
+        function = start_function(
             self._template,
             self._build_dir,
             logical_id,
-            env_overrides={logical_id: {**declared, **overrides}},
-            host_environ=dict(os.environ),
+            env={**self._served_env(), **overrides},
+            log=self._audit,
         )
-        assert self._audit is not None
-        function = _BuiltFunction(Worker(layout, log=self._audit))
         self._functions.append(function)
         return function
 
@@ -203,8 +165,8 @@ class LocalStack:
             received = self._receive()
             if not received:
                 return processed
-            event = {"Records": [_sqs_record(m) for m in received]}
-            context = _Context("MonitorFunction", str(uuid.uuid4()))
+            event = sqs_event(received)
+            context = LambdaContext("MonitorFunction")
             result = self.monitor.handler(event, context)
             failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
             done = [m for m in received if m["MessageId"] not in failed]
@@ -257,18 +219,8 @@ class LocalStack:
         return self.store.get(principal_id) or {}
 
 
-def _sqs_record(message: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0"},
-        "messageAttributes": {},
-        "md5OfBody": message.get("MD5OfBody", ""),
-        "eventSource": "aws:sqs",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue",
-        "awsRegion": "us-east-1",
-    }
+#: The red team's stack under its former name (``mlmoat.redteam.run`` imports it so).
+LocalStack = RedTeamStack
 
 
 class FlaggedError(RuntimeError):
@@ -280,7 +232,7 @@ class StackTarget:
 
     def __init__(
         self,
-        stack: LocalStack,
+        stack: RedTeamStack,
         case: ModelCase,
         policy: str,
         *,
@@ -307,7 +259,6 @@ class StackTarget:
         self.api_key, self.principal_id = stack.create_key(
             owner=owner, output_policy=policy, budget=budget
         )
-        self._template = json.loads(_EVENT.read_text(encoding="utf-8"))
 
     @property
     def state(self) -> DetectorState:
@@ -358,19 +309,13 @@ class StackTarget:
         return [None] * rows.shape[0]
 
     def _request(self, rows: np.ndarray) -> tuple[int, dict[str, Any]]:
-        event = json.loads(json.dumps(self._template))
-        path = f"/models/{self.case.name}/predict"
-        body = json.dumps({"instances": self.case.wire_rows(rows)}).encode()
-        event["path"] = path
-        event["pathParameters"] = {"model": self.case.name}
-        event["requestContext"]["requestId"] = str(uuid.uuid4())
-        event["requestContext"]["path"] = f"/dev{path}"
-        headers = {"Content-Type": "application/json", "X-API-Key": self.api_key}
-        event["headers"] = headers
-        event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
-        event["body"] = base64.b64encode(body).decode()
-        event["isBase64Encoded"] = True
-        context = _Context("PredictFunction", str(uuid.uuid4()))
+        event = rest_event(
+            path=f"/models/{self.case.name}/predict",
+            body=json.dumps({"instances": self.case.wire_rows(rows)}).encode(),
+            headers={"Content-Type": "application/json", "X-API-Key": self.api_key},
+            path_parameters={"model": self.case.name},
+        )
+        context = LambdaContext("PredictFunction")
         response = self._handler(event, context)
         raw = response.get("body") or "{}"
         if response.get("isBase64Encoded"):
