@@ -41,7 +41,7 @@ from security.errors import (
     StoreUnavailableError,
 )
 from security.itemviews import ItemViews
-from security.records import Counters, KeyRecord, SubjectRecord
+from security.records import Counters, SubjectRecord
 from security.refusals import RefusalCounting
 from security.settings import Settings
 from security.shards import ShardedCharging, fits, max_share
@@ -202,22 +202,26 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         assert credentials.key_id is not None and credentials.secret_hash is not None
         keys = self._keys
         cached = keys.cached(credentials, now)
-        record: KeyRecord | None = None
+        # Whether ``principal`` is the table's current word (a consistent read or a write's
+        # ALL_OLD), not the cache's or an eventually consistent first sight: refuse only on it.
+        confirmed = False
         if cached is None:
-            principal, record = keys.read(credentials, source_ip=source_ip, now=now)
+            principal, _ = keys.read(credentials, source_ip=source_ip, now=now, first_sight=True)
         else:
             principal = cached
-        for _attempt in range(2):
+        for _attempt in range(3):  # a first sight, a confirmation, a stale configuration
             if not principal.allows(model):
-                if record is None:  # confirm a cached refusal against the table before refusing
-                    principal, record = keys.read(credentials, source_ip=source_ip, now=now)
+                if not confirmed:  # confirm the refusal against the table before refusing
+                    principal, _ = keys.read(credentials, source_ip=source_ip, now=now)
+                    confirmed = True
                     if principal.allows(model):
                         continue
                 self._refuse(lane, credentials, model=model, source_ip=source_ip, now=now)
                 raise ForbiddenError("forbidden_scope")  # the scope was granted meanwhile
             if not fits(principal, rows):  # can never fit: refuse (after a fresh authentication)
-                if record is None:
-                    principal, record = keys.read(credentials, source_ip=source_ip, now=now)
+                if not confirmed:
+                    principal, _ = keys.read(credentials, source_ip=source_ip, now=now)
+                    confirmed = True
                     continue  # judge again on the fresh configuration
                 principal, counters = self._count_refusal(lane, credentials, source_ip, now)
                 raise self._over_limit(
@@ -228,7 +232,8 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
                 if admission is not None:
                     return admission
                 # A shard's config_version moved: the key changed; read it (and verify) again.
-                principal, record = keys.read(credentials, source_ip=source_ip, now=now)
+                principal, _ = keys.read(credentials, source_ip=source_ip, now=now)
+                confirmed = True
                 continue
             sent = self._send_charge(lane, credentials, principal, rows=rows, now=now)
             if sent.counted and sent.found:
@@ -242,7 +247,7 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
             fresh = keys.verify(credentials, old, source_ip=source_ip, now=now)
             if fresh.config_version != principal.config_version:
                 # Our cached configuration was stale: ALL_OLD is the current item; retry once.
-                principal, record = fresh, old
+                principal, confirmed = fresh, True
                 continue
             raise self._over_limit(lane, principal, old, rows=rows, now=now)
         raise StoreUnavailableError("config_contention", detail="config changed twice")

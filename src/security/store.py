@@ -98,15 +98,16 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
         self._table = table_name
 
     # ----------------------------------------------------------------- reads
-    def get(self, pk: str) -> Item | None:
-        """One strongly consistent read of an item.
+    def get(self, pk: str, *, consistent: bool = True) -> Item | None:
+        """One read of an item: strongly consistent (one read unit per 4 KB) unless
+        ``consistent`` is False (eventually consistent: half of that).
 
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
         with _translated():
             response = self._client.get_item(
-                TableName=self._table, Key={"pk": {"S": pk}}, ConsistentRead=True
+                TableName=self._table, Key={"pk": {"S": pk}}, ConsistentRead=consistent
             )
         return _load(response.get("Item"))
 
@@ -122,13 +123,14 @@ class PrincipalStore(AdminStoreMixin, CounterMixin, MonitorStateMixin):
             raise NotFoundError("unknown_key")
         return record
 
-    def read_key(self, principal_id: str) -> KeyRecord | None:
-        """One strongly consistent read of an API key (None: no such key).
+    def read_key(self, principal_id: str, *, consistent: bool = True) -> KeyRecord | None:
+        """One read of an API key (None: no such key), strongly consistent unless
+        ``consistent`` is False.
 
         Raises:
             StoreUnavailableError: DynamoDB could not be reached or refused the call.
         """
-        item = self.get(principal_id)
+        item = self.get(principal_id, consistent=consistent)
         return None if item is None else KeyRecord(item)
 
     def read_subject(self, principal_id: str) -> SubjectRecord | None:

@@ -49,15 +49,29 @@ class KeyVerifier:
         return None if entry is None else entry.principal
 
     def read(
-        self, credentials: Credentials, *, source_ip: str, now: int
+        self, credentials: Credentials, *, source_ip: str, now: int, first_sight: bool = False
     ) -> tuple[Principal, KeyRecord]:
         """One consistent read of the key, verified and cached.
+
+        ``first_sight`` (a key this environment has not cached, about to be charged): read it
+        eventually consistent first, at half the read units. That is safe because the counting
+        write re-checks everything the read gave (secret hash, status, expiry and the
+        configuration version) in its condition, and a failed condition returns the current item.
+        Only a record that would admit the key is used: anything else (no item yet, another
+        secret, not active, expired: perhaps only not yet replicated) is read again, strongly
+        consistent, before anything is refused or counted as a guess.
 
         Raises:
             AuthenticationError: as ``verify``.
             RateLimitedError: ``auth_throttled`` (an unknown key or a wrong secret past a limit).
             StoreUnavailableError: DynamoDB failed.
         """
+        if first_sight:
+            record = self._store.read_key(credentials.principal_id, consistent=False)
+            if record is not None and self._admits(credentials, record, now):
+                self._sender.saw(record)
+                self._cache.remember(record)
+                return principal_from_key(record, settings=self._settings), record
         record = self._store.read_key(credentials.principal_id)
         if record is None:
             raise self.unknown(credentials, source_ip=source_ip, now=now)
@@ -65,6 +79,17 @@ class KeyVerifier:
         principal = self.verify(credentials, record, source_ip=source_ip, now=now)
         self._cache.remember(record)
         return principal, record
+
+    @staticmethod
+    def _admits(credentials: Credentials, record: KeyRecord, now: int) -> bool:
+        """Whether ``verify`` would admit these credentials on ``record`` (no side effects)."""
+        presented = credentials.secret_hash or ""
+        matches = secret_matches(record.secret_hash, presented) or (
+            record.previous_secret_until > now
+            and secret_matches(record.previous_secret_hash, presented)
+        )
+        expires = record.expires_at
+        return matches and record.active and (expires is None or expires > now)
 
     def verify(
         self, credentials: Credentials, record: KeyRecord, *, source_ip: str, now: int

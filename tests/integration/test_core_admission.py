@@ -318,20 +318,24 @@ def test_unknown_key_and_bad_secret_look_alike_and_guessing_is_throttled(
             _admit(gatekeeper, creds, ip="203.0.113.7")
         errors.append(type(caught.value))
         calls.append(list(made))
-    # then both take the same path (one read; the address, key id and total counted)
+    # then both take the same path (the first sight's eventually consistent read, the strong
+    # read that confirms a refusal; the address, key id and total counted)
     assert errors == [AuthenticationError, AuthenticationError]
-    assert calls[0] == calls[1] == ["GetItem", "UpdateItem", "UpdateItem", "UpdateItem"]
+    assert (
+        calls[0] == calls[1] == ["GetItem", "GetItem", "UpdateItem", "UpdateItem", "UpdateItem"]
+    )
     # when the guesses go on past the limit
     with pytest.raises(AuthenticationError):
         _admit(gatekeeper, unknown, ip="203.0.113.7")
     with pytest.raises(RateLimitedError) as throttled:
         _admit(gatekeeper, wrong_secret, ip="203.0.113.7")
     assert throttled.value.reason == "auth_throttled" and throttled.value.retry_after == 10
-    # then a throttled guess costs its one read and no further count
+    # then a throttled guess costs its reads (half a unit eventually consistent, one strong:
+    # a miss is confirmed before it is judged a guess) and no further count
     made.clear()
     with pytest.raises(RateLimitedError):
         _admit(gatekeeper, unknown, ip="203.0.113.7")
-    assert made == ["GetItem"]
+    assert made == ["GetItem", "GetItem"]
     # and the right key from that very address is still served (a NAT's other customers)
     _admit(gatekeeper, _creds(authenticator, created["api_key"]), ip="203.0.113.7")
     # while a cold instance learns the throttle from the shared counter

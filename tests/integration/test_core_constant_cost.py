@@ -18,6 +18,7 @@ from mlmoat.bench.capacity import CapacityMeter
 from mlmoat.bench.itemsize import item_size
 from security.admin import KeyAdmin
 from security.auth import Authenticator
+from security.errors import AuthenticationError
 from security.limits import Gatekeeper
 from security.store import PrincipalStore, key_pk
 from security.writers import HORIZON_SECONDS
@@ -211,3 +212,102 @@ def test_an_item_written_by_the_digest_design_is_cleaned_without_breaking_it(
     item = _raw(client, core_table, key_pk(key_id))
     assert not [name for name in item if name.startswith("rq_")]
     assert item_size(item) < 1024 and int(item["rows_used"]["N"]) == 3
+
+
+class _LaggingReplica:
+    """A client whose eventually consistent reads answer from a snapshot taken at ``freeze``:
+    the replication lag DynamoDB allows and moto does not model (strong reads are current)."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        self._client = client
+        self._table = table
+        self._snapshot: dict[str, dict[str, Any]] = {}
+        self.reads: list[bool] = []
+
+    def freeze(self, *pks: str) -> None:
+        for pk in pks:
+            response = self._client.get_item(
+                TableName=self._table, Key={"pk": {"S": pk}}, ConsistentRead=True
+            )
+            self._snapshot[pk] = {k: v for k, v in response.items() if k == "Item"}
+
+    def get_item(self, **params: Any) -> dict[str, Any]:
+        consistent = bool(params.get("ConsistentRead"))
+        self.reads.append(consistent)
+        pk = params["Key"]["pk"]["S"]
+        if not consistent and pk in self._snapshot:
+            return dict(self._snapshot[pk])
+        response: dict[str, Any] = self._client.get_item(**params)
+        return response
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_key_first_seen_is_read_eventually_consistent_at_half_a_unit(
+    core_endpoint: str, core_table: str
+) -> None:
+    # given a key and a metered client
+    clock = Clock()
+    key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/minute")
+    meter = CapacityMeter(reader=make_client(core_endpoint), clock=clock)
+    client = meter.attach(make_client(core_endpoint))
+    # when three environments that never saw it admit it, twice each
+    for gatekeeper in _environments(client, core_table, clock, 3):
+        _admit(gatekeeper, credentials)
+        _admit(gatekeeper, credentials)
+    # then each first sight was one eventually consistent read (half a unit for an item under
+    # 4 KB) and the second request no read at all
+    reads = [r for r in meter.records if not r.is_write and r.pk == key_pk(key_id)]
+    assert [r.read_units for r in reads] == [0.5, 0.5, 0.5]
+    writes = [r for r in meter.records if r.is_write and r.pk == key_pk(key_id)]
+    assert len(writes) == 6
+
+
+def test_a_lagging_replica_never_refuses_a_new_or_rotated_key(
+    core_endpoint: str, core_table: str
+) -> None:
+    # given a key whose item the replica has not seen yet (created a moment ago) and more
+    # first sights than the guessing throttle allows failures at one key id (20 a minute)
+    clock = Clock()
+    key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/minute")
+    replica = _LaggingReplica(make_client(core_endpoint), core_table)
+    replica._snapshot[key_pk(key_id)] = {}  # not replicated yet: no item
+    # when 25 environments admit it for the first time
+    for gatekeeper in _environments(replica, core_table, clock, 25):
+        admission = _admit(gatekeeper, credentials)
+    # then every one was served (the miss was read again, strongly, and counted as no guess)
+    assert admission.rate_remaining == 100_000 - 25
+    assert replica.reads == [False, True] * 25
+    # and given the key rotated after the replica's snapshot: it still holds the old secret
+    store = PrincipalStore(client=make_client(core_endpoint), table_name=core_table)
+    admin = KeyAdmin(store=store, settings=settings_for(core_table), clock=clock)
+    replica.freeze(key_pk(key_id))
+    rotated = admin.rotate(key_id, grace="1h")
+    fresh = Authenticator(settings=settings_for(core_table), token_verifier=None).read_credentials(
+        {"X-API-Key": rotated["api_key"]}
+    )
+    # when a new environment sees the new secret first
+    (gatekeeper,) = _environments(replica, core_table, clock, 1)
+    replica.reads.clear()
+    # then it is served after one strong read, the stale record never refusing it
+    assert _admit(gatekeeper, fresh).rate_remaining == 100_000 - 26
+    assert replica.reads == [False, True]
+
+
+def test_a_lagging_replica_cannot_serve_a_revoked_key(core_endpoint: str, core_table: str) -> None:
+    # given a key the replica still shows active after it was revoked
+    clock = Clock()
+    key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/minute")
+    replica = _LaggingReplica(make_client(core_endpoint), core_table)
+    replica.freeze(key_pk(key_id))
+    store = PrincipalStore(client=make_client(core_endpoint), table_name=core_table)
+    KeyAdmin(store=store, settings=settings_for(core_table), clock=clock).revoke(key_id)
+    # when an environment that never saw it admits it on the stale record
+    (gatekeeper,) = _environments(replica, core_table, clock, 1)
+    # then the counting write's condition refuses it and nothing is charged
+    with pytest.raises(AuthenticationError) as refused:
+        _admit(gatekeeper, credentials)
+    assert refused.value.reason == "revoked"
+    item = _raw(make_client(core_endpoint), core_table, key_pk(key_id))
+    assert int(item.get("rows_used", {"N": "0"})["N"]) == 0
