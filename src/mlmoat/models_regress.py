@@ -15,6 +15,12 @@ Parity: on every held-out row (as float32, the way the API feeds it) the graph's
 within ``PARITY_RTOL`` of the estimator's, relative to the value or, for values near zero, to the
 training target's largest magnitude (``scale``): ``|onnx - sklearn| <= PARITY_RTOL * max(|sklearn|,
 scale)``. The held-out split is a plain random one (no strata for a continuous target).
+
+Categorical columns (a ``ColumnTransformer`` with ``OneHotEncoder`` / ``OrdinalEncoder``) work as
+for a classifier (``mlmoat.models_columns``): converted per column behind the float-input prefix,
+parity against the pipeline fed DataFrames (``FrameEstimator``), the manifest's ``categories`` and
+``feature_types``, a category's envelope ``0 .. k-1``, parity rows with valid category indices,
+and a ``RegressorCase`` whose categorical features squeezing and the red team keep valid.
 """
 
 from __future__ import annotations
