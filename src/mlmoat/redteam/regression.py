@@ -271,9 +271,7 @@ def _clone(case: RegressorCase, rows: np.ndarray, seen: np.ndarray) -> np.ndarra
     predictions = []
     for model in (
         # Ridge on one-hot categories and standardised numbers; the trees split on the indices.
-        make_pipeline(
-            surrogate_encoder(rows.shape[1], case.category_counts), Ridge(alpha=1e-3)
-        ),
+        make_pipeline(surrogate_encoder(rows.shape[1], case.category_counts), Ridge(alpha=1e-3)),
         ExtraTreesRegressor(n_estimators=50, random_state=0, n_jobs=1),
     ):
         model.fit(rows, seen)
