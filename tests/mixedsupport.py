@@ -47,3 +47,14 @@ def churn_pipeline(extra: Any = None) -> Pipeline:
         [("num", numeric, ["Tenure months", "spend"]), ("cat", OneHotEncoder(), ["plan", "region"])]
     )
     return Pipeline([("prep", prep), ("clf", LogisticRegression())])
+
+
+def accepted(x: np.ndarray, manifest: dict[str, Any], margin: float = 0.1) -> np.ndarray:
+    """Which rows the API accepts: inside the manifest's envelope widened by its margin (the
+    default 10 %; rows beyond it are refused by design: tests/unit/test_validation.py)."""
+    envelope = [manifest["envelope"][f] for f in manifest["feature_names"]]
+    low = np.asarray([e["min"] for e in envelope])
+    high = np.asarray([e["max"] for e in envelope])
+    width = np.where(high > low, high - low, 1.0)
+    inside: np.ndarray = ((x >= low - margin * width) & (x <= high + margin * width)).all(axis=1)
+    return inside

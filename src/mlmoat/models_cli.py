@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mlmoat.models_columns import FrameEstimator
+from mlmoat.models_columns import FrameEstimator, category_bounds, feature_sections
 
 _REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -205,18 +205,11 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         from mlmoat import models_regress as mr
 
         if mr.is_regressor(estimator):
-            if found:
-                raise mi.ImportRefused(
-                    "a regressor with categorical columns is not imported yet: categorical "
-                    "features are supported for classifiers"
-                )
             return mr.import_regressor(args, data, test, estimator, fmt, own)
     x_train, y_train, x_test, y_test = mi.split(
         data, test=test, test_fraction=args.test_fraction, seed=args.seed
     )
-    lower, upper = x_train.min(axis=0), x_train.max(axis=0)
-    for j, values in data.categories.items():  # category indices: exactly 0..k-1
-        lower[j], upper[j] = 0.0, float(len(values) - 1)
+    lower, upper = category_bounds(x_train.min(axis=0), x_train.max(axis=0), data.categories)
     description = args.description or f"Imported from {data.file_name} (target {args.target})."
     # The parity reference: the pipeline itself, fed DataFrames when it has categorical columns.
     reference: Any = None
@@ -264,17 +257,7 @@ def import_model(args: argparse.Namespace) -> dict[str, Any]:
         "framework": _framework(onnx_bytes, ONNX_OPSETS, _opsets_of, imported=fmt),
         "feature_names": list(data.feature_names),
         "classes": list(classes),
-        **(
-            {
-                "categories": {data.feature_names[j]: list(v) for j, v in data.categories.items()},
-                "feature_types": {
-                    name: "categorical" if j in data.categories else "numeric"
-                    for j, name in enumerate(data.feature_names)
-                },
-            }
-            if data.categories
-            else {}
-        ),
+        **feature_sections(data.feature_names, data.categories),
         "envelope": {
             name: {"min": float(lower[i]), "max": float(upper[i])}
             for i, name in enumerate(data.feature_names)

@@ -20,7 +20,7 @@ strings). So ``security.model`` feeds the graph exactly as it feeds a numeric on
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,21 +132,13 @@ def export_mixed(
     n_classes: int,
     meta: dict[str, str],
 ) -> bytes:
-    """Convert a pipeline with categorical columns to a graph with one float input (see above).
+    """Convert a classifier pipeline with categorical columns to a graph with one float input.
 
     Raises the converter's own exceptions (``mlmoat.models_import.convert`` names the step).
     """
-    from skl2onnx.common.data_types import (  # type: ignore[import-untyped]
-        FloatTensorType,
-        StringTensorType,
-    )
-
     from mlmoat.train import export_onnx
 
-    initial_types = [
-        (column, StringTensorType([None, 1]) if j in categories else FloatTensorType([None, 1]))
-        for j, column in enumerate(columns)
-    ]
+    initial_types, prepare = mixed_inputs(columns, categories)
     return export_onnx(
         name,
         estimator,
@@ -154,8 +146,53 @@ def export_mixed(
         n_classes,
         meta,
         initial_types=initial_types,
-        prepare=lambda model: _float_input_prefix(model, categories),
+        prepare=prepare,
     )
+
+
+def mixed_inputs(
+    columns: Sequence[str], categories: Mapping[int, Sequence[str]]
+) -> tuple[list[tuple[str, Any]], Callable[[Any], None]]:
+    """What a conversion of a pipeline with categorical columns needs (see above), whatever its
+    outputs (a classifier's or a regressor's): skl2onnx's initial types, one per column (string
+    for a categorical one, float otherwise), and the step that rewrites the converted model so
+    one float input ``features`` feeds them."""
+    from skl2onnx.common.data_types import (  # type: ignore[import-untyped]
+        FloatTensorType,
+        StringTensorType,
+    )
+
+    initial_types = [
+        (column, StringTensorType([None, 1]) if j in categories else FloatTensorType([None, 1]))
+        for j, column in enumerate(columns)
+    ]
+    return initial_types, lambda model: _float_input_prefix(model, categories)
+
+
+def category_bounds(
+    lower: np.ndarray, upper: np.ndarray, categories: Mapping[int, Sequence[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The envelope with each categorical feature's bounds set to its indices, exactly 0..k-1."""
+    lower, upper = np.array(lower, dtype=np.float64), np.array(upper, dtype=np.float64)
+    for j, values in categories.items():
+        lower[j], upper[j] = 0.0, float(len(values) - 1)
+    return lower, upper
+
+
+def feature_sections(
+    feature_names: Sequence[str], categories: Mapping[int, Sequence[str]]
+) -> dict[str, Any]:
+    """The manifest's ``categories`` and ``feature_types`` (``security.features``); nothing for
+    a model with numeric features only (its manifest stays as before categorical features)."""
+    if not categories:
+        return {}
+    return {
+        "categories": {feature_names[j]: list(v) for j, v in categories.items()},
+        "feature_types": {
+            name: "categorical" if j in categories else "numeric"
+            for j, name in enumerate(feature_names)
+        },
+    }
 
 
 def _float_input_prefix(model: Any, categories: Mapping[int, Sequence[str]]) -> None:

@@ -399,6 +399,19 @@ def parity_failures(
     ] + ([f"... and {len(bad) - 10} more rows"] if len(bad) > 10 else [])
 
 
+def parity_rows(
+    lower: np.ndarray, upper: np.ndarray, seed: int, categorical: Sequence[int] = ()
+) -> np.ndarray:
+    """``PARITY_SAMPLE_ROWS`` rows uniform in the envelope (as float32 values), a categorical
+    feature's index uniform among its categories (``upper`` is its last index)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.uniform(lower, upper, size=(PARITY_SAMPLE_ROWS, lower.shape[0]))
+    for j in categorical:
+        top = upper[j]
+        rows[:, j] = np.minimum(np.floor(rows[:, j] * (top + 1) / max(top, 1.0)), top)
+    return np.asarray(rows, dtype=np.float32).astype(np.float64)
+
+
 def parity_sample(
     estimator: Any | None,
     onnx_proba_of: Any,
@@ -409,12 +422,7 @@ def parity_sample(
 ) -> dict[str, Any]:
     """Rows uniform in the envelope with the reference probabilities (estimator's, else graph's);
     a categorical feature's index uniform among its categories."""
-    rng = np.random.default_rng(seed)
-    rows = rng.uniform(lower, upper, size=(PARITY_SAMPLE_ROWS, lower.shape[0]))
-    for j in categorical:
-        top = upper[j]
-        rows[:, j] = np.minimum(np.floor(rows[:, j] * (top + 1) / max(top, 1.0)), top)
-    rows = np.asarray(rows, dtype=np.float32).astype(np.float64)
+    rows = parity_rows(lower, upper, seed, categorical)
     reference = estimator.predict_proba(rows) if estimator is not None else onnx_proba_of(rows)
     return {
         "rows": [[float(f"{v:.9g}") for v in row] for row in rows.tolist()],

@@ -15,11 +15,18 @@ Parity: on every held-out row (as float32, the way the API feeds it) the graph's
 within ``PARITY_RTOL`` of the estimator's, relative to the value or, for values near zero, to the
 training target's largest magnitude (``scale``): ``|onnx - sklearn| <= PARITY_RTOL * max(|sklearn|,
 scale)``. The held-out split is a plain random one (no strata for a continuous target).
+
+Categorical columns (a ``ColumnTransformer`` with ``OneHotEncoder`` / ``OrdinalEncoder``) work as
+for a classifier (``mlmoat.models_columns``): converted per column behind the float-input prefix,
+parity against the pipeline fed DataFrames (``FrameEstimator``), the manifest's ``categories`` and
+``feature_types``, a category's envelope ``0 .. k-1``, parity rows with valid category indices,
+and a ``RegressorCase`` whose categorical features squeezing and the red team keep valid.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +40,6 @@ from mlmoat.models_import import (
 )
 
 PARITY_RTOL = 1e-5
-PARITY_SAMPLE_ROWS = 32
 VALUE_OUTPUT = "value"
 
 
@@ -44,8 +50,9 @@ def is_regressor(estimator: Any) -> bool:
     return bool(sk_is_regressor(estimator))
 
 
-def check_regressor(estimator: Any, x: np.ndarray) -> None:
-    """Refuse what cannot be served as one value per row.
+def check_regressor(estimator: Any, x: np.ndarray, reference: Any) -> None:
+    """Refuse what cannot be served as one value per row (``reference`` predicts float rows:
+    the estimator, or its ``FrameEstimator`` when it has categorical columns).
 
     Raises:
         ImportRefused: fitted on another number of features, not fitted, or multi-output.
@@ -56,7 +63,7 @@ def check_regressor(estimator: Any, x: np.ndarray) -> None:
             f"the estimator was fitted on {fitted} features; the CSV gives {x.shape[1]}"
         )
     try:
-        out = np.asarray(estimator.predict(x[:2]))
+        out = np.asarray(reference.predict(x[:2]))
     except Exception as exc:  # noqa: BLE001 - an unfitted or broken estimator raises anything
         raise ImportRefused(
             f"{describe(estimator)} does not predict: {type(exc).__name__}"
@@ -87,8 +94,16 @@ def targets(data: Dataset) -> np.ndarray:
     return values
 
 
-def convert(name: str, estimator: Any, n_features: int, description: str) -> bytes:
-    """skl2onnx at the pinned opsets: input ``features``, output ``value`` ``(n, 1)``.
+def convert(
+    name: str,
+    estimator: Any,
+    columns: Sequence[str],
+    description: str,
+    categories: Mapping[int, Sequence[str]],
+) -> bytes:
+    """skl2onnx at the pinned opsets: input ``features``, output ``value`` ``(n, 1)``; with
+    categorical columns, converted per column behind the float-input prefix that decodes the
+    category indices (``mlmoat.models_columns.mixed_inputs``).
 
     Raises:
         ImportRefused: skl2onnx cannot convert a step (the message names it).
@@ -96,17 +111,24 @@ def convert(name: str, estimator: Any, n_features: int, description: str) -> byt
     from skl2onnx import convert_sklearn  # type: ignore[import-untyped]
     from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped]
 
+    from mlmoat.models_columns import mixed_inputs
     from mlmoat.train import INPUT_NAME, ONNX_OPSETS, deterministic_bytes
 
     meta = {"description": description, "mlmoat.model": name}
     try:
+        initial_types = [(INPUT_NAME, FloatTensorType([None, len(columns)]))]
+        prepare = None
+        if categories:
+            initial_types, prepare = mixed_inputs(columns, categories)
         model = convert_sklearn(
             estimator,
             name=f"mlmoat_{name.replace('-', '_')}",
-            initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+            initial_types=initial_types,
             final_types=[(VALUE_OUTPUT, FloatTensorType([None, 1]))],
             target_opset=dict(ONNX_OPSETS),
         )
+        if prepare is not None:
+            prepare(model)
         return deterministic_bytes(model, meta)
     except CONVERSION_ERRORS as exc:
         raise conversion_refused(estimator, exc) from exc
@@ -143,12 +165,19 @@ def parity_failures(expected: np.ndarray, served: np.ndarray, scale: float) -> l
 
 
 def parity_sample(
-    estimator: Any, lower: np.ndarray, upper: np.ndarray, seed: int, scale: float
+    estimator: Any,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    seed: int,
+    scale: float,
+    categorical: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Rows uniform in the envelope with the estimator's values (``mlmoat models check``)."""
-    rng = np.random.default_rng(seed)
-    rows = rng.uniform(lower, upper, size=(PARITY_SAMPLE_ROWS, lower.shape[0]))
-    rows = np.asarray(rows, dtype=np.float32).astype(np.float64)
+    """Rows uniform in the envelope (a categorical feature's index uniform among its
+    categories, ``mlmoat.models_import.parity_rows``) with the estimator's values (``mlmoat
+    models check``)."""
+    from mlmoat.models_import import parity_rows
+
+    rows = parity_rows(lower, upper, seed, categorical)
     values = estimator_values(estimator, rows)
     return {
         "rows": [[float(f"{v:.9g}") for v in row] for row in rows.tolist()],
@@ -174,6 +203,7 @@ def manifest(
     estimator: Any,
     onnx_bytes: bytes,
     feature_names: tuple[str, ...],
+    categories: Mapping[int, Sequence[str]],
     lower: np.ndarray,
     upper: np.ndarray,
     y_train: np.ndarray,
@@ -182,6 +212,7 @@ def manifest(
 ) -> dict[str, Any]:
     """The regressor's manifest, without ``framework``, ``train_split``, ``imported``, ``parity``
     (the caller adds the sections it shares with classifiers)."""
+    from mlmoat.models_columns import feature_sections
     from mlmoat.train import INPUT_NAME, ONNX_FILE, _round
 
     digest = hashlib.sha256(onnx_bytes).hexdigest()
@@ -195,6 +226,7 @@ def manifest(
         "estimator": describe(estimator),
         "feature_names": list(feature_names),
         "classes": [],
+        **feature_sections(feature_names, categories),
         "envelope": {
             feature: {"min": float(lower[i]), "max": float(upper[i])}
             for i, feature in enumerate(feature_names)
@@ -239,6 +271,7 @@ def import_regressor(
 
     from mlmoat import models_import as mi
     from mlmoat.models_cli import _framework, stage_model
+    from mlmoat.models_columns import FrameEstimator, category_bounds
     from mlmoat.redteam.regression import RegressorCase, calibrate_regressor, recommend
     from mlmoat.train import ONNX_OPSETS, _opsets_of, manifest_bytes
     from security.model import Manifest, ServedModel
@@ -246,19 +279,24 @@ def import_regressor(
 
     if args.adversarial:
         raise ImportRefused("--adversarial is for classifiers (HopSkipJump needs classes)")
-    check_regressor(estimator, data.x)
+    # The parity reference: the pipeline itself, fed DataFrames when it has categorical columns.
+    reference = (
+        FrameEstimator(estimator, data.columns, data.categories) if data.categories else estimator
+    )
+    check_regressor(estimator, data.x, reference)
     numeric = dataclasses.replace(data, y=targets(data))
     numeric_test = dataclasses.replace(test, y=targets(test)) if test is not None else None
     x_train, y_train, x_test, y_test = mi.split(
         numeric, test=numeric_test, test_fraction=args.test_fraction, seed=args.seed, stratify=False
     )
     y_train, y_test = y_train.astype(np.float64), y_test.astype(np.float64)
-    lower, upper = x_train.min(axis=0), x_train.max(axis=0)
+    lower, upper = category_bounds(x_train.min(axis=0), x_train.max(axis=0), data.categories)
+    categorical = tuple(sorted(data.categories))
     description = args.description or f"Imported from {data.file_name} (target {args.target})."
-    onnx_bytes = convert(args.name, estimator, len(data.columns), description)
+    onnx_bytes = convert(args.name, estimator, data.columns, description, data.categories)
     served_test = onnx_values(onnx_bytes, x_test)
     scale = float(np.abs(y_train).max()) or 1.0
-    expected_test = estimator_values(estimator, x_test)
+    expected_test = estimator_values(reference, x_test)
     failures = parity_failures(expected_test, served_test, scale)
     if failures:
         raise ImportRefused(
@@ -271,6 +309,7 @@ def import_regressor(
         estimator=estimator,
         onnx_bytes=onnx_bytes,
         feature_names=data.feature_names,
+        categories=data.categories,
         lower=lower,
         upper=upper,
         y_train=y_train,
@@ -280,7 +319,7 @@ def import_regressor(
     document["framework"] = _framework(onnx_bytes, ONNX_OPSETS, _opsets_of, imported=fmt)
     document["train_split"] = mi.split_record(data, test, args, stratified=False)
     document["imported"] = {"source": args.estimator.name, "format": fmt}
-    document["parity"] = parity_sample(estimator, lower, upper, args.seed, scale)
+    document["parity"] = parity_sample(reference, lower, upper, args.seed, scale, categorical)
     served = ServedModel(Manifest.from_dict(json.loads(manifest_bytes(document))), onnx_bytes)
     target_range = (float(y_train.min()), float(y_train.max()))
     case = RegressorCase(
@@ -294,6 +333,7 @@ def import_regressor(
         y_train=y_train,
         x_test=x_test,
         y_test=y_test,
+        categorical=categorical,
     )
     defences = calibrate_regressor(case)
     policy = own.narrowed(OutputPolicy.parse("probabilities:2")).for_regressor()
@@ -307,6 +347,7 @@ def import_regressor(
         "estimator": document["estimator"],
         "format": fmt,
         "features": [[n, c] for n, c in zip(data.feature_names, data.columns, strict=True)],
+        "categorical": [data.feature_names[j] for j in categorical],
         "target": document["target"],
         "r2": document["metrics"]["r2"],
         "mae": document["metrics"]["mae"],

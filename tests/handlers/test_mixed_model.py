@@ -24,7 +24,7 @@ import skops.io as sio  # noqa: E402
 from handlersupport import REPO, import_handler, invoke, new_key, response_body, rest_event  # noqa: E402
 from sklearn.preprocessing import FunctionTransformer  # noqa: E402
 
-from mixedsupport import CLASSES, COLUMNS, churn_frame, churn_pipeline  # noqa: E402
+from mixedsupport import CLASSES, COLUMNS, accepted, churn_frame, churn_pipeline  # noqa: E402
 from mlmoat import models_import  # noqa: E402
 from mlmoat.models_check import main as check_main  # noqa: E402
 from mlmoat.models_cli import main as models_main  # noqa: E402
@@ -59,12 +59,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = models_import.read_csv(root / "churn.csv", target="churned", categories=categories)
     _, _, x_test, y_test = models_import.split(data, test=None, test_fraction=0.3, seed=3)
     # the held-out rows the API accepts: inside the training envelope widened by its margin
-    # (the default 10 %; rows beyond it are refused by design: tests/unit/test_validation.py)
-    envelope = [manifest["envelope"][f] for f in manifest["feature_names"]]
-    low = np.asarray([e["min"] for e in envelope])
-    high = np.asarray([e["max"] for e in envelope])
-    width = np.where(high > low, high - low, 1.0)
-    inside = ((x_test >= low - 0.1 * width) & (x_test <= high + 0.1 * width)).all(axis=1)
+    inside = accepted(x_test, manifest)
     assert inside.sum() >= 85  # of 90
     x_test, y_test = x_test[inside], y_test[inside]
     return {

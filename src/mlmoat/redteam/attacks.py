@@ -77,21 +77,9 @@ def train_surrogate(
     features, as the attacker who knows the categories would; the others are standardised.
     """
     labels = seen.argmax(axis=1)
-    scaler: Any = StandardScaler()
-    if categories:
-        from sklearn.compose import ColumnTransformer  # type: ignore[import-untyped]
-        from sklearn.preprocessing import OneHotEncoder
-
-        cat = sorted(categories)
-        codes = [np.arange(categories[j], dtype=np.float64) for j in cat]
-        numeric = [j for j in range(rows.shape[1]) if j not in categories]
-        scaler = ColumnTransformer(
-            [
-                ("categories", OneHotEncoder(categories=codes, handle_unknown="ignore"), cat),
-                ("numeric", StandardScaler(), numeric),
-            ]
-        )
-    model = make_pipeline(scaler, LogisticRegression(C=10.0, max_iter=2000))
+    model = make_pipeline(
+        surrogate_encoder(rows.shape[1], categories), LogisticRegression(C=10.0, max_iter=2000)
+    )
     if np.unique(labels).size < 2:
         return _Constant(int(labels[0]) if labels.size else 0)
     if not soft or np.all(seen.max(axis=1) == 1.0):
@@ -103,6 +91,25 @@ def train_surrogate(
     keep = weights > 0
     model.fit(reps[keep], classes[keep], logisticregression__sample_weight=weights[keep])
     return model
+
+
+def surrogate_encoder(n_features: int, categories: dict[int, int] | None) -> Any:
+    """A surrogate's input step: the numeric features standardised and ``categories`` (feature
+    index -> its number of categories) one-hot encoded, as the attacker who knows them would."""
+    if not categories:
+        return StandardScaler()
+    from sklearn.compose import ColumnTransformer  # type: ignore[import-untyped]
+    from sklearn.preprocessing import OneHotEncoder
+
+    cat = sorted(categories)
+    codes = [np.arange(categories[j], dtype=np.float64) for j in cat]
+    numeric = [j for j in range(n_features) if j not in categories]
+    return ColumnTransformer(
+        [
+            ("categories", OneHotEncoder(categories=codes, handle_unknown="ignore"), cat),
+            ("numeric", StandardScaler(), numeric),
+        ]
+    )
 
 
 class _Constant:

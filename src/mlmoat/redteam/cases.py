@@ -145,6 +145,7 @@ def _regressor_case(
         y_train=y_train.astype(np.float64),
         x_test=x_test,
         y_test=y_test.astype(np.float64),
+        categorical=categorical_indices(manifest),
     )
 
 

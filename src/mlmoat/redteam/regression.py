@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mlmoat.redteam.cases import ModelCase
 from mlmoat.redteam.traffic import Domain, benign_rows, data_rows, uniform_rows
 from security.defences import DEFENCES_FILE, SqueezeConfig, Squeezer, load_defences
 from security.errors import AdversarialInputError
@@ -61,11 +63,36 @@ class RegressorCase:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # Indices of the categorical features (values are category indices 0..k-1).
+    categorical: tuple[int, ...] = ()
 
     @property
     def domain(self) -> Domain:
-        """The input space as the callers see it."""
-        return Domain(self.lower, self.upper, self.x_train.std(axis=0) + 1e-12)
+        """The input space as the callers see it (valid category indices only)."""
+        std = self.x_train.std(axis=0) + 1e-12
+        return Domain(self.lower, self.upper, std, categorical=self.categorical)
+
+    @property
+    def category_counts(self) -> dict[int, int]:
+        """Each categorical feature's index -> its number of categories."""
+        return {j: int(self.upper[j]) + 1 for j in self.categorical}
+
+    def rows_only(self) -> ModelCase:
+        """The case as the monitor and the squeezing grid see it: rows, no answers (one class,
+        every row "certain"), the same envelope and categorical features."""
+        return ModelCase(
+            name=self.name,
+            version=self.version,
+            classes=("_",),
+            lower=self.lower,
+            upper=self.upper,
+            predict_proba=lambda rows: np.ones((np.atleast_2d(rows).shape[0], 1)),
+            x_train=self.x_train,
+            y_train=np.full(self.x_train.shape[0], "_"),
+            x_test=self.x_test,
+            y_test=np.full(self.x_test.shape[0], "_"),
+            categorical=self.categorical,
+        )
 
     @property
     def spread(self) -> float:
@@ -96,17 +123,18 @@ def r2_interval(reference: np.ndarray, predicted: np.ndarray, seed: int) -> list
 
 def calibrate_squeeze(case: RegressorCase, *, seed: int) -> tuple[SqueezeConfig, dict[str, Any]]:
     """The grid and the value-disagreement threshold for one regressor (module docstring)."""
-    from mlmoat.redteam.calibrate import LEVEL_CANDIDATES, MAX_ACCURACY_DROP, SQUEEZE_QUANTILES
+    from mlmoat.redteam.calibrate import (
+        LEVEL_CANDIDATES,
+        MAX_ACCURACY_DROP,
+        SQUEEZE_QUANTILES,
+        squeeze_grid,
+    )
+
+    rows_only = case.rows_only()
 
     def grid(levels: int, threshold: float = 2.0) -> SqueezeConfig:
-        return SqueezeConfig.from_envelope(
-            model=case.name,
-            model_version=case.version,
-            lower=case.lower.tolist(),
-            upper=case.upper.tolist(),
-            levels=levels,
-            threshold=threshold,
-        )
+        # A categorical feature keeps its category (origin 0, step 1).
+        return dataclasses.replace(squeeze_grid(rows_only, levels), threshold=threshold)
 
     raw_test = case.predict_values(case.x_test)
     raw_r2 = r2(case.y_test, raw_test)
@@ -151,23 +179,10 @@ def calibrate_squeeze(case: RegressorCase, *, seed: int) -> tuple[SqueezeConfig,
 def calibrate_regressor(case: RegressorCase) -> dict[str, Any]:
     """The full ``defences.json`` document for one regressor."""
     from mlmoat.redteam.calibrate import CALIBRATION_SEED, _rounded, calibrate_monitor
-    from mlmoat.redteam.cases import ModelCase
 
     squeeze, squeeze_info = calibrate_squeeze(case, seed=CALIBRATION_SEED)
     # The monitor sees a regressor's rows only: one class, every row "certain".
-    rows_only = ModelCase(
-        name=case.name,
-        version=case.version,
-        classes=("_",),
-        lower=case.lower,
-        upper=case.upper,
-        predict_proba=lambda rows: np.ones((np.atleast_2d(rows).shape[0], 1)),
-        x_train=case.x_train,
-        y_train=np.full(case.x_train.shape[0], "_"),
-        x_test=case.x_test,
-        y_test=np.full(case.x_test.shape[0], "_"),
-    )
-    monitor, monitor_info = calibrate_monitor(rows_only, squeeze=squeeze)
+    monitor, monitor_info = calibrate_monitor(case.rows_only(), squeeze=squeeze)
     return {
         "schema_version": 1,
         "model": case.name,
@@ -247,14 +262,16 @@ def _clone(case: RegressorCase, rows: np.ndarray, seen: np.ndarray) -> np.ndarra
     from sklearn.ensemble import ExtraTreesRegressor  # type: ignore[import-untyped]
     from sklearn.linear_model import Ridge  # type: ignore[import-untyped]
     from sklearn.pipeline import make_pipeline  # type: ignore[import-untyped]
-    from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
+
+    from mlmoat.redteam.attacks import surrogate_encoder
 
     reference = case.predict_values(case.x_test)
     if rows.shape[0] < 2:
         return np.full(reference.shape, float(seen.mean()) if seen.size else 0.0)
     predictions = []
     for model in (
-        make_pipeline(StandardScaler(), Ridge(alpha=1e-3)),
+        # Ridge on one-hot categories and standardised numbers; the trees split on the indices.
+        make_pipeline(surrogate_encoder(rows.shape[1], case.category_counts), Ridge(alpha=1e-3)),
         ExtraTreesRegressor(n_estimators=50, random_state=0, n_jobs=1),
     ):
         model.fit(rows, seen)
