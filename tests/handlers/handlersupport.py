@@ -63,6 +63,24 @@ def invoke(module: Any, event: dict[str, Any]) -> dict[str, Any]:
     return response
 
 
+def post_json(module: Any, path: str, key: str, body: Any) -> dict[str, Any]:
+    """POST ``body`` (JSON, or bytes as they are) to ``path`` with a key, through the handler."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "X-API-Key": key}
+    return invoke(module, rest_event(path=path, body=raw, headers=headers))
+
+
+def serve_models(model_dir: Path, handler_env: Mapping[str, str]) -> Any:
+    """The predict handler serving ``model_dir`` with squeezing off: for tests of an imported
+    artifact answering exactly as its estimator (squeezing answers for the squeezed row)."""
+    env = {
+        **handler_env,
+        "SECURITY_MODEL_DIR": str(model_dir),
+        "SECURITY_SQUEEZE_POLICY": "off",
+    }
+    return import_handler("handlers.predict", env)
+
+
 def import_handler(name: str, env: Mapping[str, str]) -> Any:
     """Import handler module ``name`` afresh with ``env`` set, as a cold start does.
 

@@ -4,7 +4,6 @@ real predict handler next to iris, answering as the user's estimator on its held
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 pytest.importorskip("skl2onnx")
 
 import joblib  # noqa: E402
-from handlersupport import REPO, invoke, new_key, response_body, rest_event  # noqa: E402
+from handlersupport import REPO, new_key, post_json, response_body, serve_models  # noqa: E402
 from sklearn.datasets import make_classification  # noqa: E402
 from sklearn.ensemble import RandomForestClassifier  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -23,8 +22,6 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from mlmoat import models_import  # noqa: E402
 from mlmoat.models_cli import main as models_main  # noqa: E402
-
-JSON_CT = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -75,22 +72,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def served(imported: dict[str, Any], handler_env: dict[str, str]) -> Any:
-    from handlersupport import import_handler
-
-    # squeezing off: the test is about the artifact answering exactly as the estimator
-    env = {
-        **handler_env,
-        "SECURITY_MODEL_DIR": str(imported["model_dir"]),
-        "SECURITY_SQUEEZE_POLICY": "off",
-    }
-    return import_handler("handlers.predict", env)
-
-
-def _post(module: Any, path: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
-    event = rest_event(
-        path=path, body=json.dumps(body).encode(), headers={**JSON_CT, "X-API-Key": key}
-    )
-    return invoke(module, event)
+    return serve_models(imported["model_dir"], handler_env)
 
 
 def test_the_imported_model_answers_as_the_estimator_on_its_held_out_rows(
@@ -102,7 +84,7 @@ def test_the_imported_model_answers_as_the_estimator_on_its_held_out_rows(
     answered: list[dict[str, Any]] = []
     for start in range(0, len(x_test), 50):
         batch = x_test[start : start + 50]
-        response = _post(served, "/models/churn/predict", key, {"instances": batch.tolist()})
+        response = post_json(served, "/models/churn/predict", key, {"instances": batch.tolist()})
         assert response["statusCode"] == 200, response_body(response)
         body = response_body(response)
         assert body["model"] == "churn"
@@ -119,9 +101,9 @@ def test_iris_still_answers_beside_it_and_the_imported_schema_is_enforced(
     served: Any, admin: Any
 ) -> None:
     key = new_key(admin)["api_key"]
-    iris = _post(served, "/models/iris/predict", key, {"features": [5.1, 3.5, 1.4, 0.2]})
+    iris = post_json(served, "/models/iris/predict", key, {"features": [5.1, 3.5, 1.4, 0.2]})
     assert iris["statusCode"] == 200
     # the imported model takes its own 5 features, no more
-    wrong = _post(served, "/models/churn/predict", key, {"features": [0.1, 0.2, 0.3, 0.4]})
+    wrong = post_json(served, "/models/churn/predict", key, {"features": [0.1, 0.2, 0.3, 0.4]})
     assert wrong["statusCode"] == 422
     assert response_body(wrong)["error"]["code"] == "invalid_features"

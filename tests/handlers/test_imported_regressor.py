@@ -20,7 +20,14 @@ pytest.importorskip("skl2onnx")
 
 import joblib  # noqa: E402
 import skops.io as sio  # noqa: E402
-from handlersupport import REPO, import_handler, invoke, new_key, response_body, rest_event  # noqa: E402
+from handlersupport import (  # noqa: E402
+    REPO,
+    import_handler,
+    new_key,
+    post_json,
+    response_body,
+    serve_models,
+)
 from sklearn.datasets import load_diabetes  # noqa: E402
 from sklearn.ensemble import GradientBoostingRegressor  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -31,7 +38,6 @@ from mlmoat.models_check import main as check_main  # noqa: E402
 from mlmoat.models_cli import main as models_main  # noqa: E402
 from mlmoat.redteam.cli import main as redteam_main  # noqa: E402
 
-JSON_CT = {"Content-Type": "application/json"}
 SEED = "3"
 
 
@@ -127,20 +133,7 @@ def test_a_graph_that_disagrees_is_refused_naming_the_rows(
 
 @pytest.fixture(scope="module")
 def served(imported: dict[str, Any], handler_env: dict[str, str]) -> Any:
-    # squeezing off: this test is about the artifact answering exactly as the estimator
-    env = {
-        **handler_env,
-        "SECURITY_MODEL_DIR": str(imported["model_dir"]),
-        "SECURITY_SQUEEZE_POLICY": "off",
-    }
-    return import_handler("handlers.predict", env)
-
-
-def _post(module: Any, path: str, key: str, body: dict[str, Any]) -> dict[str, Any]:
-    event = rest_event(
-        path=path, body=json.dumps(body).encode(), headers={**JSON_CT, "X-API-Key": key}
-    )
-    return invoke(module, event)
+    return serve_models(imported["model_dir"], handler_env)
 
 
 def test_the_regressor_answers_as_the_estimator_on_its_held_out_rows(
@@ -157,7 +150,7 @@ def test_the_regressor_answers_as_the_estimator_on_its_held_out_rows(
     answered: list[dict[str, Any]] = []
     for start in range(0, len(x_test), 50):
         batch = x_test[start : start + 50]
-        response = _post(served, "/models/progress/predict", key, {"instances": batch.tolist()})
+        response = post_json(served, "/models/progress/predict", key, {"instances": batch.tolist()})
         assert response["statusCode"] == 200, response_body(response)
         assert response_body(response)["model"] == "progress"
         answered += response_body(response)["predictions"]
@@ -176,7 +169,9 @@ def test_bucket_and_label_keys_and_iris_beside_it(
     row = imported["x_test"][1].tolist()
     value = float(imported["model"].predict(np.asarray([row], dtype=np.float32))[0])
     buckets = new_key(admin, output_policy="buckets:4")["api_key"]
-    answer = response_body(_post(served, "/models/progress/predict", buckets, {"features": row}))
+    answer = response_body(
+        post_json(served, "/models/progress/predict", buckets, {"features": row})
+    )
     low, high = (
         answer["predictions"][0]["bucket"]["low"],
         answer["predictions"][0]["bucket"]["high"],
@@ -184,10 +179,10 @@ def test_bucket_and_label_keys_and_iris_beside_it(
     assert low <= value <= high and high - low == pytest.approx(321 / 4, abs=1e-3)
     # a label key gets the coarsest answer: the training range, whatever the row
     label = new_key(admin, output_policy="label")["api_key"]
-    answer = response_body(_post(served, "/models/progress/predict", label, {"features": row}))
+    answer = response_body(post_json(served, "/models/progress/predict", label, {"features": row}))
     assert answer["predictions"] == [{"bucket": {"low": 25.0, "high": 346.0}}]
     # iris (a classifier) answers a value key with its label alone
-    iris = _post(served, "/models/iris/predict", buckets, {"features": [5.1, 3.5, 1.4, 0.2]})
+    iris = post_json(served, "/models/iris/predict", buckets, {"features": [5.1, 3.5, 1.4, 0.2]})
     assert iris["statusCode"] == 200
     assert response_body(iris)["predictions"] == [{"label": "setosa"}]
 
@@ -204,10 +199,10 @@ def test_a_corrupted_regressor_answers_503_while_iris_answers_200(
     module = import_handler("handlers.predict", {**handler_env, "SECURITY_MODEL_DIR": str(models)})
     key = new_key(admin)["api_key"]
     row = imported["x_test"][0].tolist()
-    broken = _post(module, "/models/progress/predict", key, {"features": row})
+    broken = post_json(module, "/models/progress/predict", key, {"features": row})
     assert broken["statusCode"] == 503
     assert response_body(broken)["error"]["code"] == "model_unavailable"
-    iris = _post(module, "/models/iris/predict", key, {"features": [5.1, 3.5, 1.4, 0.2]})
+    iris = post_json(module, "/models/iris/predict", key, {"features": [5.1, 3.5, 1.4, 0.2]})
     assert iris["statusCode"] == 200
     assert check_main(["--model-dir", str(models)]) == 1
 
@@ -225,7 +220,7 @@ def test_squeezing_on_serves_and_the_quick_red_team_reports_r2(
     )
     key = new_key(admin, output_policy="value:3")["api_key"]
     rows = imported["x_test"][:40].tolist()
-    response = _post(module, "/models/progress/predict", key, {"instances": rows[:1]})
+    response = post_json(module, "/models/progress/predict", key, {"instances": rows[:1]})
     assert response["statusCode"] == 200, response_body(response)
     out = tmp_path / "report"
     argv = ["--quick", "--models", "progress", "--data", str(imported["root"] / "diabetes.csv")]

@@ -21,15 +21,20 @@ pd = pytest.importorskip("pandas")
 
 import joblib  # noqa: E402
 import skops.io as sio  # noqa: E402
-from handlersupport import REPO, import_handler, invoke, new_key, response_body, rest_event  # noqa: E402
+from handlersupport import (  # noqa: E402
+    REPO,
+    import_handler,
+    new_key,
+    post_json,
+    response_body,
+    serve_models,
+)
 from sklearn.preprocessing import FunctionTransformer  # noqa: E402
 
 from mixedsupport import CLASSES, COLUMNS, accepted, churn_frame, churn_pipeline  # noqa: E402
 from mlmoat import models_import  # noqa: E402
 from mlmoat.models_check import main as check_main  # noqa: E402
 from mlmoat.models_cli import main as models_main  # noqa: E402
-
-JSON_CT = {"Content-Type": "application/json"}
 
 
 def _import(root: Path, model_dir: Path, name: str, estimator: Path, *extra: str) -> int:
@@ -140,18 +145,7 @@ def test_a_skops_file_with_an_untrusted_type_is_refused_until_named_then_the_ste
 
 @pytest.fixture(scope="module")
 def served(mixed: dict[str, Any], handler_env: dict[str, str]) -> Any:
-    env = {
-        **handler_env,
-        "SECURITY_MODEL_DIR": str(mixed["model_dir"]),
-        "SECURITY_SQUEEZE_POLICY": "off",
-    }
-    return import_handler("handlers.predict", env)
-
-
-def _post(module: Any, path: str, key: str, body: Any) -> dict[str, Any]:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    event = rest_event(path=path, body=raw, headers={**JSON_CT, "X-API-Key": key})
-    return invoke(module, event)
+    return serve_models(mixed["model_dir"], handler_env)
 
 
 def _rows(x: np.ndarray, manifest: dict[str, Any]) -> list[list[Any]]:
@@ -186,7 +180,7 @@ def test_the_mixed_model_answers_as_the_pipeline_by_name_and_positionally(
                 batch = rows[start : start + 45]
                 if shape == "by name":
                     batch = [dict(zip(names, row, strict=True)) for row in batch]
-                response = _post(served, f"/models/{model}/predict", key, {"instances": batch})
+                response = post_json(served, f"/models/{model}/predict", key, {"instances": batch})
                 assert response["statusCode"] == 200, response_body(response)
                 answered += response_body(response)["predictions"]
             assert len(answered) == len(rows) >= 85
@@ -194,7 +188,7 @@ def test_the_mixed_model_answers_as_the_pipeline_by_name_and_positionally(
             assert np.abs(got - expected).max() <= 1e-5 + 5e-5  # parity + 4 decimals (key cap)
             assert [p["label"] for p in answered] == labels
     one = dict(zip(names, rows[0], strict=True))
-    single = _post(served, "/models/churn/predict", key, {"features": one})
+    single = post_json(served, "/models/churn/predict", key, {"features": one})
     assert single["statusCode"] == 200
     assert response_body(single)["predictions"][0]["label"] == labels[0]
 
@@ -220,7 +214,7 @@ def test_a_categorical_feature_outside_its_categories_is_a_422_that_echoes_nothi
             strict=True,
         )
     )
-    response = _post(served, "/models/churn/predict", key, {"features": {**row, **change}})
+    response = post_json(served, "/models/churn/predict", key, {"features": {**row, **change}})
     assert response["statusCode"] == 422
     body = response_body(response)
     assert body["error"]["code"] == "invalid_features"
@@ -245,11 +239,14 @@ def test_a_corrupted_mixed_graph_makes_only_that_model_503_while_iris_answers(
     )
     key = new_key(admin)["api_key"]
     row = _rows(mixed["x_test"][:1], mixed["manifest"])[0]
-    broken = _post(module, "/models/churn/predict", key, {"features": row})
+    broken = post_json(module, "/models/churn/predict", key, {"features": row})
     assert broken["statusCode"] == 503
     assert response_body(broken)["error"]["code"] == "model_unavailable"
-    assert _post(module, "/models/churn-skops/predict", key, {"features": row})["statusCode"] == 200
-    iris = _post(module, "/models/iris/predict", key, {"features": [5.1, 3.5, 1.4, 0.2]})
+    assert (
+        post_json(module, "/models/churn-skops/predict", key, {"features": row})["statusCode"]
+        == 200
+    )
+    iris = post_json(module, "/models/iris/predict", key, {"features": [5.1, 3.5, 1.4, 0.2]})
     assert iris["statusCode"] == 200
 
 
@@ -288,7 +285,7 @@ def test_under_squeezing_the_mixed_rows_are_served_and_flagged_rows_counted(
     rows = _rows(mixed["x_test"], mixed["manifest"])
     labels: list[str] = []
     for start in range(0, len(rows), 45):
-        response = _post(
+        response = post_json(
             module, "/models/churn/predict", key, {"instances": rows[start : start + 45]}
         )
         assert response["statusCode"] == 200, response_body(response)

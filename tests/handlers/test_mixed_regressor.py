@@ -20,7 +20,13 @@ pd = pytest.importorskip("pandas")
 
 import joblib  # noqa: E402
 import skops.io as sio  # noqa: E402
-from handlersupport import REPO, import_handler, invoke, new_key, response_body, rest_event  # noqa: E402
+from handlersupport import (  # noqa: E402
+    REPO,
+    new_key,
+    post_json,
+    response_body,
+    serve_models,
+)
 from sklearn.compose import ColumnTransformer  # noqa: E402
 from sklearn.linear_model import Ridge  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -32,7 +38,6 @@ from mlmoat.models_check import main as check_main  # noqa: E402
 from mlmoat.models_cli import main as models_main  # noqa: E402
 from mlmoat.redteam.cli import main as redteam_main  # noqa: E402
 
-JSON_CT = {"Content-Type": "application/json"}
 NEIGHBOURHOODS = ("harbour", "hill", "market", "old-town", "park")
 NUMERIC = ["rooms", "area_m2", "age_years"]
 COLUMNS = ["rooms", "area_m2", "neighbourhood", "age_years"]
@@ -148,20 +153,7 @@ def test_the_manifest_types_each_feature_and_models_check_verifies_the_parity(
 
 @pytest.fixture(scope="module")
 def served(houses: dict[str, Any], handler_env: dict[str, str]) -> Any:
-    # squeezing off: this test is about the artifact answering exactly as the pipeline
-    env = {
-        **handler_env,
-        "SECURITY_MODEL_DIR": str(houses["model_dir"]),
-        "SECURITY_SQUEEZE_POLICY": "off",
-    }
-    return import_handler("handlers.predict", env)
-
-
-def _post(module: Any, path: str, key: str, body: Any) -> dict[str, Any]:
-    event = rest_event(
-        path=path, body=json.dumps(body).encode(), headers={**JSON_CT, "X-API-Key": key}
-    )
-    return invoke(module, event)
+    return serve_models(houses["model_dir"], handler_env)
 
 
 def _rows(x: np.ndarray) -> list[list[Any]]:
@@ -188,7 +180,7 @@ def test_the_regressor_answers_as_the_pipeline_by_name_and_positionally_next_to_
                 batch: list[Any] = rows[start : start + 45]
                 if shape == "by name":
                     batch = [dict(zip(COLUMNS, row, strict=True)) for row in batch]
-                response = _post(served, f"/models/{model}/predict", key, {"instances": batch})
+                response = post_json(served, f"/models/{model}/predict", key, {"instances": batch})
                 assert response["statusCode"] == 200, response_body(response)
                 answered += response_body(response)["predictions"]
             assert len(answered) == len(rows) >= 85
@@ -199,7 +191,7 @@ def test_the_regressor_answers_as_the_pipeline_by_name_and_positionally_next_to_
             assert (np.abs(got - expected) <= bound).all()
             assert not np.allclose(got, expected, rtol=1e-9, atol=0)  # it is rounded
     # iris (a classifier) still answers beside it
-    iris = _post(served, "/models/iris/predict", key, {"features": [5.1, 3.5, 1.4, 0.2]})
+    iris = post_json(served, "/models/iris/predict", key, {"features": [5.1, 3.5, 1.4, 0.2]})
     assert iris["statusCode"] == 200 and response_body(iris)["predictions"][0]["label"] == "setosa"
 
 
@@ -216,7 +208,7 @@ def test_an_unknown_neighbourhood_is_a_422_that_echoes_nothing(
 ) -> None:
     key = new_key(admin)["api_key"]
     row = dict(zip(COLUMNS, _rows(houses["x_test"][:1])[0], strict=True))
-    response = _post(served, "/models/houses/predict", key, {"features": {**row, **change}})
+    response = post_json(served, "/models/houses/predict", key, {"features": {**row, **change}})
     assert response["statusCode"] == 422
     body = response_body(response)
     assert body["error"]["code"] == "invalid_features"

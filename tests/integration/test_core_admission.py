@@ -321,9 +321,7 @@ def test_unknown_key_and_bad_secret_look_alike_and_guessing_is_throttled(
     # then both take the same path (the first sight's eventually consistent read, the strong
     # read that confirms a refusal; the address, key id and total counted)
     assert errors == [AuthenticationError, AuthenticationError]
-    assert (
-        calls[0] == calls[1] == ["GetItem", "GetItem", "UpdateItem", "UpdateItem", "UpdateItem"]
-    )
+    assert calls[0] == calls[1] == ["GetItem", "GetItem", "UpdateItem", "UpdateItem", "UpdateItem"]
     # when the guesses go on past the limit
     with pytest.raises(AuthenticationError):
         _admit(gatekeeper, unknown, ip="203.0.113.7")
