@@ -331,6 +331,37 @@ def benign_rows(root: Path, count: int, seed: int = _SEED) -> list[list[float]]:
     return [[round(float(v), 3) for v in row] for row in rows]
 
 
+def _drain(sink: Any, poller: _Poller | None) -> None:
+    """The environment's buffer is sent and the poller delivers everything it holds."""
+    if sink is not None:
+        sink.flush()
+    if poller is not None:
+        poller.receive_if(True, sink)
+        poller.finish()
+
+
+def _predict(
+    handler: Callable[[dict[str, Any], Any], dict[str, Any]],
+    api_key: str,
+    rows: list[list[float]],
+    index: int,
+    width: int,
+    rng: random.Random,
+) -> int:
+    """Send the ``index``-th request (``width`` rows from ``rows``, a request id from ``rng``)
+    with ``api_key`` through ``handler``; its status code."""
+    first = (index * width) % len(rows)
+    body = (
+        {"features": rows[first]}
+        if width == 1
+        else {"instances": [rows[(first + j) % len(rows)] for j in range(width)]}
+    )
+    event = rest_event(path="/predict", body=body, headers={"X-API-Key": api_key})
+    event["requestContext"]["requestId"] = str(uuid.UUID(int=rng.getrandbits(128)))
+    response = handler(event, LambdaContext("PredictFunction", log_stream_name="capacity"))
+    return int(response["statusCode"])
+
+
 class CapacityReplay:
     """Runs scenarios against one moto endpoint (each on a fresh table and queue)."""
 
@@ -368,12 +399,7 @@ class CapacityReplay:
     ) -> ScenarioResult:
         """Run ``scenario``: create its keys, send its requests, feed the monitor."""
         started = time.perf_counter()
-        clock = SimulatedClock(START)
-        table, queue_url = self._fresh_table_and_queue(queue=scenario.monitor)
-        settings = dataclasses.replace(
-            self._settings, table_name=table, extraction_queue_url=queue_url
-        )
-        meter = CapacityMeter(reader=self._plain, clock=clock)
+        clock, table, queue_url, settings, meter = self._begin(scenario)
         keys = self._create_keys(settings, scenario, clock)
         environments = self._environments(settings, meter, clock, scenario.environment_count)
         handler, sink = self._predict_handler(settings, meter, clock, environments)
@@ -393,16 +419,7 @@ class CapacityReplay:
             if poller is not None:
                 poller.tick()
             api_key, _ = keys[index % len(keys)]
-            first = (index * width) % len(rows)
-            body = (
-                {"features": rows[first]}
-                if width == 1
-                else {"instances": [rows[(first + j) % len(rows)] for j in range(width)]}
-            )
-            event = rest_event(path="/predict", body=body, headers={"X-API-Key": api_key})
-            event["requestContext"]["requestId"] = str(uuid.UUID(int=rng.getrandbits(128)))
-            response = handler(event, LambdaContext("PredictFunction", log_stream_name="capacity"))
-            statuses[int(response["statusCode"])] += 1
+            statuses[_predict(handler, api_key, rows, index, width, rng)] += 1
             if poller is not None:
                 poller.receive_if(sink is None or sink.calls != poller.seen_calls, sink)
             if log is not None and (index + 1) % 1000 == 0:
@@ -410,11 +427,7 @@ class CapacityReplay:
         # The environment's buffer leaves with its next request (or at shutdown); the poller's
         # open batches close when their windows end.
         clock.now = START + scenario.requests * step
-        if sink is not None:
-            sink.flush()
-        if poller is not None:
-            poller.receive_if(True, sink)
-            poller.finish()
+        _drain(sink, poller)
         counting = [
             pk
             for _, key in keys
@@ -440,9 +453,7 @@ class CapacityReplay:
             queue_calls=sink.calls if sink is not None else 0,
             rows_monitored=self._rows_monitored(table),
         )
-        self._plain.delete_table(TableName=table)
-        if queue_url:
-            self._sqs.delete_queue(QueueUrl=queue_url)
+        self._end(table, queue_url)
         return result
 
     # ------------------------------------------------------------------ steady state
@@ -465,12 +476,7 @@ class CapacityReplay:
         if scenario.sample is None:
             raise ValueError("run_steady takes a sampled scenario")
         started = time.perf_counter()
-        clock = SimulatedClock(START)
-        table, queue_url = self._fresh_table_and_queue(queue=scenario.monitor)
-        settings = dataclasses.replace(
-            self._settings, table_name=table, extraction_queue_url=queue_url
-        )
-        meter = CapacityMeter(reader=self._plain, clock=clock)
+        clock, table, queue_url, settings, meter = self._begin(scenario)
         keys = self._create_keys(settings, scenario, clock, count=scenario.sample)
         count = scenario.environment_count
         evict_after = eviction_seconds(scenario.keys, scenario.rate_per_key, count)
@@ -503,11 +509,8 @@ class CapacityReplay:
             if turn == first_metered:
                 # The warm-up's last messages reach the monitor, then the metered window opens.
                 clock.now = metered_from
-                if sink is not None:
-                    sink.flush()
+                _drain(sink, poller)
                 if poller is not None:
-                    poller.receive_if(True, sink)
-                    poller.finish()
                     poller.model = share
                     poller.batches.clear()
                 meter.paused = False
@@ -522,18 +525,7 @@ class CapacityReplay:
                 environments.route(index, rng.randrange(count), clock.now)
                 if poller is not None:
                     poller.tick()
-                first = (sent * width) % len(rows)
-                body = (
-                    {"features": rows[first]}
-                    if width == 1
-                    else {"instances": [rows[(first + j) % len(rows)] for j in range(width)]}
-                )
-                event = rest_event(path="/predict", body=body, headers={"X-API-Key": api_key})
-                event["requestContext"]["requestId"] = str(uuid.UUID(int=rng.getrandbits(128)))
-                response = handler(
-                    event, LambdaContext("PredictFunction", log_stream_name="capacity")
-                )
-                statuses[int(response["statusCode"])] += 1
+                statuses[_predict(handler, api_key, rows, sent, width, rng)] += 1
                 sent += 1
                 if poller is not None:
                     poller.receive_if(sink is None or sink.calls != poller.seen_calls, sink)
@@ -541,11 +533,7 @@ class CapacityReplay:
                 log(f"  {scenario.label}: {turn + 1}/{per_key} s simulated")
         end = START + per_key / scenario.rate_per_key
         clock.now = end
-        if sink is not None:
-            sink.flush()
-        if poller is not None:
-            poller.receive_if(True, sink)
-            poller.finish()
+        _drain(sink, poller)
         result = ScenarioResult(
             scenario=scenario,
             start=metered_from,
@@ -566,10 +554,24 @@ class CapacityReplay:
             event_source=share,
             template_batch=self._event_source.batch_size,
         )
+        self._end(table, queue_url)
+        return result
+
+    def _begin(
+        self, scenario: Scenario
+    ) -> tuple[SimulatedClock, str, str | None, Any, CapacityMeter]:
+        """A scenario's clock, fresh table and queue, settings on them, and meter."""
+        clock = SimulatedClock(START)
+        table, queue_url = self._fresh_table_and_queue(queue=scenario.monitor)
+        settings = dataclasses.replace(
+            self._settings, table_name=table, extraction_queue_url=queue_url
+        )
+        return clock, table, queue_url, settings, CapacityMeter(reader=self._plain, clock=clock)
+
+    def _end(self, table: str, queue_url: str | None) -> None:
         self._plain.delete_table(TableName=table)
         if queue_url:
             self._sqs.delete_queue(QueueUrl=queue_url)
-        return result
 
     def metering_starts(self) -> None:
         """Called by ``run_steady`` when its metered window opens (after the warm-up)."""
