@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlmoat.bench import cost
+from mlmoat.bench.capacity_report import plan
 from mlmoat.bench.cost import (
     GB,
     PRICES,
@@ -149,7 +150,8 @@ def test_the_doc_tables_are_the_generators_on_the_recorded_inputs() -> None:
     assert update_doc(doc, inputs) == doc
     # and every traffic shape of the capacity model is in it
     labels = [s["scenario"] for s in inputs["capacity"]["scenarios"]]
-    assert len(labels) == 7 and all(f"| {label} |" in doc for label in labels)
+    assert labels == [scenario.label for scenario in plan(quick=False)]
+    assert all(f"| {label} |" in doc for label in labels)
     assert inputs["capacity"]["quick"] is False
 
 

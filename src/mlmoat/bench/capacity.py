@@ -134,6 +134,9 @@ class CapacityMeter:
         self._calls = 0
         self.records: list[CallRecord] = []
         self.violations: list[Violation] = []
+        #: While set, calls pass unmetered (no reads around writes, no records): a replay's
+        #: warm-up, which brings items to their steady state before the metered window.
+        self.paused = False
 
     def attach(self, client: Any) -> Any:
         """Meter ``client``'s DynamoDB calls from now on; returns the client."""
@@ -181,7 +184,7 @@ class CapacityMeter:
         self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any
     ) -> None:
         operation = model.name
-        if operation not in WRITE_OPERATIONS and operation not in READ_OPERATIONS:
+        if self.paused or (operation not in WRITE_OPERATIONS and operation not in READ_OPERATIONS):
             return
         pending: list[_Pending] = []
         if operation in WRITE_OPERATIONS:

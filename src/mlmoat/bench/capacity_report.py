@@ -40,7 +40,13 @@ from mlmoat.bench.itemsize import (
     read_units,
     write_units,
 )
-from mlmoat.bench.replay import CapacityReplay, CounterItem, Scenario, ScenarioResult
+from mlmoat.bench.replay import (
+    CACHE_ENTRIES,
+    CapacityReplay,
+    CounterItem,
+    Scenario,
+    ScenarioResult,
+)
 from mlmoat.bench.rollup import peak
 
 RATES = (1, 10, 100, 1_000, 10_000)
@@ -51,6 +57,16 @@ QUICK_REQUESTS = 50
 MONITOR_PREFIX = "mon#"
 #: The sharded scenario: one key over this many shards at the highest rate.
 SHARDS = 20
+#: The many-keys steady state: keys simulated of ``MANY_KEYS`` (full, quick), metered seconds,
+#: unmetered warm-up seconds (past 132 s, an environment's cache lifetime for a key at 10,000
+#: keys over 250 environments, and the writer lanes' 60 s horizon) and its rows per request
+#: (16: the monitor's states reach their plateau, docs/ml-defences.md "State layout").
+STEADY_SAMPLE = 20
+STEADY_QUICK_SAMPLE = 2
+STEADY_SECONDS = 30.0
+STEADY_QUICK_SECONDS = 5.0
+STEADY_WARMUP_SECONDS = 140.0
+STEADY_WARMUP_ROWS = 16
 
 
 def plan(*, quick: bool) -> list[Scenario]:
@@ -71,9 +87,30 @@ def plan(*, quick: bool) -> list[Scenario]:
         )
     )
     scenarios.append(
-        Scenario(f"{MANY_KEYS:,} keys x 1/s", MANY_KEYS, 1.0, min(WINDOW_SECONDS, cap / MANY_KEYS))
+        Scenario(
+            f"{MANY_KEYS:,} keys x 1/s, first requests",
+            MANY_KEYS,
+            1.0,
+            min(WINDOW_SECONDS, cap / MANY_KEYS),
+        )
     )
+    scenarios.append(steady_scenario(quick=quick))
     return scenarios
+
+
+def steady_scenario(*, quick: bool, sample: int | None = None) -> Scenario:
+    """10,000 keys at 1 request/s each in steady state: ``STEADY_SAMPLE`` of them
+    (``STEADY_QUICK_SAMPLE`` with ``--quick``) simulated, after a warm-up past the environments'
+    cache lifetime (``replay.eviction_seconds``) and the lanes' horizon."""
+    return Scenario(
+        f"{MANY_KEYS:,} keys x 1/s, steady state",
+        MANY_KEYS,
+        1.0,
+        STEADY_QUICK_SECONDS if quick else STEADY_SECONDS,
+        sample=sample or (STEADY_QUICK_SAMPLE if quick else STEADY_SAMPLE),
+        warmup_seconds=STEADY_WARMUP_SECONDS,
+        warmup_rows_per_request=STEADY_WARMUP_ROWS,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +134,10 @@ class TimedReplay(CapacityReplay):
         self._sdk_s = 0.0
         self._calls = 0
         self._call_started = 0.0
+
+    def metering_starts(self) -> None:
+        """The warm-up's monitor invocations are not timed with the metered ones."""
+        self.monitor_timings.clear()
 
     def _call_begins(self, **_: Any) -> None:
         self._call_started = time.perf_counter()
@@ -213,10 +254,10 @@ def summarise(
     return {
         "scenario": scenario.label,
         "keys": scenario.keys,
-        "keys_sending": min(scenario.keys, scenario.requests),
+        "keys_sending": min(scenario.keys, scenario.requests, scenario.sample or scenario.keys),
         "rate_per_key": scenario.rate_per_key,
         "rate": scenario.rate,
-        "simulated_seconds": scenario.requests / scenario.rate,
+        "simulated_seconds": result.end - result.start,
         "requests": scenario.requests,
         "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
         "allowed": result.allowed,
@@ -227,9 +268,10 @@ def summarise(
         ],
         **parts,
         "table": {
-            "write_units_per_second": table_w.units_per_second,
-            "read_units_per_second": table_r.units_per_second,
+            "write_units_per_second": table_w.units_per_second * scenario.scale,
+            "read_units_per_second": table_r.units_per_second * scenario.scale,
         },
+        "steady": steady_figures(result, parts["monitor"]),
         "shards": scenario.shards,
         "environments": result.environments,
         "counter_item": None
@@ -249,6 +291,72 @@ def summarise(
             "rows_monitored": result.rows_monitored,
             **_monitor_figures(monitor_timings),
         },
+    } | _population_delivery(result, monitor_timings)
+
+
+def _population_delivery(
+    result: ScenarioResult, monitor_timings: list[MonitorTiming] | None
+) -> dict[str, Any]:
+    """A sampled scenario's delivery as the whole population has it: each invocation fed the
+    sample's share of a batch stands for ``batch / share`` of a full batch of the template's
+    event source (every batch is full: 10,000 messages a second fill one in 10 ms), so the
+    population has that many fewer invocations, each that many times longer (fixed costs
+    included: an upper bound) with that many times the calls. Nothing for the others."""
+    share = result.event_source
+    if result.scenario.sample is None or share is None or not result.monitor_batches:
+        return {}
+    full = result.template_batch
+    factor = full / share.batch_size
+    timed = _monitor_figures(monitor_timings)
+    return {
+        "delivery_sample": {
+            "monitor_batches": len(result.monitor_batches),
+            "messages_per_batch": sum(result.monitor_batches) / len(result.monitor_batches),
+            **timed,
+        },
+        "delivery": {
+            "queue_calls_per_request": result.queue_calls / max(1, result.scenario.requests),
+            "monitor_batches": len(result.monitor_batches) / factor,
+            "messages_per_batch": float(full),
+            "rows_served": result.allowed * result.scenario.rows_per_request,
+            "rows_monitored": result.rows_monitored,
+            **{name: None if value is None else value * factor for name, value in timed.items()},
+        },
+    }
+
+
+def steady_figures(result: ScenarioResult, monitor: dict[str, Any]) -> dict[str, Any] | None:
+    """A sampled steady-state scenario's own figures (None for the others): the sample, the
+    warm-up, the cache lifetime and the share of requests that found their environment cold
+    (measured, and by the model: no visit to that environment within the lifetime), the
+    monitor's state at the start of the window and its units per write, its messages per
+    principal and batch (messages over state writes), and the monitor's write units per
+    prediction by the model (state write units over messages per principal and batch: among
+    all the keys a batch of B holds about 1 + B / keys messages of a principal that has one)."""
+    scenario = result.scenario
+    if scenario.sample is None or result.cold_requests is None or result.evict_after is None:
+        return None
+    writes = [r for r in result.records if r.is_write and r.pk.startswith(MONITOR_PREFIX)]
+    state = max((r.size_after for r in writes), default=0)
+    per_batch = max(1, result.allowed) / max(1, len(writes))
+    state_units = write_units(state, state) if state else 0
+    batch = result.event_source.batch_size if result.event_source is not None else 0
+    return {
+        "sample": scenario.sample,
+        "warmup_seconds": scenario.warmup_seconds,
+        "warmup_rows_per_request": scenario.warmup_rows_per_request,
+        "evict_after_seconds": result.evict_after,
+        "cold_share": result.cold_requests / max(1, scenario.requests),
+        "cold_share_model": math.exp(
+            -result.evict_after * scenario.rate_per_key / result.environments
+        ),
+        "monitor_batch_of_sample": batch,
+        "monitor_state_bytes": state,
+        "monitor_state_bytes_min": min((r.size_before for r in writes), default=0),
+        "monitor_state_write_units": state_units,
+        "messages_per_principal_per_batch": per_batch,
+        "monitor_write_units_model": state_units / per_batch,
+        "monitor_write_units": monitor["write_units"],
     }
 
 
@@ -311,7 +419,8 @@ def run_capacity(
         for scenario in plan(quick=quick):
             say(f"capacity: {scenario.label}, {scenario.requests} requests ...")
             replay.monitor_timings = []
-            results.append(replay.run(scenario, log=say))
+            run = replay.run if scenario.sample is None else replay.run_steady
+            results.append(run(scenario, log=say))
             timings.append(replay.monitor_timings)
     finally:
         if server is not None:
@@ -342,7 +451,13 @@ def _n(value: float | None, digits: int = 2) -> str:
 def _window(row: dict[str, Any]) -> str:
     seconds = row["simulated_seconds"]
     text = f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1000:.3g} ms"
-    if row["keys_sending"] < row["keys"]:
+    steady = row.get("steady")
+    if steady is not None:
+        text += (
+            f" (a sample of {steady['sample']:,} keys, after {steady['warmup_seconds']:g} s"
+            " of warm-up)"
+        )
+    elif row["keys_sending"] < row["keys"]:
         text += f" ({row['keys_sending']:,} keys send)"
     return text
 
@@ -395,7 +510,33 @@ def render_capacity(report: dict[str, Any]) -> str:
             f"| {len(row['violations'])} |"
         )
     lines += _render_lanes(report)
+    lines += _render_steady(report)
     return "\n".join(lines)
+
+
+def _render_steady(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for row in report["scenarios"]:
+        steady = row.get("steady")
+        if steady is None:
+            continue
+        lines += [
+            "",
+            f"{row['scenario']}: {steady['sample']:,} of the {row['keys']:,} keys simulated, "
+            f"each request to one of {row['environments']:,} environments at random; a key's "
+            f"cached view in an environment lives {steady['evict_after_seconds']:.0f} s without "
+            f"a visit (LRUs of {CACHE_ENTRIES:,}), so {steady['cold_share']:.0%} of the requests "
+            f"found their environment cold (the model: {steady['cold_share_model']:.0%}). "
+            f"Monitor states at their plateau ({steady['monitor_state_bytes_min']:,} to "
+            f"{steady['monitor_state_bytes']:,} bytes, {steady['monitor_state_write_units']} WCU "
+            f"a write), fed {steady['monitor_batch_of_sample']:,} of the sample's messages a "
+            f"batch (its share of the event source's batch): "
+            f"{steady['messages_per_principal_per_batch']:.2f} messages per principal and "
+            f"batch, so {steady['monitor_write_units']:.2f} monitor WCU per prediction "
+            f"(the model: {steady['monitor_write_units_model']:.2f}). Table-wide units per "
+            f"second are the sample's x {row['keys'] / steady['sample']:,.0f}.",
+        ]
+    return lines
 
 
 def _render_lanes(report: dict[str, Any]) -> list[str]:

@@ -211,7 +211,8 @@ def shape_usage(measured: Measured, scenario: Mapping[str, Any]) -> Usage:
     delivery = scenario["delivery"]
     allowed = max(1, int(scenario["allowed"]))
     sends = float(delivery["queue_calls_per_request"])
-    batches = int(delivery["monitor_batches"])
+    # A sampled scenario's batches are the population's (fractional per prediction).
+    batches = float(delivery["monitor_batches"])
     monitor_invocations = batches / allowed
     # One message per allowed prediction; each send's messages come back in one receive, at
     # most 10 a receive.

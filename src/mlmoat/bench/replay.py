@@ -111,6 +111,12 @@ class Scenario:
     environments: int | None = None
     monitor: bool = True
     rows_per_request: int = 1
+    #: Steady state (``CapacityReplay.run_steady``): this many of the ``keys`` are simulated,
+    #: each with the same arrival pattern, after ``warmup_seconds`` of unmetered traffic (its
+    #: requests of ``warmup_rows_per_request`` rows); ``seconds`` is then the metered window.
+    sample: int | None = None
+    warmup_seconds: float = 0.0
+    warmup_rows_per_request: int = 1
 
     @property
     def rate(self) -> float:
@@ -119,8 +125,15 @@ class Scenario:
 
     @property
     def requests(self) -> int:
-        """Real requests the scenario sends."""
+        """Real requests the scenario sends (metered ones, for a sampled scenario)."""
+        if self.sample is not None:
+            return max(1, round(self.sample * self.rate_per_key * self.seconds))
         return max(1, round(self.rate * self.seconds))
+
+    @property
+    def scale(self) -> float:
+        """Keys per simulated key: what the sample's table-wide figures stand for."""
+        return self.keys / self.sample if self.sample is not None else 1.0
 
     @property
     def environment_count(self) -> int:
@@ -164,6 +177,14 @@ class ScenarioResult:
     queue_calls: int = 0
     #: Rows the monitor's states counted at the end (``DetectorState.rows_seen``, summed).
     rows_monitored: int = 0
+    #: Steady state only: requests whose environment had no view of the key (cold), of all
+    #: metered requests; the seconds after which an environment's caches have evicted a key
+    #: (``eviction_seconds``); the event-source model the metered window was fed by.
+    cold_requests: int | None = None
+    evict_after: float | None = None
+    event_source: EventSourceModel | None = None
+    #: Steady state only: the template's event-source batch size (what the share stands for).
+    template_batch: int = 0
 
     @property
     def allowed(self) -> int:
@@ -187,9 +208,12 @@ class SimulatedEnvironments(Gatekeeper):
         def ids() -> str:
             return "".join(rng.choice(alphabet) for _ in range(5))
 
+        self._parts = (store, settings, clock)
+        #: Each environment's writer lanes (its ``WriterPool``).
+        self.pools = [WriterPool(ids=ids) for _ in range(count)]
         self.environments = [
-            Gatekeeper(store=store, settings=settings, clock=clock, writers=WriterPool(ids=ids))
-            for _ in range(count)
+            Gatekeeper(store=store, settings=settings, clock=clock, writers=pool)
+            for pool in self.pools
         ]
         self.current = 0
 
@@ -219,6 +243,71 @@ class SimulatedEnvironments(Gatekeeper):
         return self._here().credential_failure(error, source_ip=source_ip)
 
 
+#: Entries of an environment's key cache and of its item views (``security.keycache``,
+#: ``security.itemviews``: LRUs of 4,096; tests/bench checks the two modules agree).
+CACHE_ENTRIES = 4096
+
+
+def eviction_seconds(
+    population: int, rate_per_key: float, environments: int, entries: int = CACHE_ENTRIES
+) -> float:
+    """How long a key's entry lives in one environment's LRU of ``entries`` without a visit,
+    when ``population`` keys each send ``rate_per_key`` requests a second spread uniformly at
+    random over ``environments`` (Che's approximation: the entry is evicted once ``entries``
+    other keys have visited; the number of distinct keys visiting in ``t`` is
+    ``population x (1 - exp(-t x rate_per_key / environments))``). Infinite when every key fits.
+    """
+    if entries >= population:
+        return math.inf
+    per_environment = rate_per_key / environments
+    return -math.log(1.0 - entries / population) / per_environment
+
+
+class SpreadEnvironments(SimulatedEnvironments):
+    """``SimulatedEnvironments`` for a sample of many keys: each request goes to the environment
+    ``route`` names (the replay draws it at random, as Lambda hands a request to any idle one).
+    The keys not simulated still pass through every environment and push the sampled keys out
+    of its caches: a key's view in an environment (its cached key and item view) is kept for
+    ``evict_after`` seconds after its last visit there (``eviction_seconds``), then dropped. A
+    sampled key's view in an environment is a ``Gatekeeper`` of its own on that environment's
+    writer lanes, so dropping it empties exactly that key's caches there and keeps the lanes."""
+
+    def __init__(
+        self,
+        *,
+        store: Any,
+        settings: Any,
+        clock: Callable[[], float],
+        count: int,
+        seed: int,
+        evict_after: float,
+    ) -> None:
+        super().__init__(store=store, settings=settings, clock=clock, count=count, seed=seed)
+        self._evict_after = evict_after
+        self._views: dict[tuple[int, int], tuple[Gatekeeper, float]] = {}
+        self._serving = self.environments[0]
+        self.visits = 0
+        self.cold = 0
+
+    def route(self, key: int, environment: int, now: float) -> None:
+        """Serve the next request of sampled key ``key`` in ``environment`` at ``now``."""
+        self.visits += 1
+        held = self._views.get((key, environment))
+        if held is None or now - held[1] > self._evict_after:
+            self.cold += 1
+            store, settings, clock = self._parts
+            gatekeeper = Gatekeeper(
+                store=store, settings=settings, clock=clock, writers=self.pools[environment]
+            )
+        else:
+            gatekeeper = held[0]
+        self._views[(key, environment)] = (gatekeeper, now)
+        self._serving = gatekeeper
+
+    def _here(self) -> Gatekeeper:
+        return self._serving
+
+
 class _Discard(io.StringIO):
     """A text stream that drops what it is given (the replay's audit log)."""
 
@@ -240,6 +329,37 @@ def benign_rows(root: Path, count: int, seed: int = _SEED) -> list[list[float]]:
     domain = Domain(lower, upper, x_train.std(axis=0) + 1e-12)
     rows = noisy(x_test, domain, count, np.random.default_rng(seed))
     return [[round(float(v), 3) for v in row] for row in rows]
+
+
+def _drain(sink: Any, poller: _Poller | None) -> None:
+    """The environment's buffer is sent and the poller delivers everything it holds."""
+    if sink is not None:
+        sink.flush()
+    if poller is not None:
+        poller.receive_if(True, sink)
+        poller.finish()
+
+
+def _predict(
+    handler: Callable[[dict[str, Any], Any], dict[str, Any]],
+    api_key: str,
+    rows: list[list[float]],
+    index: int,
+    width: int,
+    rng: random.Random,
+) -> int:
+    """Send the ``index``-th request (``width`` rows from ``rows``, a request id from ``rng``)
+    with ``api_key`` through ``handler``; its status code."""
+    first = (index * width) % len(rows)
+    body = (
+        {"features": rows[first]}
+        if width == 1
+        else {"instances": [rows[(first + j) % len(rows)] for j in range(width)]}
+    )
+    event = rest_event(path="/predict", body=body, headers={"X-API-Key": api_key})
+    event["requestContext"]["requestId"] = str(uuid.UUID(int=rng.getrandbits(128)))
+    response = handler(event, LambdaContext("PredictFunction", log_stream_name="capacity"))
+    return int(response["statusCode"])
 
 
 class CapacityReplay:
@@ -279,12 +399,7 @@ class CapacityReplay:
     ) -> ScenarioResult:
         """Run ``scenario``: create its keys, send its requests, feed the monitor."""
         started = time.perf_counter()
-        clock = SimulatedClock(START)
-        table, queue_url = self._fresh_table_and_queue(queue=scenario.monitor)
-        settings = dataclasses.replace(
-            self._settings, table_name=table, extraction_queue_url=queue_url
-        )
-        meter = CapacityMeter(reader=self._plain, clock=clock)
+        clock, table, queue_url, settings, meter = self._begin(scenario)
         keys = self._create_keys(settings, scenario, clock)
         environments = self._environments(settings, meter, clock, scenario.environment_count)
         handler, sink = self._predict_handler(settings, meter, clock, environments)
@@ -304,16 +419,7 @@ class CapacityReplay:
             if poller is not None:
                 poller.tick()
             api_key, _ = keys[index % len(keys)]
-            first = (index * width) % len(rows)
-            body = (
-                {"features": rows[first]}
-                if width == 1
-                else {"instances": [rows[(first + j) % len(rows)] for j in range(width)]}
-            )
-            event = rest_event(path="/predict", body=body, headers={"X-API-Key": api_key})
-            event["requestContext"]["requestId"] = str(uuid.UUID(int=rng.getrandbits(128)))
-            response = handler(event, LambdaContext("PredictFunction", log_stream_name="capacity"))
-            statuses[int(response["statusCode"])] += 1
+            statuses[_predict(handler, api_key, rows, index, width, rng)] += 1
             if poller is not None:
                 poller.receive_if(sink is None or sink.calls != poller.seen_calls, sink)
             if log is not None and (index + 1) % 1000 == 0:
@@ -321,11 +427,7 @@ class CapacityReplay:
         # The environment's buffer leaves with its next request (or at shutdown); the poller's
         # open batches close when their windows end.
         clock.now = START + scenario.requests * step
-        if sink is not None:
-            sink.flush()
-        if poller is not None:
-            poller.receive_if(True, sink)
-            poller.finish()
+        _drain(sink, poller)
         counting = [
             pk
             for _, key in keys
@@ -351,10 +453,128 @@ class CapacityReplay:
             queue_calls=sink.calls if sink is not None else 0,
             rows_monitored=self._rows_monitored(table),
         )
+        self._end(table, queue_url)
+        return result
+
+    # ------------------------------------------------------------------ steady state
+    def run_steady(
+        self, scenario: Scenario, *, log: Callable[[str], None] | None = None
+    ) -> ScenarioResult:
+        """Run a sampled scenario (``scenario.sample`` of its ``keys``) at its steady state.
+
+        Each sampled key sends ``rate_per_key`` requests a second, the keys evenly interleaved;
+        each request goes to one of the scenario's environments drawn at random
+        (``SpreadEnvironments``, caches dropped after ``eviction_seconds`` of the whole
+        population). First ``warmup_seconds`` unmetered (the meter paused): the keys' items
+        take on the lanes of the environments that wrote them and the monitor's states grow to
+        their plateau through the real monitor, fed by the template's event source. Then
+        ``seconds`` metered, the monitor fed the sample's share of each batch: a batch of
+        ``BatchSize`` messages from the whole population holds ``BatchSize x sample / keys`` of
+        the sample's (at least one), so each sampled principal has as many messages per batch
+        as it would among all the keys.
+        """
+        if scenario.sample is None:
+            raise ValueError("run_steady takes a sampled scenario")
+        started = time.perf_counter()
+        clock, table, queue_url, settings, meter = self._begin(scenario)
+        keys = self._create_keys(settings, scenario, clock, count=scenario.sample)
+        count = scenario.environment_count
+        evict_after = eviction_seconds(scenario.keys, scenario.rate_per_key, count)
+        store = self._metered_store(settings, meter)
+        environments = SpreadEnvironments(
+            store=store, settings=settings, clock=clock, count=count, seed=_SEED,
+            evict_after=evict_after,
+        )  # fmt: skip
+        handler, sink = self._predict_handler(settings, meter, clock, environments)
+        poller = (
+            _Poller(self, queue_url, self._monitor_handler(settings, meter), clock)
+            if queue_url
+            else None
+        )
+        share = EventSourceModel(
+            batch_size=max(
+                1, round(self._event_source.batch_size * scenario.sample / scenario.keys)
+            ),
+            window_seconds=self._event_source.window_seconds,
+        )
+        rows = benign_rows(self._root, 4096)
+        rng = random.Random(_SEED)  # noqa: S311 - request ids and environments, not secrets
+        statuses: Counter[int] = Counter()
+        per_key = round(scenario.rate_per_key * (scenario.warmup_seconds + scenario.seconds))
+        first_metered = round(scenario.rate_per_key * scenario.warmup_seconds)
+        metered_from = START + first_metered / scenario.rate_per_key
+        meter.paused = True
+        sent = calls_before = rows_before = 0
+        for turn in range(per_key):
+            if turn == first_metered:
+                # The warm-up's last messages reach the monitor, then the metered window opens.
+                clock.now = metered_from
+                _drain(sink, poller)
+                if poller is not None:
+                    poller.model = share
+                    poller.batches.clear()
+                meter.paused = False
+                environments.visits = environments.cold = 0
+                statuses.clear()
+                self.metering_starts()
+                calls_before = sink.calls if sink is not None else 0
+                rows_before = self._rows_monitored(table)
+            width = 1 if turn >= first_metered else scenario.warmup_rows_per_request
+            for index, (api_key, _) in enumerate(keys):
+                clock.now = START + (turn + index / len(keys)) / scenario.rate_per_key
+                environments.route(index, rng.randrange(count), clock.now)
+                if poller is not None:
+                    poller.tick()
+                statuses[_predict(handler, api_key, rows, sent, width, rng)] += 1
+                sent += 1
+                if poller is not None:
+                    poller.receive_if(sink is None or sink.calls != poller.seen_calls, sink)
+            if log is not None and (turn + 1) % 50 == 0:
+                log(f"  {scenario.label}: {turn + 1}/{per_key} s simulated")
+        end = START + per_key / scenario.rate_per_key
+        clock.now = end
+        _drain(sink, poller)
+        result = ScenarioResult(
+            scenario=scenario,
+            start=metered_from,
+            end=end,
+            records=tuple(meter.records),
+            violations=tuple(meter.violations),
+            statuses=dict(statuses),
+            key_pks=frozenset(pk for _, pk in keys),
+            counter_items=tuple(self._counter_item(table, pk) for _, pk in keys),
+            monitor_failures=poller.failures if poller is not None else 0,
+            wall_seconds=time.perf_counter() - started,
+            environments=count,
+            monitor_batches=tuple(poller.batches) if poller is not None else (),
+            queue_calls=sink.calls - calls_before if sink is not None else 0,
+            rows_monitored=self._rows_monitored(table) - rows_before,
+            cold_requests=environments.cold,
+            evict_after=evict_after,
+            event_source=share,
+            template_batch=self._event_source.batch_size,
+        )
+        self._end(table, queue_url)
+        return result
+
+    def _begin(
+        self, scenario: Scenario
+    ) -> tuple[SimulatedClock, str, str | None, Any, CapacityMeter]:
+        """A scenario's clock, fresh table and queue, settings on them, and meter."""
+        clock = SimulatedClock(START)
+        table, queue_url = self._fresh_table_and_queue(queue=scenario.monitor)
+        settings = dataclasses.replace(
+            self._settings, table_name=table, extraction_queue_url=queue_url
+        )
+        return clock, table, queue_url, settings, CapacityMeter(reader=self._plain, clock=clock)
+
+    def _end(self, table: str, queue_url: str | None) -> None:
         self._plain.delete_table(TableName=table)
         if queue_url:
             self._sqs.delete_queue(QueueUrl=queue_url)
-        return result
+
+    def metering_starts(self) -> None:
+        """Called by ``run_steady`` when its metered window opens (after the warm-up)."""
 
     def _rows_monitored(self, table: str) -> int:
         from security.extraction import DetectorState
@@ -389,9 +609,9 @@ class CapacityReplay:
         return name, str(queue_url)
 
     def _create_keys(
-        self, settings: Any, scenario: Scenario, clock: SimulatedClock
+        self, settings: Any, scenario: Scenario, clock: SimulatedClock, count: int | None = None
     ) -> list[tuple[str, str]]:
-        """(API key, partition key) of each of the scenario's keys."""
+        """(API key, partition key) of each of the scenario's keys (the first ``count``)."""
         from security.admin import KeyAdmin, uncapped
         from security.store import PrincipalStore, key_pk
 
@@ -400,10 +620,11 @@ class CapacityReplay:
             settings=uncapped(settings),
             clock=clock,
         )
-        per_minute = max(2, math.ceil(scenario.rate_per_key * scenario.rows_per_request * 120))
+        width = max(scenario.rows_per_request, scenario.warmup_rows_per_request)
+        per_minute = max(2, math.ceil(scenario.rate_per_key * width * 120))
         keys = []
         # Only the keys that send in the window are created (requests go round-robin).
-        for index in range(min(scenario.keys, scenario.requests)):
+        for index in range(count if count is not None else min(scenario.keys, scenario.requests)):
             created = admin.create(
                 owner=f"capacity-{index}",
                 rate_limit=f"{per_minute}/minute",
@@ -414,16 +635,20 @@ class CapacityReplay:
             keys.append((str(created["api_key"]), key_pk(str(created["key_id"]))))
         return keys
 
+    def _metered_store(self, settings: Any, meter: CapacityMeter) -> Any:
+        from security.store import PrincipalStore
+
+        return PrincipalStore(client=meter.attach(self._dynamodb()), table_name=settings.table_name)
+
     def _environments(
         self, settings: Any, meter: CapacityMeter, clock: SimulatedClock, count: int
     ) -> SimulatedEnvironments:
-        from security.store import PrincipalStore
-
-        store = PrincipalStore(
-            client=meter.attach(self._dynamodb()), table_name=settings.table_name
-        )
         return SimulatedEnvironments(
-            store=store, settings=settings, clock=clock, count=count, seed=_SEED
+            store=self._metered_store(settings, meter),
+            settings=settings,
+            clock=clock,
+            count=count,
+            seed=_SEED,
         )
 
     def _predict_handler(
@@ -522,7 +747,8 @@ class _Poller:
         self._queue_url = queue_url
         self._monitor = monitor
         self._clock = clock
-        self._model = replay.event_source
+        #: How batches close (the template's event source unless replaced).
+        self.model = replay.event_source
         self._held: list[tuple[float, dict[str, Any]]] = []
         self.seen_calls = 0
         self.failures = 0
@@ -540,15 +766,15 @@ class _Poller:
     def tick(self) -> None:
         """Invoke the monitor with every batch due at the simulated time now."""
         while self._held and (
-            len(self._held) >= self._model.batch_size
-            or self._clock() - self._held[0][0] >= self._model.window_seconds
+            len(self._held) >= self.model.batch_size
+            or self._clock() - self._held[0][0] >= self.model.window_seconds
         ):
-            self._invoke(self._model.batch_size)
+            self._invoke(self.model.batch_size)
 
     def finish(self) -> None:
         """Deliver what is held (the windows close after the last request)."""
         while self._held:
-            self._invoke(self._model.batch_size)
+            self._invoke(self.model.batch_size)
 
     def _invoke(self, size: int) -> None:
         batch, self._held = self._held[:size], self._held[size:]

@@ -1,0 +1,110 @@
+"""The capacity model's many-keys steady state (``CapacityReplay.run_steady``).
+
+10,000 keys at 1 request/s each, two of them simulated after 140 s of unmetered warm-up: the
+monitor's states are at their plateau (they no longer grow), each principal has one message per
+monitor batch, so the monitor's write units per prediction are the state's write units (at the
+plateau) over the messages per principal and batch; the environments' caches drop a key after
+``eviction_seconds`` and every cold request reads the key. A change to the state's size, to the
+batching or to the environments' cache sizes shows up here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlmoat.bench.capacity_report import (
+    STEADY_WARMUP_SECONDS,
+    steady_scenario,
+    summarise,
+)
+from mlmoat.bench.itemsize import KB, write_units
+from mlmoat.bench.replay import (
+    CACHE_ENTRIES,
+    CapacityReplay,
+    ScenarioResult,
+    eviction_seconds,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_cache_entries_are_the_security_layers() -> None:
+    from security import itemviews, keycache
+
+    assert itemviews._VIEWS == CACHE_ENTRIES
+    assert keycache._CACHE_SIZE == CACHE_ENTRIES
+
+
+def test_eviction_seconds_is_the_lru_lifetime() -> None:
+    # 10,000 keys at 1/s over 250 environments: each environment sees a key every 250 s; 4,096
+    # distinct others arrive in 250 x ln(1 / (1 - 0.4096)) s.
+    assert eviction_seconds(10_000, 1.0, 250) == pytest.approx(250 * math.log(1 / 0.5904))
+    assert eviction_seconds(4_096, 1.0, 250) == math.inf
+    # Twice the environments: each sees a key half as often.
+    assert eviction_seconds(10_000, 1.0, 500) == pytest.approx(2 * eviction_seconds(10_000, 1, 250))
+    # The warm-up outlasts the lifetime: the cold share is the steady state's.
+    assert eviction_seconds(10_000, 1.0, 250) < STEADY_WARMUP_SECONDS
+
+
+@pytest.fixture(scope="module")
+def steady(moto_server: Any) -> tuple[ScenarioResult, dict[str, Any]]:
+    if not (REPO / "models" / "iris" / "manifest.json").is_file():
+        pytest.skip("models/ not trained yet (mlmoat train)")
+    result = CapacityReplay(REPO, moto_server.endpoint).run_steady(
+        steady_scenario(quick=True, sample=2)
+    )
+    return result, summarise(result)
+
+
+def test_steady_state_monitor_writes_its_plateau_state_once_per_message(
+    steady: tuple[ScenarioResult, dict[str, Any]],
+) -> None:
+    result, row = steady
+    assert result.allowed == result.scenario.requests == 10
+    assert row["statuses"] == {"200": 10}
+    figures = row["steady"]
+    monitor_writes = [r for r in result.records if r.is_write and r.pk.startswith("mon#")]
+    # At the plateau: no write changes the state's size, and it is the documented ~3.7 KB.
+    assert all(r.size_before == r.size_after for r in monitor_writes)
+    assert 3 * KB < figures["monitor_state_bytes"] <= 4 * KB
+    assert figures["monitor_state_write_units"] == 4
+    # The sample's share of a batch of 100 among 10,000 keys: one message, one per principal.
+    assert result.event_source is not None and result.event_source.batch_size == 1
+    assert figures["messages_per_principal_per_batch"] == pytest.approx(1.0)
+    # The model: the state's write units over the messages per principal and batch.
+    assert row["monitor"]["write_units"] == pytest.approx(
+        figures["monitor_state_write_units"] / figures["messages_per_principal_per_batch"], rel=0.05
+    )
+    assert row["monitor"]["write_units"] == pytest.approx(4.0)
+    # One eventually consistent read of a state under 4 KB per message.
+    assert row["monitor"]["read_units"] == pytest.approx(0.5)
+    assert row["delivery"]["rows_monitored"] == row["delivery"]["rows_served"] == 10
+    # The population's delivery: full batches of 100, one invocation per 100 predictions.
+    assert row["delivery"]["messages_per_batch"] == 100
+    assert row["delivery"]["monitor_batches"] == pytest.approx(10 / 100)
+
+
+def test_steady_state_counter_pays_a_read_per_cold_request_and_lanes_per_environment(
+    steady: tuple[ScenarioResult, dict[str, Any]],
+) -> None:
+    result, row = steady
+    assert result.cold_requests is not None
+    counter_reads = [r for r in result.records if not r.is_write and r.pk in result.key_pks]
+    # Every cold environment reads the key once (its item: one strongly consistent unit).
+    assert len(counter_reads) == result.cold_requests
+    assert row["counter"]["read_units"] == pytest.approx(result.cold_requests / 10)
+    # Spread over 250 environments, a key's item carries a lane for each that wrote it within
+    # the lanes' horizon: far more than the one environment of the first-request figure.
+    assert min(item.lanes for item in result.counter_items) >= 20
+    # Its writes cost what the sizes the meter observed give (the lanes make them larger).
+    writes = [r for r in result.records if r.is_write and r.pk in result.key_pks]
+    assert row["counter"]["write_units"] == pytest.approx(
+        sum(write_units(r.size_before, r.size_after) for r in writes) / 10
+    )
+    assert row["counter"]["write_units"] >= 1.0
+    # The table-wide figures stand for the 10,000 keys, not the sample of 2.
+    assert row["table"]["write_units_per_second"] >= 5_000 * row["total"]["write_units"] * 0.5
