@@ -10,10 +10,16 @@ are the stamp's own:
   retry after a lost answer) landed: **already counted**, admitted once;
 * the attribute is past the sequence: another lane drew the same id: redraw, write again;
 * an attribute the write meant to prune was written again meanwhile: write again without it.
+
+A write that saw the item whole (``ALL_NEW``) and found ``CLEANUP_AT`` stale lanes or more on it
+is followed by one cleanup write (``security.writers``: how an item that many environments take
+turns on stays under 1 KB). The request is counted already: the cleanup's failure is logged and
+changes nothing else.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,10 +28,13 @@ from security.errors import StoreUnavailableError
 from security.itemviews import Counts, ItemViews
 from security.records import Counters, KeyRecord, SubjectRecord, rate_attr, shard_pk
 from security.store import ChargeOutcome, Item
-from security.writers import Lane, Stamp
+from security.writers import CLEANUP_AT, CLEANUP_PER_WRITE, HORIZON_SECONDS, Lane, Stamp
 
 R = TypeVar("R")
 _ATTEMPTS = 3
+_LOG = logging.getLogger(__name__)
+#: The cleanup write: (item pk, lane attributes, remove only those below this sequence).
+Prune = Callable[..., ChargeOutcome]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +72,16 @@ class Sent:
 class Sender:
     """Sends stamped counting writes for one environment."""
 
-    def __init__(self, *, views: ItemViews, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, *, views: ItemViews, clock: Callable[[], float], prune: Prune | None = None
+    ) -> None:
+        """``prune``: the store's ``prune_lanes`` (None: no cleanup writes)."""
         self._views = views
         self._clock = clock
+        self._prune = prune
+        #: Cleanup writes sent, and those a lane's write made fail (for the capacity replay).
+        self.cleanups = 0
+        self.cleanups_failed = 0
 
     def seen(self, principal_id: str, window_start: int, *, shard: int | None = None) -> Counts:
         """What this environment last saw of a principal's (or its shard's) counters."""
@@ -116,6 +132,8 @@ class Sender:
                 item = outcome.item or {}
                 removed = (*plan.windows, *plan.writers)
                 self._views.note(pk, item, now=moment, full=outcome.full, removed=removed)
+                if outcome.full:
+                    self._cleanup(pk, lane, moment)
                 return Sent(counted=True, item=item, full=outcome.full)
             old = outcome.item
             if old is None:
@@ -130,3 +148,22 @@ class Sender:
                 continue
             return Sent(counted=False, item=old, full=True)
         raise StoreUnavailableError("writer_contention", detail="stamp refused three times")
+
+    def _cleanup(self, pk: str, lane: Lane, moment: float) -> None:
+        stale = self._views.stale(pk, own=lane.attr, now=moment)
+        if self._prune is None or len(stale) < CLEANUP_AT:
+            return
+        attrs = stale[:CLEANUP_PER_WRITE]
+        before = int((moment - HORIZON_SECONDS) * 1000)
+        self.cleanups += 1
+        try:
+            outcome = self._prune(pk, attrs, before=before)
+        except StoreUnavailableError as exc:
+            _LOG.warning("lane_cleanup_failed", extra={"reason": exc.reason, "lanes": len(attrs)})
+            return
+        if outcome.ok:
+            self._views.note(pk, {}, now=moment, full=False, removed=attrs)
+        else:
+            self.cleanups_failed += 1
+            if outcome.item is not None:
+                self._views.note(pk, outcome.item, now=moment, full=True)

@@ -150,6 +150,33 @@ class CounterMixin:
             return ChargeOutcome(ok=False, item=_load(failed.item))
         return ChargeOutcome(ok=True, item=_load(response.get("Attributes")) or {}, full=stamp.full)
 
+    def prune_lanes(self, pk: str, attrs: tuple[str, ...], *, before: int) -> ChargeOutcome:
+        """Remove writer-lane attributes from a counting item, each only if still older than
+        ``before`` (ms; ``security.writers``: the cleanup write), and only if the item exists.
+        ALL_OLD when a lane wrote meanwhile (nothing is removed then).
+
+        Raises:
+            StoreUnavailableError: DynamoDB could not be reached or refused the call.
+        """
+        names = {f"#p{i}": attr for i, attr in enumerate(attrs)}
+        conditions = ["attribute_exists(pk)"] + [
+            f"(attribute_not_exists({name}) OR {name} < :before)" for name in names
+        ]
+        try:
+            with _translated():
+                self._client.update_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": pk}},
+                    UpdateExpression="REMOVE " + ", ".join(names),
+                    ConditionExpression=" AND ".join(conditions),
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues={":before": _dump(before)},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except ConditionFailed as failed:
+            return ChargeOutcome(ok=False, item=_load(failed.item))
+        return ChargeOutcome(ok=True, item=None)
+
     def record_auth_failure(self, scope: str, *, window_start: int, window_seconds: int) -> int:
         """Count a failed authentication under ``scope`` (``ip#<address>``, ``key#<id>``,
         ``all``); returns the count in its window. The item expires through the table's TTL

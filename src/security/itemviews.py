@@ -4,7 +4,8 @@ A write returns ``UPDATED_NEW`` (only what it changed), so the other lanes' attr
 from the last time this environment saw the item whole: the read of a cold start, the
 ``ALL_OLD`` of a failed write, or an ``ALL_NEW`` asked for when that is ``HORIZON_SECONDS`` old.
 ``ItemViews.plan`` turns that into what the next write removes: the rate windows before the
-current one, and up to ``PRUNE_PER_WRITE`` lane attributes older than the horizon (see
+current one, and, from a view seen whole within the horizon, up to ``PRUNE_PER_WRITE`` lane
+attributes older than it; ``ItemViews.stale`` names the lanes a cleanup write removes (see
 ``security.writers``).
 """
 
@@ -53,6 +54,11 @@ def _numbers(item: Mapping[str, Any], prefix: str) -> dict[str, int]:
         for name, value in item.items()
         if name.startswith(prefix) and isinstance(value, int)
     }
+
+
+def _stale(view: _View, own: str, before: int) -> list[str]:
+    ordered = sorted((v, name) for name, v in view.writers.items() if name != own and v < before)
+    return [name for _, name in ordered]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +126,8 @@ class ItemViews:
     ) -> Plan:
         """The stale windows (``previous`` and any older one seen; none if ``previous`` is None)
         and old request-digest sets of the previous design, the other lanes' attributes older than
-        the horizon (oldest first, at most ``PRUNE_PER_WRITE``), and whether to ask for the whole
-        item back."""
+        the horizon (oldest first, at most ``PRUNE_PER_WRITE``; none when the view is itself
+        older than the horizon: then the write asks for the whole item back instead)."""
         before = int((now - HORIZON_SECONDS) * 1000)
         first = () if previous is None else (previous,)
         with self._lock:
@@ -133,18 +139,18 @@ class ItemViews:
                 windows |= {w for w in view.windows if _older_window(w, window_start)}
             bucket = int(now) // LEGACY_BUCKET_SECONDS
             windows |= {name for name in view.legacy if _older_bucket(name, bucket - 1)}
-            stale = sorted(
-                (value, name)
-                for name, value in view.writers.items()
-                if name != own and value < before
-            )
             full = now - view.full_at >= HORIZON_SECONDS
-        return Plan(
-            tuple(sorted(windows)),
-            tuple(name for _, name in stale[:PRUNE_PER_WRITE]),
-            before,
-            full,
-        )
+            stale = [] if full else _stale(view, own, before)
+        return Plan(tuple(sorted(windows)), tuple(stale[:PRUNE_PER_WRITE]), before, full)
+
+    def stale(self, pk: str, *, own: str, now: float) -> tuple[str, ...]:
+        """The other lanes' attributes older than the horizon on ``pk``, oldest first, when the
+        view of it is whole and recent (seen within the horizon), else none."""
+        with self._lock:
+            view = self._views.get(pk)
+            if view is None or now - view.full_at >= HORIZON_SECONDS:
+                return ()
+            return tuple(_stale(view, own, int((now - HORIZON_SECONDS) * 1000)))
 
     def counts(self, pk: str, window: str) -> Counts:
         """The rows in ``window`` and the rows used, as last seen on ``pk``."""

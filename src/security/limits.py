@@ -76,7 +76,7 @@ class Gatekeeper(RefusalCounting, ShardedCharging):
         self._clock = clock
         self._throttle = GuessingThrottle(store=store, settings=settings)
         self._writers = writers or WriterPool()
-        self._sender = Sender(views=ItemViews(), clock=clock)
+        self._sender = Sender(views=ItemViews(), clock=clock, prune=store.prune_lanes)
         self._keys = KeyVerifier(
             store=store, settings=settings, throttle=self._throttle, sender=self._sender
         )

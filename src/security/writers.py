@@ -21,13 +21,24 @@ request is **already counted**. Nothing per request is stored: one small number 
 **Pruning** (``security.itemviews``). ``ItemViews`` remembers, per item, the other lanes'
 attributes and their last sequence, as this environment last saw them whole: the item read on a
 cold start, the ``ALL_OLD`` of a failed write, or the ``ALL_NEW`` that a write asks for instead of
-``UPDATED_NEW`` when it has not seen the item whole for ``HORIZON_SECONDS``. A write removes up to
-``PRUNE_PER_WRITE`` attributes whose sequence is older than the horizon, each under the condition
-that it is still that old (a lane that wrote meanwhile keeps its attribute: the write fails, the
-caller sees why in ALL_OLD and writes again). The horizon is longer than any SDK retry can come
-after its first attempt: a retry belongs to the invocation that sent it, and a function runs at
-most 29 seconds (template.yaml's ``FunctionTimeout``; ``tests/unit/test_writers.py`` holds the
-two together).
+``UPDATED_NEW`` when it has not seen the item whole for ``HORIZON_SECONDS``. From a view that
+recent, a write removes up to ``PRUNE_PER_WRITE`` attributes whose sequence is older than the
+horizon, each under the condition that it is still that old (a lane that wrote meanwhile keeps
+its attribute: the write fails, the caller sees why in ALL_OLD and writes again). From an older
+view it prunes nothing: most of what it shows has been written again since (a key that many
+environments take turns on, each every few minutes), and every such removal would fail the
+counting write and cost a second one. Such an environment's write asks for ``ALL_NEW``; when
+the item it gets back holds ``CLEANUP_AT`` lanes older than the horizon or more, it sends one
+**cleanup** write that removes up to ``CLEANUP_PER_WRITE`` of them under the same condition
+(``Sender.send``; its failure loses nothing and fails no request). So an item keeps about one
+lane per environment that wrote it within the horizon plus fewer than ``CLEANUP_AT`` others.
+
+The horizon is longer than any retry of a counting write can come after its first attempt: a
+retry is botocore resending the request within the counting client's own retry budget
+(``security.wiring.DYNAMODB_FAST``: 3 attempts, 1 s to connect and 2 s to read, standard-mode
+backoff of at most 1 s then 2 s: 12 s at worst), and the horizon is twice that
+(``tests/unit/test_writers.py`` holds the two together). A lane removed later than that can
+only be one whose environment has moved on: its next write carries a higher sequence.
 """
 
 from __future__ import annotations
@@ -43,10 +54,17 @@ from dataclasses import dataclass
 from typing import Any
 
 WRITER_ATTR_PREFIX = "e_"
-#: A lane's attribute older than this (by its sequence, in ms) may be removed by another write.
-HORIZON_SECONDS = 60
-#: At most this many stale attributes are removed by one write (a bounded request).
+#: A lane's attribute older than this (by its sequence, in ms) may be removed by another write:
+#: twice the counting client's worst retry span (see the module docstring).
+HORIZON_SECONDS = 24
+#: At most this many stale attributes are removed by one counting write (a bounded request).
 PRUNE_PER_WRITE = 8
+#: A cleanup write is sent when an item seen whole holds this many stale lanes or more (at about
+#: 15 bytes a lane: with a lane per environment of the horizon at 1 request/s, about 24, the
+#: item stays under 1 KB, one write unit).
+CLEANUP_AT = 16
+#: At most this many stale lanes are removed by one cleanup write.
+CLEANUP_PER_WRITE = 48
 _ID_ALPHABET = string.ascii_letters + string.digits
 _ID_LENGTH = 5
 

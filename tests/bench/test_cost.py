@@ -175,3 +175,30 @@ def test_log_bytes_split_single_row_audit_records_from_the_rest(tmp_path: Path) 
     assert found.audit_record_bytes == [len(audit), len(audit)]
     assert found.other_audit_bytes == len(batch)
     assert found.other_bytes == len(other)
+
+
+def test_a_capacity_report_updates_the_units_and_keeps_the_recorded_measurements(
+    tmp_path: Path,
+) -> None:
+    # given the doc and its recorded inputs, and a `mlmoat bench --capacity --json` report whose
+    # many-keys steady state costs one write unit less
+    from mlmoat.cli import main
+
+    doc = tmp_path / "cost.md"
+    doc.write_text(DOC.read_text(encoding="utf-8"), encoding="utf-8")
+    recorded = json.loads(INPUTS.read_text(encoding="utf-8"))
+    (tmp_path / "cost-inputs.json").write_text(json.dumps(recorded), encoding="utf-8")
+    capacity = json.loads(json.dumps(recorded["capacity"]))
+    last = capacity["scenarios"][-1]
+    last["total"]["write_units"] -= 1.0
+    report = tmp_path / "capacity.json"
+    report.write_text(json.dumps({"capacity": capacity}), encoding="utf-8")
+    # when the doc is regenerated from it
+    assert main(["bench", "--cost-doc", str(doc), "--from", str(report)]) == 0
+    # then the inputs hold the new units and the measurements recorded before
+    inputs = json.loads((tmp_path / "cost-inputs.json").read_text(encoding="utf-8"))
+    assert inputs["measured"] == recorded["measured"]
+    assert inputs["capacity"]["scenarios"][-1]["total"] == last["total"]
+    # and the doc's tables are the generator's on those inputs (and differ from before)
+    assert cost.doc_block(inputs) in doc.read_text(encoding="utf-8")
+    assert cost.doc_block(recorded) not in doc.read_text(encoding="utf-8")

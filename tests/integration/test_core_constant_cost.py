@@ -138,8 +138,8 @@ def test_stale_lanes_are_pruned_and_live_ones_kept(core_endpoint: str, core_tabl
     _admit(survivor, credentials)
     for gatekeeper in others:
         _admit(gatekeeper, credentials)
-    # and one of them wrote again 30 s later (inside the horizon: live)
-    clock.now = NOW + 30
+    # and one of them wrote again half a horizon later (live)
+    clock.now = NOW + HORIZON_SECONDS / 2
     _admit(others[0], credentials)
     # when the survivor keeps writing past the horizon
     for step in range(4):
@@ -148,8 +148,54 @@ def test_stale_lanes_are_pruned_and_live_ones_kept(core_endpoint: str, core_tabl
     # then the lanes idle for longer than the horizon are gone; the live one and its own stay
     item = _raw(client, core_table, key_pk(key_id))
     lanes = sorted(int(value["N"]) for name, value in item.items() if name.startswith("e_"))
-    assert lanes == [int((NOW + 30) * 1000), int((NOW + HORIZON_SECONDS + 4) * 1000)]
+    assert lanes == [
+        int((NOW + HORIZON_SECONDS / 2) * 1000),
+        int((NOW + HORIZON_SECONDS + 4) * 1000),
+    ]
     assert int(item["rows_used"]["N"]) == 15 and int(item["requests"]["N"]) == 15
+
+
+def test_a_key_that_many_environments_take_turns_on_stays_under_1_kb(
+    core_endpoint: str, core_table: str
+) -> None:
+    # given a key at 1 request/s served by 100 environments in turn (each sees it every 100 s,
+    # so every view it has of the item is older than the horizon: the 10,000 keys shape)
+    from security.writers import CLEANUP_AT
+
+    clock = Clock()
+    key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/hour")
+    plain = make_client(core_endpoint)
+    meter = CapacityMeter(reader=plain, clock=clock)
+    client = meter.attach(make_client(core_endpoint))
+    expressions: list[str] = []
+    client.meta.events.register(
+        "provide-client-params.dynamodb.UpdateItem",
+        lambda params, **_: expressions.append(params["UpdateExpression"]),
+    )
+    environments = _environments(client, core_table, clock, 100)
+    # when it sends 300 requests over 300 s
+    for second in range(300):
+        clock.now = NOW + second
+        _admit(environments[second % len(environments)], credentials)
+    # then no counting write failed (a stale view prunes nothing) and each cost one unit
+    pk = key_pk(key_id)
+    updates = [r for r in meter.records if r.operation == "UpdateItem"]
+    assert len(updates) == len(expressions) and {r.pk for r in updates} == {pk}
+    kinds = [e.startswith("REMOVE ") for e in expressions]
+    counting = [r for r, cleanup in zip(updates, kinds, strict=True) if not cleanup]
+    cleanups = [r for r, cleanup in zip(updates, kinds, strict=True) if cleanup]
+    assert len(counting) == 300 and not [r for r in counting if r.condition_failed]
+    assert {r.write_units for r in counting} == {1.0}
+    # and the item never reached 1 KB: the lanes of the last horizon, and fewer than
+    # CLEANUP_AT older ones, which a cleanup write about every CLEANUP_AT requests removes
+    assert max(r.billed_bytes for r in updates) < 1024
+    assert 0 < len(cleanups) <= 300 // CLEANUP_AT + 1
+    assert {r.write_units for r in cleanups} == {1.0}
+    assert not [r for r in cleanups if r.condition_failed]
+    item = _raw(plain, core_table, pk)
+    lanes = [name for name in item if name.startswith("e_")]
+    assert len(lanes) < HORIZON_SECONDS + CLEANUP_AT + 1
+    assert int(item["rows_used"]["N"]) == 300 and int(item["requests"]["N"]) == 300
 
 
 def test_two_environments_drawing_one_lane_id_never_count_a_request_twice(
@@ -206,7 +252,7 @@ def test_an_item_written_by_the_digest_design_is_cleaned_without_breaking_it(
     assert f"rq_{bucket - 2}" not in item
     assert f"rq_{bucket}" in item and f"rq_{bucket - 1}" in item
     # and a minute later (the environment sees the item whole again) every digest set is gone
-    clock.now = NOW + HORIZON_SECONDS
+    clock.now = NOW + max(60, HORIZON_SECONDS)
     _admit(gatekeeper, credentials)
     _admit(gatekeeper, credentials)
     item = _raw(client, core_table, key_pk(key_id))

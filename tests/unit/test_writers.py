@@ -6,9 +6,6 @@ Pure logic, no DynamoDB: what the counting write's idempotency and pruning rest 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-
-import yaml
 
 from security.itemviews import ItemViews
 from security.shards import fits, max_share, share
@@ -21,7 +18,6 @@ from security.writers import (
     new_writer_id,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 NOW = 1_900_000_000.0
 
 
@@ -148,13 +144,17 @@ def test_a_batch_larger_than_the_largest_share_never_fits() -> None:
     assert fits(principal(2), 4) and not fits(principal(2), 5)  # ceil(7/2) = 4
 
 
-def test_the_horizon_outlasts_any_retry_of_a_function_invocation() -> None:
-    # A retry belongs to the invocation that sent it: the longest a function may run bounds how
-    # late an SDK retry can come, and a lane's attribute must outlive it.
-    class _Loader(yaml.SafeLoader):
-        pass
+def test_the_horizon_outlasts_twice_any_retry_of_the_counting_client() -> None:
+    # A retry is botocore resending the request within the counting client's retry budget: its
+    # attempts' connect and read timeouts and the standard mode's backoffs (at most 2^(n-1) s
+    # before attempt n + 1, capped at 20 s). A lane's attribute must outlive the latest retry.
+    from security.wiring import DYNAMODB_FAST
 
-    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    template = yaml.load((REPO / "template.yaml").read_text(), Loader=_Loader)  # noqa: S506
-    longest = int(template["Parameters"]["FunctionTimeout"]["MaxValue"])
-    assert longest < HORIZON_SECONDS / 2
+    retries = DYNAMODB_FAST.retries or {}
+    assert retries["mode"] == "standard"
+    attempts = int(retries["total_max_attempts"])
+    timeouts = float(DYNAMODB_FAST.connect_timeout) + float(DYNAMODB_FAST.read_timeout)
+    backoffs = sum(min(2.0 ** (n - 1), 20.0) for n in range(1, attempts))
+    span = attempts * timeouts + backoffs
+    assert span == 12.0
+    assert 2 * span <= HORIZON_SECONDS

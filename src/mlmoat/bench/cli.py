@@ -6,7 +6,8 @@ table, then the DynamoDB capacity table (``mlmoat.bench.capacity_report``; its q
 ``mlmoat bench --capacity [--quick] [--json FILE]``: the capacity table alone (no build, no
 CPython 3.13, an embedded moto server). ``mlmoat bench --cost-doc docs/cost.md [--from FILE]``:
 rewrite the doc's generated tables from a ``--json`` report (recording its inputs in
-``docs/cost-inputs.json``), or from the recorded inputs without ``--from`` (after a price edit).
+``docs/cost-inputs.json``; a ``--capacity --json`` report replaces the capacity units and keeps
+the recorded measurements), or from the recorded inputs without ``--from`` (after a price edit).
 
 Each repetition starts one fresh function process per stack (the baseline first on even
 repetitions, mlmoat first on odd ones), measures its cold start, then runs it warm; the table
@@ -86,9 +87,14 @@ def _cost_doc(doc: Path, source: Path | None) -> int:
     inputs_path = doc.with_name(f"{doc.stem}-inputs.json")
     if source is not None:
         report = json.loads(source.read_text(encoding="utf-8"))
-        if "capacity" not in report or "logs" not in report:
+        if "capacity" not in report:
             raise SystemExit(f"mlmoat bench: {source} is not a `mlmoat bench --json` report")
-        inputs = recorded_inputs(Measured.from_bench(report), report["capacity"])
+        if "logs" in report:
+            inputs = recorded_inputs(Measured.from_bench(report), report["capacity"])
+        else:
+            # A `mlmoat bench --capacity --json` report: new units, the recorded measurements.
+            recorded = json.loads(inputs_path.read_text(encoding="utf-8"))
+            inputs = recorded_inputs(Measured(**recorded["measured"]), report["capacity"])
         inputs_path.write_text(json.dumps(inputs, indent=2) + "\n", encoding="utf-8")
     else:
         inputs = json.loads(inputs_path.read_text(encoding="utf-8"))
