@@ -53,6 +53,19 @@ def _environments(client: Any, table: str, clock: Clock, count: int) -> list[Gat
     ]
 
 
+def _metered(endpoint: str, clock: Clock) -> tuple[Any, CapacityMeter, Any, list[dict[str, Any]]]:
+    """A plain client, a capacity meter reading through it, a client the meter bills, and the
+    parameters of every ``UpdateItem`` that client sends, in order."""
+    plain = make_client(endpoint)
+    meter = CapacityMeter(reader=plain, clock=clock)
+    client = meter.attach(make_client(endpoint))
+    asked: list[dict[str, Any]] = []
+    client.meta.events.register(
+        "provide-client-params.dynamodb.UpdateItem", lambda params, **_: asked.append(dict(params))
+    )
+    return plain, meter, client, asked
+
+
 def _admit(gatekeeper: Gatekeeper, credentials: Any, rows: int = 1) -> Any:
     return gatekeeper.admit(
         credentials, model="iris", rows=rows, request_id=str(uuid.uuid4()), source_ip="10.4.4.4"
@@ -72,13 +85,7 @@ def test_one_write_unit_per_request_at_any_rate_and_only_the_counters_returned(
     # given a key, and one environment whose client is metered and whose requests are recorded
     clock = Clock()
     key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/minute")
-    plain = make_client(core_endpoint)
-    meter = CapacityMeter(reader=plain, clock=clock)
-    client = meter.attach(make_client(core_endpoint))
-    asked: list[dict[str, Any]] = []
-    client.meta.events.register(
-        "provide-client-params.dynamodb.UpdateItem", lambda params, **_: asked.append(dict(params))
-    )
+    plain, meter, client, asked = _metered(core_endpoint, clock)
     (gatekeeper,) = _environments(client, core_table, clock, 1)
     # when it sends 600 requests in 6 s (100 a second: the old design's request digests grew
     # the item past 7 KB by then)
@@ -105,9 +112,7 @@ def test_the_item_stays_under_1_kb_for_forty_environments(
     # given a key written by 40 environments (Little's law: ~1,000 requests/s at 40 ms each)
     clock = Clock()
     key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/minute")
-    plain = make_client(core_endpoint)
-    meter = CapacityMeter(reader=plain, clock=clock)
-    client = meter.attach(make_client(core_endpoint))
+    plain, meter, client, _ = _metered(core_endpoint, clock)
     environments = _environments(client, core_table, clock, ENVIRONMENTS_UNDER_1_KB)
     # when each admits five requests, taking turns, and one request refused for its body is
     # counted (the refusal counter's attributes are on the item too)
@@ -164,14 +169,7 @@ def test_a_key_that_many_environments_take_turns_on_stays_under_1_kb(
 
     clock = Clock()
     key_id, credentials = _key(core_endpoint, core_table, clock, rate_limit="100000/hour")
-    plain = make_client(core_endpoint)
-    meter = CapacityMeter(reader=plain, clock=clock)
-    client = meter.attach(make_client(core_endpoint))
-    expressions: list[str] = []
-    client.meta.events.register(
-        "provide-client-params.dynamodb.UpdateItem",
-        lambda params, **_: expressions.append(params["UpdateExpression"]),
-    )
+    plain, meter, client, asked = _metered(core_endpoint, clock)
     environments = _environments(client, core_table, clock, 100)
     # when it sends 300 requests over 300 s
     for second in range(300):
@@ -180,8 +178,8 @@ def test_a_key_that_many_environments_take_turns_on_stays_under_1_kb(
     # then no counting write failed (a stale view prunes nothing) and each cost one unit
     pk = key_pk(key_id)
     updates = [r for r in meter.records if r.operation == "UpdateItem"]
-    assert len(updates) == len(expressions) and {r.pk for r in updates} == {pk}
-    kinds = [e.startswith("REMOVE ") for e in expressions]
+    assert len(updates) == len(asked) and {r.pk for r in updates} == {pk}
+    kinds = [params["UpdateExpression"].startswith("REMOVE ") for params in asked]
     counting = [r for r, cleanup in zip(updates, kinds, strict=True) if not cleanup]
     cleanups = [r for r, cleanup in zip(updates, kinds, strict=True) if cleanup]
     assert len(counting) == 300 and not [r for r in counting if r.condition_failed]
