@@ -219,8 +219,11 @@ class ExtractionMonitor:
         a group whose flush fails are lost, and reported (``MonitorBufferLost``); after a
         failure of the store, the remaining groups are lost without another try."""
         buffer = self.buffer
+        groups = buffer.groups()
+        if not groups:
+            return
         store_down = False
-        for key in buffer.groups():
+        for key in groups:
             entries = buffer.take(key)
             if store_down:
                 self._lost(buffer.give_up(key, entries, "shutdown_store_unavailable"))
@@ -233,7 +236,7 @@ class ExtractionMonitor:
                 self._lost(buffer.give_up(key, entries, "shutdown_flush_failed"))
                 continue
             buffer.flushed += len(entries)
-        if self._report is not None and buffer.buffered:
+        if self._report is not None:
             self._report(buffer.position())
 
     def _lost(self, record: dict[str, Any] | None) -> None:
