@@ -431,9 +431,7 @@ def monitor_function(
         flush_seconds=settings.monitor_flush_seconds,
         flush_messages=settings.monitor_flush_messages,
         max_pending_bytes=settings.monitor_max_pending_bytes,
-        report=lambda position: audit.logger.info(
-            "monitor_buffer", extra={**audit.invocation.fields(), "monitor_buffer": dict(position)}
-        ),
+        report=audit.monitor_buffer,
     )
     hooks = _hooks_for(clients)
     if settings.monitor_flush_seconds > 0:  # with none, nothing stays pending between batches
