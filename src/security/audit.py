@@ -290,6 +290,14 @@ class AuditLog:
         self.logger.set_correlation_id(None)
         self.logger.info(AUDIT_MESSAGE, extra={**metrics, **self.invocation.fields(), **record})
 
+    def monitor_buffer(self, position: Mapping[str, str | int]) -> None:
+        """The monitor's buffer position after a batch or a flush: one ``monitor_buffer`` line
+        (not an audit record) with ``env``, ``buffered``, ``flushed``, ``pending``, ``lost``."""
+        self.logger.set_correlation_id(None)
+        self.logger.info(
+            "monitor_buffer", extra={**self.invocation.fields(), "monitor_buffer": dict(position)}
+        )
+
     def emit(self, event: AuditEvent) -> dict[str, Any]:
         """Write the request's one audit record (with its metrics); return the logged fields."""
         self.logger.set_correlation_id(event.request_id)

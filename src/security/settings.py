@@ -89,6 +89,13 @@ class Settings:
     extraction_send_max_delay: float = 1.0
     service_name: str = "mlmoat"
     extraction_action: str = "flag"
+    #: The monitor's write-behind buffer (``security.extraction.buffer``): a principal's
+    #: messages wait in the execution environment until this many are pending, its oldest is
+    #: this old (checked at each invocation; 0: every batch is applied at once, no buffer), or
+    #: the pending messages' estimated memory passes the bound.
+    monitor_flush_messages: int = 8
+    monitor_flush_seconds: float = 30.0
+    monitor_max_pending_bytes: int = 64 * 1024 * 1024
     # The HMAC key of input smoothing's noise (security.smoothing). Unset: a random key per
     # process (safe, but answers repeat only within one warm instance); never in repr or logs.
     smoothing_secret: bytes = field(default_factory=lambda: os.urandom(32), repr=False)
@@ -153,6 +160,11 @@ class Settings:
             ),
             service_name=reader.text("SERVICE_NAME", "mlmoat", pattern=r"^[A-Za-z0-9_-]{1,64}$"),
             extraction_action=reader.choice("EXTRACTION_ACTION", "flag", ("flag", "suspend")),
+            monitor_flush_messages=reader.integer("MONITOR_FLUSH_MESSAGES", 8, low=1, high=1000),
+            monitor_flush_seconds=reader.number("MONITOR_FLUSH_SECONDS", 30.0, low=0.0, high=900.0),
+            monitor_max_pending_bytes=1024
+            * 1024
+            * reader.integer("MONITOR_MAX_PENDING_MB", 64, low=1, high=4096),
             smoothing_secret=reader.secret("SMOOTHING_SECRET", minimum=32),
         )
         configured = [settings.jwt_issuer, settings.jwt_audience, settings.jwt_public_key_parameter]

@@ -387,9 +387,14 @@ def admin_function(settings: Settings, *, factory: ClientFactory | None = None) 
 
 
 def monitor_function(
-    settings: Settings, *, factory: ClientFactory | None = None
+    settings: Settings,
+    *,
+    factory: ClientFactory | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> MonitorFunction:
-    """MonitorFunction (the extraction queue's consumer), assembled."""
+    """MonitorFunction (the extraction queue's consumer), assembled: its write-behind buffer
+    flushed at shutdown (atexit, SIGTERM) and before a snapshot, each batch logging its position
+    (``monitor_buffer``). ``clock``: the monitor's time (``mlmoat bench --capacity`` simulates)."""
     from security.extraction import (
         ExtractionMonitor,
         flag_audit_sink,
@@ -422,5 +427,17 @@ def monitor_function(
         audit=flag_audit_sink(audit, service=settings.service_name),
         action_for=None if runtime_config is None else _action_for(settings, runtime_config),
         unavailable={name: error.reason for name, error in failures.items()},
+        clock=clock,
+        flush_seconds=settings.monitor_flush_seconds,
+        flush_messages=settings.monitor_flush_messages,
+        max_pending_bytes=settings.monitor_max_pending_bytes,
+        report=audit.monitor_buffer,
     )
-    return MonitorFunction(settings, clients, _hooks_for(clients), audit, monitor)
+    hooks = _hooks_for(clients)
+    if settings.monitor_flush_seconds > 0:  # with none, nothing stays pending between batches
+        from security.extraction.sink import at_shutdown
+
+        hooks.before_snapshot(monitor.flush)
+        hooks.after_restore(monitor.buffer.new_environment)
+        at_shutdown(monitor.flush)
+    return MonitorFunction(settings, clients, hooks, audit, monitor)

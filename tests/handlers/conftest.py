@@ -45,6 +45,10 @@ def handler_env(moto_server: Any, create_security_table: Callable[..., str]) -> 
         # it as it is served. Its buffered default (1 s) has tests of its own
         # (test_extraction_queue_failures.py, tests/unit/test_query_sink.py).
         "SECURITY_EXTRACTION_SEND_MAX_DELAY": "0",
+        # And they read the monitor's state right after a batch: it applies each batch at once.
+        # Its write-behind buffer (30 s by default) has tests of its own
+        # (test_monitor_write_behind.py here, tests/unit/test_monitor_buffer.py, tests/bench).
+        "SECURITY_MONITOR_FLUSH_SECONDS": "0",
         "AWS_DEFAULT_REGION": "us-east-1",
         **DUMMY_CREDENTIALS,
         "SECURITY_TABLE_NAME": table,

@@ -342,6 +342,29 @@ def driven_records(
         "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue",
     )
     assert monitor.handler(event, LambdaContext()) == {"batchItemFailures": []}
+    # a query buffered by the monitor (its deployed 30 s) that its shutdown flush cannot write
+    lost = QueryMessage(
+        "key#lost", "iris", f"req-{uuid.uuid4().hex[:8]}", 0.0, ((5.1, 3.5, 1.4, 0.2),)
+    )
+    from security.settings import Settings
+    from security.wiring import monitor_function
+
+    def dead(service: str, *, config: Any = None) -> Any:
+        return boto3.client(
+            service, endpoint_url=_dead_endpoint(), region_name="us-east-1", config=_fast_fail()
+        )
+
+    buffered = monitor_function(
+        dataclasses.replace(Settings.from_env(handler_env), monitor_flush_seconds=30.0),
+        factory=dead,
+    )
+    event = sqs_event(
+        [{"MessageId": "m-2", "ReceiptHandle": "h-2", "Body": lost.to_json()}],
+        "arn:aws:sqs:us-east-1:123456789012:ExtractionQueue",
+    )
+    assert buffered.monitor.process_sqs_event(event) == {"batchItemFailures": []}
+    buffered.monitor.flush()
+    assert buffered.monitor.buffer.lost == 1
     records += [
         r
         for r in log_sink.records()
@@ -349,6 +372,7 @@ def driven_records(
         and (
             (r.get("event") == "extraction_flag" and r.get("principal_id") in flag_principals)
             or (r.get("event") == "unmonitored" and r.get("request_id") == unmonitored.request_id)
+            or (r.get("event") == "monitor_buffer_lost" and r.get("request_id") == lost.request_id)
         )
     ]
     expected = {
@@ -374,6 +398,7 @@ def test_the_driven_records_are_the_outcomes_the_alarms_are_about(
     assert ("request", "deny", "auth_throttled") in reasons
     assert ("request", "deny", "model_unavailable") in reasons
     assert ("unmonitored", "skip", "no_monitor_reference") in reasons
+    assert ("monitor_buffer_lost", "skip", "monitor_buffer_lost") in reasons
     decisions = {r["decision"] for r in driven_records if r["event"] == "extraction_flag"}
     assert decisions == {"flag", "suspend"}
 
@@ -399,6 +424,7 @@ def test_every_alarm_on_mlmoats_namespace_names_a_series_the_code_emits(
         "MonitorQueueFailuresAlarm",
         "ModelUnavailableAlarm",
         "UnmonitoredQueriesAlarm",
+        "MonitorBufferLostAlarm",
     } <= set(alarms)
     missing = {
         alarm: [s for s in series if s not in emitted]

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlmoat.bench.capacity import CallRecord, CapacityMeter
 from mlmoat.bench.itemsize import (
@@ -46,8 +46,12 @@ from mlmoat.bench.replay import (
     CounterItem,
     Scenario,
     ScenarioResult,
+    SimulatedClock,
 )
 from mlmoat.bench.rollup import peak
+
+if TYPE_CHECKING:
+    from security.extraction import ExtractionMonitor
 
 RATES = (1, 10, 100, 1_000, 10_000)
 MANY_KEYS = 10_000
@@ -57,14 +61,16 @@ QUICK_REQUESTS = 50
 MONITOR_PREFIX = "mon#"
 #: The sharded scenario: one key over this many shards at the highest rate.
 SHARDS = 20
-#: The many-keys steady state: keys simulated of ``MANY_KEYS`` (full, quick), metered seconds,
-#: unmetered warm-up seconds (past 132 s, an environment's cache lifetime for a key at 10,000
-#: keys over 250 environments, and the writer lanes' 60 s horizon) and its rows per request
-#: (16: the monitor's states reach their plateau, docs/ml-defences.md "State layout").
+#: The many-keys steady state: keys simulated of ``MANY_KEYS`` (full, quick), metered seconds
+#: (whole periods of the monitor's 30 s buffer: a principal's buffered messages are written
+#: about once a period per environment), unmetered warm-up seconds (past 132 s, an
+#: environment's cache lifetime for a key at 10,000 keys over 250 environments, and the writer
+#: lanes' 60 s horizon) and its rows per request (16: the monitor's states reach their plateau,
+#: docs/ml-defences.md "State layout").
 STEADY_SAMPLE = 20
 STEADY_QUICK_SAMPLE = 2
-STEADY_SECONDS = 30.0
-STEADY_QUICK_SECONDS = 5.0
+STEADY_SECONDS = 120.0
+STEADY_QUICK_SECONDS = 60.0
 STEADY_WARMUP_SECONDS = 140.0
 STEADY_WARMUP_ROWS = 16
 
@@ -147,8 +153,8 @@ class TimedReplay(CapacityReplay):
         self._calls += 1
 
     def _monitor_handler(
-        self, settings: Any, meter: CapacityMeter
-    ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+        self, settings: Any, meter: CapacityMeter, clock: SimulatedClock
+    ) -> tuple[Callable[[dict[str, Any], Any], dict[str, Any]], ExtractionMonitor]:
         attach = meter.attach
 
         def timed_attach(client: Any) -> Any:
@@ -160,7 +166,7 @@ class TimedReplay(CapacityReplay):
 
         meter.attach = timed_attach  # type: ignore[method-assign]
         try:
-            inner = super()._monitor_handler(settings, meter)
+            inner, monitor = super()._monitor_handler(settings, meter, clock)
         finally:
             meter.attach = attach  # type: ignore[method-assign]
 
@@ -173,7 +179,7 @@ class TimedReplay(CapacityReplay):
                 wall = time.perf_counter() - started
                 self.monitor_timings.append(MonitorTiming(wall, self._sdk_s, self._calls))
 
-        return timed
+        return timed, monitor
 
 
 def _monitor_figures(timings: list[MonitorTiming] | None) -> dict[str, float | None]:
@@ -274,6 +280,9 @@ def summarise(
         "steady": steady_figures(result, parts["monitor"]),
         "shards": scenario.shards,
         "environments": result.environments,
+        "pollers": result.pollers,
+        "flush_seconds": result.flush_seconds,
+        "flush_messages": result.flush_messages,
         "counter_item": None
         if largest is None
         else {"bytes": largest.size, "lanes": largest.lanes},
@@ -530,13 +539,23 @@ def _render_steady(report: dict[str, Any]) -> list[str]:
             f"Monitor states at their plateau ({steady['monitor_state_bytes_min']:,} to "
             f"{steady['monitor_state_bytes']:,} bytes, {steady['monitor_state_write_units']} WCU "
             f"a write), fed {steady['monitor_batch_of_sample']:,} of the sample's messages a "
-            f"batch (its share of the event source's batch): "
+            f"batch (its share of the event source's batch) by {row.get('pollers', 1)} "
+            f"pollers, each invoking its own monitor environment ({_buffer_rule(row)}): "
             f"{steady['messages_per_principal_per_batch']:.2f} messages per principal and "
-            f"batch, so {steady['monitor_write_units']:.2f} monitor WCU per prediction "
+            f"state write, so {steady['monitor_write_units']:.2f} monitor WCU per prediction "
             f"(the model: {steady['monitor_write_units_model']:.2f}). Table-wide units per "
             f"second are the sample's x {row['keys'] / steady['sample']:,.0f}.",
         ]
     return lines
+
+
+def _buffer_rule(row: dict[str, Any]) -> str:
+    if not row.get("flush_seconds"):
+        return "each batch applied at once"
+    return (
+        f"a principal's messages buffered until {row['flush_messages']} are pending or the "
+        f"oldest is {row['flush_seconds']:g} s old"
+    )
 
 
 def _render_lanes(report: dict[str, Any]) -> list[str]:

@@ -8,19 +8,20 @@ handler's body, ``ExtractionMonitor.process_sqs_event``). Both DynamoDB clients 
 meter reads items around writes with a third client it never meters.
 
 The clock is simulated: the gatekeeper (rate windows, 30 s idempotency buckets), the query
-sink (its buffer's delay) and the meter read ``SimulatedClock``, which steps ``1 / rate`` per
-request from ``START`` (a minute boundary); requests run one after another as fast as the
-machine goes, through one execution environment (one sink buffer). The monitor is fed as the
-template's event source mapping feeds it (``EventSourceModel``: ``MonitorEventSource``'s
-``BatchSize`` and ``MaximumBatchingWindowInSeconds``): one poller gathers what the sink has
-sent and invokes the monitor when it holds a full batch or when its oldest message has waited
-the window; at the end of the scenario the sink's buffer is flushed (the environment's next
-request, or its shutdown, would send it) and the last batches are delivered. Lambda polls a
-queue with several pollers at once (at least five), so at low rates a principal's messages are
-split over more, smaller batches than this one-poller model gives: see docs/performance.md.
+sink (its buffer's delay), the monitor (its write-behind buffer's ages, its items' stamps) and
+the meter read ``SimulatedClock``, which steps ``1 / rate`` per request from ``START`` (a minute
+boundary); requests run one after another as fast as the machine goes, through one execution
+environment (one sink buffer). The monitor is fed as the template's event source mapping feeds
+it (``EventSourceModel``: ``MonitorEventSource``'s ``BatchSize`` and
+``MaximumBatchingWindowInSeconds``) by ``POLLERS`` pollers, Lambda's minimum for SQS: what the
+sink has sent is dealt to them at random (seeded), and each invokes its own monitor environment
+(its own ``ExtractionMonitor``, with its own buffer) when it holds a full batch or when its
+oldest message has waited the window. At the end of the scenario the sink's buffer is flushed
+(the environment's next request, or its shutdown, would send it), the last batches are
+delivered, and every monitor environment is flushed as a shutdown would
+(``ExtractionMonitor.flush``).
 Keys are created through ``KeyAdmin`` with limits twice what the scenario sends, so no request
-is refused. The monitor stamps its items with wall time (``monitor_function`` takes no clock):
-a 10-digit epoch either way, a byte or two at most.
+is refused.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +52,9 @@ from security.limits import Gatekeeper
 from security.store import shard_pk
 from security.writers import WriterPool
 
+if TYPE_CHECKING:
+    from security.extraction import ExtractionMonitor
+
 #: The simulated start: a minute boundary, so the window starts a rate window and a bucket.
 START = 1_800_000_000.0
 #: One PredictFunction invocation on Lambda, for Little's law (environments = rate x this): the
@@ -59,6 +63,9 @@ START = 1_800_000_000.0
 INVOCATION_SECONDS = 0.025
 #: ReceiveMessage's limit: the poller receives at most this many per call.
 RECEIVE_MAX = 10
+#: The SQS event source's pollers (Lambda starts with five and scales up from there), each
+#: invoking its own monitor environment.
+POLLERS = 5
 _REGION = "us-east-1"
 _SEED = 20261204
 
@@ -185,6 +192,10 @@ class ScenarioResult:
     event_source: EventSourceModel | None = None
     #: Steady state only: the template's event-source batch size (what the share stands for).
     template_batch: int = 0
+    #: The event source's pollers (one monitor environment each) and the monitor's buffer rule.
+    pollers: int = 1
+    flush_seconds: float = 0.0
+    flush_messages: int = 0
 
     @property
     def allowed(self) -> int:
@@ -331,8 +342,8 @@ def benign_rows(root: Path, count: int, seed: int = _SEED) -> list[list[float]]:
     return [[round(float(v), 3) for v in row] for row in rows]
 
 
-def _drain(sink: Any, poller: _Poller | None) -> None:
-    """The environment's buffer is sent and the poller delivers everything it holds."""
+def _drain(sink: Any, poller: _Pollers | None) -> None:
+    """The environment's buffer is sent and the pollers deliver everything they hold."""
     if sink is not None:
         sink.flush()
     if poller is not None:
@@ -365,8 +376,17 @@ def _predict(
 class CapacityReplay:
     """Runs scenarios against one moto endpoint (each on a fresh table and queue)."""
 
-    def __init__(self, root: Path, endpoint: str) -> None:
-        """``root``: the repository (template.yaml, models/); ``endpoint``: a moto server."""
+    def __init__(
+        self,
+        root: Path,
+        endpoint: str,
+        *,
+        pollers: int = POLLERS,
+        flush_seconds: float | None = None,
+    ) -> None:
+        """``root``: the repository (template.yaml, models/); ``endpoint``: a moto server;
+        ``pollers``: the event source's, each with its own monitor environment;
+        ``flush_seconds``: the monitor buffer's age instead of the template's (0: unbuffered)."""
         from mlmoat.local.awsenv import dynamodb_client, sqs_client
         from mlmoat.local.template import Template
         from security.audit import AuditLog
@@ -392,6 +412,17 @@ class CapacityReplay:
         self._plain = self._dynamodb()
         self._sqs = self._sqs_client()
         self._event_source = EventSourceModel.from_template(template)
+        self.pollers = pollers
+        monitor_env = dict(template.function("MonitorFunction").environment)
+        # The monitor's own settings: the predict function's and its buffer rule.
+        buffered = Settings.from_env(monitor_env)
+        self._monitor_settings = {
+            "monitor_flush_seconds": buffered.monitor_flush_seconds
+            if flush_seconds is None
+            else flush_seconds,
+            "monitor_flush_messages": buffered.monitor_flush_messages,
+            "monitor_max_pending_bytes": buffered.monitor_max_pending_bytes,
+        }
 
     # ------------------------------------------------------------------ one scenario
     def run(
@@ -403,11 +434,7 @@ class CapacityReplay:
         keys = self._create_keys(settings, scenario, clock)
         environments = self._environments(settings, meter, clock, scenario.environment_count)
         handler, sink = self._predict_handler(settings, meter, clock, environments)
-        poller = (
-            _Poller(self, queue_url, self._monitor_handler(settings, meter), clock)
-            if queue_url
-            else None
-        )
+        poller = self._pollers(queue_url, settings, meter, clock)
         width = scenario.rows_per_request
         rows = benign_rows(self._root, min(scenario.requests * width, 4096))
         rng = random.Random(_SEED)  # noqa: S311 - request ids, not secrets
@@ -428,6 +455,8 @@ class CapacityReplay:
         # open batches close when their windows end.
         clock.now = START + scenario.requests * step
         _drain(sink, poller)
+        if poller is not None:
+            poller.flush()  # the monitor environments shut down
         counting = [
             pk
             for _, key in keys
@@ -452,6 +481,7 @@ class CapacityReplay:
             monitor_batches=tuple(poller.batches) if poller is not None else (),
             queue_calls=sink.calls if sink is not None else 0,
             rows_monitored=self._rows_monitored(table),
+            **self._buffer_fields(poller),
         )
         self._end(table, queue_url)
         return result
@@ -486,11 +516,7 @@ class CapacityReplay:
             evict_after=evict_after,
         )  # fmt: skip
         handler, sink = self._predict_handler(settings, meter, clock, environments)
-        poller = (
-            _Poller(self, queue_url, self._monitor_handler(settings, meter), clock)
-            if queue_url
-            else None
-        )
+        poller = self._pollers(queue_url, settings, meter, clock)
         share = EventSourceModel(
             batch_size=max(
                 1, round(self._event_source.batch_size * scenario.sample / scenario.keys)
@@ -518,7 +544,11 @@ class CapacityReplay:
                 statuses.clear()
                 self.metering_starts()
                 calls_before = sink.calls if sink is not None else 0
-                rows_before = self._rows_monitored(table)
+                # The monitor environments keep their buffers (the steady state goes on): the
+                # rows they hold count as monitored before the window.
+                rows_before = self._rows_monitored(table) + (
+                    poller.pending_rows() if poller is not None else 0
+                )
             width = 1 if turn >= first_metered else scenario.warmup_rows_per_request
             for index, (api_key, _) in enumerate(keys):
                 clock.now = START + (turn + index / len(keys)) / scenario.rate_per_key
@@ -534,6 +564,11 @@ class CapacityReplay:
         end = START + per_key / scenario.rate_per_key
         clock.now = end
         _drain(sink, poller)
+        if poller is not None:
+            # What the buffers hold at the end is flushed in the steady state's next seconds,
+            # as the warm-up's were in the window: unmetered, so the window counts one period.
+            meter.paused = True
+            poller.flush()
         result = ScenarioResult(
             scenario=scenario,
             start=metered_from,
@@ -553,6 +588,7 @@ class CapacityReplay:
             evict_after=evict_after,
             event_source=share,
             template_batch=self._event_source.batch_size,
+            **self._buffer_fields(poller),
         )
         self._end(table, queue_url)
         return result
@@ -670,9 +706,30 @@ class CapacityReplay:
         handler: Callable[[dict[str, Any], Any], dict[str, Any]] = function.lambda_handler()
         return handler, app.state.query_sink
 
+    def _pollers(
+        self, queue_url: str | None, settings: Any, meter: CapacityMeter, clock: SimulatedClock
+    ) -> _Pollers | None:
+        """The event source's pollers, each with its own monitor environment (none without a
+        queue)."""
+        if not queue_url:
+            return None
+        monitor_settings = dataclasses.replace(settings, **self._monitor_settings)
+        environments = [
+            self._monitor_handler(monitor_settings, meter, clock) for _ in range(self.pollers)
+        ]
+        return _Pollers(self, queue_url, environments, clock)
+
+    def _buffer_fields(self, poller: _Pollers | None) -> dict[str, Any]:
+        if poller is None:
+            return {}
+        buffer = poller.monitors[0].buffer
+        return {"pollers": len(poller.monitors), "flush_seconds": buffer.flush_seconds,
+                "flush_messages": buffer.flush_messages}  # fmt: skip
+
     def _monitor_handler(
-        self, settings: Any, meter: CapacityMeter
-    ) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+        self, settings: Any, meter: CapacityMeter, clock: SimulatedClock
+    ) -> tuple[Callable[[dict[str, Any], Any], dict[str, Any]], ExtractionMonitor]:
+        """One monitor environment: its handler and its monitor (to flush it at the end)."""
         from security.wiring import monitor_function
 
         def factory(service: str, *, config: Any = None) -> Any:
@@ -680,14 +737,14 @@ class CapacityReplay:
                 return meter.attach(self._dynamodb())
             return self._sqs_client()
 
-        function = monitor_function(settings, factory=factory)
+        function = monitor_function(settings, factory=factory, clock=clock)
 
         def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             # handlers/monitor.py's body
             function.audit.enter(context)
             return function.monitor.process_sqs_event(event)
 
-        return handler
+        return handler, function.monitor
 
     def receive(self, queue_url: str) -> list[dict[str, Any]]:
         """Every message visible in the queue now, deleted as received (the poller holds them)."""
@@ -733,26 +790,72 @@ class CapacityReplay:
 
 
 class _Poller:
-    """One event-source poller: it holds received messages until a batch is due, then invokes
-    the monitor with it (``EventSourceModel``)."""
+    """One event-source poller: it holds the messages dealt to it until a batch is due, then
+    invokes its monitor environment with it (``EventSourceModel``)."""
+
+    def __init__(
+        self,
+        pollers: _Pollers,
+        monitor: Callable[[dict[str, Any], Any], dict[str, Any]],
+        clock: SimulatedClock,
+    ) -> None:
+        self._pollers = pollers
+        self._monitor = monitor
+        self._clock = clock
+        self.held: list[tuple[float, dict[str, Any]]] = []
+
+    def tick(self) -> None:
+        """Invoke the monitor with every batch due at the simulated time now."""
+        model = self._pollers.model
+        while self.held and (
+            len(self.held) >= model.batch_size
+            or self._clock() - self.held[0][0] >= model.window_seconds
+        ):
+            self._invoke(model.batch_size)
+
+    def finish(self) -> None:
+        """Deliver what is held (the windows close after the last request)."""
+        while self.held:
+            self._invoke(self._pollers.model.batch_size)
+
+    def _invoke(self, size: int) -> None:
+        batch, self.held = self.held[:size], self.held[size:]
+        result = self._monitor(
+            sqs_event([m for _, m in batch]),
+            LambdaContext("MonitorFunction", log_stream_name="capacity"),
+        )
+        self._pollers.failures += len(result.get("batchItemFailures", []))
+        self._pollers.batches.append(len(batch))
+
+
+class _Pollers:
+    """The event source's pollers: what the sink has sent is received and dealt to them at
+    random; each batches its own and invokes its own monitor environment."""
 
     def __init__(
         self,
         replay: CapacityReplay,
         queue_url: str,
-        monitor: Callable[[dict[str, Any], Any], dict[str, Any]],
+        environments: list[
+            tuple[Callable[[dict[str, Any], Any], dict[str, Any]], ExtractionMonitor]
+        ],
         clock: SimulatedClock,
     ) -> None:
         self._replay = replay
         self._queue_url = queue_url
-        self._monitor = monitor
         self._clock = clock
+        self._pollers = [_Poller(self, handler, clock) for handler, _ in environments]
+        #: Each environment's monitor (its buffer).
+        self.monitors = [monitor for _, monitor in environments]
         #: How batches close (the template's event source unless replaced).
         self.model = replay.event_source
-        self._held: list[tuple[float, dict[str, Any]]] = []
         self.seen_calls = 0
         self.failures = 0
+        #: Messages of each monitor invocation, in order (all pollers).
         self.batches: list[int] = []
+        # Each received message goes to one poller at random (seeded: the same every run), as
+        # each of Lambda's pollers receives what the queue hands it.
+        self._rng = random.Random(_SEED)  # noqa: S311 - simulated, not a secret
 
     def receive_if(self, sent: bool, sink: Any) -> None:
         """Receive what the sink has sent (only after it sent: no call otherwise)."""
@@ -760,27 +863,25 @@ class _Poller:
             self.seen_calls = sink.calls
         if sent:
             now = self._clock()
-            self._held += [(now, m) for m in self._replay.receive(self._queue_url)]
+            for message in self._replay.receive(self._queue_url):
+                self._pollers[self._rng.randrange(len(self._pollers))].held.append((now, message))
             self.tick()
 
     def tick(self) -> None:
-        """Invoke the monitor with every batch due at the simulated time now."""
-        while self._held and (
-            len(self._held) >= self.model.batch_size
-            or self._clock() - self._held[0][0] >= self.model.window_seconds
-        ):
-            self._invoke(self.model.batch_size)
+        """Every poller invokes its monitor with the batches due now."""
+        for poller in self._pollers:
+            poller.tick()
 
     def finish(self) -> None:
-        """Deliver what is held (the windows close after the last request)."""
-        while self._held:
-            self._invoke(self.model.batch_size)
+        """Every poller delivers what it holds."""
+        for poller in self._pollers:
+            poller.finish()
 
-    def _invoke(self, size: int) -> None:
-        batch, self._held = self._held[:size], self._held[size:]
-        result = self._monitor(
-            sqs_event([m for _, m in batch]),
-            LambdaContext("MonitorFunction", log_stream_name="capacity"),
-        )
-        self.failures += len(result.get("batchItemFailures", []))
-        self.batches.append(len(batch))
+    def flush(self) -> None:
+        """Every monitor environment applies its buffer, as at shutdown."""
+        for monitor in self.monitors:
+            monitor.flush()
+
+    def pending_rows(self) -> int:
+        """Rows the monitor environments' buffers hold."""
+        return sum(monitor.buffer.pending_rows() for monitor in self.monitors)

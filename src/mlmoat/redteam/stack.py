@@ -116,6 +116,9 @@ class RedTeamStack:
             # the sink sends it as it is served. Its buffer keeps a principal's order, so it
             # cannot change which row fires; the capacity replay runs the buffered default.
             "SECURITY_EXTRACTION_SEND_MAX_DELAY": "0",
+            # Likewise the monitor applies each drained batch at once (its buffer, too, keeps a
+            # principal's order: the row that fires is the same; it only fires later).
+            "SECURITY_MONITOR_FLUSH_SECONDS": "0",
         }
 
     def _set_env(self, env: dict[str, str]) -> None:

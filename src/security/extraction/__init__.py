@@ -3,8 +3,10 @@
 The predict path hands each served request to ``QuerySink.send``, which queues one SQS message
 (``QueryMessage``: principal, model, request id, time, rows, predicted labels and top-1
 confidences) for the extraction queue and never raises. ``MonitorFunction`` feeds each SQS batch
-to ``ExtractionMonitor.process_sqs_event``, which groups it by principal and model and, per
-group, reads the principal's bounded ``DetectorState`` once from DynamoDB (item
+to ``ExtractionMonitor.process_sqs_event``, which buffers it by principal and model
+(``PendingBuffer``: a group waits in the execution environment until enough of its messages are
+pending, its oldest is old enough, memory runs short or the environment shuts down) and, per
+group flushed, reads the principal's bounded ``DetectorState`` once from DynamoDB (item
 ``mon#<principal>#<model>``), applies the group's messages in order, writes it back once, and
 flags or suspends the principal when a detector fires (``Settings.extraction_action``), writing
 an audit record and a metric.
@@ -39,6 +41,7 @@ The package, by concern:
 - ``reference``: ``MonitorReference`` and ``load_monitor_references`` (defences.json).
 - ``state``: ``DetectorState`` and its compact binary layout.
 - ``detectors``: ``ExtractionDetector`` and its ``Verdict``.
+- ``buffer``: ``PendingBuffer``, the monitor's write-behind buffer, and ``BUFFER_LOST_EVENT``.
 - ``monitor``: ``ExtractionMonitor``, ``MonitorOutcome``, ``BatchResult``, the store and audit
   protocols, and ``flag_audit_sink``.
 
@@ -56,6 +59,7 @@ from security.extraction.message import MESSAGE_VERSION, PACKED_VERSION, FloatAr
 from security.extraction.sink import QuerySink
 
 if TYPE_CHECKING:
+    from security.extraction.buffer import BUFFER_LOST_EVENT, PendingBuffer
     from security.extraction.detectors import ExtractionDetector, Verdict
     from security.extraction.monitor import (
         EXTRACTION_ACTIONS,
@@ -78,6 +82,8 @@ _LAZY: dict[str, str] = {
     "DetectorState": "security.extraction.state",
     "ExtractionDetector": "security.extraction.detectors",
     "Verdict": "security.extraction.detectors",
+    "BUFFER_LOST_EVENT": "security.extraction.buffer",
+    "PendingBuffer": "security.extraction.buffer",
     "EXTRACTION_ACTIONS": "security.extraction.monitor",
     "UNMONITORED_EVENT": "security.extraction.monitor",
     "AuditSink": "security.extraction.monitor",
@@ -89,6 +95,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "BUFFER_LOST_EVENT",
     "EXTRACTION_ACTIONS",
     "MESSAGE_VERSION",
     "PACKED_VERSION",
@@ -102,6 +109,7 @@ __all__ = [
     "MonitorOutcome",
     "MonitorReference",
     "MonitorStateStore",
+    "PendingBuffer",
     "QueryMessage",
     "QuerySink",
     "Verdict",

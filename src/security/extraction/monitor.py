@@ -22,6 +22,14 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from security.audit import AUDIT_MESSAGE, METRICS_NAMESPACE, AuditLog
 from security.errors import StoreUnavailableError
+from security.extraction.buffer import (
+    BUFFER_LOST_EVENT,
+    FLUSH_MESSAGES,
+    LOST_LOG_FIELDS,
+    MAX_PENDING_BYTES,
+    GroupKey,
+    PendingBuffer,
+)
 from security.extraction.detectors import (
     ExtractionDetector,
     Verdict,
@@ -80,6 +88,8 @@ class MonitorOutcome:
     verdict: Verdict | None
     # The model has no reference: the message was acknowledged and audited, not applied.
     unmonitored: bool = False
+    # Buffered (acknowledged, applied at its group's flush): no state was read for it yet.
+    pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +113,17 @@ class ExtractionMonitor:
         clock: Callable[[], float] = time.time,
         action_for: Callable[[str], str] | None = None,
         unavailable: Mapping[str, str] | None = None,
+        flush_seconds: float = 0.0,
+        flush_messages: int = FLUSH_MESSAGES,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+        report: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         """Wire the store, the per-model references, the action and the audit sink.
+
+        ``flush_seconds``, ``flush_messages`` and ``max_pending_bytes`` are the write-behind
+        buffer's rule (``security.extraction.buffer``; ``flush_seconds=0``, the default here,
+        applies every group in the invocation that received it). ``report``, when given,
+        receives the buffer's position after each batch and each flush.
 
         ``action_for(model)``, when given, is asked for the action at each detection (the
         runtime document of ``security.runtime_config``; ``action`` is its deploy-time default).
@@ -112,7 +131,8 @@ class ExtractionMonitor:
         the audit record of their messages).
 
         Raises:
-            ValueError: the action is not ``flag`` or ``suspend``.
+            ValueError: the action is not ``flag`` or ``suspend``, or a buffer bound is out of
+                range.
         """
         if action not in EXTRACTION_ACTIONS:
             raise ValueError("extraction action must be flag or suspend")
@@ -123,6 +143,9 @@ class ExtractionMonitor:
         self._audit = audit
         self._clock = clock
         self._unavailable = dict(unavailable or {})
+        self.buffer = PendingBuffer(flush_messages=flush_messages, flush_seconds=flush_seconds,
+                                    max_bytes=max_pending_bytes)  # fmt: skip
+        self._report = report
 
     def process(self, message: QueryMessage) -> MonitorOutcome:
         """Apply one message (a batch of one); raise (so it is retried) when it cannot be.
@@ -136,36 +159,102 @@ class ExtractionMonitor:
         return self._group(message.principal_id, message.model, [message])[0]
 
     def process_batch(self, items: Sequence[tuple[str, QueryMessage]]) -> BatchResult:
-        """Apply a batch of ``(item id, message)``, grouped by principal and model.
+        """Buffer a batch of ``(item id, message)`` by principal and model, and flush the groups
+        that are due (``PendingBuffer.due``): every one when ``flush_seconds`` is 0.
 
-        Each group's state is read once, every message of the group is applied to it in batch
-        order, and it is written once (with the flag, if one fired, before it). A group that
+        A flushed group's state is read once, its pending messages are applied in the order
+        received, and it is written once (with the flag, if one fired, before it). A group that
         fails (the store, the runtime document, a state that does not parse) fails alone: its
-        item ids are returned for redelivery and every other group is kept.
+        item ids of this batch are returned for redelivery, its messages of earlier batches
+        stay pending (retried after ``flush_seconds``), and every other group is kept. Once the
+        store has failed in a batch, no group without a message of this batch is tried again in
+        it. The messages held for later are acknowledged (``MonitorOutcome.pending``).
         """
-        groups: dict[tuple[str, str], list[tuple[str, QueryMessage]]] = {}
-        for item_id, message in items:
-            groups.setdefault((message.principal_id, message.model), []).append((item_id, message))
+        buffer = self.buffer
+        now = self._clock()
+        invocation = buffer.begin()
         outcomes: dict[str, MonitorOutcome] = {}
+        for item_id, message in items:
+            if message.model in self._detectors:
+                buffer.add(item_id, message, now)
+            else:
+                outcomes[item_id] = self._unmonitored(message)
         failed: list[str] = []
-        for (principal, model), members in groups.items():
-            try:
-                results = self._group(principal, model, [message for _, message in members])
-            except Exception as exc:  # noqa: BLE001 - the group is redelivered, the rest kept
-                _LOG.warning(
-                    "monitor_group_failed",
-                    extra={
-                        "principal_id": principal,
-                        "model": model[:64],
-                        "messages": len(members),
-                        "error": type(exc).__name__,
-                        "reason": str(getattr(exc, "reason", ""))[:64],
-                    },
-                )
-                failed.extend(item_id for item_id, _ in members)
+        store_down = False
+        for key, forced in buffer.due(now):
+            entries = buffer.take(key)
+            current = [e for e in entries if e.invocation == invocation]
+            earlier = [e for e in entries if e.invocation != invocation]
+            if store_down and not current:
+                self._lost(buffer.hold(key, earlier, forced, retry_at=now, why="store_unavailable"))
                 continue
-            outcomes.update((item_id, r) for (item_id, _), r in zip(members, results, strict=True))
+            try:
+                results = self._group(*key, [e.message for e in entries])
+            except Exception as exc:  # noqa: BLE001 - the group is redelivered, the rest kept
+                self._group_failed(key, len(entries), exc)
+                store_down = store_down or _store_failure(exc)
+                failed.extend(e.item_id for e in current)
+                buffer.flushed += len(current)
+                retry_at = now + buffer.flush_seconds
+                self._lost(buffer.hold(key, earlier, forced, retry_at=retry_at, why="flush_failed"))
+                continue
+            buffer.flushed += len(entries)
+            outcomes.update(
+                (e.item_id, r)
+                for e, r in zip(entries, results, strict=True)
+                if e.invocation == invocation
+            )
+        refused = set(failed)
+        for item_id, message in items:
+            if item_id not in outcomes and item_id not in refused:
+                outcomes[item_id] = MonitorOutcome(
+                    message.principal_id, message.model, 0, False, None, pending=True
+                )
+        if self._report is not None:
+            self._report(buffer.position())
         return BatchResult(outcomes, failed)
+
+    def flush(self) -> None:
+        """Apply every pending group now (at shutdown, at the end of a replay). The messages of
+        a group whose flush fails are lost, and reported (``MonitorBufferLost``); after a
+        failure of the store, the remaining groups are lost without another try."""
+        buffer = self.buffer
+        groups = buffer.groups()
+        if not groups:
+            return
+        store_down = False
+        for key in groups:
+            entries = buffer.take(key)
+            if store_down:
+                self._lost(buffer.give_up(key, entries, "shutdown_store_unavailable"))
+                continue
+            try:
+                self._group(*key, [e.message for e in entries])
+            except Exception as exc:  # noqa: BLE001 - reported as lost, the rest flushed
+                self._group_failed(key, len(entries), exc)
+                store_down = _store_failure(exc)
+                self._lost(buffer.give_up(key, entries, "shutdown_flush_failed"))
+                continue
+            buffer.flushed += len(entries)
+        if self._report is not None:
+            self._report(buffer.position())
+
+    def _lost(self, record: dict[str, Any] | None) -> None:
+        if record is not None:
+            _LOG.warning(BUFFER_LOST_EVENT, extra={k: record[k] for k in LOST_LOG_FIELDS})
+            self._audit(record)
+
+    def _group_failed(self, key: GroupKey, messages: int, exc: Exception) -> None:
+        _LOG.warning(
+            "monitor_group_failed",
+            extra={
+                "principal_id": key[0],
+                "model": key[1][:64],
+                "messages": messages,
+                "error": type(exc).__name__,
+                "reason": str(getattr(exc, "reason", ""))[:64],
+            },
+        )
 
     def process_sqs_event(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """MonitorFunction's batch: an SQS event in, ``batchItemFailures`` out.
@@ -303,6 +392,11 @@ def _apply(
     return outcomes, detection
 
 
+def _store_failure(exc: Exception) -> bool:
+    """The store itself failed (not a lost race, a runtime document or a malformed state)."""
+    return isinstance(exc, StoreUnavailableError) and exc.reason != "monitor_state_conflict"
+
+
 def _refused(state: DetectorState) -> Verdict:
     fires = observe_request(state, refused=True)
     refusals = sum(state.refusal_bits)
@@ -317,7 +411,8 @@ def _refused(state: DetectorState) -> Verdict:
 
 def flag_audit_sink(audit_log: AuditLog, *, service: str) -> AuditSink:
     """An audit sink writing each monitor record as one audit line with its metric: a flag with
-    ``ExtractionFlags``, an unmonitored message with ``UnmonitoredQueries``."""
+    ``ExtractionFlags``, an unmonitored message with ``UnmonitoredQueries``, buffered messages
+    given up with ``MonitorBufferLost`` (their count)."""
 
     def emit(record: Mapping[str, Any]) -> None:
         metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=service)
@@ -326,6 +421,11 @@ def flag_audit_sink(audit_log: AuditLog, *, service: str) -> AuditSink:
             # The alarm counts them over every model.
             metrics.add_dimensions(service=service)
             metrics.add_metric(name="UnmonitoredQueries", unit=MetricUnit.Count, value=1)
+        elif record.get("event") == BUFFER_LOST_EVENT:
+            metrics.add_dimensions(service=service)
+            metrics.add_metric(
+                name="MonitorBufferLost", unit=MetricUnit.Count, value=int(record["messages"])
+            )
         else:
             metrics.add_dimension(name="decision", value=str(record["decision"]))
             metrics.add_dimension(name="model", value=str(record["model"]))

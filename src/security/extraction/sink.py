@@ -260,8 +260,7 @@ def flush_at_shutdown(sink: QuerySink, report: Callable[[Delivery], None]) -> No
     (what was lost, and the buffer's final counts) when there was anything to send.
 
     Lambda sends SIGTERM before it shuts an environment down when the function has an extension
-    registered; the interpreter's exit runs ``atexit``. The previous SIGTERM handler is kept
-    (called, or the default restored and the signal raised again). Without either (an
+    registered; the interpreter's exit runs ``atexit`` (``at_shutdown``). Without either (an
     environment stopped with SIGKILL alone) the buffer, at most one batch, is gone: the bound
     docs/ml-defences.md states.
     """
@@ -270,6 +269,12 @@ def flush_at_shutdown(sink: QuerySink, report: Callable[[Delivery], None]) -> No
         if sink.pending:
             report(sink.flush())
 
+    at_shutdown(flush)
+
+
+def at_shutdown(flush: Callable[[], object]) -> None:
+    """Run ``flush`` at the interpreter's exit (``atexit``) and on SIGTERM. The previous SIGTERM
+    handler is kept (called, or the default restored and the signal raised again)."""
     atexit.register(flush)
     if threading.current_thread() is not threading.main_thread():
         return  # signal handlers can only be installed from the main thread
