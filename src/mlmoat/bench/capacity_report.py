@@ -65,7 +65,7 @@ SHARDS = 20
 #: (whole periods of the monitor's 30 s buffer: a principal's buffered messages are written
 #: about once a period per environment), unmetered warm-up seconds (past 132 s, an
 #: environment's cache lifetime for a key at 10,000 keys over 250 environments, and the writer
-#: lanes' 60 s horizon) and its rows per request (16: the monitor's states reach their plateau,
+#: lanes' 24 s horizon) and its rows per request (16: the monitor's states reach their plateau,
 #: docs/ml-defences.md "State layout").
 STEADY_SAMPLE = 20
 STEADY_QUICK_SAMPLE = 2
@@ -563,7 +563,7 @@ def _render_lanes(report: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "Counting items by the model (one writer lane per environment that wrote the item in the "
-        "last 60-120 s; measured bytes per lane and other attributes):",
+        "last 24-48 s; measured bytes per lane and other attributes):",
         "",
         "| scenario | lanes on the largest item | bytes per lane | other bytes "
         "| lanes under 1 KB (1 WCU) |",
