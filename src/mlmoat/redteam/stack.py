@@ -37,6 +37,20 @@ REPO = Path(__file__).resolve().parents[3]
 _DUMMY_AWS = {**DUMMY_CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
 
 
+#: The settings every function of the stack runs with (each declared by the template: the local
+#: workers, like SAM, ignore an override of a variable it does not declare).
+SERVED_SETTINGS = {
+    "SECURITY_MAX_ROWS": "100",
+    # Detection is measured per row and the drain after each request reads each query: the sink
+    # sends it as it is served. Its buffer keeps a principal's order, so it cannot change which
+    # row fires; the capacity replay runs the buffered default.
+    "SECURITY_EXTRACTION_SEND_MAX_DELAY": "0",
+    # Likewise the monitor applies each drained batch at once (its buffer, too, keeps a
+    # principal's order: the row that fires is the same; it only fires later).
+    "SECURITY_MONITOR_FLUSH_SECONDS": "0",
+}
+
+
 class RedTeamStack:
     """An embedded DynamoDB/SQS with the template's resources and the two handlers loaded."""
 
@@ -110,15 +124,8 @@ class RedTeamStack:
         served = sorted(p.name for p in self.model_dir.iterdir() if (p / "manifest.json").is_file())
         return {
             "SECURITY_MODEL_DIR": str(self.model_dir),
-            "SECURITY_MAX_ROWS": "100",
             "SECURITY_DEFAULT_MODEL": default if default in served else served[0],
-            # Detection is measured per row and the drain after each request reads each query:
-            # the sink sends it as it is served. Its buffer keeps a principal's order, so it
-            # cannot change which row fires; the capacity replay runs the buffered default.
-            "SECURITY_EXTRACTION_SEND_MAX_DELAY": "0",
-            # Likewise the monitor applies each drained batch at once (its buffer, too, keeps a
-            # principal's order: the row that fires is the same; it only fires later).
-            "SECURITY_MONITOR_FLUSH_SECONDS": "0",
+            **SERVED_SETTINGS,
         }
 
     def _set_env(self, env: dict[str, str]) -> None:
