@@ -107,8 +107,8 @@ def test_state_round_trips_and_stays_bounded() -> None:
     again = DetectorState.from_bytes(blob)
     assert again.rows_seen == 3000 and again.flag_reason == state.flag_reason
     assert all(s.shape[0] <= 64 for s in again.class_sets.values())
-    assert len(again.distances) <= 400 and len(again.off_bits) <= 200
-    assert len(blob) < 20_000
+    assert len(again.distances) == 200 and len(again.off_bits) == 200
+    assert len(blob) <= 880
 
 
 def test_message_round_trip_and_validation() -> None:
@@ -254,3 +254,23 @@ def test_references_load_per_model_and_a_bad_one_is_recorded_alone(tmp_path: Pat
     # and without a record the first failure still raises (the tooling's strict mode)
     with pytest.raises(ModelIntegrityError):
         load_monitor_references(models)
+
+
+def test_a_reference_calibrated_on_an_earlier_state_layout_runs_without_prada() -> None:
+    # given the PRADA stream that fires, under a reference whose section predates layout 3
+    section = _reference(prada_delta=0.9, off_manifold_threshold=99.0).to_dict()
+    stale = MonitorReference.from_dict("m", {k: v for k, v in section.items()
+                                             if k != "state_layout"})  # fmt: skip
+    assert stale.prada_stale and not MonitorReference.from_dict("m", section).prada_stale
+    base = 0.5 + 0.05 * np.random.default_rng(4).normal(size=(1, 3))
+    rows = base + np.geomspace(1e-1, 1e-6, 150)[:, None] * np.ones((1, 3))
+    state = DetectorState()
+    ExtractionDetector(stale).observe(state, rows, labels=["a"] * 150)
+    # then PRADA does not fire (its delta was set on other distances) ...
+    assert not state.flagged and len(state.distances) == 149
+    # ... and the other detectors still do: far off-manifold rows flag it
+    off = ExtractionDetector(MonitorReference.from_dict(
+        "m", {**section, "off_manifold_threshold": 0.01, "state_layout": 2}))  # fmt: skip
+    state = DetectorState()
+    off.observe(state, rows, labels=["a"] * 150)
+    assert state.flagged and state.flag_reason == "off_manifold"

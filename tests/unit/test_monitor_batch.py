@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mlmoat.bench.itemsize import item_size
 from security.errors import StoreUnavailableError
 from security.extraction import (
     DetectorState,
@@ -26,14 +27,18 @@ from security.extraction import (
     QueryMessage,
 )
 from security.extraction.detectors import set_cap
-from security.extraction.state import RECENT_TOKENS, quantise_rows, token_digest
+from security.extraction.state import (
+    RECENT_TOKENS,
+    STATE_VERSION,
+    quantise_distance,
+    quantise_rows,
+    token_digest,
+)
+from security.monitor_state import monitor_pk
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-#: DynamoDB's strongly consistent read unit: a state item up to this size costs one.
-READ_UNIT = 4096
-#: What the item adds to the state blob: the key (``mon#key#<id>#<model>``), the attribute
-#: names, the version, ``updated_at`` and ``ttl`` (measured: under 100 bytes).
-ITEM_OVERHEAD = 120
+#: DynamoDB's write unit: a state item up to this size costs one.
+WRITE_UNIT = 1024
 
 
 class MemoryStore:
@@ -151,8 +156,8 @@ def test_a_batch_gives_the_same_state_and_verdicts_as_one_message_at_a_time(mode
 
 
 @pytest.mark.parametrize("model", ["iris", "breast-cancer", "breast-cancer-forest"])
-def test_the_state_stays_within_one_read_unit_whatever_the_feature_count(model: str) -> None:
-    # given a principal past every window and cap: 3,000 rows over three labels, 64 tokens
+def test_the_state_item_stays_within_one_write_unit_whatever_the_feature_count(model: str) -> None:
+    # given a principal past every window and cap: 3,000 rows over three labels, 32 tokens
     reference = _reference(model)
     store = MemoryStore()
     monitor, _ = _monitor(store, {model: reference})
@@ -161,13 +166,25 @@ def test_the_state_stays_within_one_read_unit_whatever_the_feature_count(model: 
     blob, _ = store.items[("key#b", model)]
     state = DetectorState.from_bytes(blob)
     width = len(reference.lower)
-    # then the sets share the byte budget, the windows are full, the tokens are the last 64
-    assert all(rows.shape[0] == set_cap(reference, 3, width) for rows in state.class_sets.values())
-    assert sum(rows.size for rows in state.class_sets.values()) * 2 <= reference.prada_set_bytes
+    labels = list(state.class_sets)
+    # then the sets share what the rest of the state leaves, the windows are full, the tokens
+    # are the last 32, and the state is within its budget
+    assert len(labels) == 3
+    cap = set_cap(reference, labels, width)
+    assert all(rows.shape[0] == cap for rows in state.class_sets.values())
     assert len(state.distances) == reference.prada_window and len(state.off_bits) == 200
     assert len(state.recent_requests) == RECENT_TOKENS
-    # and the item (blob and its key and attributes) is at most one 4 KB read unit
-    assert len(blob) + ITEM_OVERHEAD <= READ_UNIT, len(blob)
+    assert len(blob) <= reference.state_bytes, len(blob)
+    # and the item as DynamoDB sizes it (a 12-character key id, a 64-character model name, the
+    # version, updated_at and ttl) is at most 1 KB: one write unit
+    item = {
+        "pk": {"S": monitor_pk(f"key#{'k' * 12}", "m" * 64)},
+        "state": {"B": blob},
+        "state_version": {"N": "999999"},
+        "updated_at": {"N": "1796600000"},
+        "ttl": {"N": "1797200000"},
+    }
+    assert item_size(item) <= WRITE_UNIT, item_size(item)
 
 
 def test_a_batch_is_grouped_by_principal_and_a_failing_group_fails_alone() -> None:
@@ -259,8 +276,9 @@ def test_a_state_of_the_previous_layout_is_read_and_rewritten_compact() -> None:
     state = DetectorState.from_bytes(old)
     assert (state.rows_seen, state.off_bits, state.low_bits) == (2, [0, 1], [1, 0])
     assert state.recent_requests == [token_digest("req-1/0"), token_digest("req-2/0")]
-    np.testing.assert_allclose(state.class_sets["setosa"], sets, atol=5e-5)
-    # then the next save is version 2 and reads back to the same values
+    # (onto version 3's grid: within half its 0.0059 step)
+    np.testing.assert_allclose(state.class_sets["setosa"], sets, atol=0.003)
+    # then the next save is version 3 and reads back to the same values
     again = DetectorState.from_bytes(state.to_bytes())
     assert (again.rows_seen, again.off_bits, again.distances) == (2, [0, 1], state.distances)
     assert again.recent_requests == state.recent_requests
@@ -279,8 +297,46 @@ def test_stored_coordinates_and_distances_are_already_quantised_in_memory() -> N
         detector.observe(state, message.rows, labels=message.labels, confidences=(0.9,))
     for rows in state.class_sets.values():
         assert np.array_equal(quantise_rows(rows), rows)
-    assert all(float(np.float16(d)) == d for d in state.distances)
+    assert all(quantise_distance(d) == d for d in state.distances)
     again = DetectorState.from_bytes(state.to_bytes())
     assert again.distances == state.distances and again.class_stats == state.class_stats
     for label, rows in state.class_sets.items():
         assert np.array_equal(again.class_sets[label], rows)
+
+
+def test_a_version_2_state_is_read_onto_version_3_and_brought_within_the_bounds() -> None:
+    # given a state the previous monitor wrote at its plateau (tests/unit/data, 3,691 bytes: 400
+    # float16 distances, 96 uint16 rows per class, 64 six-byte tokens, a flag)
+    old = (Path(__file__).parent / "data" / "monitor-state-v2.bin").read_bytes()
+    assert old[0] == 2 and len(old) == 3691
+    state = DetectorState.from_bytes(old)
+    # then it reads with its counters, flag and tokens (truncated digests: a redelivered
+    # message it remembered is still recognised)
+    assert (state.rows_seen, state.flagged, state.flagged_at_row) == (3000, True, 2977)
+    assert state.flag_reason == "off_manifold+prada"
+    assert len(state.recent_requests) == RECENT_TOKENS
+    assert state.recent_requests[-1] == token_digest("req-2999/0")
+    assert all(quantise_distance(d) == d for d in state.distances)
+    for rows in state.class_sets.values():
+        assert np.array_equal(quantise_rows(rows), rows)
+    # and the next row brings its windows and sets within the reference, under the budget
+    reference = _reference("iris")
+    ExtractionDetector(reference).observe(state, _benign_stream(reference, 1, seed=1)[0].rows,
+                                          labels=["setosa"], confidences=[0.9])  # fmt: skip
+    blob = state.to_bytes()
+    assert blob[0] == STATE_VERSION and len(blob) <= reference.state_bytes, len(blob)
+    cap = set_cap(reference, list(state.class_sets), 4)
+    assert all(rows.shape[0] <= cap for rows in state.class_sets.values())
+    assert len(state.distances) == reference.prada_window
+    again = DetectorState.from_bytes(blob)
+    assert (again.rows_seen, again.flag_reason, again.recent_requests) == (
+        3001, "off_manifold+prada", state.recent_requests)  # fmt: skip
+
+
+def test_a_flag_reason_is_stored_as_detector_bits() -> None:
+    for reason in ("", "off_manifold", "low_confidence+prada", "refusals",
+                   "off_manifold+low_confidence+prada"):  # fmt: skip
+        state = DetectorState(flagged=bool(reason), flag_reason=reason)
+        assert DetectorState.from_bytes(state.to_bytes()).flag_reason == reason
+    with pytest.raises(ValueError, match="no detector"):
+        DetectorState(flagged=True, flag_reason="boundary").to_bytes()

@@ -3,8 +3,9 @@
 ``ExtractionDetector.observe`` feeds rows through ``off_manifold``, ``low_confidence`` and
 ``prada`` (see the package docstring) and updates a ``DetectorState``
 (``security.extraction.state``): growing sets capped FIFO per class within a byte budget,
-fixed-length windows and O(1) running statistics, so a serialised state stays under 4 KB on the
-shipped models whatever their feature count (one read unit, at most four write units).
+fixed-length windows and O(1) running statistics, so a serialised state stays within the
+reference's ``state_bytes`` (880 bytes: the item under 1 KB, one write unit) whatever the model's
+feature count, unless it has so many classes and features that one row per class passes it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ import numpy.typing as npt
 
 from security.extraction.message import FloatArray
 from security.extraction.reference import MonitorReference
-from security.extraction.state import DetectorState, quantise_distance, quantise_rows
+from security.extraction.state import (
+    DetectorState,
+    plateau_bytes,
+    quantise_distance,
+    quantise_rows,
+)
 from security.extraction.stats import critical_count, shapiro_w
 
 
@@ -53,6 +59,7 @@ class ExtractionDetector:
         values = np.asarray(rows, dtype=np.float64)
         if values.ndim == 1:
             values = values.reshape(1, -1)
+        _fit(state, ref)
         z_rows = ref.normalise(values)
         off = ref.off_manifold_scores(values) > ref.off_manifold_threshold
         newly = False
@@ -106,27 +113,40 @@ class ExtractionDetector:
         threshold = mean - math.sqrt(m2 / count)
         if distance > threshold:
             grown = np.vstack([known, quantise_rows(z.reshape(1, -1))])
-            state.class_sets[label] = grown[-set_cap(ref, len(state.class_sets), z.size) :]
-        if len(state.distances) < ref.prada_min_distances:
+            state.class_sets[label] = grown[-set_cap(ref, list(state.class_sets), z.size) :]
+        if len(state.distances) < ref.prada_min_distances or ref.prada_stale:
             return False
         return shapiro_w(state.distances) < ref.prada_delta
 
 
-def set_cap(reference: MonitorReference, classes: int, width: int) -> int:
-    """Rows each class's PRADA set keeps: ``prada_set_cap``, fewer when the model is so wide (or
-    has so many classes) that ``classes`` sets of that many rows would pass
-    ``prada_set_bytes`` (2 bytes a coordinate); at least one row."""
-    fits = reference.prada_set_bytes // max(1, 2 * classes * width)
+def set_cap(reference: MonitorReference, labels: Sequence[str], width: int) -> int:
+    """Rows each class's PRADA set keeps: ``prada_set_cap``, fewer when the sets of ``labels``
+    would take the state past ``state_bytes`` once its windows are full (one byte a coordinate,
+    ``state.plateau_bytes``); at least one row."""
+    rest = plateau_bytes(window=reference.window, prada_window=reference.prada_window,
+                         labels=labels)  # fmt: skip
+    fits = (reference.state_bytes - rest) // max(1, len(labels) * width)
     return max(1, min(reference.prada_set_cap, fits))
 
 
 def _trim_sets(state: DetectorState, reference: MonitorReference) -> None:
     # A new class shares the budget: every set keeps its newest rows within the new cap.
     width = next(iter(state.class_sets.values())).shape[1]
-    cap = set_cap(reference, len(state.class_sets), width)
+    cap = set_cap(reference, list(state.class_sets), width)
     for label, rows in state.class_sets.items():
         if rows.shape[0] > cap:
             state.class_sets[label] = rows[-cap:]
+
+
+def _fit(state: DetectorState, reference: MonitorReference) -> None:
+    # A state read from an earlier layout (or under a reference with other bounds) is brought
+    # within this reference's windows and caps before it is used.
+    for window, size in ((state.off_bits, reference.window), (state.low_bits, reference.window),
+                         (state.distances, reference.prada_window)):  # fmt: skip
+        if len(window) > size:
+            del window[: len(window) - size]
+    if state.class_sets:
+        _trim_sets(state, reference)
 
 
 #: Requests per principal and model over which refusals are judged, and the signal: at least

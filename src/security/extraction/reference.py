@@ -7,6 +7,7 @@ Each model's reference is the ``monitor`` section of its defences.json, written 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ import numpy.typing as npt
 
 from security.errors import ModelIntegrityError
 from security.extraction.message import FloatArray
+from security.extraction.state import STATE_VERSION
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +38,23 @@ class MonitorReference:
     low_confidence_p0: float
     prada_delta: float
     prada_min_distances: int = 100
-    prada_window: int = 400
+    prada_window: int = 200
     prada_set_cap: int = 128
-    #: Bytes all of a principal's PRADA sets may take together (2 per coordinate).
-    prada_set_bytes: int = 2304
+    #: Bytes a principal's whole state may take at its plateau: PRADA's sets get what the rest
+    #: leaves (one byte a coordinate; ``detectors.set_cap``), so the item stays under 1 KB.
+    state_bytes: int = 880
     window: int = 200
     min_rows: int = 20
     alpha: float = 1e-7
+    #: The state layout (``state.STATE_VERSION``) PRADA's delta was calibrated on. A reference
+    #: calibrated on another one keeps its other detectors and runs PRADA disabled (its W on this
+    #: layout's sets and distances is not what the delta was set below): ``prada_stale``.
+    state_layout: int = STATE_VERSION
+
+    @property
+    def prada_stale(self) -> bool:
+        """PRADA was calibrated on another state layout: it never fires until recalibrated."""
+        return self.state_layout != STATE_VERSION
 
     @classmethod
     def from_dict(cls, model: str, data: Mapping[str, Any]) -> MonitorReference:
@@ -62,12 +76,14 @@ class MonitorReference:
                 low_confidence_p0=float(data["low_confidence_p0"]),
                 prada_delta=float(data["prada_delta"]),
                 prada_min_distances=int(data.get("prada_min_distances", 100)),
-                prada_window=int(data.get("prada_window", 400)),
+                prada_window=int(data.get("prada_window", 200)),
                 prada_set_cap=int(data.get("prada_set_cap", 128)),
-                prada_set_bytes=int(data.get("prada_set_bytes", 2304)),
+                state_bytes=int(data.get("state_bytes", 880)),
                 window=int(data.get("window", 200)),
                 min_rows=int(data.get("min_rows", 20)),
                 alpha=float(data.get("alpha", 1e-7)),
+                # Written since version 3; a section without it was calibrated on version 2.
+                state_layout=int(data.get("state_layout", 2)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed monitor section: {exc}") from exc
@@ -82,8 +98,8 @@ class MonitorReference:
             raise ValueError("p0 and alpha must be probabilities")
         if ref.prada_window > 2000 or ref.prada_set_cap > 512 or ref.window > 1000:
             raise ValueError("state bounds too large")
-        if not 0 < ref.prada_set_bytes <= 65536:
-            raise ValueError("prada_set_bytes must be between 1 and 65536")
+        if not 256 <= ref.state_bytes <= 65536:
+            raise ValueError("state_bytes must be between 256 and 65536")
         return ref
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,10 +117,11 @@ class MonitorReference:
             "prada_min_distances": self.prada_min_distances,
             "prada_window": self.prada_window,
             "prada_set_cap": self.prada_set_cap,
-            "prada_set_bytes": self.prada_set_bytes,
+            "state_bytes": self.state_bytes,
             "window": self.window,
             "min_rows": self.min_rows,
             "alpha": self.alpha,
+            "state_layout": self.state_layout,
         }
 
     def normalise(self, rows: npt.ArrayLike) -> FloatArray:
@@ -177,4 +194,9 @@ def load_monitor_reference(path: Path, name: str) -> MonitorReference:
         raise ModelIntegrityError("defences_malformed", detail=f"model={name}") from exc
     if defences.squeeze.model_version != version:
         raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
+    if reference.prada_stale:
+        _LOG.warning(
+            "monitor_reference_stale",
+            extra={"model": name, "state_layout": reference.state_layout, "prada": "disabled"},
+        )
     return reference
