@@ -39,7 +39,7 @@ _DEFAULT_ATOL = 1e-5
 NO_PARITY = "no parity sample recorded: parity not checked"
 
 
-def _check_defences(directory: Path, model: ServedModel) -> None:
+def _check_defences(directory: Path, model: ServedModel) -> str:
     name, version = model.name, model.version
     # The same checks as the functions' init (squeezing required here whatever the policy).
     squeeze_config(directory.parent, name, version, required=True)
@@ -49,7 +49,13 @@ def _check_defences(directory: Path, model: ServedModel) -> None:
     document = json.loads((directory / DEFENCES_FILE).read_text(encoding="utf-8"))
     if document.get("model_version", version) != version:
         raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
-    load_monitor_reference(directory / DEFENCES_FILE, name)
+    reference = load_monitor_reference(directory / DEFENCES_FILE, name)
+    if reference.prada_stale:
+        return (
+            f"; monitor calibrated on state layout {reference.state_layout}: PRADA disabled "
+            f"until `mlmoat redteam calibrate --models {name}`"
+        )
+    return ""
 
 
 def check_parity(model: ServedModel) -> str:
@@ -102,11 +108,11 @@ def check_directory(directory: Path) -> str:
     from security.model_settings import read_settings
 
     model = ServedModel.from_directory(directory)
-    _check_defences(directory, model)
+    stale = _check_defences(directory, model)
     own = read_settings(directory)
     parity = check_parity(model)
     overrides = [f"{k}={v}" for k, v in own.to_dict(model.name).items() if k in _SETTING_KEYS]
-    return parity + (f"; settings: {', '.join(overrides)}" if overrides else "")
+    return parity + stale + (f"; settings: {', '.join(overrides)}" if overrides else "")
 
 
 def check_models(model_dir: str | Path) -> dict[str, tuple[bool, str]]:

@@ -124,3 +124,16 @@ def test_make_build_runs_the_check_before_sam_build() -> None:
         recipe.append(line.strip())
     assert recipe[0] == "$(BIN)/mlmoat models check --model-dir models"
     assert recipe[1].startswith("$(SAM) build")
+
+
+def test_a_monitor_calibrated_on_an_earlier_state_layout_is_reported(model_copy: Path) -> None:
+    # given a monitor section from before state layout 3 (no state_layout)
+    def earlier(document: dict[str, Any]) -> None:
+        del document["monitor"]["state_layout"]
+
+    _edit(model_copy / "iris" / "defences.json", earlier)
+    passed, what = check_models(model_copy)["iris"]
+    # then the model still passes (it serves; PRADA alone is off) and the check says so
+    assert passed and "state layout 2: PRADA disabled" in what, what
+    assert "mlmoat redteam calibrate --models iris" in what
+    assert "PRADA" not in check_models(model_copy)["breast-cancer"][1]
