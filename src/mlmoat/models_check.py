@@ -50,12 +50,15 @@ def _check_defences(directory: Path, model: ServedModel) -> str:
     if document.get("model_version", version) != version:
         raise ModelIntegrityError("defences_version_mismatch", detail=f"model={name}")
     reference = load_monitor_reference(directory / DEFENCES_FILE, name)
-    if reference.prada_stale:
-        return (
-            f"; monitor calibrated on state layout {reference.state_layout}: PRADA disabled "
-            f"until `mlmoat redteam calibrate --models {name}`"
-        )
-    return ""
+    if not reference.prada_stale:
+        return ""
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    imported = manifest.get("train_split", {}).get("dataset") == "csv"
+    data = f" --data {name}=FILE` (FILE: the CSV it was imported from)" if imported else "`"
+    return (
+        f"; monitor calibrated on state layout {reference.state_layout}: PRADA disabled "
+        f"until `mlmoat redteam calibrate --models {name}{data}"
+    )
 
 
 def check_parity(model: ServedModel) -> str:

@@ -137,3 +137,13 @@ def test_a_monitor_calibrated_on_an_earlier_state_layout_is_reported(model_copy:
     assert passed and "state layout 2: PRADA disabled" in what, what
     assert "mlmoat redteam calibrate --models iris" in what
     assert "PRADA" not in check_models(model_copy)["breast-cancer"][1]
+
+
+def test_an_imported_models_stale_monitor_names_its_data(model_copy: Path) -> None:
+    def imported(document: dict[str, Any]) -> None:
+        document["train_split"] = {**document.get("train_split", {}), "dataset": "csv"}
+
+    _edit(model_copy / "iris" / "manifest.json", imported)
+    _edit(model_copy / "iris" / "defences.json", lambda d: d["monitor"].pop("state_layout"))
+    passed, what = check_models(model_copy)["iris"]
+    assert passed and "--models iris --data iris=FILE` (FILE: the CSV" in what, what
