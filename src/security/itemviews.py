@@ -4,9 +4,9 @@ A write returns ``UPDATED_NEW`` (only what it changed), so the other lanes' attr
 from the last time this environment saw the item whole: the read of a cold start, the
 ``ALL_OLD`` of a failed write, or an ``ALL_NEW`` asked for when that is ``HORIZON_SECONDS`` old.
 ``ItemViews.plan`` turns that into what the next write removes: the rate windows before the
-current one, and, from a view seen whole within the horizon, up to ``PRUNE_PER_WRITE`` lane
-attributes older than it; ``ItemViews.stale`` names the lanes a cleanup write removes (see
-``security.writers``).
+current one, and, from a view seen whole within ``PRUNE_VIEW_SECONDS``, up to
+``PRUNE_PER_WRITE`` lane attributes older than the horizon; ``ItemViews.stale`` names the lanes
+a cleanup write removes (see ``security.writers``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from security.records import RATE_ATTR_PREFIX
-from security.writers import HORIZON_SECONDS, PRUNE_PER_WRITE, WRITER_ATTR_PREFIX
+from security.writers import (
+    HORIZON_SECONDS,
+    PRUNE_PER_WRITE,
+    PRUNE_VIEW_SECONDS,
+    WRITER_ATTR_PREFIX,
+)
 
 _VIEWS = 4096
 #: The request-digest sets of the design before writer lanes (``rq_<now // 30>``): an item
@@ -126,8 +131,9 @@ class ItemViews:
     ) -> Plan:
         """The stale windows (``previous`` and any older one seen; none if ``previous`` is None)
         and old request-digest sets of the previous design, the other lanes' attributes older than
-        the horizon (oldest first, at most ``PRUNE_PER_WRITE``; none when the view is itself
-        older than the horizon: then the write asks for the whole item back instead)."""
+        the horizon (oldest first, at most ``PRUNE_PER_WRITE``; none unless the view was seen
+        whole within ``PRUNE_VIEW_SECONDS``; when it is older than the horizon the write asks for
+        the whole item back)."""
         before = int((now - HORIZON_SECONDS) * 1000)
         first = () if previous is None else (previous,)
         with self._lock:
@@ -140,7 +146,8 @@ class ItemViews:
             bucket = int(now) // LEGACY_BUCKET_SECONDS
             windows |= {name for name in view.legacy if _older_bucket(name, bucket - 1)}
             full = now - view.full_at >= HORIZON_SECONDS
-            stale = [] if full else _stale(view, own, before)
+            recent = now - view.full_at <= PRUNE_VIEW_SECONDS
+            stale = _stale(view, own, before) if recent else []
         return Plan(tuple(sorted(windows)), tuple(stale[:PRUNE_PER_WRITE]), before, full)
 
     def stale(self, pk: str, *, own: str, now: float) -> tuple[str, ...]:

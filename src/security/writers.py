@@ -21,13 +21,15 @@ request is **already counted**. Nothing per request is stored: one small number 
 **Pruning** (``security.itemviews``). ``ItemViews`` remembers, per item, the other lanes'
 attributes and their last sequence, as this environment last saw them whole: the item read on a
 cold start, the ``ALL_OLD`` of a failed write, or the ``ALL_NEW`` that a write asks for instead of
-``UPDATED_NEW`` when it has not seen the item whole for ``HORIZON_SECONDS``. From a view that
-recent, a write removes up to ``PRUNE_PER_WRITE`` attributes whose sequence is older than the
-horizon, each under the condition that it is still that old (a lane that wrote meanwhile keeps
-its attribute: the write fails, the caller sees why in ALL_OLD and writes again). From an older
-view it prunes nothing: most of what it shows has been written again since (a key that many
-environments take turns on, each every few minutes), and every such removal would fail the
-counting write and cost a second one. Such an environment's write asks for ``ALL_NEW``; when
+``UPDATED_NEW`` when it has not seen the item whole for ``HORIZON_SECONDS``. From a view seen
+whole within ``PRUNE_VIEW_SECONDS``, a write removes up to ``PRUNE_PER_WRITE`` attributes whose
+sequence is older than the horizon, each under the condition that it is still that old (a lane
+that wrote meanwhile keeps its attribute: the write fails, the caller sees why in ALL_OLD and
+writes again). From an older view it prunes nothing: on a key that many environments take turns
+on, each every few minutes, lanes stale in a view even seconds old have been written again
+since often enough that such removals failed the counting write and cost a second one (3% of
+the writes in the capacity model's 10,000-keys steady state with views up to the horizon old;
+none within 1 s). A write whose view is older than the horizon asks for ``ALL_NEW``; when
 the item it gets back holds ``CLEANUP_AT`` lanes older than the horizon or more, it sends one
 **cleanup** write that removes up to ``CLEANUP_PER_WRITE`` of them under the same condition
 (``Sender.send``; its failure loses nothing and fails no request). So an item keeps about one
@@ -59,6 +61,9 @@ WRITER_ATTR_PREFIX = "e_"
 HORIZON_SECONDS = 24
 #: At most this many stale attributes are removed by one counting write (a bounded request).
 PRUNE_PER_WRITE = 8
+#: A write prunes other lanes only from a view of the item seen whole at most this long ago (a
+#: cold request's read, a write's ALL_NEW or ALL_OLD): see the module docstring.
+PRUNE_VIEW_SECONDS = 1.0
 #: A cleanup write is sent when an item seen whole holds this many stale lanes or more (at about
 #: 15 bytes a lane: with a lane per environment of the horizon at 1 request/s, about 24, the
 #: item stays under 1 KB, one write unit).

@@ -95,6 +95,16 @@ def test_buffered_the_monitor_writes_a_principal_under_once_per_prediction(
     # The bound: at most one write unit per prediction, well under one read unit.
     assert row["monitor"]["write_units"] <= 1.0, row["monitor"]
     assert row["monitor"]["read_units"] <= 0.25, row["monitor"]
+    # The counter: exactly one write a prediction, one unit each. Each environment prunes
+    # other lanes only from a view it saw whole within PRUNE_VIEW_SECONDS (a cold request's
+    # read, its own write's ALL_NEW), so no counting write is refused by a lane that wrote
+    # again since its view (before: 3 % of writes, 1.03 units) and no cleanup write is needed.
+    counter_writes = [r for r in result.records if r.is_write and r.pk in result.key_pks]
+    assert len(counter_writes) == result.allowed
+    assert {r.write_units for r in counter_writes} == {1.0}
+    assert not any(r.condition_failed for r in counter_writes)
+    assert row["counter"]["write_units"] == 1.0
+    assert max(item.size for item in result.counter_items) < KB
     # and nothing lost: every row served in the window is in a state once the buffers are
     # flushed (the rows they held at its start counted before it)
     assert row["delivery"]["rows_monitored"] == row["delivery"]["rows_served"] == 120

@@ -12,6 +12,7 @@ from security.shards import fits, max_share, share
 from security.writers import (
     HORIZON_SECONDS,
     PRUNE_PER_WRITE,
+    PRUNE_VIEW_SECONDS,
     Lane,
     Stamp,
     WriterPool,
@@ -116,6 +117,14 @@ def test_views_plan_pruning_from_what_was_last_seen_whole() -> None:
                removed=plan.writers)  # fmt: skip
     assert set(views.writers("key#a")) == {"e_live1", "e_mine1", "e_old00", "e_old01", "e_old02"}
     assert views.counts("key#a", "rw_600").window_rows == 10
+    # seen whole more than PRUNE_VIEW_SECONDS ago: other lanes may have written since (a
+    # removal of one of them would fail the counting write and cost a second), so no pruning,
+    # though the view still serves the windows and is not yet old enough to ask for ALL_NEW
+    later = views.plan("key#a", own="e_mine1", now=NOW + PRUNE_VIEW_SECONDS + 0.5,
+                       window_start=600, previous="rw_540")  # fmt: skip
+    assert later.writers == () and not later.full and later.windows == ("rw_480", "rw_540")
+    assert views.plan("key#a", own="e_mine1", now=NOW + PRUNE_VIEW_SECONDS, window_start=600,
+                      previous="rw_540").writers  # fmt: skip
     # seen whole HORIZON_SECONDS ago: the next write asks for ALL_NEW again
     assert views.plan("key#a", own="x", now=NOW + HORIZON_SECONDS, window_start=600,
                       previous=None).full  # fmt: skip
