@@ -214,3 +214,31 @@ def test_the_access_log_drops_query_strings_and_escapes_control_characters(
     assert secret not in err and "api_key" not in err
     assert "\x1b" not in err and "\x07" not in err
     assert "\\x1b[2J\\x07" in err
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    # Given a port another process serves on (another `make local`, say)
+    import socket
+    import subprocess
+    import sys
+
+    from mlmoat.local.awsenv import LocalEnvironmentError
+
+    template = Template(lay_out_echo_app(tmp_path), endpoint="http://127.0.0.1:9")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # then serving on it says which address and what to do
+        with pytest.raises(LocalEnvironmentError, match=f"127.0.0.1:{port}.*--port"):
+            LocalApi(template, {}, port=port)
+        # and the command exits 2 with that one line, no traceback
+        done = subprocess.run(
+            [sys.executable, "-m", "mlmoat.cli", "local", "--template",
+             str(tmp_path / "template.yaml"), "start-api", "--no-build", "--port", str(port)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env={**os.environ, "AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:9"},
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -25,7 +25,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mlmoat.local.awsenv import DUMMY_CREDENTIALS, region_from, sqs_client
+from mlmoat.local.awsenv import (
+    DUMMY_CREDENTIALS,
+    LocalEnvironmentError,
+    region_from,
+    sqs_client,
+)
 from mlmoat.local.sigv4 import SignatureError, verify
 from mlmoat.local.template import LOCAL_ACCOUNT_ID, Route, Template
 from mlmoat.local.workers import FunctionLayout, FunctionStartError, Invocation, WorkerPool
@@ -156,7 +161,13 @@ class LocalApi:
         self.routes = template.routes()
         self.stage = _stage(template)
         self.pools = {name: WorkerPool(layout, workers) for name, layout in layouts.items()}
-        self._server = ThreadingHTTPServer((host, port), _handler_class(self))
+        try:
+            self._server = ThreadingHTTPServer((host, port), _handler_class(self))
+        except OSError as exc:  # a port in use, an address not ours: say so, no traceback
+            raise LocalEnvironmentError(
+                f"cannot serve on {host}:{port} ({exc.strerror or exc}): another `make local` or "
+                "`mlmoat local start-api` may be using it; stop it or choose another with --port"
+            ) from None
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
         self._pollers: list[QueuePoller] = []

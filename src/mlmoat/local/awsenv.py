@@ -30,7 +30,7 @@ DUMMY_CLIENT_CREDENTIALS = {
 
 
 class LocalEnvironmentError(RuntimeError):
-    """The local endpoint is not configured."""
+    """The local environment cannot be used: no endpoint configured, a port in use."""
 
 
 def endpoint_from(environ: Mapping[str, str]) -> str:
