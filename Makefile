@@ -170,9 +170,11 @@ test-py313: .aws-sam/build/.stamp $(TEST313)/.stamp
 	PYTHONPATH=$(CURDIR)/.cache/py313-path:$(CURDIR)/.aws-sam/build/SecurityLayer/python:$(CURDIR)/.aws-sam/build/DepsLayer/python:$(CURDIR)/$(LAMBDA_RUNTIME):$(CURDIR)/$(TEST313):$(CURDIR)/src \
 		$(PY313) -m pytest -p no:cacheprovider $(PY313_TESTS)
 
-# Starts an embedded DynamoDB, bootstraps it, seeds a demo key and serves the API until Ctrl-C.
+# Starts an embedded DynamoDB, bootstraps it, seeds a demo key and serves the API until Ctrl-C
+# (on 127.0.0.1:3000; another port: make local LOCAL_ARGS='--port 3001').
+LOCAL_ARGS ?=
 local: $(VENV)/.stamp
-	$(BIN)/mlmoat local up
+	$(BIN)/mlmoat local up $(LOCAL_ARGS)
 
 # ---- Long runs: not part of `make test`, which runs a smoke of each. ----
 

@@ -166,7 +166,8 @@ class LocalApi:
         except OSError as exc:  # a port in use, an address not ours: say so, no traceback
             raise LocalEnvironmentError(
                 f"cannot serve on {host}:{port} ({exc.strerror or exc}): another `make local` or "
-                "`mlmoat local start-api` may be using it; stop it or choose another with --port"
+                "`mlmoat local start-api` may be using it; stop it or choose another with --port "
+                "(`make local LOCAL_ARGS='--port 3001'`)"
             ) from None
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
